@@ -1,0 +1,96 @@
+-- name: claim_batch
+-- Take up to $1 due messages, plus messages whose lease expired (their worker died), and
+-- lease them to worker $2 for $3 seconds. SKIP LOCKED lets many workers claim at once
+-- without waiting on each other; the short transaction is the whole claim, so no lock is
+-- held across an SMTP conversation. A re-taken lease marks the message possible_duplicate:
+-- the dead worker may have had its 250 before it could commit. The suppression check rides
+-- along so a suppressed address costs no extra round trip.
+WITH due AS (
+    SELECT id FROM messages
+    WHERE status IN ('queued', 'deferred') AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), stale AS (
+    SELECT id FROM messages
+    WHERE status = 'sending' AND lease_expires_at <= now()
+    ORDER BY lease_expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM due UNION ALL SELECT id FROM stale LIMIT $1
+)
+UPDATE messages m
+SET status = 'sending',
+    lease_owner = $2,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => $3),
+    possible_duplicate = m.possible_duplicate OR m.status = 'sending',
+    updated_at = now()
+FROM picked
+WHERE m.id = picked.id
+RETURNING m.id, m.tenant_id, m.campaign_id, m.message_id, m.from_email, m.from_name,
+          m.recipient, m.recipient_domain, m.subject, m.text_body, m.html_body, m.headers,
+          m.personalization, m.settings, m.attempts, m.created_at, m.lease_token,
+          m.possible_duplicate,
+          EXISTS (SELECT 1 FROM suppressions s
+                  WHERE s.tenant_id = m.tenant_id AND s.email = lower(m.recipient)) AS suppressed;
+
+-- name: extend_leases
+-- Heartbeat: keep this worker's leases alive while messages wait on throttles or slow
+-- peers. Matching on the owner means a lease another worker already took over is not
+-- extended (the owner changed with it).
+UPDATE messages
+SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE lease_owner = $1 AND status = 'sending';
+
+-- name: record_outcomes
+-- Write a batch of delivery outcomes, each with its event and (for hard bounces) its
+-- suppression, in one statement and so one transaction. The lease token check makes a
+-- late result from a worker whose lease was taken over a no-op: the newer outcome stands.
+WITH outcome AS (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::timestamptz[],
+                         $6::int[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::bool[])
+        AS o(id, token, status, attempted, next_attempt_at, code, reply, enhanced,
+             event_type, event_data, suppress)
+), updated AS (
+    UPDATE messages m
+    SET status = o.status,
+        attempts = m.attempts + o.attempted,
+        next_attempt_at = coalesce(o.next_attempt_at, m.next_attempt_at),
+        last_reply_code = coalesce(o.code, m.last_reply_code),
+        last_reply = coalesce(o.reply, m.last_reply),
+        enhanced_status = coalesce(o.enhanced, m.enhanced_status),
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+        sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,
+        updated_at = now()
+    FROM outcome o
+    WHERE m.id = o.id AND m.lease_token = o.token AND m.status = 'sending'
+    RETURNING m.id, m.tenant_id, m.campaign_id, m.recipient, m.attempts, m.possible_duplicate,
+              o.event_type, o.event_data, o.suppress, o.reply
+), events AS (
+    INSERT INTO events (tenant_id, message_id, campaign_id, type, data)
+    SELECT tenant_id, id, campaign_id, event_type,
+           event_data || jsonb_build_object('attempt', attempts,
+                                            'possible_duplicate', possible_duplicate)
+    FROM updated WHERE event_type IS NOT NULL
+), suppressed AS (
+    INSERT INTO suppressions (tenant_id, email, reason, detail)
+    SELECT tenant_id, lower(recipient), 'hard_bounce', reply FROM updated WHERE suppress
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM updated;
+
+-- name: release
+-- Give messages back untried (shutdown, or a destination that is backed off): no attempt is
+-- counted and no event written; they are due again at $3.
+UPDATE messages
+SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+    next_attempt_at = $3,
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = ANY($1::bigint[]) AND lease_token = ANY($2::uuid[]) AND status = 'sending';
+
+-- name: capture_message
+-- The sandbox sink's store: one row per received message, committed before the 250.
+INSERT INTO sandbox_messages (mail_from, rcpt_tos, data) VALUES ($1, $2, $3);

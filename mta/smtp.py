@@ -1,0 +1,227 @@
+"""SMTP delivery over pooled, reused connections, capped per destination domain.
+
+One pool per destination domain holds at most `max_connections` connections (idle ones
+included), each reused for up to `messages_per_connection` messages and closed after
+`idle_timeout` without work. Every SMTP stage has a timeout. STARTTLS is used whenever
+offered (opportunistic: certificates are not verified, RFC 7435); where a domain requires
+TLS and the peer does not offer it, the message is deferred rather than sent in clear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+from mta.outcomes import Reply
+from mta.routing import Route
+from penguinmails.config import MtaSettings, ThrottleRule
+
+log = logging.getLogger(__name__)
+
+
+def _opportunistic_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _NoConnection(Exception):
+    """Could not open a usable session; the reply says why."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+@dataclass
+class _Connection:
+    client: aiosmtplib.SMTP
+    host: str
+    sent: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+
+class DomainPool:
+    """Connections toward one destination domain, never more than its rule allows."""
+
+    def __init__(self, domain: str, rule: ThrottleRule, settings: MtaSettings) -> None:
+        self.domain = domain
+        self.rule = rule
+        self._settings = settings
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    async def send(self, route: Route, sender: str, recipient: str, data: bytes) -> Reply:
+        try:
+            conn = await self._acquire(route)
+        except _NoConnection as exc:
+            return exc.reply
+        reusable = False
+        try:
+            reply, reusable = await self._transaction(conn, sender, recipient, data)
+            return reply
+        finally:
+            await self._release(conn, reusable)
+
+    async def _acquire(self, route: Route) -> _Connection:
+        async with self._changed:
+            while True:
+                while self._idle:
+                    conn = self._idle.pop()
+                    if conn.client.is_connected:
+                        return conn
+                    self._open -= 1
+                if self._open < self.rule.max_connections:
+                    self._open += 1
+                    break
+                await self._changed.wait()
+        try:
+            return await self._connect(route)
+        except BaseException:
+            async with self._changed:
+                self._open -= 1
+                self._changed.notify()
+            raise
+
+    async def _release(self, conn: _Connection, reusable: bool) -> None:
+        conn.sent += 1
+        if reusable and conn.sent < self.rule.messages_per_connection and conn.client.is_connected:
+            conn.idle_since = time.monotonic()
+            async with self._changed:
+                self._idle.append(conn)
+                self._changed.notify()
+            return
+        await _close(conn.client, self._settings.command_timeout)
+        async with self._changed:
+            self._open -= 1
+            self._changed.notify()
+
+    async def close_idle(self, older_than: float = 0.0) -> None:
+        """Close idle connections that waited at least `older_than` seconds."""
+        now = time.monotonic()
+        async with self._changed:
+            stale = [c for c in self._idle if now - c.idle_since >= older_than]
+            self._idle = [c for c in self._idle if now - c.idle_since < older_than]
+        await asyncio.gather(*(_close(c.client, self._settings.command_timeout) for c in stale))
+        if stale:
+            async with self._changed:
+                self._open -= len(stale)
+                self._changed.notify(len(stale))
+
+    async def _connect(self, route: Route) -> _Connection:
+        settings = self._settings
+        last = Reply(None, f"4.4.1 no host to connect to for {self.domain}")
+        for host, port in route.hosts:
+            client = aiosmtplib.SMTP(
+                hostname=host,
+                port=port,
+                local_hostname=settings.hostname,
+                timeout=settings.connect_timeout,
+                start_tls=False,
+                validate_certs=False,
+            )
+            try:
+                await client.connect()
+                await client.ehlo(timeout=settings.command_timeout)
+                await self._secure(client, route)
+                if route.username:
+                    await client.login(
+                        route.username, route.password, timeout=settings.command_timeout
+                    )
+                return _Connection(client, host)
+            except _NoConnection:
+                await _close(client, settings.command_timeout)
+                raise
+            except aiosmtplib.SMTPResponseException as exc:
+                last = Reply(exc.code, exc.message)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                last = Reply(None, f"4.4.1 connection to {host}:{port} failed: {exc}")
+            await _close(client, settings.command_timeout)
+            if last.permanent and last.code != 554:
+                break  # a 5xx other than "no service here" answers for every MX alike
+        raise _NoConnection(last)
+
+    async def _secure(self, client: aiosmtplib.SMTP, route: Route) -> None:
+        must = self.rule.tls_required or route.require_starttls
+        if client.supports_extension("starttls") and (self._settings.opportunistic_tls or must):
+            try:
+                await client.starttls(
+                    tls_context=_opportunistic_tls(), timeout=self._settings.command_timeout
+                )
+            except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+                raise _NoConnection(Reply(None, f"4.7.0 STARTTLS failed: {exc}")) from exc
+            return
+        if must:
+            raise _NoConnection(
+                Reply(
+                    None,
+                    f"4.7.10 TLS required for {self.domain} but the peer does not offer STARTTLS",
+                )
+            )
+
+    async def _transaction(
+        self, conn: _Connection, sender: str, recipient: str, data: bytes
+    ) -> tuple[Reply, bool]:
+        """One MAIL/RCPT/DATA; returns the reply and whether the connection stays usable."""
+        try:
+            _, message = await conn.client.sendmail(
+                sender, [recipient], data, timeout=self._settings.data_timeout
+            )
+            return Reply(250, message), True
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0]
+            return Reply(refused.code, refused.message), refused.code != 421
+        except aiosmtplib.SMTPResponseException as exc:
+            return Reply(exc.code, exc.message), exc.code != 421
+        except ValueError as exc:  # aiosmtplib refuses control characters in addresses
+            return Reply(553, f"5.1.3 address refused before sending: {exc}"), True
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            return Reply(None, f"4.4.2 {conn.host}: {type(exc).__name__}: {exc}"), False
+
+
+async def _close(client: aiosmtplib.SMTP, timeout: float) -> None:
+    if not client.is_connected:
+        return
+    try:
+        await client.quit(timeout=timeout)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
+
+
+class Pools:
+    """Every destination domain's pool, and the reaper that closes idle connections."""
+
+    def __init__(self, settings: MtaSettings) -> None:
+        self._settings = settings
+        self._pools: dict[str, DomainPool] = {}
+
+    def __getitem__(self, domain: str) -> DomainPool:
+        pool = self._pools.get(domain)
+        if pool is None:
+            pool = DomainPool(domain, self._settings.rule_for(domain), self._settings)
+            self._pools[domain] = pool
+        return pool
+
+    async def reap_idle(self) -> None:
+        """Side task: close connections idle longer than the idle timeout, forever."""
+        interval = min(self._settings.idle_timeout / 2, 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            for pool in list(self._pools.values()):
+                await pool.close_idle(self._settings.idle_timeout)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(p.close_idle() for p in self._pools.values()))

@@ -1,0 +1,190 @@
+"""The `penguinmails` command: one entry point for every role and operator task.
+
+Role modules are imported inside their commands, so `penguinmails migrate` does not load
+the MTA, and mta/, tracker/ and api/ stay independent of each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from penguinmails import logs
+from penguinmails.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("penguinmails")
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr, with exit status 1."""
+
+
+def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(coro)
+
+
+async def _connect(settings: Settings) -> Any:
+    from penguinmails.database import connect, database_url
+
+    return await connect(await asyncio.to_thread(database_url, settings))
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from penguinmails.migrations import migrate
+
+    conn = await _connect(settings)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+    return 0
+
+
+async def cmd_mta(settings: Settings, args: argparse.Namespace) -> int:
+    from mta.daemon import PendingMigrations, serve
+
+    try:
+        await serve(settings)
+    except PendingMigrations as exc:
+        raise CommandError(str(exc)) from exc
+    return 0
+
+
+async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    """Everything in one process on the embedded database, delivering to the capture sink."""
+    from mta.daemon import install_stop_signals
+    from mta.sink import start_sink
+    from mta.worker import Worker
+    from penguinmails.database import create_pool, database_url
+    from penguinmails.migrations import migrate
+
+    mta = settings.mta.model_copy(update={"sandbox": True})
+    settings = settings.model_copy(update={"mta": mta})
+    url = await asyncio.to_thread(database_url, settings)
+    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        sink = await start_sink(pool, mta.sandbox_sink, mta.hostname)
+        worker = Worker(pool, settings, database_url=url)
+        install_stop_signals(worker.stop)
+        print(
+            f"PenguinMails is up.\n  database:     {'embedded, under ' + str(settings.paths.data_dir) if not settings.database.url else 'configured URL'}\n"
+            f"  capture sink: smtp://{mta.sandbox_sink} (nothing leaves this machine)\n"
+            "  queue a message: penguinmails send --from you@example.com --to them@example.org"
+            " --subject Hi --text Hello\n  stop: Ctrl-C",
+            flush=True,
+        )
+        try:
+            await worker.run()
+        finally:
+            sink.close()
+            await sink.wait_closed()
+    finally:
+        await pool.close()
+    return 0
+
+
+async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    from penguinmails.messages import Draft, InvalidMessage, enqueue, ensure_tenant
+
+    draft = Draft(
+        from_email=args.from_email,
+        from_name=args.from_name,
+        subject=args.subject,
+        recipients=args.to,
+        text=args.text,
+        html=args.html,
+    )
+    conn = await _connect(settings)
+    try:
+        async with conn.transaction():
+            tenant_id = await ensure_tenant(conn, args.tenant)
+            ids = await enqueue(conn, tenant_id, draft)
+    except InvalidMessage as exc:
+        raise CommandError(f"invalid message: {exc}") from exc
+    finally:
+        await conn.close()
+    for message_id in ids:
+        print(message_id)
+    return 0
+
+
+async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from penguinmails.queries import load
+
+    sql = load("penguinmails", "sql/queries.sql")
+    conn = await _connect(settings)
+    try:
+        totals = await conn.fetch(sql["status_totals"])
+        depth = await conn.fetch(sql["queue_depth"], 20)
+    finally:
+        await conn.close()
+    print(f"{'status':<12}{'messages':>10}")
+    for row in totals:
+        print(f"{row['status']:<12}{row['messages']:>10}")
+    if depth:
+        print(f"\n{'status':<12}{'domain':<32}{'messages':>10}  oldest due")
+        for row in depth:
+            print(
+                f"{row['status']:<12}{row['recipient_domain']:<32}{row['messages']:>10}"
+                f"  {row['oldest_due']:%Y-%m-%d %H:%M:%S}"
+            )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="penguinmails", description=__doc__)
+    parser.add_argument("--config", help="TOML config file (env: PENGUINMAILS_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("up", help="run everything locally, delivering to a capture sink").set_defaults(
+        func=cmd_up
+    )
+    sub.add_parser("mta", help="run the delivery daemon").set_defaults(func=cmd_mta)
+    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(
+        func=cmd_migrate
+    )
+    sub.add_parser("status", help="queue depth by status and domain").set_defaults(func=cmd_status)
+    send = sub.add_parser("send", help="queue a message (prints its queue id)")
+    send.add_argument("--from", dest="from_email", required=True)
+    send.add_argument("--from-name", default="")
+    send.add_argument("--to", action="append", required=True)
+    send.add_argument("--subject", required=True)
+    send.add_argument("--text")
+    send.add_argument("--html")
+    send.add_argument("--tenant", default="default")
+    send.set_defaults(func=cmd_send)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config or os.environ.get("PENGUINMAILS_CONFIG"))
+    except ConfigError as exc:
+        print(f"penguinmails: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.logging.level, settings.logging.format)
+    try:
+        return _run(args.func(settings, args)) or 0
+    except CommandError as exc:
+        print(f"penguinmails: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

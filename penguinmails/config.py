@@ -1,0 +1,222 @@
+"""Settings: one TOML file, every key overridable from the environment.
+
+`PENGUINMAILS_<SECTION>__<KEY>` overrides `[section] key` (nested tables add more `__`
+parts). Validation happens once, at start, so a daemon never runs on a half-understood
+configuration; a bad key is reported by its dotted name and the file it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "PENGUINMAILS_"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the key and its source."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_hostport(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class DatabaseSettings(Section):
+    url: str = ""
+    pool_min: int = Field(default=2, ge=1)
+    pool_max: int = Field(default=10, ge=1)
+
+
+class PathsSettings(Section):
+    data_dir: Path = Path("./var")
+
+
+class ApiSettings(Section):
+    listen: str = "127.0.0.1:8080"
+
+    _listen = field_validator("listen")(_check_hostport)
+
+
+class TrackerSettings(Section):
+    listen: str = "127.0.0.1:8081"
+    base_url: str = "http://127.0.0.1:8081"
+
+    _listen = field_validator("listen")(_check_hostport)
+
+
+class ThrottleRule(Section):
+    """Limits toward one destination domain (or the default for all)."""
+
+    max_connections: int = Field(default=10, ge=1)
+    messages_per_connection: int = Field(default=100, ge=1)
+    rate_per_second: float = Field(default=0.0, ge=0)  # 0 means unlimited
+    burst: int = Field(default=50, ge=1)
+    # After this many consecutive 4xx replies (or one 421), stop sending to the domain for
+    # `backoff_seconds`, so a receiver that asks us to slow down is not hammered.
+    backoff_after_4xx: int = Field(default=5, ge=1)
+    backoff_seconds: float = Field(default=60.0, ge=0)
+    tls_required: bool = False
+
+
+class SmarthostSettings(Section):
+    host: str = ""  # HOST:PORT; empty sends direct to MX
+    username: str = ""
+    password: str = ""
+    starttls: bool = True
+
+
+class MtaSettings(Section):
+    hostname: str = "localhost"
+    bounce_domain: str = "bounces.localhost"
+    routes: dict[str, str] = Field(default_factory=dict)
+    smarthost: SmarthostSettings = Field(default_factory=SmarthostSettings)
+    sandbox: bool = False  # deliver everything to sandbox_sink, never to real MX hosts
+    sandbox_sink: str = "127.0.0.1:2525"
+    throttle: dict[str, ThrottleRule] = Field(default_factory=dict)
+    default_throttle: ThrottleRule = Field(default_factory=ThrottleRule)
+
+    batch_size: int = Field(default=200, ge=1)
+    max_in_flight: int = Field(default=1000, ge=1)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+    shutdown_grace: float = Field(default=20.0, ge=0)
+
+    connect_timeout: float = Field(default=30.0, gt=0)
+    command_timeout: float = Field(default=60.0, gt=0)
+    data_timeout: float = Field(default=120.0, gt=0)
+    idle_timeout: float = Field(default=10.0, gt=0)
+    opportunistic_tls: bool = True
+    dns_servers: list[str] = Field(default_factory=list)  # HOST:PORT; empty uses resolv.conf
+    dns_timeout: float = Field(default=10.0, gt=0)
+    mx_port: int = Field(default=25, ge=1, le=65535)  # only a lab setup would change this
+
+    retry_base_seconds: float = Field(default=60.0, gt=0)
+    retry_max_seconds: float = Field(default=4 * 3600.0, gt=0)
+    max_age_seconds: float = Field(default=5 * 86400.0, gt=0)  # Postfix's maximal_queue_lifetime
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, value: dict[str, str]) -> dict[str, str]:
+        for hop in value.values():
+            _check_hostport(hop)
+        return {domain.lower(): hop for domain, hop in value.items()}
+
+    @field_validator("sandbox_sink")
+    @classmethod
+    def _sink(cls, value: str) -> str:
+        return _check_hostport(value)
+
+    def rule_for(self, domain: str) -> ThrottleRule:
+        return self.throttle.get(domain, self.default_throttle)
+
+
+class InboundSettings(Section):
+    listen: str = "127.0.0.1:2526"
+
+    _listen = field_validator("listen")(_check_hostport)
+
+
+class WebhookSettings(Section):
+    allow_private_targets: bool = False
+
+
+class SecuritySettings(Section):
+    # Keys for HMAC signing (tracking links, VERP addresses) and for encrypting secrets at
+    # rest. The first signs; all verify, so a key can be rotated without breaking old links.
+    # Empty: a key is generated once and kept in `<data_dir>/secret.key`.
+    secret_keys: list[str] = Field(default_factory=list)
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(Section):
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    tracker: TrackerSettings = Field(default_factory=TrackerSettings)
+    mta: MtaSettings = Field(default_factory=MtaSettings)
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values are strings; JSON gives tables, numbers and booleans a way in."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"{name}: {'.'.join(parts)} overrides a value that is not a table"
+                )
+            node = child
+        node[parts[-1]] = _env_value(raw)
+    return data
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {key}: {message}")
+    return "invalid configuration\n" + "\n".join(lines)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{source}: no such config file") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    data = _apply_env(data, environ)
+    if any(k.startswith(ENV_PREFIX) for k in environ):
+        source += " (with PENGUINMAILS_* environment overrides)"
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

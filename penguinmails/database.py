@@ -1,0 +1,76 @@
+"""Connecting to Postgres: the configured URL, or an embedded server under the data dir.
+
+The embedded server (pgserver) is what makes `penguinmails up` and the test suite work on a
+machine with nothing but Python. It is started on first use and stopped when the last
+process that asked for it exits; several processes may share one data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from penguinmails.config import Settings
+
+log = logging.getLogger(__name__)
+
+_embedded: dict[Path, Any] = {}
+
+
+def embedded_url(data_dir: Path) -> str:
+    """Start (or join) the embedded Postgres under `data_dir/postgres` and return its URL."""
+    pgdata = (data_dir / "postgres").resolve()
+    if pgdata not in _embedded:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs complains about XDG_RUNTIME_DIR
+            import pgserver  # type: ignore[import-untyped]
+
+            _embedded[pgdata] = pgserver.get_server(pgdata, cleanup_mode="stop")
+    return str(_embedded[pgdata].get_uri())
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database.url or embedded_url(settings.paths.data_dir)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(url)
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(url: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection
+    )
+    assert pool is not None
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def open_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    url = await asyncio.to_thread(database_url, settings)
+    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
+    try:
+        yield pool
+    finally:
+        await pool.close()
