@@ -39,6 +39,18 @@ class ComposeError(Exception):
     """The row cannot be made into a valid message; it fails instead of being retried."""
 
 
+class Composer:
+    """Renders queued rows for one MTA process; holds what rendering needs (settings, keys)."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self._settings = settings
+
+    async def render(self, row: Mapping[str, Any]) -> tuple[str, bytes]:
+        """The envelope sender and the message bytes; raises ComposeError."""
+        return return_path(row, self._settings.mta.bounce_domain), compose(row)
+
+
 def return_path(row: Mapping[str, Any], bounce_domain: str) -> str:
     """The envelope sender: a per-message address on the bounce domain (VERP)."""
     return f"b-{row['id']}@{bounce_domain}"

@@ -16,14 +16,12 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 
 from mta import queue
-from mta.compose import ComposeError, compose, return_path
+from mta.compose import ComposeError, Composer
 from mta.outcomes import Outcome, Reply, decide
 from mta.routing import RouteError, Router
 from mta.smtp import Pools
@@ -31,9 +29,6 @@ from mta.throttle import Throttles
 from penguinmails.config import Settings
 
 log = logging.getLogger(__name__)
-
-Composer = Callable[[Mapping[str, Any]], bytes]
-
 
 class ResultWriter:
     """Buffers outcomes and writes them in batches, a few milliseconds apart.
@@ -98,14 +93,13 @@ class Worker:
         *,
         database_url: str,
         owner: str | None = None,
-        composer: Composer = compose,
     ) -> None:
         self._pool = pool
         self._settings = settings
         self._mta = settings.mta
         self._database_url = database_url
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._compose = composer
+        self._composer = Composer(pool, settings)
         self._router = Router(settings.mta)
         self._throttles = Throttles(settings.mta)
         self.pools = Pools(settings.mta)
@@ -212,7 +206,7 @@ class Worker:
         except RouteError as exc:
             return self._decide(row, Reply(exc.code, str(exc)))
         try:
-            data = self._compose(row)
+            sender, data = await self._composer.render(row)
         except ComposeError as exc:
             return Outcome(
                 "failed",
@@ -223,7 +217,6 @@ class Worker:
             )
         throttle = self._throttles[domain]
         await throttle.bucket.acquire()
-        sender = return_path(row, self._mta.bounce_domain)
         reply = await self.pools[domain].send(route, sender, row["recipient"], data)
         throttle.note_reply(reply.code)
         return self._decide(row, reply, not_before=throttle.backoff_until())

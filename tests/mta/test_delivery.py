@@ -1,0 +1,48 @@
+"""Messages queued in Postgres arrive at a real SMTP peer with the right envelope."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from penguinmails.messages import Draft, enqueue, ensure_tenant
+from tests.conftest import wait_for
+
+
+async def queue_messages(pool: asyncpg.Pool, recipients: list[str], **draft: object) -> list[int]:
+    tenant = await ensure_tenant(pool, "acme")
+    fields: dict = {"from_email": "news@acme.test", "subject": "Hello", "text": "Hi there"}
+    fields.update(draft)
+    return await enqueue(pool, tenant, Draft(recipients=recipients, **fields))
+
+
+async def statuses(pool: asyncpg.Pool) -> dict[str, str]:
+    rows = await pool.fetch("SELECT recipient, status FROM messages")
+    return {r["recipient"]: r["status"] for r in rows}
+
+
+async def test_queued_messages_are_delivered_over_one_reused_connection(
+    pool, make_settings, smtp_peer, start_worker
+):
+    recipients = [f"user{i}@dest.test" for i in range(20)]
+    await queue_messages(pool, recipients)
+    settings = make_settings(mta={"routes": {"dest.test": smtp_peer.hop},
+                                  "default_throttle": {"max_connections": 1}})
+    worker = await start_worker(settings)
+
+    await wait_for(lambda: len(smtp_peer.received) == 20)
+    await wait_for(lambda: _all_sent(pool))
+    await worker.stop()
+
+    assert sorted(r.rcpt_tos[0] for r in smtp_peer.received) == sorted(recipients)
+    assert {r.connection for r in smtp_peer.received} == {1}
+    first = smtp_peer.received[0]
+    assert first.mail_from.endswith("@bounces.localhost")
+    assert first.message["From"] == "news@acme.test"
+    assert first.message["Subject"] == "Hello"
+    events = await pool.fetch("SELECT type, data FROM events ORDER BY id")
+    assert [e["type"] for e in events] == ["email.sent"] * 20
+    assert all(e["data"]["smtp_code"] == 250 for e in events)
+
+
+async def _all_sent(pool: asyncpg.Pool) -> bool:
+    return set((await statuses(pool)).values()) == {"sent"}

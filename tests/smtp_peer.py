@@ -1,0 +1,188 @@
+"""A real SMTP server for tests (aiosmtpd, in the test's event loop) that records what it
+receives and injects the faults a real receiver produces: 4xx/5xx at greeting, MAIL, RCPT
+or DATA, a disconnect mid-DATA, a slow greeting, STARTTLS with a self-signed certificate.
+It also measures how many connections were open at once, so throttles are checked at the
+peer rather than trusted from the sender's own counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+STAGES = ("greeting", "MAIL", "RCPT", "DATA")
+
+
+@dataclass
+class Fault:
+    stage: str
+    code: int = 0
+    message: str = ""
+    match: str | None = None  # only when the envelope recipient contains this
+    times: int | None = None  # only the first N times; None: always
+    disconnect: bool = False  # drop the connection instead of answering
+    delay: float = 0.0  # wait this long before answering (or before the greeting)
+
+    def applies(self, recipient: str | None) -> bool:
+        if self.times is not None and self.times <= 0:
+            return False
+        return self.match is None or (recipient is not None and self.match in recipient)
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    connection: int
+    tls: bool
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed: EmailMessage = message_from_bytes(self.data, policy=policy.default)  # type: ignore[assignment]
+        return parsed
+
+
+@dataclass
+class PeerState:
+    faults: list[Fault] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+    connections: int = 0
+    open_now: int = 0
+    max_open: int = 0
+    transports: set[asyncio.BaseTransport] = field(default_factory=set)
+
+    def take(self, stage: str, recipient: str | None = None) -> Fault | None:
+        for fault in self.faults:
+            if fault.stage == stage and fault.applies(recipient):
+                if fault.times is not None:
+                    fault.times -= 1
+                return fault
+        return None
+
+
+class _PeerSMTP(SMTP):
+    def __init__(self, state: PeerState, **kwargs: Any) -> None:
+        super().__init__(_Handler(state), **kwargs)
+        self._state = state
+        state.connections += 1
+        self.number = state.connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._state.open_now += 1
+        self._state.max_open = max(self._state.max_open, self._state.open_now)
+        self._state.transports.add(transport)
+        self._transport_seen = transport
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state.open_now -= 1
+        self._state.transports.discard(self._transport_seen)
+        super().connection_lost(exc)
+
+    async def _handle_client(self) -> None:
+        fault = self._state.take("greeting")
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.code:
+                await self.push(f"{fault.code} {fault.message}")
+                assert self.transport is not None
+                self.transport.close()
+                return
+        await super()._handle_client()
+
+
+class _Handler:
+    def __init__(self, state: PeerState) -> None:
+        self._state = state
+
+    async def _fault(self, server: SMTP, stage: str, recipient: str | None) -> str | None:
+        fault = self._state.take(stage, recipient)
+        if fault is None:
+            return None
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.disconnect:
+            assert server.transport is not None
+            server.transport.abort()
+            return "421 4.3.0 gone"  # never reaches the client
+        return f"{fault.code} {fault.message}"
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        reply = await self._fault(server, "MAIL", None)
+        if reply:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        reply = await self._fault(server, "RCPT", address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        recipient = envelope.rcpt_tos[0] if envelope.rcpt_tos else None
+        reply = await self._fault(server, "DATA", recipient)
+        if reply:
+            return reply
+        self._state.received.append(Received(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=list(envelope.rcpt_tos),
+            data=envelope.original_content or b"",
+            connection=server.number,  # type: ignore[attr-defined]
+            tls=server._tls_protocol is not None,
+        ))
+        return "250 2.0.0 OK queued"
+
+
+class SMTPPeer:
+    """Start with `await peer.start()`; `peer.port` is the listening port on 127.0.0.1."""
+
+    def __init__(self, tls_context: ssl.SSLContext | None = None) -> None:
+        self.state = PeerState()
+        self._tls = tls_context
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def received(self) -> list[Received]:
+        return self.state.received
+
+    @property
+    def hop(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def fault(self, stage: str, code: int = 0, message: str = "", **kwargs: Any) -> Fault:
+        assert stage in STAGES, stage
+        fault = Fault(stage, code, message, **kwargs)
+        self.state.faults.append(fault)
+        return fault
+
+    async def start(self) -> SMTPPeer:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _PeerSMTP(self.state, hostname="peer.test", tls_context=self._tls,
+                              require_starttls=False, data_size_limit=None),
+            host="127.0.0.1", port=0,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for transport in list(self.state.transports):
+                transport.abort()  # type: ignore[attr-defined]
+            await self._server.wait_closed()
