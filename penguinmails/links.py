@@ -1,0 +1,53 @@
+"""The tracker's public URLs, built by the MTA and verified by the tracker.
+
+Open pixel `/o/<token>.gif`, click `/c/<token>`, unsubscribe `/u/<token>`. Every token is
+signed (penguinmails.tokens) and carries what the tracker needs (the queue id of the
+message; for clicks the link's index and URL), so verifying a hit needs no lookup and a
+click can only ever redirect to a URL we signed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from penguinmails.tokens import BadToken, TokenSigner
+
+
+@dataclass(frozen=True)
+class Click:
+    message_id: int
+    index: int
+    url: str
+
+
+class Links:
+    def __init__(self, signer: TokenSigner, base_url: str) -> None:
+        self._signer = signer
+        self._base = base_url.rstrip("/")
+
+    def open_url(self, message_id: int) -> str:
+        return f"{self._base}/o/{self._signer.sign('open', message_id)}.gif"
+
+    def click_url(self, message_id: int, index: int, url: str) -> str:
+        return f"{self._base}/c/{self._signer.sign('click', message_id, index, url)}"
+
+    def unsubscribe_url(self, message_id: int) -> str:
+        return f"{self._base}/u/{self._signer.sign('unsub', message_id)}"
+
+    def open_token(self, token: str) -> int:
+        return _single_id(self._signer.verify("open", token.removesuffix(".gif")))
+
+    def click_token(self, token: str) -> Click:
+        fields = self._signer.verify("click", token)
+        if len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit():
+            raise BadToken("malformed click token")
+        return Click(int(fields[0]), int(fields[1]), fields[2])
+
+    def unsubscribe_token(self, token: str) -> int:
+        return _single_id(self._signer.verify("unsub", token))
+
+
+def _single_id(fields: list[str]) -> int:
+    if len(fields) != 1 or not fields[0].isdigit():
+        raise BadToken("malformed token")
+    return int(fields[0])
