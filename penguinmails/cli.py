@@ -95,6 +95,32 @@ async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_tracker(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.server import serve
+
+    await serve(settings)
+    return 0
+
+
+async def cmd_domains(settings: Settings, args: argparse.Namespace) -> int:
+    """`domains add` generates and stores DKIM keys; both print the TXT records to publish."""
+    from mta.domains import DomainError, add_domain, show_domain
+
+    conn = await _connect(settings)
+    try:
+        if args.action == "add":
+            records = await add_domain(conn, settings, args.domain, tenant=args.tenant,
+                                       selector=args.selector, algorithm=args.algorithm)
+        else:
+            records = await show_domain(conn, args.domain)
+    except DomainError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        await conn.close()
+    print("\n".join(records))
+    return 0
+
+
 async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     from penguinmails.messages import Draft, InvalidMessage, enqueue, ensure_tenant
 
@@ -151,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_up
     )
     sub.add_parser("mta", help="run the delivery daemon").set_defaults(func=cmd_mta)
+    sub.add_parser("tracker", help="run the open/click/unsubscribe server and webhook dispatcher"
+                   ).set_defaults(func=cmd_tracker)
+    domains = sub.add_parser("domains", help="sending domains and their DKIM keys")
+    domain_actions = domains.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = domain_actions.add_parser("add", help="generate DKIM keys; print the DNS records")
+    add.add_argument("domain")
+    add.add_argument("--tenant", required=True)
+    add.add_argument("--selector", default=None)
+    add.add_argument("--algorithm", choices=["rsa", "ed25519", "both"], default="rsa")
+    add.set_defaults(func=cmd_domains)
+    show = domain_actions.add_parser("show", help="print the DNS records to publish again")
+    show.add_argument("domain")
+    show.set_defaults(func=cmd_domains)
     sub.add_parser("migrate", help="apply pending database migrations").set_defaults(
         func=cmd_migrate
     )
