@@ -3,15 +3,20 @@
 MX answers are cached for their TTL. A domain with no MX record gets its implicit MX (the
 domain's own A/AAAA, RFC 5321 section 5.1); a null MX (RFC 7505, "0 .") and a domain that
 does not exist are permanent failures; a resolver timeout or SERVFAIL is temporary.
+A route lives as long as the shortest TTL among the records it was built from, and
+concurrent lookups of one domain share a single query.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
+import dns.nameserver
 import dns.resolver
 
 from penguinmails.config import MtaSettings, split_hostport
@@ -37,14 +42,31 @@ class Route:
     require_starttls: bool = False  # smarthost with credentials: never send AUTH in clear
 
 
+_TEMPORARY_TTL = 30.0  # how long a failed lookup is remembered, so a burst waits once
+_NEGATIVE_TTL = 300.0
+_CACHE_PRUNE_AT = 10_000
+
+
+def _ttl(answer: dns.resolver.Answer) -> float:
+    """Seconds the answer stays valid: the smallest TTL along any CNAME chain."""
+    return max(answer.expiration - time.time(), 0.0)
+
+
+class _Temporary(Exception):
+    """An address lookup failed for a reason that may go away."""
+
+
 class Router:
     def __init__(self, settings: MtaSettings) -> None:
         self._settings = settings
         self._cache: dict[str, tuple[float, Route | RouteError]] = {}
+        self._pending: dict[str, asyncio.Future[Route | RouteError]] = {}
         self._resolver = dns.asyncresolver.Resolver(configure=not settings.dns_servers)
         if settings.dns_servers:
-            self._resolver.nameservers = [split_hostport(s)[0] for s in settings.dns_servers]
-            self._resolver.port = split_hostport(settings.dns_servers[0])[1]
+            # Each server keeps its own port (setting `resolver.port` would apply one to all).
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(*split_hostport(s)) for s in settings.dns_servers
+            ]
         self._resolver.lifetime = settings.dns_timeout
         smart = settings.smarthost
         self._smarthost = (
@@ -72,66 +94,132 @@ class Router:
         if cached is not None and cached[0] > time.monotonic():
             result = cached[1]
         else:
-            result, ttl = await self._lookup(domain)
-            self._cache[domain] = (time.monotonic() + ttl, result)
+            result = await self._shared_lookup(domain)
         if isinstance(result, RouteError):
-            raise result
+            # A fresh exception each time: re-raising the cached instance would grow its
+            # traceback with every message and share it between concurrent callers.
+            raise RouteError(str(result), permanent=result.permanent, code=result.code)
+        return result
+
+    async def _shared_lookup(self, domain: str) -> Route | RouteError:
+        """One lookup per domain at a time; callers arriving meanwhile wait for its result.
+
+        The lookup runs as its own task, so a caller that is cancelled (a worker shutting
+        down, a message's deadline) neither cancels it for the others nor loses the answer.
+        """
+        pending = self._pending.get(domain)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup_and_cache(domain))
+            self._pending[domain] = pending
+            pending.add_done_callback(lambda done: self._settled(domain, done))
+        return await asyncio.shield(pending)
+
+    def _settled(self, domain: str, done: asyncio.Future[Route | RouteError]) -> None:
+        if self._pending.get(domain) is done:
+            del self._pending[domain]
+        if not done.cancelled():
+            done.exception()  # retrieved, so nobody left waiting means no "never retrieved"
+
+    async def _lookup_and_cache(self, domain: str) -> Route | RouteError:
+        result, ttl = await self._lookup(domain)
+        now = time.monotonic()
+        if len(self._cache) >= _CACHE_PRUNE_AT:
+            self._cache = {d: entry for d, entry in self._cache.items() if entry[0] > now}
+        self._cache[domain] = (now + ttl, result)
         return result
 
     async def _lookup(self, domain: str) -> tuple[Route | RouteError, float]:
         try:
-            answer = await self._resolver.resolve(domain, "MX")
+            name = dns.name.from_text(domain)
+        except dns.exception.DNSException as exc:
+            name, reason = None, str(exc)
+        if name is None or len(name.labels) < 2:  # "" and "." name the root, not a domain
+            reason = "" if name is not None else f": {reason}"
+            return RouteError(
+                f"5.1.2 bad destination domain {domain!r}{reason}", permanent=True, code=550
+            ), _NEGATIVE_TTL
+        try:
+            answer = await self._resolver.resolve(name, "MX")
         except dns.resolver.NXDOMAIN:
             return RouteError(
                 f"5.1.2 domain {domain} does not exist", permanent=True, code=550
-            ), 300
+            ), _NEGATIVE_TTL
         except dns.resolver.NoAnswer:
             return await self._implicit_mx(domain)
-        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+        except (dns.exception.DNSException, OSError) as exc:  # SERVFAIL, timeout, refused
             return RouteError(
                 f"4.4.3 DNS lookup for {domain} failed: {exc}", permanent=False, code=451
-            ), 30
+            ), _TEMPORARY_TTL
+        ttl = _ttl(answer)
         records = sorted(answer, key=lambda r: r.preference)
-        exchanges = [r.exchange.to_text(omit_final_dot=True) for r in records]
-        if len(records) == 1 and exchanges[0] in ("", "."):
+        if len(records) == 1 and records[0].exchange == dns.name.root:
             return RouteError(
                 f"5.1.10 {domain} accepts no mail (null MX)", permanent=True, code=556
-            ), float(answer.rrset.ttl if answer.rrset else 300)
-        ttl = float(answer.rrset.ttl) if answer.rrset is not None else 300.0
+            ), max(ttl, 1.0)
+        # A "." among real exchanges is a misconfiguration (RFC 7505 section 3): skip it.
+        exchanges = [
+            r.exchange.to_text(omit_final_dot=True) for r in records if r.exchange != dns.name.root
+        ]
+        exchanges = list(dict.fromkeys(exchanges))  # one MX listed twice is tried once
+        lookups = await asyncio.gather(
+            *(self._addresses(exchange) for exchange in exchanges), return_exceptions=True
+        )
         hosts: list[tuple[str, int]] = []
-        for exchange in exchanges:
-            addresses, _ = await self._addresses(exchange)
+        failures: list[str] = []
+        for exchange, found in zip(exchanges, lookups, strict=True):
+            if isinstance(found, _Temporary):
+                failures.append(f"{exchange}: {found}")
+                continue
+            if isinstance(found, BaseException):
+                raise found
+            addresses, address_ttl = found
+            if addresses:
+                ttl = min(ttl, address_ttl)
             hosts.extend((address, self._settings.mx_port) for address in addresses)
         if not hosts:
+            detail = f" ({'; '.join(failures)})" if failures else ""
             return RouteError(
-                f"4.4.4 no address for any MX of {domain}", permanent=False, code=451
-            ), 60
+                f"4.4.4 no address for any MX of {domain}{detail}", permanent=False, code=451
+            ), _TEMPORARY_TTL if failures else 60.0
         return Route(key="mx:" + ",".join(exchanges), hosts=tuple(hosts)), max(ttl, 1.0)
 
     async def _addresses(self, name: str) -> tuple[list[str], float]:
-        """A then AAAA addresses of `name`, resolved here so one resolver serves the route."""
+        """A then AAAA addresses of `name`, resolved here so one resolver serves the route.
+
+        Raises _Temporary when no address was found and a lookup failed for a reason that
+        may pass (timeout, SERVFAIL): "no address" must not be concluded from an outage.
+        """
+        results = await asyncio.gather(
+            *(self._resolver.resolve(name, rdtype) for rdtype in ("A", "AAAA")),
+            return_exceptions=True,
+        )
         found: list[str] = []
-        ttl = 300.0
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self._resolver.resolve(name, rdtype)
-            except (
-                dns.resolver.NoAnswer,
-                dns.resolver.NXDOMAIN,
-                dns.resolver.NoNameservers,
-                dns.exception.Timeout,
-            ):
+        ttl = _NEGATIVE_TTL
+        failure: BaseException | None = None
+        for result in results:
+            if isinstance(result, dns.resolver.NoAnswer | dns.resolver.NXDOMAIN):
                 continue
-            found.extend(r.address for r in answer)
-            if answer.rrset is not None:
-                ttl = min(ttl, float(answer.rrset.ttl))
+            if isinstance(result, dns.exception.DNSException | OSError):
+                failure = result
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            found.extend(r.address for r in result)
+            ttl = min(ttl, _ttl(result))
+        if not found and failure is not None:
+            raise _Temporary(str(failure))
         return found, ttl
 
     async def _implicit_mx(self, domain: str) -> tuple[Route | RouteError, float]:
-        addresses, ttl = await self._addresses(domain)
+        try:
+            addresses, ttl = await self._addresses(domain)
+        except _Temporary as exc:
+            return RouteError(
+                f"4.4.3 address lookup for {domain} failed: {exc}", permanent=False, code=451
+            ), _TEMPORARY_TTL
         if addresses:
             hosts = tuple((address, self._settings.mx_port) for address in addresses)
             return Route(key=f"mx:{domain}", hosts=hosts), max(ttl, 1.0)
         return RouteError(
             f"5.1.2 {domain} has no MX, A or AAAA record", permanent=True, code=550
-        ), 300
+        ), _NEGATIVE_TTL

@@ -56,8 +56,10 @@ class DomainThrottle:
         if code is not None and 200 <= code < 300:
             self._consecutive_4xx = 0
             return
-        if code is not None and code >= 500:
-            return  # a permanent answer about one recipient says nothing about the rate
+        if code is not None and not 400 <= code < 500:
+            # A 5xx about one recipient says nothing about the rate; anything else (a 3xx
+            # or 1xx surfacing as a final code) is no "slow down" either.
+            return
         self._consecutive_4xx += 1
         if code == 421 or self._consecutive_4xx >= self.rule.backoff_after_4xx:
             self._backoff_until = time.time() + self.rule.backoff_seconds
