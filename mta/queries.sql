@@ -82,11 +82,13 @@ WITH outcome AS (
 SELECT id FROM updated;
 
 -- name: release
--- Give messages back untried (shutdown, or a destination that is backed off): no attempt is
--- counted and no event written; they are due again at $3.
+-- Give messages back without an outcome (shutdown, or a destination that is backed off): no
+-- attempt is counted and no event written; they are due again at $3. $4 marks them possible
+-- duplicates: released mid-transaction, the peer may already have accepted them.
 UPDATE messages
 SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
     next_attempt_at = $3,
+    possible_duplicate = possible_duplicate OR $4,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
     updated_at = now()
 WHERE id = ANY($1::bigint[]) AND lease_token = ANY($2::uuid[]) AND status = 'sending';
@@ -94,3 +96,23 @@ WHERE id = ANY($1::bigint[]) AND lease_token = ANY($2::uuid[]) AND status = 'sen
 -- name: capture_message
 -- The sandbox sink's store: one row per received message, committed before the 250.
 INSERT INTO sandbox_messages (mail_from, rcpt_tos, data) VALUES ($1, $2, $3);
+
+-- name: sending_domain_keys
+-- A domain's DKIM keys, newest first: the composer signs with the newest of each algorithm
+-- (so adding a selector rotates), `domains show` lists them all. Served by the
+-- (domain, selector) unique index.
+SELECT tenant_id, selector, algorithm, private_key, public_key, created_at
+FROM sending_domains
+WHERE domain = $1
+ORDER BY created_at DESC, id DESC;
+
+-- name: lock_sending_domain
+-- Serialises `domains add` for one domain (held to the end of the transaction), so two
+-- tenants cannot both claim a domain that neither had a row for yet.
+SELECT pg_advisory_xact_lock(hashtextextended('penguinmails:sending_domain:' || $1, 0));
+
+-- name: insert_sending_domain_key
+-- One key; the private key arrives already sealed (mta.domains.seal_key).
+INSERT INTO sending_domains (tenant_id, domain, selector, algorithm, private_key, public_key)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id;

@@ -68,7 +68,15 @@ async def release(
     conn: asyncpg.Pool | asyncpg.Connection,
     leases: Sequence[tuple[int, UUID]],
     due_at: datetime,
+    *,
+    possible_duplicate: bool = False,
 ) -> None:
     if not leases:
         return
-    await conn.execute(SQL["release"], [i for i, _ in leases], [t for _, t in leases], due_at)
+    await conn.execute(
+        SQL["release"],
+        [i for i, _ in leases],
+        [t for _, t in leases],
+        due_at,
+        possible_duplicate,
+    )

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -63,12 +64,23 @@ class DomainPool:
     def open_connections(self) -> int:
         return self._open
 
-    async def send(self, route: Route, sender: str, recipient: str, data: bytes) -> Reply:
+    async def send(
+        self,
+        route: Route,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        on_wire: Callable[[], None] | None = None,
+    ) -> Reply:
+        """Deliver one message; `on_wire` is called as the transaction starts, the point
+        from which an interruption may leave the peer holding the message."""
         try:
             conn = await self._acquire(route)
         except _NoConnection as exc:
             return exc.reply
         reusable = False
+        if on_wire is not None:
+            on_wire()
         try:
             reply, reusable = await self._transaction(conn, sender, recipient, data)
             return reply

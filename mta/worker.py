@@ -30,6 +30,7 @@ from penguinmails.config import Settings
 
 log = logging.getLogger(__name__)
 
+
 class ResultWriter:
     """Buffers outcomes and writes them in batches, a few milliseconds apart.
 
@@ -106,6 +107,7 @@ class Worker:
         self._writer = ResultWriter(pool)
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._unwritten: set[int] = set()  # in flight, outcome not yet handed to the writer
+        self._on_wire: set[int] = set()  # in an SMTP transaction right now
         self._leases: dict[int, uuid.UUID] = {}
         self._kick = asyncio.Event()
         self._stopping = False
@@ -217,7 +219,18 @@ class Worker:
             )
         throttle = self._throttles[domain]
         await throttle.bucket.acquire()
-        reply = await self.pools[domain].send(route, sender, row["recipient"], data)
+        until = throttle.backoff_until()  # the domain may have pushed back while we waited
+        if until is not None:
+            await queue.release(
+                self._pool, [(row["id"], row["lease_token"])], datetime.fromtimestamp(until, UTC)
+            )
+            return None
+        try:
+            reply = await self.pools[domain].send(
+                route, sender, row["recipient"], data, on_wire=lambda: self._on_wire.add(row["id"])
+            )
+        finally:
+            self._on_wire.discard(row["id"])
         throttle.note_reply(reply.code)
         return self._decide(row, reply, not_before=throttle.backoff_until())
 
@@ -238,12 +251,16 @@ class Worker:
         if self._inflight:
             await asyncio.wait(list(self._inflight.values()), timeout=self._mta.shutdown_grace)
         leftover = [(i, self._leases[i]) for i in self._unwritten if i in self._leases]
+        untried = [lease for lease in leftover if lease[0] not in self._on_wire]
+        interrupted = [lease for lease in leftover if lease[0] in self._on_wire]
         for task in list(self._inflight.values()):
             task.cancel()
         if self._inflight:
             await asyncio.wait(list(self._inflight.values()))
+        now = datetime.now(UTC)
         try:
-            await queue.release(self._pool, leftover, datetime.now(UTC))
+            await queue.release(self._pool, untried, now)
+            await queue.release(self._pool, interrupted, now, possible_duplicate=True)
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             log.warning(
                 "could not release leases; they will expire",
@@ -273,7 +290,7 @@ class Worker:
                 await asyncio.sleep(self._mta.poll_interval * 5)
                 continue
             lost = asyncio.Event()
-            conn.add_termination_listener(lambda _: lost.set())
+            conn.add_termination_listener(lambda _, lost=lost: lost.set())
             try:
                 await conn.add_listener(queue.CHANNEL, lambda *_: self._kick.set())
                 await lost.wait()

@@ -78,8 +78,11 @@ async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         sink = await start_sink(pool, mta.sandbox_sink, mta.hostname)
         worker = Worker(pool, settings, database_url=url)
         install_stop_signals(worker.stop)
+        where = (
+            "configured URL" if settings.database.url else f"embedded, {settings.paths.data_dir}"
+        )
         print(
-            f"PenguinMails is up.\n  database:     {'embedded, under ' + str(settings.paths.data_dir) if not settings.database.url else 'configured URL'}\n"
+            f"PenguinMails is up.\n  database:     {where}\n"
             f"  capture sink: smtp://{mta.sandbox_sink} (nothing leaves this machine)\n"
             "  queue a message: penguinmails send --from you@example.com --to them@example.org"
             " --subject Hi --text Hello\n  stop: Ctrl-C",
@@ -109,8 +112,14 @@ async def cmd_domains(settings: Settings, args: argparse.Namespace) -> int:
     conn = await _connect(settings)
     try:
         if args.action == "add":
-            records = await add_domain(conn, settings, args.domain, tenant=args.tenant,
-                                       selector=args.selector, algorithm=args.algorithm)
+            records = await add_domain(
+                conn,
+                settings,
+                args.domain,
+                tenant=args.tenant,
+                selector=args.selector,
+                algorithm=args.algorithm,
+            )
         else:
             records = await show_domain(conn, args.domain)
     except DomainError as exc:
@@ -177,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_up
     )
     sub.add_parser("mta", help="run the delivery daemon").set_defaults(func=cmd_mta)
-    sub.add_parser("tracker", help="run the open/click/unsubscribe server and webhook dispatcher"
-                   ).set_defaults(func=cmd_tracker)
+    sub.add_parser(
+        "tracker", help="run the open/click/unsubscribe server and webhook dispatcher"
+    ).set_defaults(func=cmd_tracker)
     domains = sub.add_parser("domains", help="sending domains and their DKIM keys")
     domain_actions = domains.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = domain_actions.add_parser("add", help="generate DKIM keys; print the DNS records")

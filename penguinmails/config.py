@@ -119,6 +119,11 @@ class MtaSettings(Section):
             _check_hostport(hop)
         return {domain.lower(): hop for domain, hop in value.items()}
 
+    @field_validator("throttle")
+    @classmethod
+    def _throttle(cls, value: dict[str, ThrottleRule]) -> dict[str, ThrottleRule]:
+        return {domain.lower(): rule for domain, rule in value.items()}
+
     @field_validator("sandbox_sink")
     @classmethod
     def _sink(cls, value: str) -> str:

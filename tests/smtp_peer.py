@@ -27,7 +27,8 @@ class Fault:
     match: str | None = None  # only when the envelope recipient contains this
     times: int | None = None  # only the first N times; None: always
     disconnect: bool = False  # drop the connection instead of answering
-    delay: float = 0.0  # wait this long before answering (or before the greeting)
+    delay: float = 0.0  # wait this long before answering (or before the greeting);
+    # with no code, the answer after the wait is the normal one: a slow peer
 
     def applies(self, recipient: str | None) -> bool:
         if self.times is not None and self.times <= 0:
@@ -113,10 +114,18 @@ class _Handler:
             assert server.transport is not None
             server.transport.abort()
             return "421 4.3.0 gone"  # never reaches the client
+        if not fault.code:
+            return None  # only slow: carry on as normal
         return f"{fault.code} {fault.message}"
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
         reply = await self._fault(server, "MAIL", None)
         if reply:
             return reply
@@ -124,8 +133,14 @@ class _Handler:
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         reply = await self._fault(server, "RCPT", address)
         if reply:
             return reply
@@ -137,13 +152,15 @@ class _Handler:
         reply = await self._fault(server, "DATA", recipient)
         if reply:
             return reply
-        self._state.received.append(Received(
-            mail_from=envelope.mail_from or "",
-            rcpt_tos=list(envelope.rcpt_tos),
-            data=envelope.original_content or b"",
-            connection=server.number,  # type: ignore[attr-defined]
-            tls=server._tls_protocol is not None,
-        ))
+        self._state.received.append(
+            Received(
+                mail_from=envelope.mail_from or "",
+                rcpt_tos=list(envelope.rcpt_tos),
+                data=envelope.original_content or b"",
+                connection=server.number,  # type: ignore[attr-defined]
+                tls=server._tls_protocol is not None,
+            )
+        )
         return "250 2.0.0 OK queued"
 
 
@@ -173,9 +190,15 @@ class SMTPPeer:
     async def start(self) -> SMTPPeer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _PeerSMTP(self.state, hostname="peer.test", tls_context=self._tls,
-                              require_starttls=False, data_size_limit=None),
-            host="127.0.0.1", port=0,
+            lambda: _PeerSMTP(
+                self.state,
+                hostname="peer.test",
+                tls_context=self._tls,
+                require_starttls=False,
+                data_size_limit=None,
+            ),
+            host="127.0.0.1",
+            port=0,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -1,0 +1,165 @@
+"""The queue's promises: leases, no double sends between live workers, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from mta import queue
+from mta.outcomes import Outcome, Reply
+from tests.conftest import wait_for
+from tests.mta.test_delivery import queue_messages
+
+
+async def _count(pool, status: str) -> int:
+    return await pool.fetchval("SELECT count(*) FROM messages WHERE status = $1", status)
+
+
+async def test_two_workers_never_send_one_message_twice(
+    pool, make_settings, smtp_peer, start_worker
+):
+    recipients = [f"u{i}@dest.test" for i in range(300)]
+    await queue_messages(pool, recipients)
+    settings = make_settings(mta={"routes": {"dest.test": smtp_peer.hop}, "batch_size": 20})
+    first = await start_worker(settings, owner="worker-a")
+    second = await start_worker(settings, owner="worker-b")
+
+    await wait_for(lambda: _count_is(pool, "sent", 300), timeout=30)
+    await first.stop()
+    await second.stop()
+
+    delivered = Counter(r.rcpt_tos[0] for r in smtp_peer.received)
+    assert len(delivered) == 300
+    assert max(delivered.values()) == 1
+
+
+async def _count_is(pool, status: str, n: int) -> bool:
+    return await _count(pool, status) == n
+
+
+async def test_connections_to_one_domain_never_exceed_the_cap(
+    pool, make_settings, smtp_peer, start_worker
+):
+    smtp_peer.fault("DATA", delay=0.02)  # keep sessions busy
+    await queue_messages(pool, [f"u{i}@dest.test" for i in range(120)])
+    settings = make_settings(
+        mta={
+            "routes": {"dest.test": smtp_peer.hop},
+            "throttle": {"dest.test": {"max_connections": 3, "messages_per_connection": 10}},
+        }
+    )
+    worker = await start_worker(settings)
+
+    await wait_for(lambda: _count_is(pool, "sent", 120), timeout=30)
+    await worker.stop()
+
+    assert len(smtp_peer.received) == 120
+    assert smtp_peer.state.max_open == 3  # measured at the peer, and the cap was reached
+    # 120 messages at no more than 10 a connection needs at least 12 connections.
+    assert smtp_peer.state.connections >= 12
+
+
+async def test_an_expired_lease_is_taken_again_and_marked_possible_duplicate(
+    pool, make_settings, smtp_peer, start_worker
+):
+    [queue_id] = await queue_messages(pool, ["user@dest.test"])
+    # A worker that claimed and then died: its lease runs out and nobody writes an outcome.
+    [claimed] = await queue.claim(pool, 10, "dead-worker", 0.2)
+    assert claimed["id"] == queue_id
+    await asyncio.sleep(0.3)
+
+    worker = await start_worker(make_settings(mta={"routes": {"dest.test": smtp_peer.hop}}))
+    await wait_for(lambda: _count_is(pool, "sent", 1))
+    await worker.stop()
+
+    row = await pool.fetchrow("SELECT * FROM messages WHERE id = $1", queue_id)
+    assert row["possible_duplicate"] is True
+    assert len(smtp_peer.received) == 1
+    event = await pool.fetchrow("SELECT data FROM events WHERE message_id = $1", queue_id)
+    assert event["data"]["possible_duplicate"] is True
+
+
+async def test_a_late_result_from_a_worker_that_lost_its_lease_changes_nothing(pool):
+    [queue_id] = await queue_messages(pool, ["user@dest.test"])
+    [slow] = await queue.claim(pool, 1, "slow-worker", 0.1)
+    await asyncio.sleep(0.2)
+    [fast] = await queue.claim(pool, 1, "fast-worker", 60)
+    assert fast["id"] == slow["id"] == queue_id
+
+    sent = Outcome("sent", "email.sent", reply=Reply(250, "2.0.0 ok"), data={})
+    bounced = Outcome("bounced", "email.bounced", reply=Reply(550, "5.1.1 unknown"), data={})
+    assert await queue.record(pool, [queue.Result(queue_id, fast["lease_token"], sent)]) == {
+        queue_id
+    }
+    assert await queue.record(pool, [queue.Result(queue_id, slow["lease_token"], bounced)]) == set()
+
+    row = await pool.fetchrow("SELECT status, attempts FROM messages WHERE id = $1", queue_id)
+    assert (row["status"], row["attempts"]) == ("sent", 1)
+    types = await pool.fetch("SELECT type FROM events WHERE message_id = $1", queue_id)
+    assert [t["type"] for t in types] == ["email.sent"]
+    assert await pool.fetchval("SELECT count(*) FROM suppressions") == 0
+
+
+async def test_a_suppressed_address_is_never_sent_to(pool, make_settings, smtp_peer, start_worker):
+    ids = await queue_messages(pool, ["Blocked@dest.test", "ok@dest.test"])
+    tenant = await pool.fetchval("SELECT tenant_id FROM messages WHERE id = $1", ids[0])
+    await pool.execute(
+        "INSERT INTO suppressions (tenant_id, email, reason) VALUES ($1, 'blocked@dest.test', 'x')",
+        tenant,
+    )
+    worker = await start_worker(make_settings(mta={"routes": {"dest.test": smtp_peer.hop}}))
+
+    await wait_for(lambda: _count_is(pool, "sent", 1))
+    await wait_for(lambda: _count_is(pool, "suppressed", 1))
+    await worker.stop()
+
+    assert [r.rcpt_tos for r in smtp_peer.received] == [["ok@dest.test"]]
+    row = await pool.fetchrow("SELECT attempts FROM messages WHERE id = $1", ids[0])
+    assert row["attempts"] == 0
+
+
+async def test_a_hard_bounce_suppresses_later_messages_to_that_address(
+    pool, make_settings, smtp_peer, start_worker
+):
+    smtp_peer.fault("RCPT", 550, "5.1.1 no such user", match="gone@")
+    await queue_messages(pool, ["gone@dest.test"])
+    worker = await start_worker(make_settings(mta={"routes": {"dest.test": smtp_peer.hop}}))
+    await wait_for(lambda: _count_is(pool, "bounced", 1))
+
+    await queue_messages(pool, ["gone@dest.test"])
+    await wait_for(lambda: _count_is(pool, "suppressed", 1))
+    await worker.stop()
+
+    assert smtp_peer.received == []
+
+
+async def test_graceful_stop_finishes_in_flight_messages_and_releases_the_rest(
+    pool, make_settings, smtp_peer, start_worker
+):
+    # Every DATA takes 0.5 s; one connection; stop shortly after the start.
+    smtp_peer.fault("DATA", delay=0.5)
+    await queue_messages(pool, [f"u{i}@dest.test" for i in range(10)])
+    settings = make_settings(
+        mta={
+            "routes": {"dest.test": smtp_peer.hop},
+            "default_throttle": {"max_connections": 1},
+            "shutdown_grace": 0.8,
+        }
+    )
+    worker = await start_worker(settings)
+    await wait_for(lambda: smtp_peer.state.open_now == 1)
+    await asyncio.sleep(0.2)
+
+    await worker.stop(timeout=5)
+
+    rows = await pool.fetch("SELECT status, lease_token, possible_duplicate FROM messages")
+    statuses = Counter(r["status"] for r in rows)
+    assert statuses["sending"] == 0  # nothing left leased to a stopped worker
+    assert 1 <= statuses["sent"] <= 3
+    assert statuses["sent"] + statuses["queued"] == 10
+    # The one cut off mid-transaction goes back to the queue flagged: the peer may have it.
+    interrupted = [r for r in rows if r["status"] == "queued" and r["possible_duplicate"]]
+    assert len(interrupted) == 1
+    assert len(smtp_peer.received) <= statuses["sent"] + 1
+    assert all(r["lease_token"] is None for r in rows)
+    assert smtp_peer.state.open_now == 0 or await wait_for(lambda: smtp_peer.state.open_now == 0)
