@@ -156,6 +156,12 @@ class DomainPool:
             except _NoConnection:
                 await _close(client, settings.command_timeout)
                 raise
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                # Our credentials are wrong: an operator's problem, never the recipient's bounce.
+                await _close(client, settings.command_timeout)
+                raise _NoConnection(
+                    Reply(None, f"4.7.8 {host} refused our credentials: {exc.code} {exc.message}")
+                ) from exc
             except aiosmtplib.SMTPResponseException as exc:
                 last = Reply(exc.code, exc.message)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

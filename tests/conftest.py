@@ -175,8 +175,9 @@ async def start_worker(pool: asyncpg.Pool, database_url: str) -> AsyncIterator[C
             await handle.stop()
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0,
-                   interval: float = 0.05) -> Any:
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05
+) -> Any:
     """Poll an (async or sync) predicate until it is truthy; fail the test on timeout."""
     import asyncio
     import inspect

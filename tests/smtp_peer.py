@@ -14,7 +14,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 STAGES = ("greeting", "MAIL", "RCPT", "DATA")
 
@@ -167,9 +167,15 @@ class _Handler:
 class SMTPPeer:
     """Start with `await peer.start()`; `peer.port` is the listening port on 127.0.0.1."""
 
-    def __init__(self, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        tls_context: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.state = PeerState()
         self._tls = tls_context
+        self._credentials = credentials
+        self.logins: list[str] = []
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -189,6 +195,13 @@ class SMTPPeer:
 
     async def start(self) -> SMTPPeer:
         loop = asyncio.get_running_loop()
+        auth: dict[str, Any] = {}
+        if self._credentials is not None:
+            auth = {
+                "authenticator": self._authenticate,
+                "auth_require_tls": True,
+                "auth_required": True,
+            }
         self._server = await loop.create_server(
             lambda: _PeerSMTP(
                 self.state,
@@ -196,12 +209,25 @@ class SMTPPeer:
                 tls_context=self._tls,
                 require_starttls=False,
                 data_size_limit=None,
+                **auth,
             ),
             host="127.0.0.1",
             port=0,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        login = auth_data.login.decode() if isinstance(auth_data, LoginPassword) else ""
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and (login, auth_data.password.decode()) == self._credentials
+        )
+        if ok:
+            self.logins.append(login)
+        return AuthResult(success=ok)
 
     async def stop(self) -> None:
         if self._server is not None:

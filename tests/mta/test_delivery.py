@@ -25,8 +25,9 @@ async def test_queued_messages_are_delivered_over_one_reused_connection(
 ):
     recipients = [f"user{i}@dest.test" for i in range(20)]
     await queue_messages(pool, recipients)
-    settings = make_settings(mta={"routes": {"dest.test": smtp_peer.hop},
-                                  "default_throttle": {"max_connections": 1}})
+    settings = make_settings(
+        mta={"routes": {"dest.test": smtp_peer.hop}, "default_throttle": {"max_connections": 1}}
+    )
     worker = await start_worker(settings)
 
     await wait_for(lambda: len(smtp_peer.received) == 20)

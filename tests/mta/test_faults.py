@@ -151,3 +151,49 @@ async def test_tls_required_defers_instead_of_sending_in_clear(
     assert row["status"] == "deferred"
     assert "4.7.10" in row["last_reply"]
     assert not smtp_peer.received
+
+
+async def test_smarthost_with_auth_over_starttls(
+    pool, make_settings, tls_peer_context, start_worker
+):
+    from tests.smtp_peer import SMTPPeer
+
+    relay = await SMTPPeer(
+        tls_context=tls_peer_context, credentials=("relayuser", "s3cret")
+    ).start()
+    try:
+        await queue_messages(pool, ["someone@anywhere.test"])
+        settings = make_settings(
+            mta={"smarthost": {"host": relay.hop, "username": "relayuser", "password": "s3cret"}}
+        )
+        worker = await start_worker(settings)
+        await wait_for(lambda: relay.received)
+        await worker.stop()
+    finally:
+        await relay.stop()
+
+    assert relay.logins == ["relayuser"]
+    assert relay.received[0].tls is True
+    assert relay.received[0].rcpt_tos == ["someone@anywhere.test"]
+
+
+async def test_smarthost_refusing_credentials_defers(
+    pool, make_settings, tls_peer_context, start_worker
+):
+    from tests.smtp_peer import SMTPPeer
+
+    relay = await SMTPPeer(tls_context=tls_peer_context, credentials=("relayuser", "right")).start()
+    try:
+        await queue_messages(pool, ["someone@anywhere.test"])
+        settings = make_settings(
+            mta={"smarthost": {"host": relay.hop, "username": "relayuser", "password": "wrong"}}
+        )
+        worker = await start_worker(settings)
+        row = await _final_row(pool, "someone@anywhere.test", {"deferred", "bounced", "sent"})
+        await worker.stop()
+    finally:
+        await relay.stop()
+
+    assert relay.received == []
+    assert row["status"] == "deferred"  # our misconfiguration is never the recipient's bounce
+    assert row["last_reply_code"] is None
