@@ -32,7 +32,7 @@ def embedded_url(data_dir: Path) -> str:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs complains about XDG_RUNTIME_DIR
-            import pgserver  # type: ignore[import-untyped]
+            import pgserver
 
             _embedded[pgdata] = pgserver.get_server(pgdata, cleanup_mode="stop")
     return str(_embedded[pgdata].get_uri())
