@@ -56,7 +56,8 @@ class Outcome:
 
 def retry_delay(attempts: int, settings: MtaSettings, rng: random.Random | None = None) -> float:
     """Seconds before attempt `attempts + 1`: doubling from the base, capped, +/-20% jitter."""
-    base = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** max(attempts - 1, 0))
+    doubling = 2.0 ** max(attempts - 1, 0)
+    base = min(settings.retry_max_seconds, settings.retry_base_seconds * doubling)
     jitter: float = (rng or random).uniform(0.8, 1.2)
     return base * jitter
 
