@@ -56,7 +56,7 @@ class Outcome:
 
 def retry_delay(attempts: int, settings: MtaSettings, rng: random.Random | None = None) -> float:
     """Seconds before attempt `attempts + 1`: doubling from the base, capped, +/-20% jitter."""
-    doubling = 2.0 ** max(attempts - 1, 0)
+    doubling = 2.0 ** min(max(attempts - 1, 0), 32)  # capped below anyway; no overflow
     base = min(settings.retry_max_seconds, settings.retry_base_seconds * doubling)
     jitter: float = (rng or random).uniform(0.8, 1.2)
     return base * jitter
