@@ -38,6 +38,20 @@ async def _connect(settings: Settings) -> Any:
     return await connect(await asyncio.to_thread(database_url, settings))
 
 
+async def _connect_migrated(settings: Settings) -> Any:
+    from penguinmails.migrations import pending
+
+    conn = await _connect(settings)
+    waiting = await pending(conn)
+    if waiting:
+        await conn.close()
+        raise CommandError(
+            f"the database has {len(waiting)} pending migration(s): "
+            "run `penguinmails migrate` (or `penguinmails up`) first"
+        )
+    return conn
+
+
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from penguinmails.migrations import migrate
 
@@ -141,7 +155,11 @@ async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         text=args.text,
         html=args.html,
     )
-    conn = await _connect(settings)
+    try:
+        draft.validate()  # before touching the database: bad input changes nothing
+    except InvalidMessage as exc:
+        raise CommandError(f"invalid message: {exc}") from exc
+    conn = await _connect_migrated(settings)
     try:
         async with conn.transaction():
             tenant_id = await ensure_tenant(conn, args.tenant)
@@ -159,7 +177,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from penguinmails.queries import load
 
     sql = load("penguinmails", "sql/queries.sql")
-    conn = await _connect(settings)
+    conn = await _connect_migrated(settings)
     try:
         totals = await conn.fetch(sql["status_totals"])
         depth = await conn.fetch(sql["queue_depth"], 20)
