@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from penguinmails import template
 from penguinmails.queries import load
 
 SQL = load("penguinmails", "sql/queries.sql")
@@ -69,7 +70,29 @@ class Draft:
             raise InvalidMessage("content", "text or html is required")
         if self.personalization is not None and len(self.personalization) != len(self.recipients):
             raise InvalidMessage("personalization", "one entry per recipient")
+        self._check_templates()
         return sender_domain, domains
+
+    def _check_templates(self) -> None:
+        """Every recipient has a value for every variable without a default: a missing one
+        is an error now, not a blank in a sent email."""
+        fields = {"subject": self.subject, "text": self.text, "html": self.html}
+        for field_name, source in fields.items():
+            try:
+                if source is not None:
+                    template.compile(source)
+            except template.TemplateError as exc:
+                raise InvalidMessage(field_name, str(exc)) from None
+        subject = template.compile(self.subject)
+        for i, values in enumerate(self.personalization or [{}] * len(self.recipients)):
+            try:
+                template.check(fields, values)
+            except template.TemplateError as exc:
+                raise InvalidMessage(f"personalization[{i}]", str(exc)) from None
+            for name in subject.names:  # a personalised value could smuggle in a header
+                value = template.lookup(values, name)
+                if value is not None:
+                    _no_line_breaks(str(value), f"personalization[{i}].{name}")
 
 
 def new_message_id(sender_domain: str) -> str:

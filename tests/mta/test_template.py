@@ -1,0 +1,145 @@
+"""The template language: variables, defaults, spintax, escaping, and the enqueue-time check."""
+
+from __future__ import annotations
+
+import html
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from penguinmails import template
+from penguinmails.messages import Draft, InvalidMessage
+from penguinmails.template import TemplateError
+
+
+def render(source: str, values: dict | None = None, seed: str = "m1@acme.test", **kw) -> str:
+    return template.compile(source).render(values or {}, seed=seed, **kw)
+
+
+def test_variables_defaults_and_filters():
+    values = {"name": "john", "company": "", "plan": {"tier": "pro"}, "seats": 3}
+    assert render("Hi {{name}}", values) == "Hi john"
+    assert render("Hi {{ name | capitalize }}!", values) == "Hi John!"
+    assert render('{{company | default: "there"}}', values) == "there"  # empty counts as missing
+    assert render("{{missing | default: 'friend'}}", values) == "friend"
+    assert render('{{ name | default: "x" | upper }}', values) == "JOHN"
+    assert render("{{plan.tier}} x{{seats}}", values) == "pro x3"
+    assert render('{{ "a | b" }}', values) == "a | b"
+
+
+def test_a_missing_variable_without_default_is_an_error_not_a_blank():
+    with pytest.raises(TemplateError, match="name"):
+        render("Hi {{name}}")
+    assert template.compile("{{a}} {{b | default: 'x'}} {x|{{c}}}").required == ("a", "c")
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["Hi {{name", "{{ }}", "{{ name | shout }}", "{{ name | default: there }}", "{{ na me }}"],
+)
+def test_syntax_errors(source):
+    with pytest.raises(TemplateError):
+        template.compile(source)
+
+
+def test_values_are_escaped_in_html_but_not_in_text():
+    values = {"name": '<b>"Tom" & Jerry</b>'}
+    assert render("<p>{{name}}</p>", values, escape=html.escape) == (
+        "<p>&lt;b&gt;&quot;Tom&quot; &amp; Jerry&lt;/b&gt;</p>"
+    )
+    assert render("{{name}}", values) == values["name"]
+
+
+def test_spintax_is_deterministic_per_message_and_varies_across_messages():
+    source = "{Hi|Hello|Hey} {{name}}, {quick|short} question"
+    seen = {render(source, {"name": "Ann"}, seed=f"{i}@acme.test") for i in range(60)}
+    assert len(seen) == 6  # every combination turns up
+    for i in range(20):
+        seed = f"{i}@acme.test"
+        assert render(source, {"name": "Ann"}, seed=seed) == render(
+            source, {"name": "Ann"}, seed=seed
+        )
+
+
+def test_nested_spintax_and_variables_inside_options():
+    source = "{Hi {{name}}|{Hello|Hey} there}"
+    outputs = {render(source, {"name": "Bo"}, seed=str(i)) for i in range(60)}
+    assert outputs == {"Hi Bo", "Hello there", "Hey there"}
+
+
+def test_braces_without_a_pipe_are_text():
+    css = "<style>p { margin: 0 } a{color:red}</style> {not spintax} {{ '{' }}"
+    assert render(css) == "<style>p { margin: 0 } a{color:red}</style> {not spintax} {"
+    assert render("a } b | c {") == "a } b | c {"
+
+
+def test_pathological_braces_parse_quickly():
+    import time
+
+    start = time.monotonic()
+    template.Template(" { " * 20000 + " {a|" * 5000)
+    assert time.monotonic() - start < 2.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="{}")))
+def test_text_without_braces_renders_as_itself(text):
+    assert render(text) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.text(alphabet=st.characters(blacklist_characters="{}|"), max_size=8), min_size=2),
+    st.text(max_size=20),
+)
+def test_spintax_always_picks_one_of_the_options(options, seed):
+    assert render("{" + "|".join(options) + "}", seed=seed) in options
+
+
+# -- the check at enqueue time -------------------------------------------------------------
+
+
+def draft(**fields) -> Draft:
+    base: dict = {
+        "from_email": "news@acme.test",
+        "subject": "Hi {{name}}",
+        "recipients": ["a@dest.test", "b@dest.test"],
+        "text": "Hello {{name}} from {{company | default: 'us'}}",
+    }
+    base.update(fields)
+    return Draft(**base)
+
+
+def test_enqueue_refuses_a_recipient_without_a_value():
+    with pytest.raises(InvalidMessage) as caught:
+        draft(personalization=[{"name": "Ann"}, {"company": "Acme"}]).validate()
+    assert caught.value.field == "personalization[1]"
+    assert "name" in caught.value.message
+    with pytest.raises(InvalidMessage):
+        draft().validate()  # no personalization at all
+    draft(personalization=[{"name": "Ann"}, {"name": "Bob"}]).validate()
+
+
+def test_enqueue_accepts_builtins_and_defaults():
+    draft(
+        subject="News",
+        text="{{ email }} can leave: {{unsubscribe_url}} {{x | default: ''}}",
+    ).validate()
+
+
+def test_enqueue_reports_template_syntax_errors_by_field():
+    with pytest.raises(InvalidMessage) as caught:
+        draft(html="<p>{{name</p>", personalization=[{"name": "a"}, {"name": "b"}]).validate()
+    assert caught.value.field == "html"
+
+
+def test_a_personalised_subject_cannot_inject_headers():
+    with pytest.raises(InvalidMessage, match="CR or LF"):
+        draft(personalization=[{"name": "Ann\r\nBcc: x@evil.test"}, {"name": "Bob"}]).validate()
+    # Only values the subject uses matter; the body may hold line breaks.
+    draft(
+        subject="Hi",
+        text="{{bio}}",
+        personalization=[{"bio": "a\nb"}, {"bio": "c"}],
+    ).validate()
