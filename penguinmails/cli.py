@@ -112,6 +112,28 @@ async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    from api.server import serve
+
+    await serve(settings)
+    return 0
+
+
+async def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Prints the new key alone on the last line of stdout: it is shown this once only."""
+    from api.keys import create_key
+
+    conn = await _connect_migrated(settings)
+    try:
+        key = await create_key(conn, tenant=args.tenant, tier=args.tier, test=args.test)
+    finally:
+        await conn.close()
+    mode = "test (sandbox)" if args.test else "live"
+    print(f"created a {mode} API key for tenant {args.tenant!r}; it is shown only once:")
+    print(key)
+    return 0
+
+
 async def cmd_tracker(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.server import serve
 
