@@ -81,9 +81,10 @@ class Router:
             else None
         )
 
-    async def route(self, domain: str) -> Route:
+    async def route(self, domain: str, *, sandbox: bool = False) -> Route:
+        """`sandbox`: a test-mode message, which only ever goes to the capture sink."""
         domain = domain.lower().rstrip(".")
-        if self._settings.sandbox:
+        if self._settings.sandbox or sandbox:
             return Route(key="sandbox", hosts=(split_hostport(self._settings.sandbox_sink),))
         hop = self._settings.routes.get(domain)
         if hop is not None:

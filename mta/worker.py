@@ -30,6 +30,8 @@ from penguinmails.config import Settings
 
 log = logging.getLogger(__name__)
 
+SANDBOX_POOL = "(sandbox)"  # not a valid domain name, so never a real destination's pool
+
 
 class ResultWriter:
     """Buffers outcomes and writes them in batches, a few milliseconds apart.
@@ -197,6 +199,8 @@ class Worker:
         if row["suppressed"]:
             return Outcome("suppressed", "email.suppressed", attempted=0)
         domain: str = row["recipient_domain"]
+        # Test-mode messages share one pool toward the sink, apart from real domains' pools.
+        pool_key = SANDBOX_POOL if row["sandbox"] else domain
         until = self._throttles[domain].backoff_until()
         if until is not None:
             await queue.release(
@@ -204,7 +208,7 @@ class Worker:
             )
             return None
         try:
-            route = await self._router.route(domain)
+            route = await self._router.route(domain, sandbox=row["sandbox"])
         except RouteError as exc:
             return self._decide(row, Reply(exc.code, str(exc)))
         try:
@@ -226,7 +230,7 @@ class Worker:
             )
             return None
         try:
-            reply = await self.pools[domain].send(
+            reply = await self.pools[pool_key].send(
                 route, sender, row["recipient"], data, on_wire=lambda: self._on_wire.add(row["id"])
             )
         finally:

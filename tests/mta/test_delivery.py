@@ -47,3 +47,25 @@ async def test_queued_messages_are_delivered_over_one_reused_connection(
 
 async def _all_sent(pool: asyncpg.Pool) -> bool:
     return set((await statuses(pool)).values()) == {"sent"}
+
+
+async def test_a_sandbox_message_goes_to_the_sink_never_to_its_real_route(
+    pool, make_settings, smtp_peer, start_worker
+):
+    from tests.smtp_peer import SMTPPeer
+
+    sink = await SMTPPeer().start()
+    try:
+        [sandboxed, real] = await queue_messages(pool, ["a@dest.test", "b@dest.test"])
+        await pool.execute("UPDATE messages SET sandbox = true WHERE id = $1", sandboxed)
+        settings = make_settings(
+            mta={"routes": {"dest.test": smtp_peer.hop}, "sandbox_sink": sink.hop}
+        )
+        worker = await start_worker(settings)
+        await wait_for(lambda: sink.received and smtp_peer.received)
+        await worker.stop()
+    finally:
+        await sink.stop()
+
+    assert [r.rcpt_tos for r in sink.received] == [["a@dest.test"]]
+    assert [r.rcpt_tos for r in smtp_peer.received] == [["b@dest.test"]]
