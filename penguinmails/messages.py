@@ -57,6 +57,7 @@ class Draft:
     settings: Mapping[str, Any] = field(default_factory=dict)
     campaign_id: int | None = None
     send_at: datetime | None = None
+    sandbox: bool = False  # test mode: delivered to the capture sink, never to real MX hosts
 
     def validate(self) -> tuple[str, list[str]]:
         sender_domain = address_domain(self.from_email, "from")
@@ -129,5 +130,6 @@ async def enqueue(
         list(draft.recipients),
         domains,
         personalization,
+        draft.sandbox,
     )
     return [row["id"] for row in rows]

@@ -9,9 +9,9 @@ RETURNING id;
 -- Bulk insert through unnest: one statement (and one NOTIFY) for any number of recipients.
 INSERT INTO messages (tenant_id, campaign_id, message_id, from_email, from_name, recipient,
                       recipient_domain, subject, text_body, html_body, headers,
-                      personalization, settings, next_attempt_at)
+                      personalization, settings, next_attempt_at, sandbox)
 SELECT $1, $2, m.message_id, $3, $4, m.recipient, m.domain, $5, $6, $7, $8, m.personalization,
-       $9, coalesce($10, now())
+       $9, coalesce($10, now()), $15
 FROM unnest($11::text[], $12::text[], $13::text[], $14::jsonb[])
      AS m(message_id, recipient, domain, personalization)
 RETURNING id;
