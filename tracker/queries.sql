@@ -1,0 +1,209 @@
+-- name: record_hits
+-- A batch of opens and clicks in one statement (and one commit). Hits for messages that no
+-- longer exist are dropped by the join. A hit is a machine's when the request said so ($6)
+-- or when it came within seconds of delivery ($9 for opens, $10 for clicks). "First" is
+-- decided by inserting into engagement_firsts, which is race-free across tracker processes;
+-- sorted, so two batches take those row locks in the same order and cannot deadlock. Only
+-- the earliest hit of a batch can be the first. Inserting into events fires the webhook
+-- fan-out trigger, so the deliveries commit with the hits.
+WITH hit AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                         $6::text[], $7::int[], $8::text[]) WITH ORDINALITY
+        AS h(message_id, type, at, user_agent, ip_prefix, machine_reason, link_index, url, ord)
+), known AS (
+    SELECT h.*, m.tenant_id, m.campaign_id,
+           coalesce(h.machine_reason,
+                    CASE WHEN h.at < m.sent_at + make_interval(
+                                 secs => CASE h.type WHEN 'email.clicked' THEN $10::float8
+                                                     ELSE $9::float8 END)
+                         THEN 'soon_after_delivery' END) AS reason,
+           h.ord = min(h.ord) OVER (PARTITION BY h.message_id, h.type) AS first_in_batch
+    FROM hit h
+    JOIN messages m ON m.id = h.message_id
+), firsts AS (
+    INSERT INTO engagement_firsts (message_id, type)
+    SELECT DISTINCT message_id, type FROM known ORDER BY message_id, type
+    ON CONFLICT DO NOTHING
+    RETURNING message_id, type
+), classified AS (
+    SELECT k.*, (k.first_in_batch AND f.message_id IS NOT NULL) AS is_unique
+    FROM known k
+    LEFT JOIN firsts f ON f.message_id = k.message_id AND f.type = k.type
+)
+INSERT INTO events (tenant_id, message_id, campaign_id, type, data, created_at, is_unique,
+                    is_machine)
+SELECT tenant_id, message_id, campaign_id, type,
+       jsonb_strip_nulls(jsonb_build_object(
+           'unique', is_unique,
+           'machine', reason IS NOT NULL,
+           'machine_reason', reason,
+           'user_agent', user_agent,
+           'ip_prefix', ip_prefix,
+           'link_index', link_index,
+           'url', url)),
+       at, is_unique, reason IS NOT NULL
+FROM classified
+ORDER BY ord;
+
+-- name: unsubscribe
+-- RFC 8058 one-click (or the page's button): suppress the address for the tenant and record
+-- the event, in one statement. The event is written once per message however often the
+-- link is posted (mail providers retry, people double-click); the suppression keeps the
+-- first reason it was given. Returns nothing when the message no longer exists.
+WITH m AS (
+    SELECT id, tenant_id, campaign_id, recipient FROM messages WHERE id = $1
+), suppressed AS (
+    INSERT INTO suppressions (tenant_id, email, reason, detail)
+    SELECT tenant_id, lower(recipient), 'unsubscribed', $2 FROM m
+    ON CONFLICT DO NOTHING
+), first_time AS (
+    INSERT INTO engagement_firsts (message_id, type)
+    SELECT id, 'email.unsubscribed' FROM m
+    ON CONFLICT DO NOTHING
+    RETURNING message_id
+), recorded AS (
+    INSERT INTO events (tenant_id, message_id, campaign_id, type, data, is_unique)
+    SELECT m.tenant_id, m.id, m.campaign_id, 'email.unsubscribed',
+           jsonb_strip_nulls(jsonb_build_object('method', $2::text, 'user_agent', $3::text,
+                                                'ip_prefix', $4::text)),
+           true
+    FROM m JOIN first_time f ON f.message_id = m.id
+    RETURNING id
+)
+SELECT m.recipient, (SELECT count(*) FROM recorded) AS recorded FROM m;
+
+-- name: health
+-- /healthz: the database answers.
+SELECT 1;
+
+-- name: release_stale_deliveries
+-- A dispatcher that died mid-delivery leaves its leases behind; once they expire the rows go
+-- back to pending without counting an attempt (the request may or may not have been made,
+-- and the receiver dedupes on webhook-id either way).
+UPDATE webhook_deliveries
+SET status = 'pending', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE status = 'delivering' AND lease_expires_at <= now();
+
+-- name: claim_deliveries
+-- Lease up to $1 due deliveries to dispatcher $2 for $4 seconds, at most $3 in flight per
+-- endpoint (counting every dispatcher's leases), oldest first. Claiming per endpoint through
+-- the (webhook_id, next_attempt_at) partial index means an endpoint with a huge backlog gets
+-- its $3 slots and no more, so one slow receiver cannot starve the others. SKIP LOCKED lets
+-- several dispatchers claim at once. The endpoint and the event ride along with the claim.
+WITH busy AS (
+    SELECT webhook_id, count(*) AS n
+    FROM webhook_deliveries
+    WHERE status = 'delivering'
+    GROUP BY webhook_id
+), room AS (
+    SELECT w.id, $3::int - coalesce(b.n, 0)::int AS free
+    FROM webhooks w
+    LEFT JOIN busy b ON b.webhook_id = w.id
+    WHERE w.active AND $3::int - coalesce(b.n, 0)::int > 0
+), picked AS (
+    SELECT d.id
+    FROM room r
+    CROSS JOIN LATERAL (
+        SELECT id, next_attempt_at FROM webhook_deliveries
+        WHERE webhook_id = r.id AND status = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at
+        LIMIT r.free
+        FOR UPDATE SKIP LOCKED
+    ) d
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+)
+UPDATE webhook_deliveries d
+SET status = 'delivering', lease_owner = $2, lease_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => $4::float8), updated_at = now()
+FROM picked p, webhooks w, events e
+LEFT JOIN messages m ON m.id = e.message_id
+WHERE d.id = p.id AND w.id = d.webhook_id AND e.id = d.event_id
+RETURNING d.id, d.webhook_id, d.attempts, d.created_at, d.lease_token,
+          w.url, w.secret_sealed,
+          CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_sealed
+          END AS previous_secret_sealed,
+          e.id AS event_id, e.type AS event_type, e.data AS event_data,
+          e.created_at AS event_created_at, e.message_id AS queue_id, e.campaign_id,
+          m.message_id AS rfc_message_id, m.recipient;
+
+-- name: delivery_succeeded
+-- A 2xx: the delivery is done, and the endpoint's run of failures (if any) is over. The
+-- lease token makes a late answer from a dispatcher whose lease was taken over a no-op.
+WITH done AS (
+    UPDATE webhook_deliveries
+    SET status = 'delivered', attempts = attempts + 1, delivered_at = now(),
+        last_status_code = $3, last_error = NULL, lease_owner = NULL, lease_token = NULL,
+        lease_expires_at = NULL, updated_at = now()
+    WHERE id = $1 AND lease_token = $2 AND status = 'delivering'
+    RETURNING webhook_id
+)
+UPDATE webhooks w
+SET failing_since = NULL
+FROM done
+WHERE w.id = done.webhook_id AND w.failing_since IS NOT NULL;
+
+-- name: delivery_failed
+-- A failed attempt: due again in $5 seconds, or failed for good when that would be past the
+-- delivery's maximum age $6 (or $7 says it is final, e.g. 410 Gone). The endpoint's failure
+-- run starts at its first failure; it is written only then, not on every failure. Returns
+-- the new status and how long the endpoint has been failing, for the disable decision.
+WITH failed AS (
+    UPDATE webhook_deliveries d
+    SET attempts = d.attempts + 1,
+        status = CASE WHEN $7::bool OR d.created_at + make_interval(secs => $6::float8)
+                                       <= now() + make_interval(secs => $5::float8)
+                      THEN 'failed' ELSE 'pending' END,
+        next_attempt_at = now() + make_interval(secs => $5::float8),
+        last_status_code = $3, last_error = $4, lease_owner = NULL, lease_token = NULL,
+        lease_expires_at = NULL, updated_at = now()
+    WHERE d.id = $1 AND d.lease_token = $2 AND d.status = 'delivering'
+    RETURNING d.webhook_id, d.status
+), marked AS (
+    UPDATE webhooks w
+    SET failing_since = now()
+    FROM failed f
+    WHERE w.id = f.webhook_id AND w.failing_since IS NULL
+    RETURNING w.id, w.failing_since
+)
+SELECT f.status, f.webhook_id,
+       extract(epoch FROM now() - coalesce(m.failing_since, w.failing_since))::float8
+           AS failing_for
+FROM failed f
+JOIN webhooks w ON w.id = f.webhook_id
+LEFT JOIN marked m ON m.id = f.webhook_id;
+
+-- name: release_deliveries
+-- Shutdown: deliveries whose request was cut short go back to pending untried.
+UPDATE webhook_deliveries
+SET status = 'pending', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = ANY($1::bigint[]) AND lease_token = ANY($2::uuid[]) AND status = 'delivering';
+
+-- name: disable_endpoint
+-- An endpoint that answered 410 Gone or has failed for days is switched off: its backlog is
+-- cancelled and a webhook.disabled event is recorded, which the fan-out trigger sends to the
+-- tenant's other endpoints (this one is already inactive when the trigger runs).
+WITH off AS (
+    UPDATE webhooks
+    SET active = false, disabled_at = now(), disabled_reason = $2, updated_at = now()
+    WHERE id = $1 AND active
+    RETURNING id, tenant_id, url
+), cancelled AS (
+    UPDATE webhook_deliveries d
+    SET status = 'cancelled', last_error = $2, lease_owner = NULL, lease_token = NULL,
+        lease_expires_at = NULL, updated_at = now()
+    FROM off
+    WHERE d.webhook_id = off.id AND d.status IN ('pending', 'delivering')
+)
+INSERT INTO events (tenant_id, type, data)
+SELECT tenant_id, 'webhook.disabled',
+       jsonb_build_object('webhook_id', id, 'url', url, 'reason', $2::text)
+FROM off
+RETURNING id;
+
+-- name: webhook_backlog
+-- For /metrics: deliveries not yet done, counted through the two partial indexes.
+SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM webhook_deliveries WHERE status = 'delivering') AS delivering;
