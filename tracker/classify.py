@@ -76,8 +76,8 @@ def client_ip(peer: str | None, forwarded_for: str | None) -> str | None:
     """The requester's address, believing X-Forwarded-For only from a proxy on our side.
 
     A reverse proxy in front of the tracker connects from loopback or a private network;
-    from anywhere else the header is just something the client wrote. Of a chain, the last
-    entry is the one our proxy added, so it is the one taken.
+    from anywhere else the header is just something the client wrote. Of a chain, only the
+    last entry is the one our proxy added; earlier ones are the client's word.
     """
     if peer is None:
         return None
@@ -86,11 +86,10 @@ def client_ip(peer: str | None, forwarded_for: str | None) -> str | None:
     except ValueError:
         return None
     if forwarded_for and (peer_address.is_loopback or peer_address.is_private):
-        for candidate in reversed(forwarded_for.split(",")):
-            try:
-                return str(ipaddress.ip_address(candidate.strip()))
-            except ValueError:
-                continue
+        try:
+            return str(ipaddress.ip_address(forwarded_for.rsplit(",", 1)[-1].strip()))
+        except ValueError:
+            pass  # not what a proxy writes: fall back to the peer
     return str(peer_address)
 
 

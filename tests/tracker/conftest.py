@@ -118,6 +118,7 @@ class Receiver:
 
     status: int = 200
     delay: float = 0.0
+    status_for: dict[str, int] = field(default_factory=dict)  # by path, overriding `status`
     requests: list[Request] = field(default_factory=list)
     concurrent: int = 0
     max_concurrent: int = 0
@@ -156,7 +157,7 @@ class Receiver:
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:
-            status = self.status
+            status = self.status_for.get(request.path, self.status)
             if self.delay:
                 await asyncio.sleep(self.delay)
         finally:
