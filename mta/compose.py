@@ -119,12 +119,14 @@ class Composer:
         mta.domains.KeyUnavailable (keys exist but cannot be read now) propagates: the
         message is not at fault and must not be failed.
         """
-        message = compose(row, links=self.links, verp=self.verp)
-        keys = await self.keys.keys_for(message.from_domain, row["tenant_id"])
+        try:
+            domain = address_domain(row["from_email"], "from")
+        except InvalidMessage as exc:
+            raise ComposeError(str(exc)) from None
+        keys = await self.keys.keys_for(domain, row["tenant_id"])
         if not keys:
-            self._warn_unsigned(message.from_domain, row["tenant_id"])
-        signatures = dkim.sign(keys, message.header_bytes(), message.body)
-        return self.verp.encode(row["id"]), message.to_bytes(signatures)
+            self._warn_unsigned(domain, row["tenant_id"])
+        return render_signed(row, keys, links=self.links, verp=self.verp)
 
     def _warn_unsigned(self, domain: str, tenant_id: int) -> None:
         if (domain, tenant_id) in self._unsigned_warned:
@@ -142,6 +144,20 @@ class Composer:
 
 
 # -- the message ----------------------------------------------------------------------------
+
+
+def render_signed(
+    row: Mapping[str, Any],
+    keys: Sequence[dkim.DkimKey],
+    *,
+    links: Links,
+    verp: Verp,
+    now: datetime | None = None,
+) -> tuple[str, bytes]:
+    """Everything render() does once it has the keys: (VERP sender, signed bytes)."""
+    message = compose(row, links=links, verp=verp, now=now)
+    signatures = dkim.sign(keys, message.header_bytes(), message.body)
+    return verp.encode(row["id"]), message.to_bytes(signatures)
 
 
 def tracking(settings: Mapping[str, Any] | None) -> tuple[bool, bool]:
@@ -185,7 +201,7 @@ def compose(
 
     if page is not None:
         if text is None:
-            text = html_to_text(page)
+            text = _derived_text(row["html_body"], page, values, message_id)
         track_opens, track_clicks = tracking(row["settings"])
         if track_clicks:
             page = rewrite_links(
@@ -225,6 +241,28 @@ def _render(
     escape: Callable[[str], str] | None = None,
 ) -> str:
     return template.compile(source).render(values, seed=seed, escape=escape)
+
+
+def _derived_text(source: str, page: str, values: Mapping[str, Any], seed: str) -> str:
+    """The text part of an html-only send: from a text template derived from the html
+    template once per campaign (values then go in unescaped, spintax picks as in the html),
+    or, when that derivation is not itself a valid template, from this rendered page.
+    """
+    derived = _text_template(source)
+    if derived is None:
+        return html_to_text(page)
+    try:
+        return derived.render(values, seed=seed)
+    except template.TemplateError:
+        return html_to_text(page)
+
+
+@lru_cache(maxsize=512)
+def _text_template(html_source: str) -> template.Template | None:
+    try:
+        return template.Template(html_to_text(html_source))
+    except template.TemplateError:
+        return None
 
 
 def _feedback_id(row: Mapping[str, Any]) -> str:
@@ -422,38 +460,61 @@ def add_pixel(page: str, url: str) -> str:
     return page[:at] + pixel + page[at:]
 
 
-_DROP = re.compile(r"<(head|style|script|title)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
-_LINK = re.compile(
-    r"""<a\b[^>]*?(?<![\w-])href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'<>`]+))[^>]*>(.*?)</a\s*>""",
-    re.IGNORECASE | re.DOTALL,
-)
-_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_BLOCK_END = re.compile(
-    r"</(p|div|h[1-6]|li|tr|table|blockquote|ul|ol|section|article|header|footer)\s*>",
-    re.IGNORECASE,
-)
-_LIST_ITEM = re.compile(r"<li\b[^>]*>", re.IGNORECASE)
+_DROP = re.compile(r"<(head|style|script|title)\b.*?</\1\s*>|<!--.*?-->", re.I | re.DOTALL)
+_TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)")
 _TAG = re.compile(r"<[^>]*>")
-_SPACES = re.compile(r"[ \t\f\v\xa0]+")
-_BLANKS = re.compile(r"\n{3,}")
+_BLOCKS = frozenset(
+    "p div h1 h2 h3 h4 h5 h6 li tr table blockquote ul ol section article header footer".split()
+)
 
 
 def html_to_text(page: str) -> str:
-    """A readable plain-text alternative for html-only sends; links as `text (url)`."""
+    """A readable plain-text alternative for html-only sends; links as `text (url)`.
 
-    def link(match: re.Match[str]) -> str:
-        url = html.unescape(next(g for g in match.groups()[:3] if g is not None)).strip()
-        label = _TAG.sub("", match.group(4)).strip()
-        if not url or url.lower().startswith("mailto:") or html.unescape(label) == url:
-            return label or html.escape(url, quote=False)
-        return f"{label} ({html.escape(url, quote=False)})" if label else html.escape(url)
-
-    # Source line breaks are only spaces in HTML; the markup says where lines end.
-    text = _DROP.sub("", page).replace("\r", " ").replace("\n", " ")
-    text = _LINK.sub(link, text)
-    text = _BREAK.sub("\n", text)
-    text = _BLOCK_END.sub("\n\n", text)
-    text = _LIST_ITEM.sub("\n- ", text)
-    text = html.unescape(_TAG.sub("", text))
-    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
-    return _BLANKS.sub("\n\n", "\n".join(lines)).strip() + "\n"
+    One pass over the tags with string methods for the rest: this runs per message, and a
+    chain of regular-expression passes over the whole page cost several times as much.
+    """
+    page = _DROP.sub("", page)
+    out: list[str] = []
+    link_url: str | None = None
+    link_start = pos = 0
+    for match in _TAG.finditer(page):
+        if match.start() > pos:
+            out.append(page[pos : match.start()].replace("\r", " ").replace("\n", " "))
+        pos = match.end()
+        tag = match.group()
+        name_match = _TAG_NAME.match(tag)
+        if name_match is None:
+            continue
+        name = name_match.group(1).lower()
+        closing = tag[1] == "/"
+        if name == "a":
+            if not closing:
+                href = _HREF.search(tag)
+                link_url = next(g for g in href.groups()[1:] if g is not None) if href else None
+                link_start = len(out)
+            elif link_url is not None:
+                label = " ".join("".join(out[link_start:]).split())
+                url = link_url.strip()
+                if url and not url.lower().startswith("mailto:"):
+                    if html.unescape(label) != html.unescape(url):
+                        out.append(f" ({url})" if label else url)
+                link_url = None
+        elif name == "br":
+            out.append("\n")
+        elif closing and name in _BLOCKS:
+            out.append("\n\n")
+        elif name == "li":
+            out.append("\n- ")
+    out.append(page[pos:].replace("\r", " ").replace("\n", " "))
+    text = "".join(out)
+    if "&" in text:
+        text = html.unescape(text)
+    lines: list[str] = []
+    for raw in text.split("\n"):
+        line = " ".join(raw.split())
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines) + "\n"

@@ -12,7 +12,9 @@ level; otherwise it is text, so CSS rules (`p { margin: 0 }`) pass through untou
 
 It is deliberately small and safe: no attribute access beyond dotted keys, no loops, no code,
 so a template written by a tenant cannot reach anything but the recipient's own values.
-Spintax choices are a hash of the message id, so a retry sends the same words. Whatever a
+Spintax choices are a hash of the message id and the group as written, so a retry sends the
+same words, and a group picks alike wherever it appears in one message (subject, html, the
+text part derived from the html): "{Hi|Hello}" greets the same way in both parts. Whatever a
 variable holds is HTML-escaped when the caller renders an HTML part.
 
 Templates are checked when a message is queued (`check`), so a missing variable is an error
@@ -54,11 +56,12 @@ class Var:
     default: str | None
     filters: tuple[str, ...]
     literal: str | None = None
+    key: str = ""  # the expression as written: equal keys render equal text
 
 
 @dataclass(frozen=True, slots=True)
 class Spin:
-    index: int
+    source: str  # the group as written, `{a|b}`: what names it when choosing
     options: tuple[tuple[Node, ...], ...]
 
 
@@ -148,9 +151,7 @@ class _Parser:
             if self.text[pos] == "}":
                 if len(options) < 2:
                     return None
-                # The position names the group: stable across re-parses, so the choice a
-                # message id makes never changes.
-                return Spin(start, tuple(options)), pos + 1
+                return Spin(self.text[start : pos + 1], tuple(options)), pos + 1
             pos += 1  # past "|"
 
 
@@ -178,7 +179,8 @@ def _expression(source: str) -> Var:
             names.append(name)
         else:
             raise TemplateError(f"unknown filter {item!r} (default, {', '.join(_FILTERS)})")
-    return Var("" if literal is not None else head, default, tuple(names), literal)
+    name = "" if literal is not None else head
+    return Var(name, default, tuple(names), literal, source.strip())
 
 
 def _split_pipes(source: str) -> list[str]:
@@ -262,7 +264,7 @@ class Template:
         if self.is_plain:
             return self.source
         out: list[str] = []
-        self._emit(self.nodes, values, seed, escape, out)
+        self._emit(self.nodes, values, seed, escape, out, {})
         return "".join(out)
 
     def _emit(
@@ -272,17 +274,26 @@ class Template:
         seed: str,
         escape: Callable[[str], str] | None,
         out: list[str],
+        done: dict[str, str],
     ) -> None:
+        """Append the text of `nodes`; `done` remembers each expression's (escaped) text,
+        since a campaign body says {{first_name}} many times."""
         for node in nodes:
-            if isinstance(node, str):
+            if type(node) is str:
                 out.append(node)
-            elif isinstance(node, Var):
-                text = _value(node, values)
-                out.append(escape(text) if escape is not None else text)
+            elif type(node) is Var:
+                text = done.get(node.key)
+                if text is None:
+                    text = _value(node, values)
+                    if escape is not None:
+                        text = escape(text)
+                    done[node.key] = text
+                out.append(text)
             else:
-                digest = hashlib.blake2b(f"{seed}\x00{node.index}".encode(), digest_size=8)
+                assert isinstance(node, Spin)
+                digest = hashlib.blake2b(f"{seed}\x00{node.source}".encode(), digest_size=8)
                 choice = int.from_bytes(digest.digest(), "big") % len(node.options)
-                self._emit(node.options[choice], values, seed, escape, out)
+                self._emit(node.options[choice], values, seed, escape, out, done)
 
 
 def _empty(value: Any) -> bool:

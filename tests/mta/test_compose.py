@@ -142,6 +142,23 @@ def test_html_only_gets_a_derived_text_part():
     )
 
 
+def test_the_derived_text_part_picks_the_same_spintax_as_the_html():
+    page = "<p>{Hi|Hello|Hey|Howdy} {{name}} &amp; co</p><p>{one|two|three}</p>"
+    for i in range(20):
+        row = make_row(message_id=f"s{i}@acme.test", text_body=None, html_body=page)
+        message = parse(compose_bytes(row))
+        html_words = re.sub(r"<[^>]+>", " ", content(message.get_body(("html",)))).split()
+        text_words = content(message.get_body(("plain",))).split()
+        assert html_words[0] == text_words[0] and html_words[-1] == text_words[-1]
+        assert text_words[1:4] == ["John", "&", "co"]
+
+
+def test_a_page_whose_text_is_no_template_still_gets_a_text_part():
+    # Unescaped, "&#123;&#123;x" would read as an unclosed {{; the rendered page is used.
+    row = make_row(text_body=None, html_body="<p>&#123;&#123;x {{name}}</p>")
+    assert content(parse(compose_bytes(row)).get_body(("plain",))) == "{{x John\n"
+
+
 def test_html_values_are_escaped_and_text_values_are_not():
     row = make_row(
         personalization={"name": "<script>x</script> & co"},

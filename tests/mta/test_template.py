@@ -143,3 +143,9 @@ def test_a_personalised_subject_cannot_inject_headers():
         text="{{bio}}",
         personalization=[{"bio": "a\nb"}, {"bio": "c"}],
     ).validate()
+
+
+def test_a_group_picks_alike_wherever_it_appears_in_one_message():
+    for i in range(20):
+        first, second = render("{a|b|c|d} / {a|b|c|d}", seed=str(i)).split(" / ")
+        assert first == second
