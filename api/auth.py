@@ -1,0 +1,234 @@
+"""Who is calling: API keys, login tokens (JWT) and passwords.
+
+API keys are `<sk|pk>_<live|test>_` + 12 characters of public id + 32 of secret, all
+alphanumeric (so the log masker, which stops at the first other character, hides the whole
+key). The first 20 characters are the stored prefix: listed, and used to find the row; the
+SHA-256 of the whole key is compared in constant time. `sk_` keys may do anything, `pk_` keys
+may only read; `test` keys run the sandbox.
+
+Login tokens are HS256 JWTs under a key derived from the server keys ("jwt"): exactly that
+one algorithm is accepted, and `exp`, `iat`, `iss`, `aud` and `sub` are required, so
+`alg: none`, an RS256 token made with some public key (key confusion), a token without an
+expiry or for another audience all fail alike with 401. They act in live mode, as a secret key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import argon2
+import asyncpg
+import jwt
+from aiohttp import web
+
+from api.envelope import ApiError
+from penguinmails.config import Settings
+from penguinmails.queries import load
+from penguinmails.secrets import derive, server_keys
+
+SQL = load("api")
+
+ALPHABET = string.ascii_letters + string.digits
+PUBLIC_ID_LENGTH = 12
+SECRET_LENGTH = 32
+PREFIX_LENGTH = len("sk_live_") + PUBLIC_ID_LENGTH
+
+JWT_ALGORITHM = "HS256"
+JWT_ISSUER = "penguinmails"
+JWT_AUDIENCE = "penguinmails-api"
+JWT_TTL_SECONDS = 900
+
+_hasher = argon2.PasswordHasher()  # argon2id, RFC 9106 low-memory profile
+# Verified against when the user does not exist, so a login's timing does not say whether
+# an address has an account.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+Kind = Literal["sk", "pk"]
+Mode = Literal["live", "test"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: int
+    tier: str
+    kind: Kind
+    mode: Mode
+    key_id: int | None = None
+    user_id: int | None = None
+
+    @property
+    def can_write(self) -> bool:
+        return self.kind == "sk"
+
+    @property
+    def sandbox(self) -> bool:
+        return self.mode == "test"
+
+
+def unauthorized(message: str = "Invalid or missing credentials") -> ApiError:
+    return ApiError(
+        401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": 'Bearer realm="penguinmails"'}
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# API keys
+
+
+def _random(length: int) -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+
+
+def new_key(kind: Kind, mode: Mode) -> tuple[str, str, bytes]:
+    """(full key, stored prefix, stored hash)."""
+    key = f"{kind}_{mode}_{_random(PUBLIC_ID_LENGTH)}{_random(SECRET_LENGTH)}"
+    return key, key[:PREFIX_LENGTH], hash_key(key)
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode("ascii", "replace")).digest()
+
+
+def looks_like_key(token: str) -> bool:
+    return token[:3] in ("sk_", "pk_")
+
+
+def parse_key(token: str) -> tuple[Kind, Mode, str] | None:
+    """(kind, mode, prefix) for a well-formed key, else None."""
+    kind, _, rest = token.partition("_")
+    mode, _, body = rest.partition("_")
+    if kind not in ("sk", "pk") or mode not in ("live", "test"):
+        return None
+    if len(body) != PUBLIC_ID_LENGTH + SECRET_LENGTH or not body.isascii() or not body.isalnum():
+        return None
+    return kind, mode, token[:PREFIX_LENGTH]  # type: ignore[return-value]
+
+
+async def principal_for_key(pool: asyncpg.Pool, token: str) -> Principal:
+    parsed = parse_key(token)
+    if parsed is None:
+        raise unauthorized("Malformed API key")
+    kind, mode, prefix = parsed
+    row = await pool.fetchrow(SQL["find_api_key"], prefix)
+    presented = hash_key(token)
+    stored = row["secret_hash"] if row is not None else b"\0" * 32
+    # compare_digest in every case, so a wrong secret and an unknown prefix take alike long.
+    if not hmac.compare_digest(presented, bytes(stored)) or row is None:
+        raise unauthorized("Invalid API key")
+    if row["revoked_at"] is not None:
+        raise unauthorized("This API key has been revoked")
+    return Principal(
+        tenant_id=row["tenant_id"], tier=row["tier"], kind=kind, mode=mode, key_id=row["id"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Passwords
+
+
+async def hash_password(password: str) -> str:
+    import asyncio
+
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(encoded: str | None, password: str) -> bool:
+    """argon2 verify off the event loop (tens of milliseconds of memory-hard work)."""
+    import asyncio
+
+    def check() -> bool:
+        try:
+            return _hasher.verify(encoded or _DUMMY_HASH, password) and encoded is not None
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(check)
+
+
+# ---------------------------------------------------------------------------------------------
+# Login tokens
+
+
+class TokenSigner:
+    def __init__(self, settings: Settings, ttl: int = JWT_TTL_SECONDS) -> None:
+        # The first server key signs; every key verifies, so a server key can be rotated
+        # without logging everyone out.
+        self.keys = [derive(k, "jwt") for k in server_keys(settings)]
+        self.ttl = ttl
+
+    def issue(self, user_id: int, tenant_id: int) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": str(user_id),
+            "tid": tenant_id,
+            "iss": JWT_ISSUER,
+            "aud": JWT_AUDIENCE,
+            "iat": now,
+            "exp": now + self.ttl,
+            "jti": secrets.token_hex(8),
+        }
+        return jwt.encode(claims, self.keys[0], algorithm=JWT_ALGORITHM)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        for key in self.keys:
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[JWT_ALGORITHM],
+                    audience=JWT_AUDIENCE,
+                    issuer=JWT_ISSUER,
+                    options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+                    leeway=5,
+                )
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as exc:
+                raise unauthorized(f"Invalid token: {_jwt_reason(exc)}") from None
+            return claims
+        raise unauthorized("Invalid token: signature verification failed")
+
+
+def _jwt_reason(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "expired"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"missing the {exc.claim} claim"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "wrong audience"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "wrong issuer"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "algorithm not allowed"
+    return "malformed"
+
+
+async def principal_for_token(pool: asyncpg.Pool, signer: TokenSigner, token: str) -> Principal:
+    claims = signer.verify(token)
+    try:
+        user_id = int(claims["sub"])
+    except (TypeError, ValueError):
+        raise unauthorized("Invalid token: bad subject") from None
+    row = await pool.fetchrow(SQL["find_user"], user_id)
+    if row is None:  # the user was deleted since the token was issued
+        raise unauthorized("Invalid token: unknown user")
+    return Principal(
+        tenant_id=row["tenant_id"], tier=row["tier"], kind="sk", mode="live", user_id=user_id
+    )
+
+
+async def authenticate(request: web.Request, pool: asyncpg.Pool, signer: TokenSigner) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise unauthorized("Authorization: Bearer <API key or token> is required")
+    if looks_like_key(token):
+        return await principal_for_key(pool, token)
+    return await principal_for_token(pool, signer, token)

@@ -1,0 +1,391 @@
+"""Campaigns: drafts that are edited, then sent now or at send_at, paused, resumed, cancelled.
+
+Life cycle: draft -> sending (shown as `scheduled` while send_at is ahead) <-> paused ->
+completed | cancelled. `send` queues one message per recipient in one INSERT, in the same
+transaction that marks the campaign sending; from then on the queue holds the recipients.
+Pausing moves the campaign's waiting messages to the `paused` status, which the MTA never
+claims; resuming puts them back with their due times shifted by the pause (so batch spacing
+and retry back-off are kept). Cancelling cancels every waiting message; a message already in
+an SMTP conversation finishes it. `completed` (and its `campaign.completed` event) is set by a
+database trigger when the last message becomes final (migration 0006).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from api.envelope import not_found, validation_error
+from api.models import (
+    Campaign,
+    CampaignCreate,
+    CampaignSend,
+    CampaignSettings,
+    CampaignUpdate,
+    ContentOut,
+    ListQuery,
+    Page,
+    Recipient,
+    Sender,
+    SenderOut,
+)
+from api.routing import API, Call, decode_cursor, encode_cursor
+from api.senders import check_draft, conflict, refuse_template_id, resolve_sender
+from penguinmails.messages import Draft, enqueue
+from penguinmails.queries import load
+
+SQL = load("api")
+PLACEHOLDER_SENDER = "sender@example.com"  # checks content before a sender is chosen
+
+
+def settings_dict(settings: CampaignSettings) -> dict[str, bool]:
+    """What the MTA reads: tracking is written out explicitly, off when analytics is off."""
+    on = settings.analytics_enabled
+    return {
+        "analytics_enabled": on,
+        "track_opens": on and settings.track_opens,
+        "track_clicks": on and settings.track_clicks,
+    }
+
+
+def campaign_model(row: asyncpg.Record) -> Campaign:
+    sender = (
+        SenderOut(email=row["from_email"], name=row["from_name"]) if row["from_email"] else None
+    )
+    fields = {name: row[name] for name in _CAMPAIGN_COLUMNS}
+    return Campaign.model_validate(
+        {
+            **fields,
+            "from": sender,
+            "content": ContentOut(html=row["html_body"], text=row["text_body"]),
+        }
+    )
+
+
+_CAMPAIGN_COLUMNS = (
+    "id",
+    "name",
+    "subject",
+    "settings",
+    "headers",
+    "recipient_count",
+    "status",
+    "sandbox",
+    "send_at",
+    "started_at",
+    "paused_at",
+    "completed_at",
+    "cancelled_at",
+    "created_at",
+    "updated_at",
+)
+
+
+async def fetch_campaign(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant_id: int, campaign_id: int
+) -> Campaign:
+    row = await conn.fetchrow(SQL["get_campaign"], tenant_id, campaign_id)
+    if row is None:
+        raise not_found("Campaign")
+    return campaign_model(row)
+
+
+def _draft(
+    *,
+    from_email: str | None,
+    from_name: str,
+    subject: str,
+    html: str | None,
+    text: str | None,
+    headers: dict[str, str],
+    settings: dict[str, Any],
+) -> Draft:
+    return Draft(
+        from_email=from_email or PLACEHOLDER_SENDER,
+        from_name=from_name,
+        subject=subject,
+        recipients=[],
+        text=text,
+        html=html,
+        headers=headers,
+        settings=settings,
+    )
+
+
+def draft_from_row(row: asyncpg.Record, from_email: str, from_name: str) -> Draft:
+    return _draft(
+        from_email=from_email,
+        from_name=from_name,
+        subject=row["subject"],
+        html=row["html_body"],
+        text=row["text_body"],
+        headers=row["headers"],
+        settings=row["settings"],
+    )
+
+
+async def lock(conn: asyncpg.Connection, call: Call, campaign_id: int) -> asyncpg.Record:
+    row = await conn.fetchrow(SQL["lock_campaign"], call.principal.tenant_id, campaign_id)
+    if row is None:
+        raise not_found("Campaign")
+    return row
+
+
+@API.route(
+    "POST",
+    "/campaigns",
+    summary="Create a campaign (status draft)",
+    tag="Campaigns",
+    body=CampaignCreate,
+    response=Campaign,
+    status=201,
+)
+async def create_campaign(call: Call) -> Campaign:
+    body: CampaignCreate = call.body
+    refuse_template_id(body.content.template_id)
+    from_email, from_name = None, ""
+    if body.from_ is not None:
+        from_email, from_name = await resolve_sender(call.pool, call.principal, body.from_)
+    settings = settings_dict(body.settings)
+    draft = _draft(
+        from_email=from_email,
+        from_name=from_name,
+        subject=body.subject,
+        html=body.content.html,
+        text=body.content.text,
+        headers=body.headers,
+        settings=settings,
+    )
+    check_draft(draft, body.recipients)
+    async with call.pool.acquire() as conn, conn.transaction():
+        campaign_id = await conn.fetchval(
+            SQL["insert_campaign"],
+            call.principal.tenant_id,
+            body.name,
+            body.subject,
+            from_email,
+            from_name,
+            body.content.html,
+            body.content.text,
+            body.headers,
+            settings,
+            [r.model_dump() for r in body.recipients],
+            len(body.recipients),
+            call.principal.sandbox,
+            body.send_at,
+        )
+        return await fetch_campaign(conn, call.principal.tenant_id, campaign_id)
+
+
+@API.route(
+    "GET",
+    "/campaigns/{id}",
+    summary="Get a campaign",
+    tag="Campaigns",
+    response=Campaign,
+    errors=(404,),
+)
+async def get_campaign(call: Call) -> Campaign:
+    return await fetch_campaign(call.pool, call.principal.tenant_id, call.path_id("id", "Campaign"))
+
+
+@API.route(
+    "GET",
+    "/campaigns",
+    summary="List campaigns, newest first",
+    tag="Campaigns",
+    query=ListQuery,
+    response=Page[Campaign],
+)
+async def list_campaigns(call: Call) -> Page[Campaign]:
+    query: ListQuery = call.query
+    after = decode_cursor(query.cursor)
+    rows = await call.pool.fetch(
+        SQL["list_campaigns"], call.principal.tenant_id, after, query.limit + 1
+    )
+    items = [campaign_model(r) for r in rows[: query.limit]]
+    more = len(rows) > query.limit
+    return Page[Campaign](
+        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
+    )
+
+
+@API.route(
+    "PATCH",
+    "/campaigns/{id}",
+    summary="Change a draft campaign",
+    tag="Campaigns",
+    body=CampaignUpdate,
+    response=Campaign,
+    errors=(404, 409),
+)
+async def update_campaign(call: Call) -> Campaign:
+    body: CampaignUpdate = call.body
+    campaign_id = call.path_id("id", "Campaign")
+    given = body.model_fields_set
+    if body.content is not None:
+        refuse_template_id(body.content.template_id)
+    for name in ("name", "subject", "content", "recipients", "settings", "headers"):
+        if name in given and getattr(body, name) is None:
+            raise validation_error([{"field": name, "message": "must not be null"}])
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await lock(conn, call, campaign_id)
+        if row["status"] != "draft":
+            raise conflict(f"Only a draft can be changed; this campaign is {row['status']}")
+        from_email, from_name = row["from_email"], row["from_name"]
+        if "from_" in given:
+            from_email, from_name = (
+                await resolve_sender(conn, call.principal, body.from_)
+                if body.from_ is not None
+                else (None, "")
+            )
+        html, text = row["html_body"], row["text_body"]
+        if body.content is not None:
+            html, text = body.content.html, body.content.text
+        settings = settings_dict(body.settings) if body.settings is not None else row["settings"]
+        headers = body.headers if body.headers is not None else row["headers"]
+        subject = body.subject if body.subject is not None else row["subject"]
+        recipients = (
+            [r.model_dump() for r in body.recipients]
+            if body.recipients is not None
+            else row["recipients"]
+        )
+        draft = _draft(
+            from_email=from_email,
+            from_name=from_name,
+            subject=subject,
+            html=html,
+            text=text,
+            headers=headers,
+            settings=settings,
+        )
+        check_draft(draft, [Recipient.model_validate(r) for r in recipients])
+        await conn.execute(
+            SQL["update_draft"],
+            call.principal.tenant_id,
+            campaign_id,
+            body.name if body.name is not None else row["name"],
+            subject,
+            from_email,
+            from_name,
+            html,
+            text,
+            headers,
+            settings,
+            recipients,
+            len(recipients),
+            body.send_at if "send_at" in given else row["send_at"],
+        )
+        return await fetch_campaign(conn, call.principal.tenant_id, campaign_id)
+
+
+@API.route(
+    "POST",
+    "/campaigns/{id}/send",
+    summary="Send a draft now or at send_at",
+    tag="Campaigns",
+    body=CampaignSend,
+    body_optional=True,
+    response=Campaign,
+    status=202,
+    errors=(404, 409),
+)
+async def send_campaign(call: Call) -> Campaign:
+    body: CampaignSend = call.body
+    campaign_id = call.path_id("id", "Campaign")
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await lock(conn, call, campaign_id)
+        if row["status"] != "draft":
+            raise conflict(f"Only a draft can be sent; this campaign is {row['status']}")
+        recipients = [Recipient.model_validate(r) for r in row["recipients"]]
+        if not recipients:
+            raise validation_error(
+                [
+                    {
+                        "field": "recipients",
+                        "message": "the campaign has no recipients "
+                        "(add them with PATCH, or use /emails/send-bulk)",
+                    }
+                ]
+            )
+        stored = (
+            Sender.model_construct(email=row["from_email"], name=row["from_name"])
+            if row["from_email"]
+            else None
+        )
+        from_email, from_name = await resolve_sender(conn, call.principal, stored)
+        send_at = body.send_at or row["send_at"] or datetime.now(UTC)
+        draft = draft_from_row(row, from_email, from_name)
+        check_draft(draft, recipients)
+        draft.recipients = [r.email for r in recipients]
+        draft.personalization = [r.personalization for r in recipients]
+        draft.campaign_id = campaign_id
+        draft.send_at = send_at
+        draft.sandbox = row["sandbox"] or call.principal.sandbox
+        ids = await enqueue(conn, call.principal.tenant_id, draft)
+        await conn.execute(
+            SQL["start_campaign"], campaign_id, call.principal.tenant_id, send_at, len(ids)
+        )
+        return await fetch_campaign(conn, call.principal.tenant_id, campaign_id)
+
+
+@API.route(
+    "POST",
+    "/campaigns/{id}/pause",
+    summary="Pause a sending campaign: its waiting messages stay queued but unclaimed",
+    tag="Campaigns",
+    response=Campaign,
+    errors=(404, 409),
+)
+async def pause_campaign(call: Call) -> Campaign:
+    campaign_id = call.path_id("id", "Campaign")
+    tenant = call.principal.tenant_id
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await lock(conn, call, campaign_id)
+        if row["status"] != "sending":
+            raise conflict(f"Only a sending campaign can be paused; this one is {row['status']}")
+        await conn.execute(SQL["pause_campaign_messages"], campaign_id, tenant)
+        await conn.execute(SQL["set_campaign_paused"], campaign_id)
+        return await fetch_campaign(conn, tenant, campaign_id)
+
+
+@API.route(
+    "POST",
+    "/campaigns/{id}/resume",
+    summary="Resume a paused campaign",
+    tag="Campaigns",
+    response=Campaign,
+    errors=(404, 409),
+)
+async def resume_campaign(call: Call) -> Campaign:
+    campaign_id = call.path_id("id", "Campaign")
+    tenant = call.principal.tenant_id
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await lock(conn, call, campaign_id)
+        if row["status"] != "paused":
+            raise conflict(f"Only a paused campaign can be resumed; this one is {row['status']}")
+        await conn.execute(SQL["resume_campaign_messages"], campaign_id, tenant, row["paused_at"])
+        await conn.execute(SQL["set_campaign_resumed"], campaign_id, row["paused_at"])
+        return await fetch_campaign(conn, tenant, campaign_id)
+
+
+@API.route(
+    "POST",
+    "/campaigns/{id}/cancel",
+    summary="Cancel a campaign and every message still waiting",
+    tag="Campaigns",
+    response=Campaign,
+    errors=(404, 409),
+)
+async def cancel_campaign(call: Call) -> Campaign:
+    campaign_id = call.path_id("id", "Campaign")
+    tenant = call.principal.tenant_id
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await lock(conn, call, campaign_id)
+        if row["status"] not in ("draft", "sending", "paused"):
+            raise conflict(f"This campaign is already {row['status']}")
+        await conn.execute(SQL["set_campaign_cancelled"], campaign_id)
+        await conn.execute(SQL["cancel_campaign_messages"], campaign_id, tenant)
+        return await fetch_campaign(conn, tenant, campaign_id)

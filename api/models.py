@@ -1,0 +1,546 @@
+"""Request and response models: the one definition of what the API accepts and returns.
+
+The same classes validate requests, shape responses and generate the OpenAPI document
+(api.openapi), so the document cannot drift from the server. Request models forbid unknown
+fields: a typo in `track_opens` is an error the client sees, not a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from penguinmails.messages import InvalidMessage, address_domain
+
+MAX_RECIPIENTS = 10_000
+MAX_BODY_CHARS = 1_000_000
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,75}$")
+
+
+def _email(value: str) -> str:
+    try:
+        address_domain(value, "email")
+    except InvalidMessage:
+        raise PydanticCustomError("email", "Invalid email format") from None
+    return value
+
+
+def _headers(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 50:
+        raise PydanticCustomError("headers", "at most 50 headers")
+    for name, text in value.items():
+        if not _HEADER_NAME.match(name):
+            raise PydanticCustomError("headers", "invalid header name {name!r}", {"name": name})
+        if "\r" in text or "\n" in text or len(text) > 998:
+            raise PydanticCustomError(
+                "headers",
+                "header {name} must be one line of at most 998 characters",
+                {"name": name},
+            )
+    return value
+
+
+Email = Annotated[
+    str,
+    AfterValidator(_email),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": 254}),
+]
+Name = Annotated[str, StringConstraints(max_length=200)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s,]+$")]
+Headers = Annotated[dict[str, str], AfterValidator(_headers)]
+Body = Annotated[str, StringConstraints(max_length=MAX_BODY_CHARS)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Query(BaseModel):
+    """Query strings are lenient about unknown parameters (caches and proxies add some)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared parts
+
+
+class Sender(Request):
+    email: Email
+    name: Name = ""
+
+
+class SenderOut(Response):
+    email: str
+    name: str = ""
+
+
+class Content(Request):
+    html: Body | None = None
+    text: Body | None = None
+    template_id: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Reserved: there is no template store yet, so any value is refused.",
+    )
+
+
+class ContentOut(Response):
+    html: str | None
+    text: str | None
+
+
+class Recipient(Request):
+    email: Email
+    personalization: dict[str, Any] = Field(default_factory=dict)
+
+
+class CampaignSettings(Request):
+    """Tracking is on by default; `analytics_enabled: false` switches both kinds off."""
+
+    analytics_enabled: bool = True
+    track_opens: bool = True
+    track_clicks: bool = True
+
+
+class Tracking(Request):
+    opens: bool = True
+    clicks: bool = True
+
+
+T = TypeVar("T")
+
+
+class Page(Response, Generic[T]):
+    items: list[T]
+    has_more: bool
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page."
+    )
+
+
+class ListQuery(Query):
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class Deleted(Response):
+    id: int | str
+    deleted: Literal[True] = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Campaigns
+
+CampaignStatus = Literal["draft", "scheduled", "sending", "paused", "completed", "cancelled"]
+
+
+class CampaignCreate(Request):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    subject: Annotated[str, StringConstraints(min_length=1, max_length=998)]
+    content: Content
+    recipients: list[Recipient] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
+    settings: CampaignSettings = Field(default_factory=CampaignSettings)
+    from_: Sender | None = Field(default=None, alias="from")
+    headers: Headers = Field(default_factory=dict)
+    send_at: AwareDatetime | None = Field(
+        default=None, description="The schedule `send` uses when it is given no send_at."
+    )
+
+
+class CampaignUpdate(Request):
+    """Only the fields given change; allowed while the campaign is a draft."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    subject: Annotated[str, StringConstraints(min_length=1, max_length=998)] | None = None
+    content: Content | None = None
+    recipients: list[Recipient] | None = Field(default=None, max_length=MAX_RECIPIENTS)
+    settings: CampaignSettings | None = None
+    from_: Sender | None = Field(default=None, alias="from")
+    headers: Headers | None = None
+    send_at: AwareDatetime | None = None
+
+
+class CampaignSend(Request):
+    send_at: AwareDatetime | None = Field(
+        default=None, description="Omitted: the campaign's own send_at, else now."
+    )
+
+
+class Campaign(Response):
+    id: int
+    name: str
+    subject: str
+    from_: SenderOut | None = Field(alias="from")
+    content: ContentOut
+    settings: dict[str, Any]
+    headers: dict[str, str]
+    recipient_count: int
+    status: CampaignStatus
+    sandbox: bool
+    send_at: datetime | None
+    started_at: datetime | None
+    paused_at: datetime | None
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Sends
+
+
+class SendRequest(Request):
+    from_: Sender | None = Field(default=None, alias="from")
+    to: Email
+    subject: Annotated[str, StringConstraints(min_length=1, max_length=998)]
+    content: Content
+    tracking: Tracking = Field(default_factory=Tracking)
+    personalization: dict[str, Any] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
+    send_at: AwareDatetime | None = None
+
+
+class SendResult(Response):
+    message_id: int = Field(description="The queue id: GET /api/v1/messages/{message_id}.")
+    status: Literal["queued"] = "queued"
+    sandbox: bool
+
+
+class BulkSendRequest(Request):
+    campaign_id: int = Field(ge=1, le=2**63 - 1)
+    recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    batch_size: int | None = Field(
+        default=None, ge=1, le=MAX_RECIPIENTS, description="Omitted: one batch."
+    )
+    delay_between_batches: float = Field(default=0, ge=0, le=7 * 86400)
+    send_at: AwareDatetime | None = Field(default=None, description="When the first batch is due.")
+
+
+class BulkSendResult(Response):
+    campaign_id: int
+    queued: int
+    batches: int
+    first_batch_at: datetime
+    last_batch_at: datetime
+    message_ids: list[int]
+    sandbox: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+class MessageEvent(Response):
+    id: int
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class Message(Response):
+    id: int
+    message_id: str
+    campaign_id: int | None
+    from_email: str
+    recipient: str
+    subject: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_reply_code: int | None
+    last_reply: str | None
+    enhanced_status: str | None
+    sandbox: bool
+    created_at: datetime
+    sent_at: datetime | None
+    events: list[MessageEvent]
+
+
+# ---------------------------------------------------------------------------------------------
+# Contacts and suppressions
+
+
+class ContactCreate(Request):
+    email: Email
+    first_name: Name | None = None
+    last_name: Name | None = None
+    company: Name | None = None
+    custom_fields: dict[str, Any] = Field(default_factory=dict)
+    tags: list[Tag] = Field(default_factory=list, max_length=100)
+
+
+class ContactUpdate(Request):
+    email: Email | None = None
+    first_name: Name | None = None
+    last_name: Name | None = None
+    company: Name | None = None
+    custom_fields: dict[str, Any] | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=100)
+
+
+class Contact(Response):
+    id: int
+    email: str
+    first_name: str | None
+    last_name: str | None
+    company: str | None
+    custom_fields: dict[str, Any]
+    tags: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ContactListQuery(ListQuery):
+    tag: Tag | None = None
+
+
+class SuppressionCreate(Request):
+    email: Email
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "manual"
+    detail: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class Suppression(Response):
+    email: str
+    reason: str
+    detail: str | None
+    created_at: datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys, users, login
+
+
+class ApiKeyCreate(Request):
+    name: Name = ""
+    type: Literal["secret", "publishable"] = Field(
+        default="secret", description="publishable (pk_) keys may only read."
+    )
+    mode: Literal["live", "test"] | None = Field(
+        default=None, description="Omitted: the calling key's mode. Test keys make test keys."
+    )
+
+
+class ApiKey(Response):
+    id: int
+    prefix: str
+    type: Literal["secret", "publishable"]
+    mode: Literal["live", "test"]
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="The full key. It is shown this once and cannot be recovered.")
+
+
+class UserCreate(Request):
+    email: Email
+    password: Annotated[str, StringConstraints(min_length=12, max_length=256)]
+
+
+class User(Response):
+    id: int
+    email: str
+    created_at: datetime
+
+
+class LoginRequest(Request):
+    email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class Token(Response):
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhooks
+
+
+class WebhookCreate(Request):
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    events: list[str] | None = Field(
+        default=None, description="Event types, 'email.*' prefixes or '*'; omitted: all."
+    )
+    secret: str | None = Field(
+        default=None, description="Omitted: a whsec_ secret is generated and shown once."
+    )
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+class WebhookUpdate(Request):
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    events: list[str] | None = None
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
+    active: bool | None = None
+
+
+class Webhook(Response):
+    id: int
+    url: str
+    description: str
+    events: list[str]
+    active: bool
+    failing_since: datetime | None
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreated(Webhook):
+    secret: str = Field(description="Signs every request; shown this once.")
+
+
+class WebhookTestResult(Response):
+    delivered: bool
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    webhook_id: str = Field(description="The webhook-id header the ping was sent with.")
+
+
+class WebhookDelivery(Response):
+    id: int
+    event_id: int
+    event_type: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytics
+
+
+class AnalyticsQuery(Query):
+    period: Annotated[str, StringConstraints(pattern=r"^(all|[1-9][0-9]{0,3}[hd])$")] = Field(
+        default="7d", description="24h, 7d, 30d ... (at most 9999 units), or all."
+    )
+    interval: Literal["hour", "day"] | None = Field(
+        default=None, description="Omitted: hour for periods up to 48h, else day."
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> AnalyticsQuery:
+        if self.period != "all" and period_seconds(self.period) > 3 * 365 * 86400:
+            raise PydanticCustomError("period", "at most three years")
+        return self
+
+
+def period_seconds(period: str) -> int:
+    return int(period[:-1]) * (3600 if period.endswith("h") else 86400)
+
+
+class Engagement(Response):
+    total: int
+    unique: int
+    human: int
+    unique_human: int
+
+
+class Rates(Response):
+    delivery_rate: float
+    bounce_rate: float
+    open_rate: float
+    human_open_rate: float
+    click_rate: float
+    click_to_open_rate: float
+    unsubscribe_rate: float
+    complaint_rate: float
+
+
+class Overview(Response):
+    recipients: int
+    sent: int
+    delivered: int
+    bounced: int
+    deferred: int
+    suppressed: int
+    failed: int
+    opened: Engagement
+    clicked: Engagement
+    unsubscribed: int
+    complained: int
+    rates: Rates
+
+
+class SeriesPoint(Response):
+    bucket: datetime
+    delivered: int
+    bounced: int
+    opened: int
+    unique_opened: int
+    human_opened: int
+    clicked: int
+    unique_clicked: int
+    human_clicked: int
+    unsubscribed: int
+    complained: int
+
+
+class CampaignAnalytics(Response):
+    campaign_id: int
+    period: str
+    interval: Literal["hour", "day"]
+    since: datetime | None
+    overview: Overview
+    series: list[SeriesPoint]
+
+
+# ---------------------------------------------------------------------------------------------
+# Health and the envelope (for the OpenAPI document)
+
+
+class Health(Response):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+class Meta(Response):
+    request_id: str
+    timestamp: datetime
+
+
+class ErrorDetail(Response):
+    field: str
+    message: str
+
+
+class ErrorBody(Response):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+    request_id: str
+
+
+class ErrorEnvelope(Response):
+    success: Literal[False]
+    error: ErrorBody

@@ -1,0 +1,271 @@
+-- name: find_api_key
+-- Every authenticated request: one probe of the unique prefix index. Revoked keys are
+-- returned too, so the caller can say "revoked" rather than "invalid".
+SELECT k.id, k.tenant_id, k.secret_hash, k.revoked_at, t.tier
+FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+WHERE k.prefix = $1;
+
+-- name: find_user
+-- A login token's subject, checked on every request so a deleted user's tokens stop at once.
+SELECT u.tenant_id, t.tier FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE u.id = $1;
+
+-- name: insert_api_key
+-- The key itself is never stored: its prefix for lookup, its hash for the compare.
+INSERT INTO api_keys (tenant_id, prefix, secret_hash, kind, mode, name)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, prefix, kind, mode, name, created_at, revoked_at;
+
+-- name: list_api_keys
+-- Prefixes only: nothing here can be used to authenticate.
+SELECT id, prefix, kind, mode, name, created_at, revoked_at
+FROM api_keys WHERE tenant_id = $1 ORDER BY id;
+
+-- name: revoke_api_key
+-- Takes effect at the next request: keys are looked up every time, never cached.
+UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+WHERE tenant_id = $1 AND id = $2
+RETURNING id, prefix, kind, mode, name, created_at, revoked_at;
+
+-- name: insert_user
+-- Emails are unique across tenants: login finds the tenant from the address.
+INSERT INTO users (tenant_id, email, password_hash) VALUES ($1, lower($2), $3)
+ON CONFLICT (email) DO NOTHING
+RETURNING id, email, created_at;
+
+-- name: user_by_email
+SELECT id, tenant_id, password_hash FROM users WHERE email = lower($1);
+
+-- name: count_request
+-- Rate limiting shared by every API process: the tenant's row for the current window is
+-- created or incremented in one statement, and the count after this request is returned.
+INSERT INTO rate_limit_windows AS w (tenant_id, window_start, requests)
+VALUES ($1, $2, 1)
+ON CONFLICT (tenant_id, window_start) DO UPDATE SET requests = w.requests + 1
+RETURNING requests;
+
+-- name: prune_rate_limits
+-- Windows that ended are no longer read.
+DELETE FROM rate_limit_windows WHERE window_start < $1;
+
+-- name: sender_domains
+-- The tenant's sending domains (oldest first: the first is the default sender's) and, if
+-- another tenant owns the requested domain, that row too, so one query answers both
+-- "is it ours?" and "is it someone else's?".
+SELECT domain, tenant_id = $1 AS own, min(created_at) AS first_added
+FROM sending_domains
+WHERE tenant_id = $1 OR domain = $2
+GROUP BY domain, tenant_id
+ORDER BY first_added, domain;
+
+-- name: claim_idempotency_key
+-- The first request with a key inserts the row and goes on; a concurrent one with the same
+-- key waits here for the first to commit, then finds the stored response.
+INSERT INTO idempotency_keys (tenant_id, key, request_hash) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+RETURNING key;
+
+-- name: get_idempotency_key
+SELECT request_hash, status_code, response FROM idempotency_keys
+WHERE tenant_id = $1 AND key = $2;
+
+-- name: store_idempotency_response
+UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE tenant_id = $1 AND key = $2;
+
+-- name: prune_idempotency_keys
+-- Keys are honoured for a day, as the big payment APIs do.
+DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours';
+
+-- name: insert_campaign
+INSERT INTO campaigns (tenant_id, name, subject, from_email, from_name, html_body, text_body,
+                       headers, settings, recipients, recipient_count, sandbox, send_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+RETURNING id;
+
+-- name: get_campaign
+-- `sending` with a send_at still ahead is shown as `scheduled`: the messages are queued
+-- already, due at send_at, so there is no state change to record when that moment comes.
+SELECT id, name, subject, from_email, from_name, html_body, text_body, headers, settings,
+       recipient_count, sandbox, send_at, started_at, paused_at, completed_at, cancelled_at,
+       created_at, updated_at,
+       CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
+           AS status
+FROM campaigns WHERE tenant_id = $1 AND id = $2;
+
+-- name: list_campaigns
+-- Newest first, keyset-paginated on id (the tenant index), so page 1,000 costs what page 1
+-- does. One extra row is fetched to know whether there is a next page.
+SELECT id, name, subject, from_email, from_name, html_body, text_body, headers, settings,
+       recipient_count, sandbox, send_at, started_at, paused_at, completed_at, cancelled_at,
+       created_at, updated_at,
+       CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
+           AS status
+FROM campaigns
+WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: lock_campaign
+-- State changes lock the campaign row first (then its messages), the same order the
+-- completion trigger's callers end up in, so the two serialise rather than race.
+SELECT id, tenant_id, name, subject, from_email, from_name, html_body, text_body, headers,
+       settings, recipients, status, sandbox, send_at, paused_at
+FROM campaigns WHERE tenant_id = $1 AND id = $2
+FOR UPDATE;
+
+-- name: update_draft
+-- The whole editable content is written back (the API merged the patch in Python).
+UPDATE campaigns
+SET name = $3, subject = $4, from_email = $5, from_name = $6, html_body = $7, text_body = $8,
+    headers = $9, settings = $10, recipients = $11, recipient_count = $12, send_at = $13,
+    updated_at = now()
+WHERE tenant_id = $1 AND id = $2 AND status = 'draft';
+
+-- name: start_campaign
+-- Messages are queued in the same transaction; recipients are dropped from the row, as the
+-- queue now holds them.
+UPDATE campaigns
+SET status = 'sending', send_at = $3, started_at = coalesce(started_at, now()),
+    completed_at = NULL, recipients = '[]', recipient_count = recipient_count + $4,
+    updated_at = now()
+WHERE id = $1 AND tenant_id = $2;
+
+-- name: add_to_campaign
+-- send-bulk: more recipients for a campaign that may be sending or even completed.
+UPDATE campaigns
+SET status = 'sending', started_at = coalesce(started_at, now()), completed_at = NULL,
+    recipient_count = recipient_count + $3, updated_at = now()
+WHERE id = $1 AND tenant_id = $2;
+
+-- name: pause_campaign_messages
+-- Waiting messages leave the MTA's reach ('paused' is not claimed); messages in an SMTP
+-- conversation right now finish it.
+UPDATE messages SET status = 'paused', updated_at = now()
+WHERE campaign_id = $1 AND tenant_id = $2 AND status IN ('queued', 'deferred');
+
+-- name: set_campaign_paused
+UPDATE campaigns SET status = 'paused', paused_at = now(), updated_at = now() WHERE id = $1;
+
+-- name: resume_campaign_messages
+-- Back in reach, each due time moved by the length of the pause, so batches keep their spacing
+-- and a retry keeps its back-off.
+UPDATE messages
+SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+    next_attempt_at = next_attempt_at + (now() - $3::timestamptz),
+    updated_at = now()
+WHERE campaign_id = $1 AND tenant_id = $2 AND status = 'paused';
+
+-- name: set_campaign_resumed
+-- The send_at moves with the messages; the completion check covers a campaign whose last
+-- messages finished during the pause.
+WITH resumed AS (
+    UPDATE campaigns
+    SET status = 'sending', paused_at = NULL, updated_at = now(),
+        send_at = send_at + (now() - $2::timestamptz)
+    WHERE id = $1
+    RETURNING id
+)
+SELECT campaign_try_complete(id), pg_notify('penguinmails_queue', '') FROM resumed;
+
+-- name: cancel_campaign_messages
+-- Waiting messages are cancelled; a message mid-conversation finishes (it may be delivered).
+UPDATE messages SET status = 'cancelled', updated_at = now()
+WHERE campaign_id = $1 AND tenant_id = $2 AND status IN ('queued', 'deferred', 'paused');
+
+-- name: set_campaign_cancelled
+-- Set before the messages are cancelled, so the completion trigger (which only completes
+-- 'sending' campaigns) does not call a cancelled campaign completed.
+UPDATE campaigns SET status = 'cancelled', cancelled_at = now(), updated_at = now()
+WHERE id = $1;
+
+-- name: get_message
+SELECT id, message_id, campaign_id, from_email, recipient, subject, status, attempts,
+       next_attempt_at, last_reply_code, last_reply, enhanced_status, sandbox, created_at,
+       sent_at
+FROM messages WHERE tenant_id = $1 AND id = $2;
+
+-- name: message_events
+-- The message's history, oldest first (events_message_idx); capped for pathological cases
+-- such as a pixel fetched by a crawler thousands of times.
+SELECT id, type, data, created_at FROM events WHERE message_id = $1 ORDER BY id LIMIT 500;
+
+-- name: insert_contact
+INSERT INTO contacts (tenant_id, email, first_name, last_name, company, custom_fields, tags)
+VALUES ($1, lower($2), $3, $4, $5, $6, $7)
+ON CONFLICT (tenant_id, email) DO NOTHING
+RETURNING id, email, first_name, last_name, company, custom_fields, tags, created_at,
+          updated_at;
+
+-- name: get_contact
+SELECT id, email, first_name, last_name, company, custom_fields, tags, created_at, updated_at
+FROM contacts WHERE tenant_id = $1 AND id = $2;
+
+-- name: list_contacts
+-- Keyset pagination on id; the tag filter uses the GIN index when it is selective and the
+-- tenant index otherwise, the planner's choice.
+SELECT id, email, first_name, last_name, company, custom_fields, tags, created_at, updated_at
+FROM contacts
+WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2)
+  AND ($4::text IS NULL OR tags @> ARRAY[$4::text])
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: update_contact
+-- The API merges the patch; the unique (tenant, email) index answers a clash on a new email.
+UPDATE contacts
+SET email = lower($3), first_name = $4, last_name = $5, company = $6, custom_fields = $7,
+    tags = $8, updated_at = now()
+WHERE tenant_id = $1 AND id = $2
+RETURNING id, email, first_name, last_name, company, custom_fields, tags, created_at,
+          updated_at;
+
+-- name: delete_contact
+DELETE FROM contacts WHERE tenant_id = $1 AND id = $2 RETURNING id;
+
+-- name: list_suppressions
+-- Keyset pagination on the primary key (tenant_id, email).
+SELECT email, reason, detail, created_at FROM suppressions
+WHERE tenant_id = $1 AND ($2::text IS NULL OR email > $2)
+ORDER BY email
+LIMIT $3;
+
+-- name: add_suppression
+-- Adding an address twice keeps the first reason (it is usually the more telling one: a
+-- bounce or an unsubscribe) and answers with the stored row.
+WITH added AS (
+    INSERT INTO suppressions (tenant_id, email, reason, detail)
+    VALUES ($1, lower($2), $3, $4)
+    ON CONFLICT DO NOTHING
+    RETURNING email, reason, detail, created_at
+)
+SELECT email, reason, detail, created_at, true AS created FROM added
+UNION ALL
+SELECT email, reason, detail, created_at, false FROM suppressions
+WHERE tenant_id = $1 AND email = lower($2) AND NOT EXISTS (SELECT 1 FROM added);
+
+-- name: delete_suppression
+DELETE FROM suppressions WHERE tenant_id = $1 AND email = lower($2) RETURNING email;
+
+-- name: campaign_exists
+SELECT recipient_count FROM campaigns WHERE tenant_id = $1 AND id = $2;
+
+-- name: campaign_stats
+-- The rollup (campaign_stats, kept by a trigger on events) read by its primary key: at most
+-- (hours in the period x event types) rows, whatever the campaign's size. $3 is 'hour' or
+-- 'day'; buckets are UTC.
+SELECT date_trunc($3, bucket, 'UTC') AS bucket, type,
+       sum(total)::bigint AS total, sum(uniq)::bigint AS uniq, sum(human)::bigint AS human,
+       sum(human_unique)::bigint AS human_unique
+FROM campaign_stats
+WHERE campaign_id = $1 AND ($2::timestamptz IS NULL OR bucket >= $2)
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: webhook_secrets
+-- For the test ping only: the sealed secrets of one endpoint of the tenant.
+SELECT secret_sealed, previous_secret_sealed,
+       previous_secret_expires_at IS NOT NULL AND previous_secret_expires_at > now()
+           AS previous_valid
+FROM webhooks WHERE tenant_id = $1 AND id = $2;
+
+-- name: health
+SELECT 1;

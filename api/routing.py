@@ -1,0 +1,215 @@
+"""Operations: each route declares its models once, for validation, dispatch and OpenAPI.
+
+A route module registers its handlers on `API` with the request body, query and response
+models; `dispatch` wraps each handler with what every request goes through, in this order:
+authenticate (401), count against the tenant's rate limit (429; headers on every answer),
+check the key may write (403), read and validate the query and the JSON body (400/413/415/
+422), call the handler, wrap its result in the envelope.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from api.auth import Principal, TokenSigner, authenticate
+from api.envelope import (
+    EXTRA_HEADERS,
+    ApiError,
+    not_found,
+    pydantic_details,
+    read_json,
+    success,
+    validation_error,
+)
+from api.ratelimit import RateLimiter, rate_limited
+from penguinmails.config import Settings
+
+MAX_ID = 2**63 - 1
+
+
+@dataclass
+class State:
+    pool: asyncpg.Pool
+    settings: Settings
+    signer: TokenSigner
+    limiter: RateLimiter
+
+
+STATE = web.AppKey("api_state", State)
+
+
+@dataclass
+class Call:
+    """What a handler gets: the request, the caller, and the validated inputs."""
+
+    request: web.Request
+    state: State
+    principal_or_none: Principal | None
+    body: Any
+    query: Any
+    response_headers: dict[str, str] = field(default_factory=dict)
+    status: int | None = None  # overrides the operation's status (e.g. 200 on a replay)
+
+    @property
+    def principal(self) -> Principal:
+        assert self.principal_or_none is not None, "operation declared without auth"
+        return self.principal_or_none
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.state.pool
+
+    def path_id(self, name: str = "id", what: str = "Resource") -> int:
+        raw = self.request.match_info[name]
+        if not raw.isdigit() or int(raw) > MAX_ID or int(raw) < 1:
+            raise not_found(what)
+        return int(raw)
+
+
+Handler = Callable[[Call], Awaitable[BaseModel | None]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type[BaseModel] | None
+    body_optional: bool
+    query: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    auth: bool
+    write: bool
+    headers: tuple[str, ...]  # request headers worth documenting (Idempotency-Key)
+    errors: tuple[int, ...]
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.operations: list[Operation] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        tag: str,
+        body: type[BaseModel] | None = None,
+        body_optional: bool = False,
+        query: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        auth: bool = True,
+        write: bool | None = None,
+        headers: tuple[str, ...] = (),
+        errors: tuple[int, ...] = (),
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.operations.append(
+                Operation(
+                    method=method,
+                    path=path,
+                    handler=handler,
+                    summary=summary,
+                    tag=tag,
+                    body=body,
+                    body_optional=body_optional,
+                    query=query,
+                    response=response,
+                    status=status,
+                    auth=auth,
+                    write=method != "GET" if write is None else write,
+                    headers=headers,
+                    errors=errors,
+                )
+            )
+            return handler
+
+        return register
+
+
+API = Registry()
+
+
+def dispatch(operation: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        principal = None
+        if operation.auth:
+            principal = await authenticate(request, state.pool, state.signer)
+            usage = await state.limiter.hit(principal.tenant_id, principal.tier)
+            request[EXTRA_HEADERS].update(usage.headers())
+            if usage.exceeded:
+                raise rate_limited(usage)
+            if operation.write and not principal.can_write:
+                raise ApiError(
+                    403, "FORBIDDEN", "Publishable (pk_) keys can only read; use a secret key"
+                )
+        query = None
+        if operation.query is not None:
+            try:
+                query = operation.query.model_validate(dict(request.query))
+            except ValidationError as exc:
+                raise validation_error(pydantic_details(exc)) from None
+        body = None
+        if operation.body is not None:
+            raw = await read_json(request, optional=operation.body_optional)
+            if not isinstance(raw, dict):
+                raise validation_error([{"field": "body", "message": "must be a JSON object"}])
+            try:
+                body = operation.body.model_validate(raw)
+            except ValidationError as exc:
+                raise validation_error(pydantic_details(exc)) from None
+        call = Call(request, state, principal, body, query)
+        result = await operation.handler(call)
+        return success(
+            request, result, call.status or operation.status, headers=call.response_headers
+        )
+
+    return handle
+
+
+def install(app: web.Application, prefix: str = "/api/v1") -> None:
+    for operation in API.operations:
+        app.router.add_route(operation.method, prefix + operation.path, dispatch(operation))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cursors: opaque to clients, so the ordering key can change without breaking them.
+
+
+def encode_cursor(value: int | str) -> str:
+    return base64.urlsafe_b64encode(f"v1:{value}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, *, numeric: bool = True) -> Any:
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, value = text.partition(":")
+        if version != "v1":
+            raise ValueError(cursor)
+        if numeric:
+            number = int(value)
+            if not 0 < number <= MAX_ID:
+                raise ValueError(cursor)
+            return number
+        return value
+    except ValueError:
+        raise validation_error([{"field": "cursor", "message": "invalid cursor"}]) from None

@@ -1,0 +1,164 @@
+"""`penguinmails api`: the control API under /api/v1, on aiohttp with orjson.
+
+`create_app` builds the application on a pool (tests host several on one database);
+`ApiServer` runs one on a TCP site; `serve` is the command: refuse pending migrations, listen
+on `[api] listen`, run until SIGTERM or SIGINT, then stop accepting, let requests in flight
+finish for up to REQUEST_GRACE seconds, and close the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+# Route modules register their operations on import.
+from api import analytics, campaigns, contacts, health, keys, sends, webhooks  # noqa: F401
+from api.auth import TokenSigner
+from api.envelope import MAX_BODY, envelope_middleware
+from api.openapi import build
+from api.ratelimit import WINDOW_SECONDS, RateLimiter
+from api.routing import API, STATE, State, install
+from penguinmails.config import Settings, split_hostport
+from penguinmails.database import open_pool
+from penguinmails.migrations import pending
+from penguinmails.queries import load
+
+log = logging.getLogger(__name__)
+SQL = load("api")
+
+PREFIX = "/api/v1"
+# 10,000 recipients with personalization fit comfortably; a body past this is refused (413)
+# before it is read into memory.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+REQUEST_GRACE = 5.0
+PRUNE_INTERVAL = 600.0
+OPENAPI = web.AppKey("openapi", bytes)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        await state.pool.fetchval(SQL["health"], timeout=5)
+    except Exception:
+        return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    """Drop ended rate-limit windows and day-old idempotency keys, now and then."""
+    state = app[STATE]
+
+    async def loop() -> None:
+        while True:
+            try:
+                await state.limiter.prune()
+                await state.pool.execute(SQL["prune_idempotency_keys"])
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("housekeeping failed", extra={"action": "api_prune", "error": str(exc)})
+            await asyncio.sleep(PRUNE_INTERVAL)
+
+    task = asyncio.create_task(loop(), name="api-housekeeping")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    *,
+    limits: Mapping[str, int] | None = None,
+    window: int = WINDOW_SECONDS,
+    max_body: int = MAX_BODY_BYTES,
+) -> web.Application:
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=max_body)
+    app[STATE] = State(
+        pool=pool,
+        settings=settings,
+        signer=TokenSigner(settings),
+        limiter=RateLimiter(pool, limits, window),
+    )
+    app[MAX_BODY] = max_body
+    app[OPENAPI] = orjson.dumps(build(API, PREFIX))
+    app.router.add_get(f"{PREFIX}/openapi.json", openapi_document)
+    app.router.add_get("/healthz", healthz)
+    install(app, PREFIX)
+    app.cleanup_ctx.append(_housekeeping)
+    return app
+
+
+class ApiServer:
+    """One API site; `async with` starts it and shuts it down within REQUEST_GRACE."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, **options: object) -> None:
+        self.app = create_app(pool, settings, **options)  # type: ignore[arg-type]
+        self.settings = settings
+        self._runner = web.AppRunner(
+            self.app, shutdown_timeout=REQUEST_GRACE, access_log=None, handle_signals=False
+        )
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        host, _ = split_hostport(self.settings.api.listen)
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> ApiServer:
+        host, port = split_hostport(self.settings.api.listen)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> ApiServer:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run the API until SIGTERM or SIGINT; a second signal is not needed to stop."""
+    async with open_pool(settings) as pool:
+        async with pool.acquire() as conn:
+            waiting = await pending(conn)
+        if waiting:
+            raise SystemExit(
+                f"penguinmails: {len(waiting)} migration(s) pending ({waiting[0].name} first): "
+                "run `penguinmails migrate` first"
+            )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            async with ApiServer(pool, settings) as server:
+                log.info("api started", extra={"action": "api_start", "listen": server.url})
+                await stop.wait()
+                log.info("api stopping", extra={"action": "api_stop"})
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+    log.info("api stopped", extra={"action": "api_stopped"})
