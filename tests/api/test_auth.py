@@ -1,0 +1,268 @@
+"""API keys, login tokens and passwords: every way in, and every way to be refused."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from api.auth import JWT_AUDIENCE, JWT_ISSUER, PREFIX_LENGTH, TokenSigner, parse_key
+from api.server import ApiServer
+from penguinmails.config import Settings
+from tests.api.conftest import Client
+from tests.api.test_envelope import assert_error
+
+PASSWORD = "correct horse battery staple"
+
+
+async def test_cli_key_format(make_key: Callable[..., Awaitable[str]]) -> None:
+    live = await make_key("acme")
+    test = await make_key("acme", test=True)
+    assert live.startswith("sk_live_") and test.startswith("sk_test_")
+    assert len(live) == PREFIX_LENGTH + 32 and live[8:].isalnum()
+    assert parse_key(live) == ("sk", "live", live[:PREFIX_LENGTH])
+
+
+async def test_key_stored_only_as_hash(pool: asyncpg.Pool, key: str) -> None:
+    rows = await pool.fetch("SELECT * FROM api_keys")
+    assert len(rows) == 1
+    assert key not in str(dict(rows[0]))
+    assert rows[0]["prefix"] == key[:PREFIX_LENGTH]
+
+
+async def test_keys_create_keeps_or_sets_tier(
+    pool: asyncpg.Pool, make_key: Callable[..., Awaitable[str]]
+) -> None:
+    await make_key("bigco", tier="enterprise")
+    await make_key("bigco")
+    assert await pool.fetchval("SELECT tier FROM tenants WHERE name = 'bigco'") == "enterprise"
+    await make_key("bigco", tier="starter")
+    assert await pool.fetchval("SELECT tier FROM tenants WHERE name = 'bigco'") == "starter"
+    await make_key("newco")
+    assert await pool.fetchval("SELECT tier FROM tenants WHERE name = 'newco'") == "free"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer sk_live_short",
+        "Bearer sk_live_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "Bearer xk_live_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "Bearer not.a.jwt",
+    ],
+)
+async def test_refused_credentials(client: Client, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    reply = await client.get("/campaigns", key=None, headers=headers)
+    assert_error(reply, 401, "UNAUTHORIZED")
+    assert "X-RateLimit-Limit" not in reply.headers
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_wrong_secret_with_a_real_prefix(client: Client, key: str) -> None:
+    forged = key[:PREFIX_LENGTH] + ("A" if key[-1] != "A" else "B") * 32
+    assert_error(await client.get("/campaigns", key=forged), 401, "UNAUTHORIZED")
+
+
+async def test_revoked_key_fails_at_once(client: Client) -> None:
+    created = (await client.post("/api-keys", json={"name": "temp"})).data
+    assert created["key"].startswith("sk_test_")
+    other = client.with_key(created["key"])
+    assert (await other.get("/campaigns")).status == 200
+    listed = (await client.get("/api-keys")).data["items"]
+    assert {k["prefix"] for k in listed} >= {created["prefix"]}
+    assert all("key" not in k for k in listed)
+    revoked = (await client.delete(f"/api-keys/{created['id']}")).data
+    assert revoked["revoked_at"] is not None
+    error = assert_error(await other.get("/campaigns"), 401, "UNAUTHORIZED")
+    assert "revoked" in error["message"]
+    assert_error(await client.delete("/api-keys/999999"), 404, "NOT_FOUND")
+
+
+async def test_publishable_keys_only_read(client: Client) -> None:
+    created = (await client.post("/api-keys", json={"type": "publishable"})).data
+    assert created["key"].startswith("pk_test_") and created["type"] == "publishable"
+    public = client.with_key(created["key"])
+    assert (await public.get("/contacts")).status == 200
+    reply = await public.post("/contacts", json={"email": "a@b.test"})
+    assert_error(reply, 403, "FORBIDDEN")
+    assert "X-RateLimit-Remaining" in reply.headers
+
+
+async def test_test_keys_cannot_mint_live_keys(client: Client) -> None:
+    assert_error(await client.post("/api-keys", json={"mode": "live"}), 403, "FORBIDDEN")
+
+
+async def test_rate_limit_headers_on_every_authenticated_response(client: Client) -> None:
+    for reply in (
+        await client.get("/campaigns"),
+        await client.get("/campaigns/12345"),
+        await client.post("/contacts", json={"email": "nope"}),
+        await client.get("/nothing"),  # unknown routes are not authenticated
+    ):
+        if reply.status == 404 and reply.error["message"] == "No such resource":
+            assert "X-RateLimit-Limit" not in reply.headers
+            continue
+        assert reply.headers["X-RateLimit-Limit"] == "1000"
+        assert int(reply.headers["X-RateLimit-Remaining"]) < 1000
+        assert int(reply.headers["X-RateLimit-Reset"]) > time.time()
+
+
+# ---------------------------------------------------------------------------------------------
+# Login
+
+
+async def _user(client: Client) -> None:
+    reply = await client.post("/users", json={"email": "Ann@Acme.test", "password": PASSWORD})
+    assert reply.status == 201, reply.body
+    assert reply.data["email"] == "ann@acme.test"
+
+
+async def test_login_returns_a_working_token(client: Client) -> None:
+    await _user(client)
+    reply = await client.post(
+        "/auth/login", json={"email": "ann@acme.test", "password": PASSWORD}, key=None
+    )
+    token = reply.data["access_token"]
+    assert reply.data["token_type"] == "Bearer" and 0 < reply.data["expires_in"] <= 3600
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "HS256"
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert {"exp", "iat", "iss", "aud", "sub"} <= set(claims)
+    mine = await client.with_key(token).get("/campaigns")
+    assert mine.status == 200 and "X-RateLimit-Limit" in mine.headers
+
+
+async def test_login_refusals(client: Client) -> None:
+    await _user(client)
+    for body in (
+        {"email": "ann@acme.test", "password": "wrong password!"},
+        {"email": "nobody@acme.test", "password": PASSWORD},
+    ):
+        error = assert_error(
+            await client.post("/auth/login", json=body, key=None), 401, "UNAUTHORIZED"
+        )
+        assert error["message"] == "Invalid email or password"
+    assert_error(
+        await client.post("/auth/login", json={"email": "x"}, key=None), 422, "VALIDATION_ERROR"
+    )
+    dup = await client.post("/users", json={"email": "ann@acme.test", "password": PASSWORD})
+    assert_error(dup, 409, "CONFLICT")
+    short = await client.post("/users", json={"email": "bo@acme.test", "password": "short"})
+    assert assert_error(short, 422, "VALIDATION_ERROR")["details"][0]["field"] == "password"
+
+
+async def test_passwords_are_argon2(client: Client, pool: asyncpg.Pool) -> None:
+    await _user(client)
+    encoded = await pool.fetchval("SELECT password_hash FROM users")
+    assert encoded.startswith("$argon2id$") and PASSWORD not in encoded
+
+
+def _claims(user_id: int, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "sub": str(user_id),
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "iat": now,
+        "exp": now + 600,
+    }
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.fixture
+async def user_id(client: Client, pool: asyncpg.Pool) -> int:
+    await _user(client)
+    value: int = await pool.fetchval("SELECT id FROM users")
+    return value
+
+
+async def test_forged_tokens_are_refused(client: Client, settings: Settings, user_id: int) -> None:
+    key = TokenSigner(settings).keys[0]
+    good = jwt.encode(_claims(user_id), key, algorithm="HS256")
+    assert (await client.with_key(good).get("/campaigns")).status == 200
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    unsigned = jwt.encode(_claims(user_id), None, algorithm="none")
+    forged = {
+        "alg=none": unsigned,
+        "alg=none, signature kept": unsigned + good.rsplit(".", 1)[1],
+        "HS256 with a wrong key": jwt.encode(_claims(user_id), b"k" * 32, algorithm="HS256"),
+        "missing exp": jwt.encode(_claims(user_id, exp=None), key, algorithm="HS256"),
+        "missing aud": jwt.encode(_claims(user_id, aud=None), key, algorithm="HS256"),
+        "wrong aud": jwt.encode(_claims(user_id, aud="someone-else"), key, algorithm="HS256"),
+        "wrong iss": jwt.encode(_claims(user_id, iss="evil"), key, algorithm="HS256"),
+        "expired": jwt.encode(_claims(user_id, exp=int(time.time()) - 60), key, algorithm="HS256"),
+        "HS512 with the right key": _quietly(jwt.encode, _claims(user_id), key, "HS512"),
+        "RS256": jwt.encode(_claims(user_id), rsa_key, algorithm="RS256"),
+        "unknown user": jwt.encode(_claims(user_id + 100), key, algorithm="HS256"),
+    }
+    # Key confusion: an HS256 token whose HMAC key is a public key the server might hold.
+    forged["HS256 keyed with a public key"] = _hs256_raw(_claims(user_id), public_pem)
+    for name, token in forged.items():
+        reply = await client.with_key(token).get("/campaigns")
+        assert reply.status == 401, name
+        assert reply.error["code"] == "UNAUTHORIZED", name
+
+
+def _quietly(fn: Callable[..., str], *args: Any) -> str:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyjwt warns that 32 bytes is short for HS512
+        return fn(*args)
+
+
+def _hs256_raw(claims: dict[str, Any], secret: bytes) -> str:
+    """pyjwt refuses to HMAC with a PEM key (good); build such a token by hand."""
+    import base64
+    import hashlib
+    import hmac
+
+    import orjson
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing = b64(orjson.dumps({"alg": "HS256", "typ": "JWT"})) + "." + b64(orjson.dumps(claims))
+    return signing + "." + b64(hmac.new(secret, signing.encode(), hashlib.sha256).digest())
+
+
+async def test_no_key_in_any_log(
+    caplog: pytest.LogCaptureFixture,
+    start_api: Callable[..., Awaitable[ApiServer]],
+    http: Any,
+    make_key: Callable[..., Awaitable[str]],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = await make_key("acme")
+    server = await start_api()
+    client = Client(http, server.url + "/api/v1", key)
+    created = (await client.post("/api-keys", json={"name": "second"})).data["key"]
+    await client.with_key(created).get("/campaigns")
+    await client.delete("/api-keys/2")
+    await client.with_key(created).get("/campaigns")  # revoked: 401
+    await client.with_key(key[:-1] + "x").get("/campaigns")  # wrong secret: 401
+    await client.post("/users", json={"email": "ann@acme.test", "password": PASSWORD})
+    await client.post(
+        "/auth/login", json={"email": "ann@acme.test", "password": PASSWORD}, key=None
+    )
+    assert caplog.records, "expected some logging to inspect"
+    for record in caplog.records:
+        text = record.getMessage() + " " + str(vars(record))
+        for secret in (key, created, key[PREFIX_LENGTH:], created[PREFIX_LENGTH:], PASSWORD):
+            assert secret not in text, record
