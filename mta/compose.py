@@ -424,7 +424,9 @@ def rewrite_links(
         before, url, after = parsed
         new = click_url(index, url)
         index += 1
-        return f'{before}"{html.escape(new)}"{after}'
+        if "&" in new or '"' in new:  # only a strange tracker base_url would need it
+            new = html.escape(new)
+        return f'{before}"{new}"{after}'
 
     return _A_TAG.sub(tag, page)
 

@@ -229,10 +229,56 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Text between spintax groups, compiled for rendering: with variables, a str.format
+    string with one field per distinct expression; without, the text itself."""
+
+    text: str
+    variables: tuple[Var, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    source: str
+    options: tuple[tuple[_Run | _Choice, ...], ...]
+
+
+def _compile_runs(nodes: Iterable[Node]) -> tuple[_Run | _Choice, ...]:
+    chunks: list[_Run | _Choice] = []
+    raw: list[str] = []
+    pattern: list[str] = []
+    fields: dict[str, int] = {}
+    variables: list[Var] = []
+
+    def flush() -> None:
+        if raw or pattern:
+            text = "".join(pattern) if variables else "".join(raw)
+            chunks.append(_Run(text, tuple(variables)))
+        for parts in (raw, pattern, variables):
+            parts.clear()
+        fields.clear()
+
+    for node in nodes:
+        if isinstance(node, str):
+            raw.append(node)
+            pattern.append(node.replace("{", "{{").replace("}", "}}"))
+        elif isinstance(node, Var):
+            index = fields.setdefault(node.key, len(variables))
+            if index == len(variables):
+                variables.append(node)
+            pattern.append(f"{{{index}}}")
+        else:
+            flush()
+            chunks.append(_Choice(node.source, tuple(_compile_runs(o) for o in node.options)))
+    flush()
+    return tuple(chunks)
+
+
 class Template:
     """A parsed template; parse once (see `compile`), render once per recipient."""
 
-    __slots__ = ("names", "nodes", "required", "source")
+    __slots__ = ("chunks", "names", "nodes", "required", "source")
 
     def __init__(self, source: str) -> None:
         if len(source) > _MAX_TEMPLATE:
@@ -244,6 +290,9 @@ class Template:
         # gets varies, so each must be satisfiable for all of them.
         self.required: tuple[str, ...] = tuple(dict.fromkeys(_required(self.nodes)))
         self.names: tuple[str, ...] = tuple(dict.fromkeys(_names(self.nodes)))
+        # Rendering works on runs, so a body that says {{first_name}} forty times looks the
+        # value up once and splices it in at C speed (str.format).
+        self.chunks = _compile_runs(self.nodes)
 
     @property
     def is_plain(self) -> bool:
@@ -264,36 +313,38 @@ class Template:
         if self.is_plain:
             return self.source
         out: list[str] = []
-        self._emit(self.nodes, values, seed, escape, out, {})
+        _emit(self.chunks, values, seed, escape, out, {})
         return "".join(out)
 
-    def _emit(
-        self,
-        nodes: tuple[Node, ...],
-        values: Mapping[str, Any],
-        seed: str,
-        escape: Callable[[str], str] | None,
-        out: list[str],
-        done: dict[str, str],
-    ) -> None:
-        """Append the text of `nodes`; `done` remembers each expression's (escaped) text,
-        since a campaign body says {{first_name}} many times."""
-        for node in nodes:
-            if type(node) is str:
-                out.append(node)
-            elif type(node) is Var:
-                text = done.get(node.key)
+
+def _emit(
+    chunks: tuple[_Run | _Choice, ...],
+    values: Mapping[str, Any],
+    seed: str,
+    escape: Callable[[str], str] | None,
+    out: list[str],
+    done: dict[str, str],
+) -> None:
+    """Append the text of `chunks`; `done` keeps each expression's text for this render."""
+    for chunk in chunks:
+        if isinstance(chunk, _Run):
+            if not chunk.variables:
+                out.append(chunk.text)
+                continue
+            texts = []
+            for var in chunk.variables:
+                text = done.get(var.key)
                 if text is None:
-                    text = _value(node, values)
+                    text = _value(var, values)
                     if escape is not None:
                         text = escape(text)
-                    done[node.key] = text
-                out.append(text)
-            else:
-                assert isinstance(node, Spin)
-                digest = hashlib.blake2b(f"{seed}\x00{node.source}".encode(), digest_size=8)
-                choice = int.from_bytes(digest.digest(), "big") % len(node.options)
-                self._emit(node.options[choice], values, seed, escape, out, done)
+                    done[var.key] = text
+                texts.append(text)
+            out.append(chunk.text.format(*texts))
+        else:
+            digest = hashlib.blake2b(f"{seed}\x00{chunk.source}".encode(), digest_size=8)
+            choice = int.from_bytes(digest.digest(), "big") % len(chunk.options)
+            _emit(chunk.options[choice], values, seed, escape, out, done)
 
 
 def _empty(value: Any) -> bool:

@@ -149,3 +149,9 @@ def test_a_group_picks_alike_wherever_it_appears_in_one_message():
     for i in range(20):
         first, second = render("{a|b|c|d} / {a|b|c|d}", seed=str(i)).split(" / ")
         assert first == second
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab{} \n").filter(lambda t: "{{" not in t and not t.endswith("{")))
+def test_literal_braces_survive_around_variables(text):
+    assert render(text + " {{x}} " + text, {"x": "V{0}"}) == f"{text} V{{0}} {text}"
