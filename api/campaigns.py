@@ -12,7 +12,6 @@ database trigger when the last message becomes final (migration 0006).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -316,7 +315,7 @@ async def send_campaign(call: Call) -> Campaign:
             else None
         )
         from_email, from_name = await resolve_sender(conn, call.principal, stored)
-        send_at = body.send_at or row["send_at"] or datetime.now(UTC)
+        send_at = body.send_at or row["send_at"]  # None: now, in the database's clock
         draft = draft_from_row(row, from_email, from_name)
         check_draft(draft, recipients)
         draft.recipients = [r.email for r in recipients]

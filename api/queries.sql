@@ -124,8 +124,8 @@ WHERE tenant_id = $1 AND id = $2 AND status = 'draft';
 -- Messages are queued in the same transaction; recipients are dropped from the row, as the
 -- queue now holds them.
 UPDATE campaigns
-SET status = 'sending', send_at = $3, started_at = coalesce(started_at, now()),
-    completed_at = NULL, recipients = '[]', recipient_count = recipient_count + $4,
+SET status = 'sending', send_at = coalesce($3, now()), started_at = coalesce(started_at, now()),
+    completed_at = NULL, recipients = '[]', recipient_count = $4,
     updated_at = now()
 WHERE id = $1 AND tenant_id = $2;
 
@@ -176,6 +176,11 @@ WHERE campaign_id = $1 AND tenant_id = $2 AND status IN ('queued', 'deferred', '
 -- 'sending' campaigns) does not call a cancelled campaign completed.
 UPDATE campaigns SET status = 'cancelled', cancelled_at = now(), updated_at = now()
 WHERE id = $1;
+
+-- name: now
+-- The transaction's time, which is what the queue's now() defaults use: batch times computed
+-- from it line up with rows inserted with next_attempt_at = now().
+SELECT now();
 
 -- name: get_message
 SELECT id, message_id, campaign_id, from_email, recipient, subject, status, attempts,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TypeVar
 
 import asyncpg
@@ -190,7 +190,7 @@ async def send_bulk(call: Call) -> BulkSendResult:
         base.campaign_id = body.campaign_id
         base.sandbox = row["sandbox"] or call.principal.sandbox
         size = body.batch_size or len(body.recipients)
-        start = body.send_at or datetime.now(UTC)
+        start = body.send_at or await conn.fetchval(SQL["now"])
         ids: list[int] = []
         batches = 0
         last = start
