@@ -13,6 +13,7 @@ enough for coarse location or spotting a scanner network, not enough to identify
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -22,50 +23,42 @@ from collections.abc import Mapping
 OPEN_MACHINE_WINDOW_SECONDS = 2.0
 CLICK_MACHINE_WINDOW_SECONDS = 10.0
 
-# Apple's privacy proxy sends exactly this user agent, nothing more.
+# Apple's privacy proxy sends exactly this user agent, nothing more; its egress is 17.0.0.0/8.
 _APPLE_MPP_AGENT = "Mozilla/5.0"
-_APPLE_NETWORK = ipaddress.ip_network("17.0.0.0/8")
 
-_PROXIES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("google_image_proxy", re.compile(r"GoogleImageProxy|ggpht\.com", re.I)),
-    ("yahoo_image_proxy", re.compile(r"YahooMailProxy", re.I)),
-    (
-        "security_scanner",
-        re.compile(
-            r"barracuda|mimecast|proofpoint|urldefense|symantec|messagelabs|forcepoint|"
-            r"sophos|trend ?micro|fireeye|zscaler|paloalto|safelinks|cisco|ironport|"
-            r"checkpoint|fortinet|fortiguard|avanan|abnormal|agari|microsoft.+(preview|scan)",
-            re.I,
-        ),
-    ),
-    (
-        "bot",
-        re.compile(
-            r"bot\b|bot/|crawler|spider|slurp|headless|phantomjs|preview|linkexpand|"
-            r"python-requests|python-urllib|aiohttp|httpx|curl/|wget/|go-http-client|java/|"
-            r"okhttp|libwww|httpclient|node-fetch|axios|scrapy|facebookexternalhit",
-            re.I,
-        ),
-    ),
+# One pattern with a named group per reason: one scan of the user agent instead of four.
+_AGENTS = re.compile(
+    r"(?P<google_image_proxy>GoogleImageProxy|ggpht\.com)"
+    r"|(?P<yahoo_image_proxy>YahooMailProxy)"
+    r"|(?P<security_scanner>barracuda|mimecast|proofpoint|urldefense|symantec|messagelabs|"
+    r"forcepoint|sophos|trend ?micro|fireeye|zscaler|paloalto|safelinks|cisco|ironport|"
+    r"checkpoint|fortinet|fortiguard|avanan|abnormal|agari|microsoft.+(?:preview|scan))"
+    r"|(?P<bot>bot\b|bot/|crawler|spider|slurp|headless|phantomjs|preview|linkexpand|"
+    r"python-requests|python-urllib|aiohttp|httpx|curl/|wget/|go-http-client|java/|okhttp|"
+    r"libwww|httpclient|node-fetch|axios|scrapy|facebookexternalhit)",
+    re.IGNORECASE,
 )
 
 
-def machine_reason(user_agent: str, ip: str | None, headers: Mapping[str, str]) -> str | None:
-    """Why this request is a machine's, judged from the request alone; None if it may be human."""
-    agent = user_agent.strip()
+@functools.lru_cache(maxsize=4096)
+def _agent_reason(agent: str) -> str | None:
+    """Cached: a burst of opens comes from a few proxies and clients, so few distinct agents."""
+    agent = agent.strip()
     if not agent:
         return "no_user_agent"
     if agent == _APPLE_MPP_AGENT:
         return "apple_mpp"
-    if ip is not None:
-        try:
-            if ipaddress.ip_address(ip) in _APPLE_NETWORK:
-                return "apple_mpp"
-        except ValueError:
-            pass
-    for reason, pattern in _PROXIES:
-        if pattern.search(agent):
-            return reason
+    match = _AGENTS.search(agent)
+    return match.lastgroup if match else None
+
+
+def machine_reason(user_agent: str, ip: str | None, headers: Mapping[str, str]) -> str | None:
+    """Why this request is a machine's, judged from the request alone; None if it may be human."""
+    reason = _agent_reason(user_agent[:512])
+    if reason is not None:
+        return reason
+    if ip is not None and ip.startswith("17.") and ip.count(".") == 3:
+        return "apple_mpp"
     purpose = headers.get("Sec-Purpose", "") or headers.get("Purpose", "")
     if "prefetch" in purpose.lower() or headers.get("X-Moz", "").lower() == "prefetch":
         return "prefetch"
@@ -96,6 +89,11 @@ def client_ip(peer: str | None, forwarded_for: str | None) -> str | None:
 def ip_prefix(ip: str | None) -> str | None:
     """The coarse network an address belongs to: /24 for IPv4, /48 for IPv6."""
     if ip is None:
+        return None
+    parts = ip.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 for p in parts):  # the common case
+        if all(int(p) <= 255 for p in parts):
+            return f"{int(parts[0])}.{int(parts[1])}.{int(parts[2])}.0/24"
         return None
     try:
         address = ipaddress.ip_address(ip)

@@ -65,16 +65,29 @@ class Hit:
     url: str | None = None
 
 
+def _expire(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)
+
+
 class HitRecorder:
+    """Buffers hits and writes them in batches with up to `writers` batches in flight.
+
+    Several writers let the next batch commit while the previous one is still in Postgres:
+    with one, every request waiting on a commit would also wait for the batch before it.
+    First-hit decisions stay race-free across writers (see `record_hits`).
+    """
+
     def __init__(
         self,
         pool: asyncpg.Pool,
         metrics: TrackerMetrics,
         *,
-        max_batch: int = 500,
+        max_batch: int = 64,
         interval: float = 0.005,
         commit_wait: float = 2.0,
         max_buffer: int = 100_000,
+        writers: int = 4,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
@@ -82,31 +95,38 @@ class HitRecorder:
         self._interval = interval
         self._commit_wait = commit_wait
         self._max_buffer = max_buffer
-        self._buffer: deque[tuple[Hit, asyncio.Future[None]]] = deque()
+        self._writers = writers
+        self._buffer: deque[tuple[Hit, asyncio.Future[bool]]] = deque()
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
+        self._delay = 0.05  # back-off after a failed write, shared by the writers
         metrics.hit_buffer.set_function(lambda: len(self._buffer))
 
     def __len__(self) -> int:
         return len(self._buffer)
 
     async def record(self, hit: Hit) -> bool:
-        """Buffer a hit; True once it is committed, False if that took longer than commit_wait."""
+        """Buffer a hit; True once it is committed, False if that took longer than commit_wait.
+
+        The hit stays buffered either way: False only means the caller stopped waiting.
+        """
         if len(self._buffer) >= self._max_buffer or self._closing:
             self._metrics.hits_dropped.inc()
             log.warning("hit buffer full; hit dropped", extra={"action": "hit_dropped"})
             return False
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
         self._buffer.append((hit, future))
         self._pending.set()
         if len(self._buffer) >= self._max_batch:
             self._full.set()
+        # A timer that resolves the future, cheaper per request than wait_for(shield(...)).
+        timer = loop.call_later(self._commit_wait, _expire, future)
         try:
-            await asyncio.wait_for(asyncio.shield(future), self._commit_wait)
-        except TimeoutError:
-            return False
-        return True
+            return await future
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         """Stop taking hits; run() writes what is buffered and returns."""
@@ -115,44 +135,77 @@ class HitRecorder:
         self._full.set()
 
     async def run(self) -> None:
-        """The writer task: flush on size or time until closed and empty."""
-        delay = 0.05
-        while not (self._closing and not self._buffer):
-            await self._pending.wait()
-            if not self._closing and len(self._buffer) < self._max_batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._interval)
-            batch = [self._buffer.popleft() for _ in range(min(self._max_batch, len(self._buffer)))]
-            if len(self._buffer) < self._max_batch:
-                self._full.clear()
-            if not self._buffer:
-                self._pending.clear()
-            if not batch:
-                continue
-            try:
-                await self._write(batch)
-            except _TRANSIENT as exc:
-                self._buffer.extendleft(reversed(batch))
-                self._pending.set()
-                self._metrics.hit_flush_errors.inc()
-                log.warning(
-                    "writing hits failed; will retry",
-                    extra={"action": "record_hits", "hits": len(batch), "error": str(exc)},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            except asyncpg.PostgresError as exc:
-                # Not an outage but something in the batch the database refuses: write the
-                # hits one by one so one bad hit does not hold the others back forever.
-                log.error(
-                    "a batch of hits was refused; writing them one by one",
-                    extra={"action": "record_hits", "hits": len(batch), "error": str(exc)},
-                )
-                await self._write_singly(batch)
-            delay = 0.05
+        """Gather batches on size or time and hand them to writers, until closed and empty."""
+        slots = asyncio.Semaphore(self._writers)
+        writing: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if self._closing and not self._buffer:
+                    if not writing:
+                        break
+                    await asyncio.wait(set(writing))  # a failed writer puts its batch back
+                    continue
+                await self._pending.wait()
+                if not self._closing and len(self._buffer) < self._max_batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), self._interval)
+                # A writer slot before the batch: while all writers are busy the batch grows.
+                await slots.acquire()
+                count = min(self._max_batch, len(self._buffer))
+                batch = [self._buffer.popleft() for _ in range(count)]
+                if len(self._buffer) < self._max_batch:
+                    self._full.clear()
+                if not self._buffer:
+                    self._pending.clear()
+                if not batch:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(self._flush(batch, slots), name="hit-writer")
+                writing.add(task)
+                task.add_done_callback(writing.discard)
+        finally:
+            for task in writing:
+                task.cancel()
+            await asyncio.gather(*writing, return_exceptions=True)
 
-    async def _write(self, batch: list[tuple[Hit, asyncio.Future[None]]]) -> None:
+    async def _flush(
+        self, batch: list[tuple[Hit, asyncio.Future[bool]]], slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._write(batch)
+            self._delay = 0.05
+        except _TRANSIENT as exc:
+            self._put_back(batch)
+            self._metrics.hit_flush_errors.inc()
+            log.warning(
+                "writing hits failed; will retry",
+                extra={"action": "record_hits", "hits": len(batch), "error": str(exc)},
+            )
+            await asyncio.sleep(self._delay)  # holding the slot: failing writers slow down
+            self._delay = min(self._delay * 2, 5.0)
+        except asyncpg.PostgresError as exc:
+            # Not an outage but something in the batch the database refuses: write the hits
+            # one by one so one bad hit does not hold the others back forever.
+            log.error(
+                "a batch of hits was refused; writing them one by one",
+                extra={"action": "record_hits", "hits": len(batch), "error": str(exc)},
+            )
+            await self._write_singly(batch)
+        except Exception:
+            self._put_back(batch)
+            log.exception("writing hits crashed; will retry", extra={"action": "record_hits"})
+            await asyncio.sleep(self._delay)
+            self._delay = min(self._delay * 2, 5.0)
+        finally:
+            slots.release()
+
+    def _put_back(self, batch: list[tuple[Hit, asyncio.Future[bool]]]) -> None:
+        self._buffer.extendleft(reversed(batch))
+        self._pending.set()
+        if len(self._buffer) >= self._max_batch:
+            self._full.set()
+
+    async def _write(self, batch: list[tuple[Hit, asyncio.Future[bool]]]) -> None:
         hits = [h for h, _ in batch]
         started = time.perf_counter()
         await self._pool.execute(
@@ -172,15 +225,14 @@ class HitRecorder:
         self._metrics.hits_recorded.inc(len(batch))
         for _, future in batch:
             if not future.done():
-                future.set_result(None)
+                future.set_result(True)
 
-    async def _write_singly(self, batch: list[tuple[Hit, asyncio.Future[None]]]) -> None:
+    async def _write_singly(self, batch: list[tuple[Hit, asyncio.Future[bool]]]) -> None:
         for item in batch:
             try:
                 await self._write([item])
             except _TRANSIENT:
-                self._buffer.appendleft(item)
-                self._pending.set()
+                self._put_back([item])
             except asyncpg.PostgresError as exc:
                 self._metrics.hits_dropped.inc()
                 log.error(
