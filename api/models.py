@@ -107,8 +107,17 @@ class ContentOut(Response):
     text: str | None
 
 
+# A recipient's address is checked with the rest of its row (api.senders.check_draft), so
+# one response lists every bad row of a 10,000-recipient request, whatever is wrong with each.
+RecipientEmail = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=254),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": 254}),
+]
+
+
 class Recipient(Request):
-    email: Email
+    email: RecipientEmail
     personalization: dict[str, Any] = Field(default_factory=dict)
 
 

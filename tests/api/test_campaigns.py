@@ -97,12 +97,9 @@ async def test_create_validation(client: Client) -> None:
     )
     error = assert_error(await client.post("/campaigns", json=bad), 422, "VALIDATION_ERROR")
     fields = [d["field"] for d in error["details"]]
-    assert fields == ["recipients[1].email"]
-
-    bad["recipients"][1]["email"] = "b@dest.test"
-    error = assert_error(await client.post("/campaigns", json=bad), 422, "VALIDATION_ERROR")
-    assert error["details"][0]["field"] == "recipients[2].personalization"
-    assert "first_name" in error["details"][0]["message"]
+    assert fields == ["recipients[1].email", "recipients[2].personalization"]
+    assert error["details"][0]["message"] == "Invalid email format"
+    assert "first_name" in error["details"][1]["message"]
 
     error = assert_error(
         await client.post("/campaigns", json=campaign(subject="Hi\r\nBcc: x@y.test")),
