@@ -356,3 +356,13 @@ async def test_expired_leases_of_a_dead_dispatcher_are_taken_over(
     await start_tracker()
     await wait_for(lambda: all_delivered(pool, 1))
     assert len(receiver.accepted()) == 1
+
+
+async def test_new_events_wake_an_idle_dispatcher_at_once(
+    pool, settings, tenant, start_tracker, receiver
+):
+    await create_endpoint(pool, tenant, receiver.url(), settings=settings)
+    await start_tracker(dispatcher={"poll_interval": 60.0})
+    await asyncio.sleep(0.2)  # idle, waiting on LISTEN (or a minute of polling)
+    await add_event(pool, tenant, None, "campaign.completed")
+    await wait_for(lambda: receiver.accepted(), timeout=2)

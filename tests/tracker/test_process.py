@@ -1,0 +1,67 @@
+"""`penguinmails tracker` as operators run it: starts, serves, and exits cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+from penguinmails.links import Links
+from penguinmails.secrets import server_keys
+from penguinmails.tokens import TokenSigner
+
+
+async def test_sigterm_shuts_the_tracker_down_cleanly(
+    database_url, settings, sent_messages, pool, http, tmp_path
+):
+    (message,) = await sent_messages()
+    env = {
+        **os.environ,
+        "PENGUINMAILS_DATABASE__URL": database_url,
+        "PENGUINMAILS_PATHS__DATA_DIR": str(tmp_path),
+        "PENGUINMAILS_TRACKER__LISTEN": "127.0.0.1:0",
+        "PENGUINMAILS_SECURITY__SECRET_KEYS": '["test-key-one"]',
+        "PENGUINMAILS_LOGGING__FORMAT": "json",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "penguinmails.cli",
+        "tracker",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    logs: list[dict] = []
+    try:
+
+        async def started() -> str:
+            while True:
+                line = await process.stderr.readline()
+                assert line, "the tracker exited before it started"
+                entry = json.loads(line)
+                logs.append(entry)
+                if entry.get("action") == "tracker_start":
+                    return str(entry["listen"])
+
+        url = await asyncio.wait_for(started(), 30)
+        async with http.get(url + "/healthz") as response:
+            assert response.status == 200
+        links = Links(TokenSigner(server_keys(settings)), url)
+        async with http.get(links.open_url(message)) as response:
+            assert response.status == 200
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'email.opened'") == 1
+
+        process.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(process.stderr.read(), 20)
+        assert await asyncio.wait_for(process.wait(), 5) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    actions = [json.loads(line).get("action") for line in rest.splitlines() if line.strip()]
+    assert "signal" in actions and "dispatcher_stopped" in actions
+    assert actions[-1] == "tracker_stop"
