@@ -19,6 +19,7 @@ import pytest
 from api.keys import create_key
 from api.server import ApiServer
 from penguinmails.config import Settings
+from tests.tracker.conftest import Receiver
 
 
 @pytest.fixture
@@ -142,3 +143,11 @@ async def client(api: ApiServer, http: aiohttp.ClientSession, key: str) -> Clien
 async def tenant_id(pool: asyncpg.Pool, key: str) -> int:
     value: int = await pool.fetchval("SELECT id FROM tenants WHERE name = 'acme'")
     return value
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback (the tracker tests' own, reused)."""
+    server = await Receiver().start()
+    yield server
+    await server.down()
