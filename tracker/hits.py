@@ -174,6 +174,11 @@ class HitRecorder:
         try:
             await self._write(batch)
             self._delay = 0.05
+        except asyncio.CancelledError:
+            # Shutdown ran out of time mid-write: count the batch as unwritten (it may have
+            # committed; an undercount would be the worse error).
+            self._put_back(batch)
+            raise
         except _TRANSIENT as exc:
             self._put_back(batch)
             self._metrics.hit_flush_errors.inc()
