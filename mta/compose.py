@@ -170,6 +170,13 @@ def compose(
     row: Mapping[str, Any], *, links: Links, verp: Verp, now: datetime | None = None
 ) -> Composed:
     """Render one row: templates, tracking, MIME, and the system's headers."""
+    try:
+        return _compose(row, links=links, verp=verp, now=now)
+    except UnicodeError as exc:  # a lone surrogate, say: no bytes can carry it
+        raise ComposeError(f"text that cannot be encoded: {exc}") from None
+
+
+def _compose(row: Mapping[str, Any], *, links: Links, verp: Verp, now: datetime | None) -> Composed:
     queue_id: int = row["id"]
     try:
         from_domain = address_domain(row["from_email"], "from")

@@ -342,7 +342,8 @@ def _emit(
                 texts.append(text)
             out.append(chunk.text.format(*texts))
         else:
-            digest = hashlib.blake2b(f"{seed}\x00{chunk.source}".encode(), digest_size=8)
+            key = f"{seed}\x00{chunk.source}".encode("utf-8", "surrogatepass")
+            digest = hashlib.blake2b(key, digest_size=8)
             choice = int.from_bytes(digest.digest(), "big") % len(chunk.options)
             _emit(chunk.options[choice], values, seed, escape, out, done)
 

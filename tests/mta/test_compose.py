@@ -217,6 +217,7 @@ def test_custom_headers_but_not_the_ones_the_system_owns():
         ({"recipient": "a@b@c"}, "recipient"),
         ({"message_id": "<x@y>\r\nBcc: z"}, "Message-ID"),
         ({"from_name": "a\x00b"}, "control"),
+        ({"personalization": {"name": "\ud800"}}, "cannot be encoded"),
     ],
 )
 def test_rows_that_cannot_be_rendered_fail_with_compose_error(fields, error):
