@@ -156,7 +156,7 @@ class Sampler:
 
 
 async def mta_run(url: str, data_dir: Path, port: int, messages: int, size: int,
-                  processes: int) -> dict[str, Any]:
+                  processes: int, profile: bool = False) -> dict[str, Any]:
     conn = await connect(url)
     await conn.execute("TRUNCATE messages, events RESTART IDENTITY CASCADE")
     tenant = await ensure_tenant(conn, "bench")
@@ -172,7 +172,33 @@ async def mta_run(url: str, data_dir: Path, port: int, messages: int, size: int,
     })
     procs = [subprocess.Popen([sys.executable, "-m", "penguinmails.cli", "mta"], env=env)
              for _ in range(processes)]
+    try:
+        return await _measure(conn, tenant, procs, messages, size, profile)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await conn.close()
+
+
+async def _measure(conn: Any, tenant: int, procs: list[subprocess.Popen[bytes]], messages: int,
+                   size: int, profile: bool) -> dict[str, Any]:
+    processes = len(procs)
     sampler = Sampler([p.pid for p in procs])
+    spies = []
+    if profile and shutil.which("py-spy"):
+        from benchmarks.report import RESULTS
+
+        RESULTS.mkdir(exist_ok=True)
+        spies = [subprocess.Popen(["py-spy", "record", "--pid", str(p.pid), "--format", "raw",
+                                   "-r", "250", "-o", str(RESULTS / f"mta-profile-{i}.txt")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for i, p in enumerate(procs)]
     await asyncio.sleep(1.5)  # let the workers start and go idle on LISTEN
     sampler.sample()
     cpu_before = sampler.cpu
@@ -195,11 +221,9 @@ async def mta_run(url: str, data_dir: Path, port: int, messages: int, size: int,
         "SELECT extract(epoch FROM sent_at - created_at) AS latency, "
         "extract(epoch FROM sent_at) AS at FROM messages WHERE status = 'sent'")
     sent = len(rows)
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        proc.wait(30)
-    await conn.close()
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
     latencies = sorted(float(r["latency"]) for r in rows)
     elapsed = max(float(r["at"]) for r in rows) - start
     return {
@@ -231,7 +255,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             baseline_source = smtp_source_rate(sink.port, n, size)
             baseline_aiosmtplib = await aiosmtplib_rate(sink.port, n, size)
             for count in process_counts:
-                run_result = await mta_run(url, workdir, sink.port, n, size, count)
+                run_result = await mta_run(url, workdir, sink.port, n, size, count,
+                                           args.profile)
                 run_result.update({
                     "size_bytes": size,
                     "baseline_smtp_source_mps": baseline_source,
@@ -258,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks mta")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--messages", type=int, default=0)
+    parser.add_argument("--profile", action="store_true",
+                        help="sample each MTA with py-spy into results/mta-profile-N.txt")
     asyncio.run(run(parser.parse_args(argv)))
     return 0
 
