@@ -10,6 +10,7 @@ from mta.worker import Worker
 from penguinmails.config import Settings
 from penguinmails.database import create_pool, database_url
 from penguinmails.migrations import pending
+from penguinmails.observability import ops_app, start_ops_server
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,23 @@ async def serve(settings: Settings) -> None:
             )
         worker = Worker(pool, settings, database_url=url)
         install_stop_signals(worker.stop)
-        log.info("mta started", extra={"action": "mta_start", "owner": worker.owner})
-        await worker.run()
+        ops = None
+        if settings.mta.metrics_listen:
+            app = ops_app(pool, worker.metrics.registry, lambda: worker.metrics.refresh(pool))
+            ops = await start_ops_server(app, settings.mta.metrics_listen)
+        log.info(
+            "mta started",
+            extra={
+                "action": "mta_start",
+                "owner": worker.owner,
+                "metrics": settings.mta.metrics_listen or None,
+            },
+        )
+        try:
+            await worker.run()
+        finally:
+            if ops is not None:
+                await ops.cleanup()
     finally:
         await pool.close()
 

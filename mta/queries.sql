@@ -116,3 +116,13 @@ SELECT pg_advisory_xact_lock(hashtextextended('penguinmails:sending_domain:' || 
 INSERT INTO sending_domains (tenant_id, domain, selector, algorithm, private_key, public_key)
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id;
+
+-- name: queue_depth_by_status
+-- For /metrics on every scrape: served by the partial indexes, so cheap however large the
+-- table of finished messages grows.
+SELECT 'queued' AS status, count(*) AS messages FROM messages
+    WHERE status IN ('queued', 'deferred') AND status = 'queued'
+UNION ALL
+SELECT 'deferred', count(*) FROM messages WHERE status IN ('queued', 'deferred') AND status = 'deferred'
+UNION ALL
+SELECT 'sending', count(*) FROM messages WHERE status = 'sending';

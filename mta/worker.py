@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -22,6 +23,7 @@ import asyncpg
 
 from mta import queue
 from mta.compose import ComposeError, Composer
+from mta.metrics import MtaMetrics
 from mta.outcomes import Outcome, Reply, decide
 from mta.routing import RouteError, Router
 from mta.smtp import Pools
@@ -107,6 +109,7 @@ class Worker:
         self._throttles = Throttles(settings.mta)
         self.pools = Pools(settings.mta)
         self._writer = ResultWriter(pool)
+        self.metrics = MtaMetrics(settings.mta)
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._unwritten: set[int] = set()  # in flight, outcome not yet handed to the writer
         self._on_wire: set[int] = set()  # in an SMTP transaction right now
@@ -153,8 +156,10 @@ class Worker:
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
                 log.warning("claim failed", extra={"action": "claim", "error": str(exc)})
                 rows = []
+            self.metrics.claim_batch.observe(len(rows))
             for row in rows:
                 self._start(row)
+            self.metrics.in_flight.set(len(self._inflight))
             if len(rows) < want and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), self._mta.poll_interval)
@@ -188,7 +193,10 @@ class Worker:
         outcome = dataclasses.replace(outcome, data=data)
         self._unwritten.discard(row["id"])
         written = await self._writer.write(queue.Result(row["id"], row["lease_token"], outcome))
-        if not written:
+        if written:
+            domain = self.metrics.domain_label(row["recipient_domain"])
+            self.metrics.outcomes.labels(outcome.status, domain).inc()
+        else:
             log.warning(
                 "lease lost before the outcome was written; newer outcome stands",
                 extra={"action": "record_outcome", "message": row["id"]},
@@ -229,12 +237,14 @@ class Worker:
                 self._pool, [(row["id"], row["lease_token"])], datetime.fromtimestamp(until, UTC)
             )
             return None
+        started = time.perf_counter()
         try:
             reply = await self.pools[pool_key].send(
                 route, sender, row["recipient"], data, on_wire=lambda: self._on_wire.add(row["id"])
             )
         finally:
             self._on_wire.discard(row["id"])
+        self.metrics.smtp_seconds.observe(time.perf_counter() - started)
         throttle.note_reply(reply.code)
         return self._decide(row, reply, not_before=throttle.backoff_until())
 

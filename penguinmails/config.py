@@ -93,6 +93,7 @@ class MtaSettings(Section):
     throttle: dict[str, ThrottleRule] = Field(default_factory=dict)
     default_throttle: ThrottleRule = Field(default_factory=ThrottleRule)
 
+    metrics_listen: str = "127.0.0.1:9101"  # /metrics and /healthz; empty: not served
     batch_size: int = Field(default=200, ge=1)
     max_in_flight: int = Field(default=1000, ge=1)
     lease_seconds: float = Field(default=300.0, gt=0)
@@ -128,6 +129,11 @@ class MtaSettings(Section):
     @classmethod
     def _sink(cls, value: str) -> str:
         return _check_hostport(value)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return _check_hostport(value) if value else value
 
     def rule_for(self, domain: str) -> ThrottleRule:
         return self.throttle.get(domain, self.default_throttle)

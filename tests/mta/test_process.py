@@ -8,6 +8,8 @@ import signal
 import sys
 from collections import Counter
 
+import orjson
+
 from tests.conftest import wait_for
 from tests.mta.test_delivery import queue_messages
 
@@ -21,6 +23,7 @@ def _mta_env(database_url: str, hop: str, tmp_path, **extra: str) -> dict[str, s
             "PENGUINMAILS_MTA__ROUTES": f'{{"dest.test": "{hop}"}}',
             "PENGUINMAILS_MTA__POLL_INTERVAL": "0.2",
             "PENGUINMAILS_SECURITY__SECRET_KEYS": '["process-test-key"]',
+            "PENGUINMAILS_MTA__METRICS_LISTEN": "",
             **extra,
         }
     )
@@ -102,3 +105,50 @@ async def test_kill_9_during_a_run_loses_nothing(pool, database_url, smtp_peer, 
 
 async def _all_final(pool, total: int) -> bool:
     return await _sent(pool) == total
+
+
+async def test_metrics_and_health_report_real_values(pool, database_url, smtp_peer, tmp_path):
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    smtp_peer.fault("RCPT", 550, "5.1.1 unknown", match="bad")
+    await queue_messages(pool, ["ok1@dest.test", "ok2@dest.test", "bad@dest.test"])
+    env = _mta_env(
+        database_url, smtp_peer.hop, tmp_path, PENGUINMAILS_MTA__METRICS_LISTEN=f"127.0.0.1:{port}"
+    )
+    proc = await _spawn(env)
+    try:
+        await wait_for(lambda: _final_count_is(pool, 3), timeout=20)
+        async with aiohttp.ClientSession() as http:
+            health = await _get(http, f"http://127.0.0.1:{port}/healthz")
+            metrics = await _get(http, f"http://127.0.0.1:{port}/metrics")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+
+    assert health[0] == 200
+    assert orjson.loads(health[1]) == {"status": "ok", "database": "ok"}
+    text = metrics[1]
+    assert 'penguinmails_mta_messages_total{domain="other",status="sent"} 2.0' in text
+    assert 'penguinmails_mta_messages_total{domain="other",status="bounced"} 1.0' in text
+    assert "penguinmails_mta_smtp_seconds_count 3.0" in text
+    assert 'penguinmails_mta_queue_depth{status="queued"} 0.0' in text
+
+
+async def _get(http, url: str) -> tuple[int, str]:
+    for _ in range(50):  # the ops server starts just after the worker
+        try:
+            async with http.get(url) as response:
+                return response.status, await response.text()
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+async def _final_count_is(pool, n: int) -> bool:
+    final = await pool.fetchval("SELECT count(*) FROM messages WHERE status IN ('sent', 'bounced')")
+    return final == n
