@@ -1,0 +1,139 @@
+"""The whole flow through HTTP: key, webhook, campaign, send, delivery to an SMTP peer, pixel
+and click at the tracker, analytics, signed webhooks. Every component is the real one."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from api.keys import create_key
+from api.server import ApiServer
+from mta.domains import add_domain
+from penguinmails.config import Settings
+from tests.api.conftest import Client
+from tests.conftest import wait_for
+from tests.smtp_peer import SMTPPeer
+from tests.tracker.conftest import Receiver, verify
+from tracker.server import Tracker
+
+CHROME = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0 Safari/537.36"
+)
+
+
+async def test_campaign_end_to_end(
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    smtp_peer: SMTPPeer,
+    start_worker: Any,
+    receiver: Receiver,
+    http: aiohttp.ClientSession,
+) -> None:
+    settings = make_settings(
+        api={"listen": "127.0.0.1:0"},
+        tracker={"listen": "127.0.0.1:0", "base_url": "http://tracker.test"},
+        webhooks={"allow_private_targets": True},
+        mta={"routes": {"dest.test": smtp_peer.hop}},
+    )
+    # The operator's two commands: `keys create` and `domains add`.
+    async with pool.acquire() as conn:
+        bootstrap = await create_key(conn, tenant="acme", tier="starter")
+        await add_domain(conn, settings, "acme.test", tenant="acme")
+
+    async with (
+        ApiServer(pool, settings) as api,
+        Tracker(pool, settings, dispatcher={"poll_interval": 0.05}) as tracker,
+    ):
+        admin = Client(http, api.url + "/api/v1", bootstrap)
+        key = (await admin.post("/api-keys", json={"name": "integration"})).data["key"]
+        client = admin.with_key(key)
+
+        hook = await client.post(
+            "/webhooks", json={"url": receiver.url(), "events": ["email.*", "campaign.completed"]}
+        )
+        secret = hook.data["secret"]
+        ping = (await client.post(f"/webhooks/{hook.data['id']}/test")).data
+        assert ping["delivered"], ping
+
+        made = await client.post(
+            "/campaigns",
+            json={
+                "name": "Launch",
+                "subject": "Hello {{first_name}}",
+                "from": {"email": "news@acme.test", "name": "Acme News"},
+                "content": {
+                    "html": '<p>Hi {{first_name}}, see <a href="https://acme.test/pricing">'
+                    "pricing</a></p>",
+                },
+                "recipients": [
+                    {"email": "ann@dest.test", "personalization": {"first_name": "Ann"}},
+                    {"email": "bob@dest.test", "personalization": {"first_name": "Bob"}},
+                ],
+                "settings": {"track_opens": True, "track_clicks": True},
+            },
+        )
+        campaign_id = made.data["id"]
+        sent = await client.post(f"/campaigns/{campaign_id}/send")
+        assert sent.status == 202 and sent.headers["X-RateLimit-Limit"] == "10000"
+
+        worker = await start_worker(settings)
+        await wait_for(lambda: len(smtp_peer.received) == 2, timeout=20)
+
+        async def status() -> str:
+            return str((await client.get(f"/campaigns/{campaign_id}")).data["status"])
+
+        await wait_for(lambda: _equals(status(), "completed"), timeout=20)
+        await worker.stop()
+
+        ann = next(r for r in smtp_peer.received if r.rcpt_tos == ["ann@dest.test"]).message
+        assert ann["Subject"] == "Hello Ann" and "DKIM-Signature" in ann
+        html = ann.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        pixel = re.search(r"http://tracker\.test(/o/[^\"']+)", html)
+        link = re.search(r"http://tracker\.test(/c/[^\"']+)", html)
+        assert pixel and link, html
+        async with http.get(tracker.url + pixel.group(1), headers={"User-Agent": CHROME}) as r:
+            assert r.status == 200
+        async with http.get(
+            tracker.url + link.group(1), headers={"User-Agent": CHROME}, allow_redirects=False
+        ) as r:
+            assert r.status == 302 and r.headers["Location"] == "https://acme.test/pricing"
+
+        async def engaged() -> bool:
+            reply = await client.get(
+                f"/analytics/campaigns/{campaign_id}", params={"period": "24h"}
+            )
+            o = reply.data["overview"]
+            return bool(o["opened"]["total"] >= 1 and o["clicked"]["total"] >= 1)
+
+        await wait_for(engaged, timeout=10)
+        overview = (await client.get(f"/analytics/campaigns/{campaign_id}")).data["overview"]
+        assert overview["delivered"] == 2 and overview["bounced"] == 0
+        assert overview["opened"]["unique"] == 1 and overview["clicked"]["unique"] == 1
+
+        ann_id = await pool.fetchval("SELECT id FROM messages WHERE recipient = 'ann@dest.test'")
+        message = (await client.get(f"/messages/{ann_id}")).data
+        assert message["status"] == "sent" and message["attempts"] == 1
+        assert message["last_reply_code"] == 250
+        assert {"email.sent", "email.opened", "email.clicked"} <= {
+            e["type"] for e in message["events"]
+        }
+
+        wanted = {"email.sent", "email.opened", "email.clicked", "campaign.completed"}
+
+        def received_types() -> set[str]:
+            return {verify(secret, r)["type"] for r in receiver.accepted()}
+
+        await wait_for(lambda: wanted <= received_types(), timeout=15)
+        completed = [
+            verify(secret, r) for r in receiver.accepted() if b"campaign.completed" in r.body
+        ]
+        assert len(completed) == 1 and completed[0]["data"]["campaign_id"] == campaign_id
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
