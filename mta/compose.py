@@ -107,7 +107,6 @@ class Composer:
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, *, key_ttl: float = 60.0) -> None:
         keys = server_keys(settings)
-        self._settings = settings
         self.keys = KeyCache(pool, settings, ttl=key_ttl)
         self.links = Links(TokenSigner(keys), settings.tracker.base_url)
         self.verp = Verp(keys, settings.mta.bounce_domain)
