@@ -203,19 +203,101 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     try:
         totals = await conn.fetch(sql["status_totals"])
         depth = await conn.fetch(sql["queue_depth"], 20)
+        oldest = await conn.fetchrow(sql["oldest_deferred"])
+        reasons = await conn.fetch(sql["deferral_reasons"], 10)
+        webhooks = await conn.fetchrow(sql["webhook_backlog_summary"])
     finally:
         await conn.close()
-    print(f"{'status':<12}{'messages':>10}")
-    for row in totals:
-        print(f"{row['status']:<12}{row['messages']:>10}")
+    print(_table(["status", "messages"], [[r["status"], r["messages"]] for r in totals]))
     if depth:
-        print(f"\n{'status':<12}{'domain':<32}{'messages':>10}  oldest due")
-        for row in depth:
-            print(
-                f"{row['status']:<12}{row['recipient_domain']:<32}{row['messages']:>10}"
-                f"  {row['oldest_due']:%Y-%m-%d %H:%M:%S}"
+        print("\nqueue by destination domain")
+        print(
+            _table(
+                ["status", "domain", "messages", "oldest due"],
+                [
+                    [
+                        r["status"],
+                        r["recipient_domain"],
+                        r["messages"],
+                        f"{r['oldest_due']:%Y-%m-%d %H:%M:%S}",
+                    ]
+                    for r in depth
+                ],
             )
+        )
+    if oldest is not None:
+        print(
+            f"\noldest deferred: message {oldest['id']} to {oldest['recipient_domain']}, "
+            f"queued {oldest['created_at']:%Y-%m-%d %H:%M:%S}, {oldest['attempts']} attempts, "
+            f"next {oldest['next_attempt_at']:%H:%M:%S}: {oldest['last_reply']}"
+        )
+    if reasons:
+        print("\ntop deferral reasons")
+        print(
+            _table(
+                ["code", "reason", "messages"],
+                [[r["code"], r["reason"], r["messages"]] for r in reasons],
+            )
+        )
+    oldest_hook = webhooks["oldest"]
+    since = f", oldest since {oldest_hook:%Y-%m-%d %H:%M:%S}" if oldest_hook else ""
+    print(f"\nwebhook backlog: {webhooks['pending']} deliveries{since}")
     return 0
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+async def cmd_queue(settings: Settings, args: argparse.Namespace) -> int:
+    """Operator actions on unfinished messages; purge asks first unless --yes."""
+    from penguinmails.queries import load
+
+    sql = load("penguinmails", "sql/queries.sql")
+    statuses = [args.status] if args.status else ["queued", "deferred"]
+    filters = (statuses, args.domain, args.campaign)
+    conn = await _connect_migrated(settings)
+    try:
+        count = await conn.fetchval(sql["queue_select"], *filters)
+        scope = _describe_filters(args)
+        if args.action == "retry":
+            result = await conn.execute(sql["queue_retry"], *filters)
+            print(f"{result.split()[-1]} message(s) {scope} are due now")
+            return 0
+        if count == 0:
+            print(f"no unfinished messages {scope}")
+            return 0
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise CommandError(
+                    f"purge would cancel {count} message(s) {scope}; re-run with --yes to confirm"
+                )
+            prompt = f"cancel {count} message(s) {scope}? type 'yes' to confirm: "
+            answer = await asyncio.to_thread(input, prompt)
+            if answer.strip().lower() != "yes":
+                print("nothing changed")
+                return 1
+        async with conn.transaction():
+            result = await conn.execute(sql["queue_purge"], *filters)
+        print(f"cancelled {result.split()[-1]} message(s) {scope}")
+        return 0
+    finally:
+        await conn.close()
+
+
+def _describe_filters(args: argparse.Namespace) -> str:
+    parts = [f"with status {args.status}" if args.status else "queued or deferred"]
+    if args.domain:
+        parts.append(f"to {args.domain}")
+    if args.campaign:
+        parts.append(f"in campaign {args.campaign}")
+    return " ".join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_migrate
     )
     sub.add_parser("status", help="queue depth by status and domain").set_defaults(func=cmd_status)
+    queue = sub.add_parser("queue", help="retry or purge unfinished messages")
+    queue.add_argument("action", choices=["retry", "purge"])
+    queue.add_argument("--domain", help="only messages to this destination domain")
+    queue.add_argument("--campaign", type=int, help="only messages of this campaign id")
+    queue.add_argument("--status", choices=["queued", "deferred"], help="default: both")
+    queue.add_argument("--yes", action="store_true", help="purge without asking")
+    queue.set_defaults(func=cmd_queue)
     send = sub.add_parser("send", help="queue a message (prints its queue id)")
     send.add_argument("--from", dest="from_email", required=True)
     send.add_argument("--from-name", default="")

@@ -27,3 +27,52 @@ LIMIT $1;
 
 -- name: status_totals
 SELECT status, count(*) AS messages FROM messages GROUP BY status ORDER BY status;
+
+-- name: oldest_deferred
+-- The message that has waited longest for a retry: the first thing an operator asks.
+SELECT id, recipient_domain, attempts, created_at, next_attempt_at, last_reply
+FROM messages WHERE status = 'deferred'
+ORDER BY created_at LIMIT 1;
+
+-- name: deferral_reasons
+-- What receivers are saying: deferred messages grouped by reply code and the start of the
+-- reply text (the rest is usually a per-message id that would defeat the grouping).
+SELECT coalesce(last_reply_code::text, 'local') AS code,
+       left(coalesce(last_reply, ''), 80) AS reason, count(*) AS messages
+FROM messages WHERE status = 'deferred'
+GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT $1;
+
+-- name: webhook_backlog_summary
+-- Deliveries waiting for their endpoint, and the oldest of them.
+SELECT count(*) AS pending, min(created_at) AS oldest
+FROM webhook_deliveries WHERE status IN ('pending', 'delivering');
+
+-- name: queue_select
+-- The messages a `queue retry|purge` would touch: every filter is optional (NULL matches all),
+-- and only unfinished messages qualify, so a purge can never rewrite history.
+SELECT count(*) FROM messages
+WHERE status = ANY($1::text[])
+  AND ($2::text IS NULL OR recipient_domain = lower($2))
+  AND ($3::bigint IS NULL OR campaign_id = $3);
+
+-- name: queue_retry
+-- Make matching queued/deferred messages due now, for example after a receiver's outage.
+UPDATE messages SET next_attempt_at = now(), updated_at = now()
+WHERE status = ANY($1::text[])
+  AND ($2::text IS NULL OR recipient_domain = lower($2))
+  AND ($3::bigint IS NULL OR campaign_id = $3);
+
+-- name: queue_purge
+-- Cancel matching unfinished messages, each with its event, in one statement; a message
+-- leased right now ('sending') is left to its worker.
+WITH cancelled AS (
+    UPDATE messages SET status = 'cancelled', updated_at = now()
+    WHERE status = ANY($1::text[])
+      AND ($2::text IS NULL OR recipient_domain = lower($2))
+      AND ($3::bigint IS NULL OR campaign_id = $3)
+    RETURNING id, tenant_id, campaign_id, recipient
+)
+INSERT INTO events (tenant_id, message_id, campaign_id, type, data)
+SELECT tenant_id, id, campaign_id, 'email.cancelled',
+       jsonb_build_object('recipient', recipient, 'reason', 'purged by operator')
+FROM cancelled;
