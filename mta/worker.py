@@ -17,12 +17,13 @@ import os
 import socket
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from mta import queue
 from mta.compose import ComposeError, Composer
+from mta.domains import KeyUnavailable
 from mta.metrics import MtaMetrics
 from mta.outcomes import Outcome, Reply, decide
 from mta.routing import RouteError, Router
@@ -32,6 +33,7 @@ from penguinmails.config import Settings
 
 log = logging.getLogger(__name__)
 
+KEY_RETRY_SECONDS = 30.0
 SANDBOX_POOL = "(sandbox)"  # not a valid domain name, so never a real destination's pool
 
 
@@ -180,7 +182,7 @@ class Worker:
                 log.error(
                     "delivery task crashed",
                     exc_info=_.exception(),
-                    extra={"action": "deliver", "message": message_id},
+                    extra={"action": "deliver", "queue_id": message_id},
                 )
 
         task.add_done_callback(done)
@@ -199,7 +201,7 @@ class Worker:
         else:
             log.warning(
                 "lease lost before the outcome was written; newer outcome stands",
-                extra={"action": "record_outcome", "message": row["id"]},
+                extra={"action": "record_outcome", "queue_id": row["id"]},
             )
 
     async def _attempt(self, row: asyncpg.Record) -> Outcome | None:
@@ -229,6 +231,16 @@ class Worker:
                 reply=Reply(None, f"5.6.0 cannot compose: {exc}"),
                 data={"error": str(exc)},
             )
+        except KeyUnavailable as exc:
+            # The message is fine; its signing key cannot be read right now. Give it back
+            # untried rather than sending it unsigned or failing it.
+            log.warning(
+                "DKIM key unavailable; message released",
+                extra={"action": "dkim_unavailable", "queue_id": row["id"], "error": str(exc)},
+            )
+            retry_at = datetime.now(UTC) + timedelta(seconds=KEY_RETRY_SECONDS)
+            await queue.release(self._pool, [(row["id"], row["lease_token"])], retry_at)
+            return None
         throttle = self._throttles[domain]
         await throttle.bucket.acquire()
         until = throttle.backoff_until()  # the domain may have pushed back while we waited

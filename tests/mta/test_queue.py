@@ -163,3 +163,38 @@ async def test_graceful_stop_finishes_in_flight_messages_and_releases_the_rest(
     assert len(smtp_peer.received) <= statuses["sent"] + 1
     assert all(r["lease_token"] is None for r in rows)
     assert smtp_peer.state.open_now == 0 or await wait_for(lambda: smtp_peer.state.open_now == 0)
+
+
+async def test_an_unreadable_dkim_key_gives_the_message_back_untried(
+    pool, make_settings, smtp_peer, start_worker
+):
+    from mta.domains import add_domain
+
+    async with pool.acquire() as conn:
+        await add_domain(conn, make_settings(), "acme.test", tenant="acme")
+    [queue_id] = await queue_messages(pool, ["user@dest.test"])
+    # This worker's server key cannot open the DKIM key sealed under the first one.
+    settings = make_settings(
+        mta={"routes": {"dest.test": smtp_peer.hop}}, security={"secret_keys": ["other-key"]}
+    )
+    worker = await start_worker(settings)
+
+    async def released():
+        row = await pool.fetchrow("SELECT * FROM messages WHERE id = $1", queue_id)
+        return row if row["status"] == "queued" and row["next_attempt_at"] else None
+
+    await wait_for(lambda: _claimed_once(pool, queue_id))
+    row = await wait_for(released)
+    await worker.stop()
+
+    assert smtp_peer.received == []  # never sent unsigned
+    assert row["attempts"] == 0
+    assert row["lease_token"] is None
+    assert await pool.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def _claimed_once(pool, queue_id: int) -> bool:
+    row = await pool.fetchrow(
+        "SELECT status, next_attempt_at > now() AS later FROM messages WHERE id = $1", queue_id
+    )
+    return row["status"] == "queued" and row["later"]
