@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -23,20 +22,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mta import dkim
 from penguinmails.config import Settings
 from penguinmails.messages import ensure_tenant
 from penguinmails.queries import load
-from penguinmails.secrets import derive, server_keys
+from penguinmails.secrets import SealError, seal, server_keys, unseal
 
 SQL = load("mta", "queries.sql")
 log = logging.getLogger(__name__)
 
-_SEALED_VERSION = b"\x01"
-_NONCE = 12
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")
 _SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
@@ -70,29 +65,19 @@ def seal_key(
     keys: Sequence[bytes], der: bytes, domain: str, selector: str, algorithm: str
 ) -> bytes:
     """Encrypt with the newest server key; the row's identity is the associated data."""
-    nonce = os.urandom(_NONCE)
-    sealed = AESGCM(derive(keys[0], "at-rest")).encrypt(
-        nonce, der, _aad(domain, selector, algorithm)
-    )
-    return _SEALED_VERSION + nonce + sealed
+    return seal(keys, der, _aad(domain, selector, algorithm))
 
 
 def unseal_key(
     keys: Sequence[bytes], blob: bytes, domain: str, selector: str, algorithm: str
 ) -> bytes:
-    if blob[:1] != _SEALED_VERSION or len(blob) < 1 + _NONCE + 16:
-        raise KeyUnavailable(f"{selector}._domainkey.{domain}: unknown sealed key format")
-    nonce, sealed = blob[1 : 1 + _NONCE], blob[1 + _NONCE :]
-    aad = _aad(domain, selector, algorithm)
-    for key in keys:
-        try:
-            return AESGCM(derive(key, "at-rest")).decrypt(nonce, sealed, aad)
-        except InvalidTag:
-            continue
-    raise KeyUnavailable(
-        f"{selector}._domainkey.{domain}: no configured server key opens this DKIM key "
-        "(was security.secret_keys changed without keeping the old key?)"
-    )
+    try:
+        return unseal(keys, blob, _aad(domain, selector, algorithm))
+    except SealError as exc:
+        raise KeyUnavailable(
+            f"{selector}._domainkey.{domain}: {exc} "
+            "(was security.secret_keys changed without keeping the old key?)"
+        ) from exc
 
 
 # -- the CLI's operations -------------------------------------------------------------------

@@ -308,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_up
     )
     sub.add_parser("mta", help="run the delivery daemon").set_defaults(func=cmd_mta)
+    sub.add_parser("api", help="run the control API (/api/v1)").set_defaults(func=cmd_api)
+    keys = sub.add_parser("keys", help="API keys")
+    key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = key_actions.add_parser("create", help="create a key (and the tenant if new)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument(
+        "--tier", choices=["free", "starter", "professional", "enterprise"], default=None
+    )
+    create.add_argument("--test", action="store_true", help="a sandbox key: never real MX hosts")
+    create.set_defaults(func=cmd_keys)
     sub.add_parser(
         "tracker", help="run the open/click/unsubscribe server and webhook dispatcher"
     ).set_defaults(func=cmd_tracker)

@@ -29,12 +29,11 @@ from typing import Any, TypeAlias
 
 import asyncpg
 import yarl
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from penguinmails import secrets as secrets_at_rest
 from penguinmails.config import Settings
 from penguinmails.queries import load
-from penguinmails.secrets import derive, server_keys
+from penguinmails.secrets import server_keys
 
 SQL = load("penguinmails", "sql/webhooks.sql")
 
@@ -59,7 +58,6 @@ _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$"
 MAX_URL_LENGTH = 2048
 ROTATION_OVERLAP_SECONDS = 24 * 3600.0
 
-_SEAL_VERSION = b"\x01"
 _SEAL_AAD = b"penguinmails:webhook-secret"
 
 
@@ -257,28 +255,14 @@ def check_secret(secret: str) -> str:
     return secret
 
 
-def _sealing_keys(keys: Sequence[bytes]) -> list[AESGCM]:
-    return [AESGCM(derive(k, "at-rest")) for k in keys]
-
-
 def seal(secret: str, keys: Sequence[bytes]) -> bytes:
-    """Encrypt with the first server key: version byte, 12-byte nonce, ciphertext and tag."""
-    nonce = random_secrets.token_bytes(12)
-    sealed = _sealing_keys(keys)[0].encrypt(nonce, secret.encode("utf-8"), _SEAL_AAD)
-    return _SEAL_VERSION + nonce + sealed
+    """Encrypt a webhook secret with the newest server key (penguinmails.secrets.seal)."""
+    return secrets_at_rest.seal(keys, secret.encode("utf-8"), _SEAL_AAD)
 
 
 def unseal(blob: bytes, keys: Sequence[bytes]) -> str:
     """Decrypt with whichever server key sealed it; ValueError if none did."""
-    if blob[:1] != _SEAL_VERSION or len(blob) < 1 + 12 + 16:
-        raise ValueError("not a sealed webhook secret")
-    nonce, sealed = blob[1:13], blob[13:]
-    for aead in _sealing_keys(keys):
-        try:
-            return aead.decrypt(nonce, sealed, _SEAL_AAD).decode("utf-8")
-        except InvalidTag:
-            continue
-    raise ValueError("no server key opens this webhook secret (was a server key removed?)")
+    return secrets_at_rest.unseal(keys, blob, _SEAL_AAD).decode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
