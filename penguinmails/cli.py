@@ -76,39 +76,9 @@ async def cmd_mta(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process on the embedded database, delivering to the capture sink."""
-    from mta.daemon import install_stop_signals
-    from mta.sink import start_sink
-    from mta.worker import Worker
-    from penguinmails.database import create_pool, database_url
-    from penguinmails.migrations import migrate
+    from penguinmails.up import run
 
-    mta = settings.mta.model_copy(update={"sandbox": True})
-    settings = settings.model_copy(update={"mta": mta})
-    url = await asyncio.to_thread(database_url, settings)
-    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        sink = await start_sink(pool, mta.sandbox_sink, mta.hostname)
-        worker = Worker(pool, settings, database_url=url)
-        install_stop_signals(worker.stop)
-        where = (
-            "configured URL" if settings.database.url else f"embedded, {settings.paths.data_dir}"
-        )
-        print(
-            f"PenguinMails is up.\n  database:     {where}\n"
-            f"  capture sink: smtp://{mta.sandbox_sink} (nothing leaves this machine)\n"
-            "  queue a message: penguinmails send --from you@example.com --to them@example.org"
-            " --subject Hi --text Hello\n  stop: Ctrl-C",
-            flush=True,
-        )
-        try:
-            await worker.run()
-        finally:
-            sink.close()
-            await sink.wait_closed()
-    finally:
-        await pool.close()
+    await run(settings)
     return 0
 
 
@@ -364,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"penguinmails: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.logging.level, settings.logging.format)
+    # `up` is for a person at a terminal: readable lines, not JSON.
+    fmt = "text" if args.command == "up" else settings.logging.format
+    logs.configure(settings.logging.level, fmt)
     try:
         return _run(args.func(settings, args)) or 0
     except CommandError as exc:

@@ -1,0 +1,154 @@
+"""`penguinmails up`: every role in one process, for a first run and for development.
+
+The embedded Postgres, migrations applied, the capture sink (so nothing leaves the machine),
+the MTA in sandbox mode, the tracker with its webhook dispatcher, the API, and inbound when
+it is available. A test API key is made on the first run and kept under the data dir, so the
+README's curl commands keep working across restarts. This module is the composition root:
+it is the one place outside the CLI that imports several roles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from penguinmails.config import Settings
+from penguinmails.database import create_pool, database_url
+from penguinmails.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "sandbox-api-key"
+SANDBOX_TENANT = "sandbox"
+
+
+async def sandbox_key(pool: asyncpg.Pool, data_dir: Path) -> str:
+    """The test-mode key kept in `<data_dir>/sandbox-api-key`, made anew if it stopped working."""
+    from api.auth import principal_for_key
+    from api.keys import create_key
+
+    path = data_dir / KEY_FILE
+    if path.exists():
+        key = path.read_text().strip()
+        try:
+            await principal_for_key(pool, key)
+            return key
+        except Exception:  # revoked, or a new database: make a new one
+            log.info(
+                "stored sandbox key no longer valid; creating a new one",
+                extra={"action": "sandbox_key"},
+            )
+    async with pool.acquire() as conn:
+        key = await create_key(conn, tenant=SANDBOX_TENANT, tier="enterprise", test=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+@contextlib.asynccontextmanager
+async def _optional_inbound(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[Any]:
+    try:
+        from mta.inbound import InboundServer
+    except ImportError:
+        yield None
+        return
+    async with InboundServer(pool, settings) as server:
+        yield server
+
+
+async def run(settings: Settings) -> None:
+    from api.server import ApiServer
+    from mta.sink import start_sink
+    from mta.worker import Worker
+    from tracker.server import Tracker
+
+    settings = settings.model_copy(
+        update={"mta": settings.mta.model_copy(update={"sandbox": True})}
+    )
+    url = await asyncio.to_thread(database_url, settings)
+    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
+    stop = asyncio.Event()
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        key = await sandbox_key(pool, settings.paths.data_dir)
+        sink = await start_sink(pool, settings.mta.sandbox_sink, settings.mta.hostname)
+        worker = Worker(pool, settings, database_url=url)
+        _install_signals(stop, worker)
+        try:
+            async with (
+                Tracker(pool, settings) as tracker,
+                ApiServer(pool, settings) as api,
+                _optional_inbound(pool, settings) as inbound,
+            ):
+                mta = asyncio.create_task(worker.run(), name="mta-worker")
+                _banner(settings, api.url, tracker.url, inbound is not None, key)
+                try:
+                    serving = asyncio.create_task(tracker.run_until(stop), name="tracker")
+                    done, _ = await asyncio.wait(
+                        [mta, serving], return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        task.result()  # a role that died takes `up` down with its error
+                finally:
+                    stop.set()
+                    worker.stop()
+                    await asyncio.gather(mta, return_exceptions=True)
+        finally:
+            sink.close()
+            await sink.wait_closed()
+    finally:
+        await pool.close()
+
+
+def _install_signals(stop: asyncio.Event, worker: Any) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    count = 0
+
+    def handler() -> None:
+        nonlocal count
+        count += 1
+        if count == 1:
+            log.info(
+                "stopping: finishing in-flight work (Ctrl-C again to quit at once)",
+                extra={"action": "up_stop"},
+            )
+            stop.set()
+            worker.stop()
+        elif main is not None:
+            main.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, handler)
+
+
+def _banner(settings: Settings, api: str, tracker: str, inbound: bool, key: str) -> None:
+    lines = [
+        "PenguinMails is up.",
+        f"  API:          {api}/api/v1   (OpenAPI: {api}/api/v1/openapi.json)",
+        f"  sandbox inbox: {api}/sandbox",
+        f"  tracker:      {tracker}",
+        f"  capture sink: smtp://{settings.mta.sandbox_sink} (nothing leaves this machine)",
+    ]
+    if inbound:
+        lines.append(f"  inbound:      smtp://{settings.inbound.listen}")
+    database = (settings.database.url and "configured URL") or (
+        f"embedded, under {settings.paths.data_dir}"
+    )
+    lines += [
+        f"  database:     {database}",
+        f"  test API key: {key}",
+        "  stop:         Ctrl-C",
+    ]
+    print("\n".join(lines), flush=True)
