@@ -270,6 +270,16 @@ def _describe_filters(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+async def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """Run benchmarks/NAME.py (the same as `python -m benchmarks NAME ...`).
+
+    In a thread: each benchmark runs its own event loop, and this command is already in one.
+    """
+    from benchmarks.__main__ import main as bench_main
+
+    return await asyncio.to_thread(bench_main, [args.name, *args.rest])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="penguinmails", description=__doc__)
     parser.add_argument("--config", help="TOML config file (env: PENGUINMAILS_CONFIG)")
@@ -322,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--html")
     send.add_argument("--tenant", default="default")
     send.set_defaults(func=cmd_send)
+    bench = sub.add_parser("bench", help="run a benchmark (mta, compose, tracker, api, scale)")
+    bench.add_argument("name", metavar="NAME", help="mta, compose, tracker, api or scale")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="its options, e.g. --quick")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
