@@ -18,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiosmtplib
+import asyncpg
 
 from mta.outcomes import Reply
 from mta.routing import Route
+from mta.slots import ConnectionSlots
 from penguinmails.config import MtaSettings, ThrottleRule
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class _NoConnection(Exception):
 class _Connection:
     client: aiosmtplib.SMTP
     host: str
+    slot: int | None = None  # the shared connection slot this connection holds, if any
     sent: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -52,10 +55,17 @@ class _Connection:
 class DomainPool:
     """Connections toward one destination domain, never more than its rule allows."""
 
-    def __init__(self, domain: str, rule: ThrottleRule, settings: MtaSettings) -> None:
+    def __init__(
+        self,
+        domain: str,
+        rule: ThrottleRule,
+        settings: MtaSettings,
+        slots: ConnectionSlots | None = None,
+    ) -> None:
         self.domain = domain
         self.rule = rule
         self._settings = settings
+        self._slots = slots
         self._idle: list[_Connection] = []
         self._open = 0
         self._changed = asyncio.Condition()
@@ -88,24 +98,63 @@ class DomainPool:
             await self._release(conn, reusable)
 
     async def _acquire(self, route: Route) -> _Connection:
-        async with self._changed:
-            while True:
-                while self._idle:
-                    conn = self._idle.pop()
-                    if conn.client.is_connected:
-                        return conn
-                    self._open -= 1
-                if self._open < self.rule.max_connections:
+        """An idle live connection, else a new one once this domain's cap allows."""
+        while True:
+            async with self._changed:
+                conn, dead = self._take_idle()
+                reserved = conn is None and not dead and self._open < self.rule.max_connections
+                if reserved:
                     self._open += 1
-                    break
-                await self._changed.wait()
+                elif conn is None and not dead:
+                    await self._changed.wait()
+                    continue
+            for gone in dead:  # closed by the peer while idle
+                await self._give_back_slot(gone.slot)
+            if conn is not None:
+                return conn
+            if reserved:
+                return await self._open_new(route)
+
+    def _take_idle(self) -> tuple[_Connection | None, list[_Connection]]:
+        """Pop idle connections until a live one; the dead ones stop counting. Lock held."""
+        dead: list[_Connection] = []
+        found = None
+        while self._idle and found is None:
+            conn = self._idle.pop()
+            if conn.client.is_connected:
+                found = conn
+            else:
+                dead.append(conn)
+        if dead:
+            self._open -= len(dead)
+            self._changed.notify(len(dead))
+        return found, dead
+
+    async def _open_new(self, route: Route) -> _Connection:
+        slot = None
         try:
-            return await self._connect(route)
+            if self._slots is not None:
+                slot = await self._slots.acquire(self.domain, self.rule.max_connections)
+            connection = await self._connect(route)
+            connection.slot = slot
+            return connection
         except BaseException:
+            await self._give_back_slot(slot)
             async with self._changed:
                 self._open -= 1
                 self._changed.notify()
             raise
+
+    async def _give_back_slot(self, slot: int | None) -> None:
+        if slot is None or self._slots is None:
+            return
+        try:
+            await self._slots.release(self.domain, slot)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            log.warning(
+                "could not release a connection slot; it will expire",
+                extra={"action": "release_slot", "domain": self.domain},
+            )
 
     async def _release(self, conn: _Connection, reusable: bool) -> None:
         conn.sent += 1
@@ -116,6 +165,7 @@ class DomainPool:
                 self._changed.notify()
             return
         await _close(conn.client, self._settings.command_timeout)
+        await self._give_back_slot(conn.slot)
         async with self._changed:
             self._open -= 1
             self._changed.notify()
@@ -127,6 +177,8 @@ class DomainPool:
             stale = [c for c in self._idle if now - c.idle_since >= older_than]
             self._idle = [c for c in self._idle if now - c.idle_since < older_than]
         await asyncio.gather(*(_close(c.client, self._settings.command_timeout) for c in stale))
+        for conn in stale:
+            await self._give_back_slot(conn.slot)
         if stale:
             async with self._changed:
                 self._open -= len(stale)
@@ -221,14 +273,16 @@ async def _close(client: aiosmtplib.SMTP, timeout: float) -> None:
 class Pools:
     """Every destination domain's pool, and the reaper that closes idle connections."""
 
-    def __init__(self, settings: MtaSettings) -> None:
+    def __init__(self, settings: MtaSettings, slots: ConnectionSlots | None = None) -> None:
         self._settings = settings
+        self._slots = slots
         self._pools: dict[str, DomainPool] = {}
 
     def __getitem__(self, domain: str) -> DomainPool:
         pool = self._pools.get(domain)
         if pool is None:
-            pool = DomainPool(domain, self._settings.rule_for(domain), self._settings)
+            rule = self._settings.rule_for(domain)
+            pool = DomainPool(domain, rule, self._settings, self._slots)
             self._pools[domain] = pool
         return pool
 

@@ -27,6 +27,7 @@ from mta.domains import KeyUnavailable
 from mta.metrics import MtaMetrics
 from mta.outcomes import Outcome, Reply, decide
 from mta.routing import RouteError, Router
+from mta.slots import ConnectionSlots
 from mta.smtp import Pools
 from mta.throttle import Throttles
 from penguinmails.config import Settings
@@ -109,7 +110,8 @@ class Worker:
         self._composer = Composer(pool, settings)
         self._router = Router(settings.mta)
         self._throttles = Throttles(settings.mta)
-        self.pools = Pools(settings.mta)
+        self._slots = ConnectionSlots(pool, self.owner, settings.mta.lease_seconds)
+        self.pools = Pools(settings.mta, self._slots)
         self._writer = ResultWriter(pool)
         self.metrics = MtaMetrics(settings.mta)
         self._inflight: dict[int, asyncio.Task[None]] = {}
@@ -141,6 +143,8 @@ class Worker:
                     await asyncio.wait_for(asyncio.shield(writer), self._mta.shutdown_grace)
                 writer.cancel()
                 await self.pools.close()
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await self._slots.release_all()
                 for task in side:
                     task.cancel()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
@@ -299,6 +303,7 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 await queue.extend_leases(self._pool, self.owner, self._mta.lease_seconds)
+                await self._slots.extend()
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
                 log.warning(
                     "lease heartbeat failed", extra={"action": "heartbeat", "error": str(exc)}

@@ -59,6 +59,31 @@ async def test_connections_to_one_domain_never_exceed_the_cap(
     assert smtp_peer.state.connections >= 12
 
 
+async def test_two_workers_share_one_domain_connection_cap(
+    pool, make_settings, smtp_peer, start_worker
+):
+    smtp_peer.fault("DATA", delay=0.02)  # keep sessions busy so both workers want more
+    await queue_messages(pool, [f"u{i}@dest.test" for i in range(150)])
+    settings = make_settings(
+        mta={
+            "routes": {"dest.test": smtp_peer.hop},
+            "batch_size": 20,
+            "throttle": {"dest.test": {"max_connections": 3, "messages_per_connection": 10}},
+        }
+    )
+    first = await start_worker(settings, owner="worker-a")
+    second = await start_worker(settings, owner="worker-b")
+
+    await wait_for(lambda: _count_is(pool, "sent", 150), timeout=40)
+    await first.stop()
+    await second.stop()
+
+    assert len(smtp_peer.received) == 150
+    assert smtp_peer.state.max_open <= 3  # the cap holds across both processes' pools
+    held = await pool.fetchval("SELECT count(*) FROM mta_connection_slots WHERE owner IS NOT NULL")
+    assert held == 0  # stopped workers give their slots back
+
+
 async def test_an_expired_lease_is_taken_again_and_marked_possible_duplicate(
     pool, make_settings, smtp_peer, start_worker
 ):
