@@ -74,6 +74,17 @@ async def cmd_mta(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
+    from mta.daemon import PendingMigrations
+    from mta.inbound import serve
+
+    try:
+        await serve(settings)
+    except PendingMigrations as exc:
+        raise CommandError(str(exc)) from exc
+    return 0
+
+
 async def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process on the embedded database, delivering to the capture sink."""
     from penguinmails.up import run
@@ -288,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_up
     )
     sub.add_parser("mta", help="run the delivery daemon").set_defaults(func=cmd_mta)
+    sub.add_parser("inbound", help="receive bounces, complaints and replies").set_defaults(
+        func=cmd_inbound
+    )
     sub.add_parser("api", help="run the control API (/api/v1)").set_defaults(func=cmd_api)
     keys = sub.add_parser("keys", help="API keys")
     key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -141,8 +141,35 @@ class MtaSettings(Section):
 
 class InboundSettings(Section):
     listen: str = "127.0.0.1:2526"
+    # Domains whose mail is accepted (the return path and List-Unsubscribe mailto: domain);
+    # RCPT to anything else is refused as relaying. Empty: [mta] bounce_domain alone.
+    bounce_domains: list[str] = Field(default_factory=list)
+    max_message_size: int = Field(default=10 * 1024 * 1024, ge=1024)  # 552 above this
+    max_sessions: int = Field(default=100, ge=1)  # more connections get 421 at once
+    # STARTTLS is offered when both are set (PEM files); never required, since many MTAs
+    # that send bounces cannot do TLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = Field(default=None, validate_default=True)
+    metrics_listen: str = "127.0.0.1:9102"  # /metrics and /healthz; empty: not served
 
     _listen = field_validator("listen")(_check_hostport)
+
+    @field_validator("bounce_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [d.strip().lower().rstrip(".") for d in value if d.strip()]
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return _check_hostport(value) if value else value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: Any) -> Path | None:
+        if (info.data.get("tls_cert") is None) != (value is None):
+            raise ValueError("tls_cert and tls_key are set together or not at all")
+        return value
 
 
 class WebhookSettings(Section):

@@ -1,0 +1,421 @@
+"""`penguinmails inbound`: the SMTP server for the bounce domain, closing the loop.
+
+Every message we send has a signed VERP return path (`b-<queue id>-<mac>@<bounce domain>`)
+and a mailto: unsubscribe address (`u-...`). What comes back to those addresses, or to any
+other address on a configured bounce domain (a feedback-loop address, a Reply-To), is read
+here (mta.classify) and recorded against the original message (mta/queries.sql, `inbound`).
+
+SMTP:
+- RCPT is accepted for the bounce domains only (any local part: FBL and reply addresses
+  live there too); anything else is 550 5.7.1, we are not a relay. At most 100 recipients.
+- Size: [inbound] max_message_size, announced in EHLO and enforced with 552.
+- At most [inbound] max_sessions connections; one more gets 421 and is closed.
+- STARTTLS when a certificate is configured, never required.
+- 250 only once what the mail changes is committed; a database problem answers 451 so the
+  sender retries (recording is idempotent, so a retry after a lost 250 counts once).
+
+Matching, per envelope recipient, strongest evidence first:
+1. the recipient itself, or an X-Original-To/Delivered-To alias when the recipient is not
+   one of our addresses: `u-` is an unsubscribe for its message; `b-` names the message;
+2. our signed address quoted in the returned original (Return-Path, List-Unsubscribe);
+3. a Message-ID the mail quotes (returned headers, In-Reply-To, References) that is one of
+   ours (they are random UUIDs: only someone who saw the message knows one).
+A `b-`/`u-` address whose MAC does not verify is forged: the mail is accepted and dropped
+with a logged reason, without falling back to Message-IDs. Unmatched mail is dropped the
+same way. Accepting rather than refusing tells a prober nothing and spares the remote a
+double bounce; either way nothing in the database changes.
+
+Decisions where the issue left room:
+- A `failed` DSN moves the message from 'sent' to 'bounced' (it did not arrive; the status
+  should say so), keeping sent_at; only a 5.x.x status suppresses. A `delayed` DSN is
+  `email.deferred` with bounce_type soft, changes nothing else.
+- The suppressed address is always the original's stored recipient, never one the report
+  names: a forwarded or crafted report cannot suppress someone we did not mail.
+- Idempotency per (message, kind): one bounce, one delay, one complaint, one unsubscribe per
+  message; replies per their own Message-ID, so each distinct reply counts once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from mta.classify import Inbound, Verdict, classify, unsubscribe_verdict
+from penguinmails.config import Settings, split_hostport
+from penguinmails.queries import load
+from penguinmails.verp import Verp
+
+SQL = load("mta")
+log = logging.getLogger(__name__)
+
+MAX_RECIPIENTS = 100
+SESSION_TIMEOUT = 120.0  # seconds of silence before a session is dropped
+_SIGNED_SHAPE = re.compile(r"^[bu]-[0-9]+-", re.IGNORECASE)
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class InboundMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "penguinmails_inbound_messages",
+            "Inbound mail per envelope recipient, by classification (hard_bounce, soft_bounce, "
+            "delayed, complaint, reply, auto_reply, unsubscribe, ignored, unmatched, forged) "
+            "and result (recorded, duplicate, dropped).",
+            ["classification", "result"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "penguinmails_inbound_refused",
+            "Refusals: relaying (RCPT outside the bounce domains), too many sessions.",
+            ["reason"],
+            registry=r,
+        )
+        self.sessions = Gauge(
+            "penguinmails_inbound_sessions", "SMTP sessions open now.", registry=r
+        )
+
+
+@dataclass(frozen=True)
+class Match:
+    message_id: int  # queue id
+    recipient: str  # the original's recipient
+    matched_by: str
+    unsubscribe: bool = False
+
+
+class _Dropped(Exception):
+    """Mail that names no message of ours; `classification` is unmatched or forged."""
+
+    def __init__(self, classification: str, reason: str) -> None:
+        super().__init__(reason)
+        self.classification = classification
+        self.reason = reason
+
+
+class InboundHandler:
+    def __init__(self, server: InboundServer) -> None:
+        self._server = server
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        domain = address.rpartition("@")[2].lower().rstrip(".")
+        if domain not in self._server.domains:
+            self._server.metrics.refused.labels("relaying").inc()
+            return "550 5.7.1 relaying denied"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 too many recipients"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        mail_from = (envelope.mail_from or "").strip().strip("<>")
+        inbound = await asyncio.to_thread(classify, raw, mail_from)
+        try:
+            for rcpt in dict.fromkeys(r.lower() for r in envelope.rcpt_tos):
+                await self._server.receive(rcpt, mail_from, inbound)
+        except _DB_ERRORS as exc:
+            log.warning(
+                "inbound could not record a message",
+                extra={"action": "inbound_store", "error": str(exc) or type(exc).__name__},
+            )
+            return "451 4.3.0 temporary local problem, try again later"
+        return "250 2.0.0 OK"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error(
+            "inbound session error",
+            exc_info=error,
+            extra={"action": "inbound_session", "error": type(error).__name__},
+        )
+        return "451 4.3.0 temporary local problem, try again later"
+
+
+class _InboundSMTP(SMTP):
+    """Counts itself against the session limit; releases its slot exactly once."""
+
+    def __init__(self, owner: InboundServer, handler: InboundHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._owner = owner
+        self._released = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._owner.transports.add(transport)  # again after STARTTLS: the TLS transport
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._released:
+            self._released = True
+            self._owner.release()
+        super().connection_lost(error)
+
+
+class _Busy(asyncio.Protocol):
+    """What a connection over the session limit gets: a 421 and a closed socket."""
+
+    def __init__(self, hostname: str) -> None:
+        self._hostname = hostname
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(
+            f"421 4.7.0 {self._hostname} too many connections, try again later\r\n".encode()
+        )
+        transport.close()
+
+
+class InboundServer:
+    """The listener and what it records: `async with InboundServer(pool, settings) as s`, or
+    `await start()` and later `await stop()`."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, metrics: InboundMetrics | None = None
+    ) -> None:
+        self.pool = pool
+        self.settings = settings.inbound
+        self.hostname = settings.mta.hostname
+        self.domains = frozenset(self.settings.bounce_domains or [settings.mta.bounce_domain])
+        self.verp = Verp.from_settings(settings)
+        self.metrics = metrics or InboundMetrics()
+        self.transports: set[asyncio.BaseTransport] = set()
+        self._open = 0
+        self._idle = asyncio.Event()  # set while no session is open
+        self._idle.set()
+        self._tls = _tls_context(settings)
+        self.starttls = self._tls is not None
+        self._server: asyncio.Server | None = None
+        self._handler = InboundHandler(self)
+        self._grace = settings.mta.shutdown_grace
+        self.port = 0
+
+    async def __aenter__(self) -> InboundServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop(self._grace)
+
+    async def start(self) -> InboundServer:
+        host, port = split_hostport(self.settings.listen)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, host=host, port=port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        if self._open >= self.settings.max_sessions:
+            self.metrics.refused.labels("sessions").inc()
+            return _Busy(self.hostname)
+        self._open += 1
+        self._idle.clear()
+        self.metrics.sessions.set(self._open)
+        return _InboundSMTP(
+            self,
+            self._handler,
+            hostname=self.hostname,
+            data_size_limit=self.settings.max_message_size,
+            enable_SMTPUTF8=True,
+            tls_context=self._tls,
+            require_starttls=False,
+            timeout=SESSION_TIMEOUT,
+        )
+
+    def release(self) -> None:
+        self._open -= 1
+        self.metrics.sessions.set(self._open)
+        if self._open == 0:
+            self._idle.set()
+
+    @property
+    def sessions(self) -> int:
+        return self._open
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop listening; give open sessions `grace` seconds to finish, then cut them."""
+        if self._server is None:
+            return
+        self._server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        for transport in list(self.transports):
+            transport.abort()  # type: ignore[attr-defined]
+        self.transports.clear()
+        await self._server.wait_closed()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 1.0)  # connection_lost of what was cut
+        self._server = None
+
+    async def receive(self, rcpt: str, mail_from: str, inbound: Inbound) -> None:
+        """Record what `inbound` means for the message `rcpt` (and the mail) names."""
+        try:
+            match = await self._match(rcpt, inbound)
+        except _Dropped as dropped:
+            self.metrics.messages.labels(dropped.classification, "dropped").inc()
+            log.info(
+                "inbound mail dropped",
+                extra={
+                    "action": "inbound_drop",
+                    "classification": dropped.classification,
+                    "reason": dropped.reason,
+                    "rcpt": rcpt,
+                    "mail_from": mail_from,
+                    "kind": inbound.kind,
+                },
+            )
+            return
+        verdict = (
+            unsubscribe_verdict() if match.unsubscribe else inbound.verdict_for(match.recipient)
+        )
+        row = await self.pool.fetchrow(
+            SQL["inbound_record"],
+            match.message_id,
+            verdict.classification,
+            verdict.dedupe_key,
+            verdict.reason[:500],
+            match.matched_by,
+            mail_from[:320],
+            rcpt[:320],
+            inbound.header_message_id or None,
+            inbound.sha256,
+            verdict.data,
+            verdict.first_only,
+            verdict.event_type,
+            verdict.suppress,
+            _suppression_detail(verdict),
+            verdict.bounce,
+            verdict.enhanced_status,
+            verdict.smtp_code,
+            (verdict.diagnostic or "")[:1000] or None,
+        )
+        result = "recorded" if row["logged"] else "duplicate"
+        self.metrics.messages.labels(verdict.classification, result).inc()
+        log.info(
+            "inbound mail recorded" if row["logged"] else "inbound mail already recorded",
+            extra={
+                "action": "inbound_record",
+                "classification": verdict.classification,
+                "reason": verdict.reason,
+                "queue_id": match.message_id,
+                "matched_by": match.matched_by,
+                "events": row["events"],
+                "suppressed": row["suppressed"],
+                "bounced": row["bounced"],
+            },
+        )
+
+    async def _match(self, rcpt: str, inbound: Inbound) -> Match:
+        # The envelope recipient, or where the mail was addressed before it reached us.
+        for address, source in [(rcpt, "verp"), *((a, "alias") for a in inbound.aliases)]:
+            found = self._signed(address)
+            if found is not None:
+                queue_id, unsubscribe = found
+                return await self._by_queue_id(
+                    queue_id, "unsubscribe" if unsubscribe else source, unsubscribe
+                )
+        for address in inbound.returned_addresses:
+            found = self._signed(address)
+            if found is not None:
+                return await self._by_queue_id(found[0], "returned_address")
+        if inbound.message_ids:
+            row = await self.pool.fetchrow(
+                SQL["inbound_message_by_header_id"], list(inbound.message_ids)
+            )
+            if row is not None:
+                return Match(row["id"], row["recipient"], "message_id")
+            raise _Dropped("unmatched", "no message of ours has the Message-ID(s) it quotes")
+        raise _Dropped("unmatched", "no signed address and no Message-ID of ours")
+
+    def _signed(self, address: str) -> tuple[int, bool] | None:
+        """(queue id, is unsubscribe) for one of our signed addresses; None for any other
+        address; _Dropped for an address shaped like ours whose MAC does not verify."""
+        local = address.strip().strip("<>").rpartition("@")[0]
+        if not _SIGNED_SHAPE.match(local):
+            return None
+        unsubscribe = local[0].lower() == "u"
+        decode = self.verp.decode_unsubscribe if unsubscribe else self.verp.decode
+        queue_id = decode(address)
+        if queue_id is None:
+            raise _Dropped("forged", f"signature does not verify: {address[:120]}")
+        return queue_id, unsubscribe
+
+    async def _by_queue_id(self, queue_id: int, how: str, unsubscribe: bool = False) -> Match:
+        row = await self.pool.fetchrow(SQL["inbound_message"], queue_id)
+        if row is None:
+            raise _Dropped("unmatched", f"message {queue_id} no longer exists")
+        return Match(queue_id, row["recipient"], how, unsubscribe)
+
+
+def _suppression_detail(verdict: Verdict) -> str | None:
+    if verdict.suppress is None:
+        return None
+    if verdict.suppress == "unsubscribed":
+        return "mailto"  # the tracker records its method here too
+    return (verdict.diagnostic or verdict.reason)[:500]
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    inbound = settings.inbound
+    if inbound.tls_cert is None or inbound.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(inbound.tls_cert, inbound.tls_key)
+    return context
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT: stop listening, let sessions finish within a bound."""
+    from mta.daemon import PendingMigrations, install_stop_signals
+    from penguinmails.database import create_pool, database_url
+    from penguinmails.migrations import pending
+    from penguinmails.observability import ops_app, start_ops_server
+
+    url = await asyncio.to_thread(database_url, settings)
+    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
+    try:
+        async with pool.acquire() as conn:
+            waiting = await pending(conn)
+        if waiting:
+            raise PendingMigrations(
+                f"{len(waiting)} migration(s) pending ({waiting[0].name} first): "
+                "run `penguinmails migrate` first"
+            )
+        stopping = asyncio.Event()
+        ops = None
+        async with InboundServer(pool, settings) as server:
+            install_stop_signals(stopping.set)
+            if settings.inbound.metrics_listen:
+                app = ops_app(pool, server.metrics.registry)
+                ops = await start_ops_server(app, settings.inbound.metrics_listen)
+            log.info(
+                "inbound started",
+                extra={
+                    "action": "inbound_start",
+                    "listen": settings.inbound.listen,
+                    "domains": sorted(server.domains),
+                    "starttls": server.starttls,
+                    "metrics": settings.inbound.metrics_listen or None,
+                },
+            )
+            try:
+                await stopping.wait()
+            finally:
+                if ops is not None:
+                    await ops.cleanup()
+    finally:
+        await pool.close()
