@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 # Route modules register their operations on import.
-from api import analytics, campaigns, contacts, health, keys, sends, webhooks  # noqa: F401
+from api import analytics, campaigns, contacts, health, keys, sandbox, sends, webhooks  # noqa: F401
 from api.auth import TokenSigner
 from api.envelope import MAX_BODY, envelope_middleware
 from api.openapi import build
@@ -96,6 +96,7 @@ def create_app(
     app.router.add_get(f"{PREFIX}/openapi.json", openapi_document)
     app.router.add_get("/healthz", healthz)
     install(app, PREFIX)
+    sandbox.add_page(app)
     app.cleanup_ctx.append(_housekeeping)
     return app
 

@@ -82,7 +82,7 @@ async def run(settings: Settings) -> None:
         async with pool.acquire() as conn:
             await migrate(conn)
         key = await sandbox_key(pool, settings.paths.data_dir)
-        sink = await start_sink(pool, settings.mta.sandbox_sink, settings.mta.hostname)
+        sink = await start_sink(pool, settings)
         worker = Worker(pool, settings, database_url=url)
         _install_signals(stop, worker)
         try:

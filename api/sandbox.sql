@@ -1,0 +1,28 @@
+-- The sandbox inbox (api/sandbox.py): what the capture sink kept, per tenant.
+
+-- name: list_sandbox_messages
+-- One page of a tenant's captures, newest first, by keyset ($2: the last id of the previous
+-- page). Only the first 64 KiB of each message travels: the summary needs the header block,
+-- and a page of large messages should not be read whole. Served by
+-- sandbox_messages_tenant_idx (tenant_id, id DESC).
+SELECT id, message_id, mail_from, rcpt_tos, received_at, length(data) AS size,
+       substring(data FROM 1 FOR 65536) AS head
+FROM sandbox_messages
+WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2)
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: get_sandbox_message
+-- One capture, whole, only for its own tenant (another tenant's id is a 404).
+SELECT id, message_id, mail_from, rcpt_tos, received_at, length(data) AS size, data
+FROM sandbox_messages
+WHERE tenant_id = $1 AND id = $2;
+
+-- name: sandbox_dkim_keys
+-- The public keys DNS would answer for the (domain, selector) pairs a message's signatures
+-- name ($1 and $2 side by side). Not scoped to the caller's tenant on purpose: this stands in
+-- for public DNS, where every published key is visible. Served by the (domain, selector)
+-- unique index.
+SELECT domain, selector, algorithm, public_key
+FROM sending_domains
+WHERE (domain, selector) IN (SELECT d, s FROM unnest($1::text[], $2::text[]) AS pairs (d, s));
