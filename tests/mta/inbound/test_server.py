@@ -265,3 +265,26 @@ async def test_a_database_outage_answers_451_so_the_sender_retries(database_url,
         assert refused.value.code == 451
     finally:
         await server.stop(grace=1.0)
+
+
+async def test_metrics_count_messages_by_classification(pool, inbound_settings, start_inbound):
+    import aiohttp
+
+    from penguinmails.observability import ops_app, start_ops_server
+
+    settings = inbound_settings()
+    server = await start_inbound(settings)
+    original = await sent_message(pool, settings)
+    await send(server.port, original.fill(corpus(HARD_BOUNCE)), "", [original.return_path])
+    runner = await start_ops_server(ops_app(pool, server.metrics.registry), "127.0.0.1:0")
+    try:
+        host, port = runner.addresses[0][:2]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://{host}:{port}/metrics") as response:
+                text = await response.text()
+    finally:
+        await runner.cleanup()
+    assert (
+        'penguinmails_inbound_messages_total{classification="hard_bounce",result="recorded"} 1.0'
+        in text
+    )
