@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -141,6 +142,19 @@ _HTTP_CODES = {
 }
 
 
+# The database refusing work (read-only, full, shutting down, unreachable): 503, not 500.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    OSError,
+)
+
+
 @web.middleware
 async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_request_id()
@@ -158,6 +172,21 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             message = f"Request body too large (at most {request.app[MAX_BODY]} bytes)"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         response = failure(request_id, ApiError(exc.status, code, message, headers=headers))
+    except DATABASE_UNAVAILABLE as exc:
+        # Nothing was committed, so nothing may be called accepted: the client should retry.
+        log.warning(
+            "database unavailable",
+            extra={"action": "api_unavailable", "request_id": request_id, "error": repr(exc)},
+        )
+        response = failure(
+            request_id,
+            ApiError(
+                503,
+                "SERVICE_UNAVAILABLE",
+                "The database cannot take this request right now; nothing was changed. Retry.",
+                headers={"Retry-After": "5"},
+            ),
+        )
     except Exception:
         log.exception(
             "unhandled error",

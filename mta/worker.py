@@ -112,7 +112,7 @@ class Worker:
         self._throttles = Throttles(settings.mta)
         self._slots = ConnectionSlots(pool, self.owner, settings.mta.lease_seconds)
         self.pools = Pools(settings.mta, self._slots)
-        self._writer = ResultWriter(pool)
+        self._writer = ResultWriter(pool, interval=settings.mta.outcome_flush_interval)
         self.metrics = MtaMetrics(settings.mta)
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._unwritten: set[int] = set()  # in flight, outcome not yet handed to the writer

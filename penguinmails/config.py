@@ -95,6 +95,9 @@ class MtaSettings(Section):
 
     metrics_listen: str = "127.0.0.1:9101"  # /metrics and /healthz; empty: not served
     batch_size: int = Field(default=200, ge=1)
+    # Outcomes are written in batches gathered for this long: fewer commits under load. A
+    # crash inside the window resends (at-least-once), never loses.
+    outcome_flush_interval: float = Field(default=0.005, ge=0, le=5)
     max_in_flight: int = Field(default=1000, ge=1)
     lease_seconds: float = Field(default=300.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
