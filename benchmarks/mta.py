@@ -270,6 +270,15 @@ class Sampler:
         self.cpu = max(self.cpu, cpu)
 
 
+def postgres_pids(workdir: Path) -> list[int]:
+    """The embedded server's postmaster and its current backends (for CPU sampling)."""
+    try:
+        postmaster = int((workdir / "postgres" / "postmaster.pid").read_text().split()[0])
+        return [postmaster, *(c.pid for c in psutil.Process(postmaster).children())]
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return []
+
+
 @dataclass
 class Bench:
     """What every MTA run shares: the database, the tenant, the signing domain."""
