@@ -30,6 +30,7 @@ from penguinmails.config import Settings, split_hostport
 from penguinmails.database import open_pool
 from penguinmails.migrations import pending
 from penguinmails.queries import load
+from penguinmails.systemd import notify
 
 log = logging.getLogger(__name__)
 SQL = load("api")
@@ -157,7 +158,9 @@ async def serve(settings: Settings) -> None:
         try:
             async with ApiServer(pool, settings) as server:
                 log.info("api started", extra={"action": "api_start", "listen": server.url})
+                notify("READY=1")
                 await stop.wait()
+                notify("STOPPING=1")
                 log.info("api stopping", extra={"action": "api_stop"})
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -11,6 +11,7 @@ from penguinmails.config import Settings
 from penguinmails.database import create_pool, database_url
 from penguinmails.migrations import pending
 from penguinmails.observability import ops_app, start_ops_server
+from penguinmails.systemd import notify
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,12 @@ async def serve(settings: Settings) -> None:
                 "run `penguinmails migrate` first"
             )
         worker = Worker(pool, settings, database_url=url)
-        install_stop_signals(worker.stop)
+
+        def stop() -> None:
+            notify("STOPPING=1")
+            worker.stop()
+
+        install_stop_signals(stop)
         ops = None
         if settings.mta.metrics_listen:
             app = ops_app(pool, worker.metrics.registry, lambda: worker.metrics.refresh(pool))
@@ -45,7 +51,9 @@ async def serve(settings: Settings) -> None:
             },
         )
         try:
-            await worker.run()
+            running = asyncio.create_task(worker.run(), name="mta-worker")
+            notify("READY=1")
+            await running
         finally:
             if ops is not None:
                 await ops.cleanup()

@@ -23,6 +23,7 @@ import asyncpg
 from penguinmails.config import Settings
 from penguinmails.database import create_pool, database_url
 from penguinmails.migrations import migrate
+from penguinmails.systemd import notify
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ async def run(settings: Settings) -> None:
             ):
                 mta = asyncio.create_task(worker.run(), name="mta-worker")
                 _banner(settings, api.url, tracker.url, inbound is not None, key)
+                notify("READY=1")
                 try:
                     serving = asyncio.create_task(tracker.run_until(stop), name="tracker")
                     done, _ = await asyncio.wait(
@@ -101,6 +103,7 @@ async def run(settings: Settings) -> None:
                     for task in done:
                         task.result()  # a role that died takes `up` down with its error
                 finally:
+                    notify("STOPPING=1")
                     stop.set()
                     worker.stop()
                     await asyncio.gather(mta, return_exceptions=True)

@@ -33,6 +33,7 @@ from penguinmails.links import Links
 from penguinmails.migrations import pending
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
+from penguinmails.systemd import notify
 from penguinmails.tokens import BadToken, TokenSigner
 from tracker import pages
 from tracker.classify import client_ip, ip_prefix, machine_reason
@@ -383,5 +384,7 @@ async def serve(settings: Settings) -> None:
                     "base_url": settings.tracker.base_url,
                 },
             )
+            notify("READY=1")
             await tracker.run_until(stop)
+            notify("STOPPING=1")
         log.info("tracker stopped", extra={"action": "tracker_stop"})
