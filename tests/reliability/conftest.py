@@ -16,6 +16,17 @@ from typing import Any
 
 import pytest
 
+# The API's fixtures (servers on loopback, keys, a client) serve the hostile-input tests too.
+from tests.api.conftest import (  # noqa: F401
+    api,
+    client,
+    http,
+    key,
+    make_key,
+    settings,
+    start_api,
+)
+
 FULL = os.environ.get("PENGUINMAILS_RELIABILITY") == "full"
 
 
