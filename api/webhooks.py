@@ -9,13 +9,11 @@ address checked, and the connection made only to those addresses; redirects are 
 from __future__ import annotations
 
 import secrets
-import socket
 import time
 from datetime import UTC, datetime
 
 import aiohttp
 import orjson
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from api.envelope import not_found, validation_error
 from api.models import (
@@ -31,12 +29,12 @@ from api.models import (
 )
 from api.routing import API, Call, decode_cursor, encode_cursor
 from penguinmails import webhooks
+from penguinmails.outbound import client_session
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
 
 SQL = load("api")
 PING_TIMEOUT = 10.0
-USER_AGENT = "PenguinMails-Webhooks/1.0"
 
 
 def _invalid(exc: webhooks.InvalidEndpoint) -> Exception:
@@ -173,32 +171,6 @@ async def list_webhook_deliveries(call: Call) -> Page[WebhookDelivery]:
     )
 
 
-class _GuardedResolver(AbstractResolver):
-    """Resolve once, refuse if any address is internal, connect only to what was checked."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        try:
-            found = await webhooks.resolve_checked(host, port, family=family)
-        except webhooks.UnsafeTarget as exc:
-            raise OSError(f"refused: {exc}") from None
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=fam,
-                proto=proto,
-                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            )
-            for fam, proto, address in found
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
 @API.route(
     "POST",
     "/webhooks/{id}/test",
@@ -236,12 +208,8 @@ async def test_webhook(call: Call) -> WebhookTestResult:
     error: str | None = None
     try:
         webhooks.check_url(endpoint.url, allow_private=allow_private)
-        connector = aiohttp.TCPConnector(resolver=None if allow_private else _GuardedResolver())
-        async with aiohttp.ClientSession(
-            connector=connector,
-            headers={"User-Agent": USER_AGENT},
-            trust_env=False,
-            timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT),
+        async with client_session(
+            allow_private=allow_private, limit=1, timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT)
         ) as session:
             async with session.post(
                 endpoint.url, data=body, headers=headers, allow_redirects=False

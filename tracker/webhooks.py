@@ -37,6 +37,7 @@ import asyncpg
 import orjson
 
 from penguinmails.config import Settings
+from penguinmails.outbound import client_session, refused
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
 from penguinmails.webhooks import (
@@ -47,7 +48,6 @@ from penguinmails.webhooks import (
     unseal,
 )
 from tracker.metrics import TrackerMetrics
-from tracker.outbound import client_session, refused
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,9 @@ class GuardedResolver(AbstractResolver):
         return None
 
 
-def client_session(*, allow_private: bool, limit: int) -> aiohttp.ClientSession:
+def client_session(
+    *, allow_private: bool, limit: int = 100, timeout: aiohttp.ClientTimeout | None = None
+) -> aiohttp.ClientSession:
     """A session for webhook requests; `allow_private` (tests, demos) skips the guard."""
     connector = aiohttp.TCPConnector(
         limit=limit,
@@ -60,6 +62,7 @@ def client_session(*, allow_private: bool, limit: int) -> aiohttp.ClientSession:
         headers={"User-Agent": USER_AGENT},
         trust_env=False,
         auto_decompress=False,
+        timeout=timeout or aiohttp.client.DEFAULT_TIMEOUT,
     )
 
 
