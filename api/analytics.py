@@ -1,7 +1,8 @@
 """Campaign analytics from the hourly rollup (campaign_stats, migration 0006).
 
 Definitions:
-- delivered: messages accepted by the receiving server (`email.sent`); bounced: `email.bounced`
+- delivered: messages accepted by the receiving server (`email.sent`), less those that bounced
+  afterwards (a DSN through inbound); bounced: `email.bounced`
   (hard, or expired after retries); sent = delivered + bounced (messages with a final answer).
 - opened / clicked: `total` hits, `unique` (the first hit of that kind for a message),
   `human` (hits not classified as a machine's: mail-privacy proxies, scanners, a hit within
@@ -33,6 +34,7 @@ from penguinmails.queries import load
 
 SQL = load("api")
 _COUNTERS = ("total", "uniq", "human", "human_unique")
+BOUNCED_LATER = "email.bounced.after_delivery"  # rolled up by migration 0010
 
 
 def _rate(part: int, whole: int) -> float:
@@ -81,7 +83,8 @@ async def campaign_analytics(call: Call) -> CampaignAnalytics:
             total=c["total"], unique=c["uniq"], human=c["human"], unique_human=c["human_unique"]
         )
 
-    delivered = totals["email.sent"]["total"]
+    # A message accepted and later bounced (a DSN through inbound) counts as bounced only.
+    delivered = totals["email.sent"]["total"] - totals[BOUNCED_LATER]["total"]
     bounced = totals["email.bounced"]["total"]
     sent = delivered + bounced
     opened, clicked = engagement("email.opened"), engagement("email.clicked")
@@ -113,7 +116,7 @@ async def campaign_analytics(call: Call) -> CampaignAnalytics:
     series = [
         SeriesPoint(
             bucket=bucket,
-            delivered=kinds["email.sent"]["total"],
+            delivered=kinds["email.sent"]["total"] - kinds[BOUNCED_LATER]["total"],
             bounced=kinds["email.bounced"]["total"],
             opened=kinds["email.opened"]["total"],
             unique_opened=kinds["email.opened"]["uniq"],

@@ -154,7 +154,7 @@ LIMIT 1;
 -- the first of its type for the message, as the tracker does for unsubscribes; otherwise
 -- is_unique still marks the first.
 WITH m AS (
-    SELECT id, tenant_id, campaign_id, recipient FROM messages WHERE id = $1
+    SELECT id, tenant_id, campaign_id, recipient, status FROM messages WHERE id = $1
 ), logged AS (
     INSERT INTO inbound_messages (message_id, tenant_id, classification, dedupe_key, reason,
                                   matched_by, mail_from, rcpt_to, header_message_id, sha256,
@@ -171,7 +171,12 @@ WITH m AS (
 ), recorded AS (
     INSERT INTO events (tenant_id, message_id, campaign_id, type, data, is_unique)
     SELECT m.tenant_id, m.id, m.campaign_id, $12,
-           coalesce($10::jsonb, '{}') || jsonb_build_object('inbound_id', logged.id),
+           coalesce($10::jsonb, '{}') || jsonb_build_object('inbound_id', logged.id)
+           -- A bounce of a message the receiver had accepted: analytics must stop counting
+           -- it as delivered (the campaign rollup reads this flag).
+           || CASE WHEN $12 = 'email.bounced'
+                   THEN jsonb_build_object('after_delivery', m.status = 'sent')
+                   ELSE '{}'::jsonb END,
            EXISTS (SELECT 1 FROM first_time)
     FROM m JOIN logged ON logged.message_id = m.id
     WHERE $12::text IS NOT NULL AND (NOT $11::bool OR EXISTS (SELECT 1 FROM first_time))

@@ -127,3 +127,22 @@ async def test_rollup_keeps_the_read_small(client: Client, pool: asyncpg.Pool) -
     reply = await client.get(f"/analytics/campaigns/{campaign_id}", params={"period": "all"})
     total = reply.data["overview"]
     assert total["delivered"] + total["opened"]["total"] + total["clicked"]["total"] == 200_000
+
+
+async def test_a_bounce_after_delivery_counts_as_bounced_not_delivered(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    campaign_id, ids = await _sent_campaign(client, pool, count=2)
+    for m in ids:
+        await _event(pool, m, "email.sent")
+    # What inbound records for a DSN about a message the receiver had accepted.
+    await pool.execute(
+        "INSERT INTO events (tenant_id, message_id, campaign_id, type, data)"
+        " SELECT tenant_id, id, campaign_id, 'email.bounced', '{\"after_delivery\": true}'"
+        " FROM messages WHERE id = $1",
+        ids[0],
+    )
+
+    overview = (await client.get(f"/analytics/campaigns/{campaign_id}")).data["overview"]
+
+    assert (overview["sent"], overview["delivered"], overview["bounced"]) == (2, 1, 1)

@@ -151,6 +151,8 @@ async def test_corpus_sample_is_classified_as_labelled(
         for key, value in label.data.items():
             assert data.get(key) == value, (key, data)
         assert data["inbound_id"] == logged["id"]
+        if label.event == "email.bounced":  # the original had been accepted: "sent"
+            assert data["after_delivery"] is True
 
     suppressions = await pool.fetch("SELECT tenant_id, email, reason FROM suppressions")
     if label.suppressed is None:
