@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 
@@ -27,8 +26,7 @@ from api.openapi import build
 from api.ratelimit import WINDOW_SECONDS, RateLimiter
 from api.routing import API, STATE, State, install
 from penguinmails.config import Settings, split_hostport
-from penguinmails.database import open_pool
-from penguinmails.migrations import pending
+from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.queries import load
 from penguinmails.systemd import notify
 
@@ -142,27 +140,13 @@ class ApiServer:
 
 
 async def serve(settings: Settings) -> None:
-    """Run the API until SIGTERM or SIGINT; a second signal is not needed to stop."""
-    async with open_pool(settings) as pool:
-        async with pool.acquire() as conn:
-            waiting = await pending(conn)
-        if waiting:
-            raise SystemExit(
-                f"penguinmails: {len(waiting)} migration(s) pending ({waiting[0].name} first): "
-                "run `penguinmails migrate` first"
-            )
+    """Run the API until SIGTERM or SIGINT, then stop within REQUEST_GRACE."""
+    async with role_pool(settings) as (pool, _):
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            async with ApiServer(pool, settings) as server:
-                log.info("api started", extra={"action": "api_start", "listen": server.url})
-                notify("READY=1")
-                await stop.wait()
-                notify("STOPPING=1")
-                log.info("api stopping", extra={"action": "api_stop"})
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+        install_stop_signals(stop.set)
+        async with ApiServer(pool, settings) as server:
+            log.info("api started", extra={"action": "api_start", "listen": server.url})
+            notify("READY=1")
+            await stop.wait()
+            log.info("api stopping", extra={"action": "api_stop"})
     log.info("api stopped", extra={"action": "api_stopped"})

@@ -380,21 +380,11 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT: stop listening, let sessions finish within a bound."""
-    from mta.daemon import PendingMigrations, install_stop_signals
-    from penguinmails.database import create_pool, database_url
-    from penguinmails.migrations import pending
+    from penguinmails.lifecycle import install_stop_signals, role_pool
     from penguinmails.observability import ops_app, start_ops_server
+    from penguinmails.systemd import notify
 
-    url = await asyncio.to_thread(database_url, settings)
-    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
-    try:
-        async with pool.acquire() as conn:
-            waiting = await pending(conn)
-        if waiting:
-            raise PendingMigrations(
-                f"{len(waiting)} migration(s) pending ({waiting[0].name} first): "
-                "run `penguinmails migrate` first"
-            )
+    async with role_pool(settings) as (pool, _):
         stopping = asyncio.Event()
         ops = None
         async with InboundServer(pool, settings) as server:
@@ -412,10 +402,9 @@ async def serve(settings: Settings) -> None:
                     "metrics": settings.inbound.metrics_listen or None,
                 },
             )
+            notify("READY=1")
             try:
                 await stopping.wait()
             finally:
                 if ops is not None:
                     await ops.cleanup()
-    finally:
-        await pool.close()

@@ -93,10 +93,6 @@ SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
     updated_at = now()
 WHERE id = ANY($1::bigint[]) AND lease_token = ANY($2::uuid[]) AND status = 'sending';
 
--- name: capture_message
--- The sandbox sink's store: one row per received message, committed before the 250.
-INSERT INTO sandbox_messages (mail_from, rcpt_tos, data) VALUES ($1, $2, $3);
-
 -- name: sending_domain_keys
 -- A domain's DKIM keys, newest first: the composer signs with the newest of each algorithm
 -- (so adding a selector rotates), `domains show` lists them all. Served by the

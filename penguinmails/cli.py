@@ -15,6 +15,7 @@ from typing import Any
 
 from penguinmails import logs
 from penguinmails.config import ConfigError, Settings, load_settings
+from penguinmails.lifecycle import PendingMigrations
 
 log = logging.getLogger("penguinmails")
 
@@ -65,23 +66,16 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_mta(settings: Settings, args: argparse.Namespace) -> int:
-    from mta.daemon import PendingMigrations, serve
+    from mta.daemon import serve
 
-    try:
-        await serve(settings)
-    except PendingMigrations as exc:
-        raise CommandError(str(exc)) from exc
+    await serve(settings)
     return 0
 
 
 async def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
-    from mta.daemon import PendingMigrations
     from mta.inbound import serve
 
-    try:
-        await serve(settings)
-    except PendingMigrations as exc:
-        raise CommandError(str(exc)) from exc
+    await serve(settings)
     return 0
 
 
@@ -367,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.logging.level, fmt)
     try:
         return _run(args.func(settings, args)) or 0
-    except CommandError as exc:
+    except (CommandError, PendingMigrations) as exc:
         print(f"penguinmails: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import asyncpg
 
 from penguinmails.config import Settings
 from penguinmails.database import create_pool, database_url
+from penguinmails.lifecycle import install_stop_signals
 from penguinmails.migrations import migrate
 from penguinmails.systemd import notify
 
@@ -85,7 +85,16 @@ async def run(settings: Settings) -> None:
         key = await sandbox_key(pool, settings.paths.data_dir)
         sink = await start_sink(pool, settings)
         worker = Worker(pool, settings, database_url=url)
-        _install_signals(stop, worker)
+
+        def stop_all() -> None:
+            log.info(
+                "stopping: finishing in-flight work (Ctrl-C again to quit at once)",
+                extra={"action": "up_stop"},
+            )
+            stop.set()
+            worker.stop()
+
+        install_stop_signals(stop_all)
         try:
             async with (
                 Tracker(pool, settings) as tracker,
@@ -112,28 +121,6 @@ async def run(settings: Settings) -> None:
             await sink.wait_closed()
     finally:
         await pool.close()
-
-
-def _install_signals(stop: asyncio.Event, worker: Any) -> None:
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    count = 0
-
-    def handler() -> None:
-        nonlocal count
-        count += 1
-        if count == 1:
-            log.info(
-                "stopping: finishing in-flight work (Ctrl-C again to quit at once)",
-                extra={"action": "up_stop"},
-            )
-            stop.set()
-            worker.stop()
-        elif main is not None:
-            main.cancel()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, handler)
 
 
 def _banner(settings: Settings, api: str, tracker: str, inbound: bool, key: str) -> None:

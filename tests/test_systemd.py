@@ -91,8 +91,7 @@ def test_unit_is_hardened_restarts_and_stops_in_time(path: Path):
         "mta": 2 * PRODUCTION.mta.shutdown_grace,
     }[role]
     assert float(first["TimeoutStopSec"]) > grace
-    if role != "inbound":  # inbound notifies nothing yet; see its unit
-        assert first["Type"] == "notify"
+    assert first["Type"] == "notify"
 
 
 @pytest.fixture
@@ -187,7 +186,7 @@ def _free_listen() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-@pytest.mark.parametrize("role", ["mta", "api", "tracker"])
+@pytest.mark.parametrize("role", ["mta", "api", "tracker", "inbound"])
 async def test_a_role_process_notifies_ready_then_stopping(
     role: str, database_url: str, tmp_path: Path, short_dir: Path
 ):
@@ -205,6 +204,8 @@ async def test_a_role_process_notifies_ready_then_stopping(
             "PENGUINMAILS_MTA__METRICS_LISTEN": "",
             "PENGUINMAILS_API__LISTEN": _free_listen(),
             "PENGUINMAILS_TRACKER__LISTEN": _free_listen(),
+            "PENGUINMAILS_INBOUND__LISTEN": _free_listen(),
+            "PENGUINMAILS_INBOUND__METRICS_LISTEN": "",
         }
     )
     loop = asyncio.get_running_loop()

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -28,9 +27,8 @@ import yarl
 from aiohttp import web
 
 from penguinmails.config import Settings, split_hostport
-from penguinmails.database import open_pool
+from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.links import Links
-from penguinmails.migrations import pending
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
 from penguinmails.systemd import notify
@@ -342,37 +340,9 @@ class Tracker:
         await self.close()
 
 
-def install_stop_signals(stop: Callable[[], object]) -> None:
-    """First SIGTERM/SIGINT shuts down gracefully; a second one cancels the main task."""
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    count = 0
-
-    def handler(signum: int) -> None:
-        nonlocal count
-        count += 1
-        log.info(
-            "stop requested", extra={"action": "signal", "signal": signal.Signals(signum).name}
-        )
-        if count == 1:
-            stop()
-        elif main is not None:
-            main.cancel()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, handler, signum)
-
-
 async def serve(settings: Settings) -> None:
     """Run the tracker until SIGTERM or SIGINT, then shut down within SHUTDOWN_GRACE."""
-    async with open_pool(settings) as pool:
-        async with pool.acquire() as conn:
-            waiting = await pending(conn)
-        if waiting:
-            raise SystemExit(
-                f"penguinmails: {len(waiting)} migration(s) pending ({waiting[0].name} first): "
-                "run `penguinmails migrate` first"
-            )
+    async with role_pool(settings) as (pool, _):
         stop = asyncio.Event()
         install_stop_signals(stop.set)
         async with Tracker(pool, settings) as tracker:
@@ -386,5 +356,4 @@ async def serve(settings: Settings) -> None:
             )
             notify("READY=1")
             await tracker.run_until(stop)
-            notify("STOPPING=1")
         log.info("tracker stopped", extra={"action": "tracker_stop"})

@@ -62,7 +62,7 @@ async def test_sigterm_shuts_the_tracker_down_cleanly(
         if process.returncode is None:
             process.kill()
             await process.wait()
-    lines = [line for line in rest.splitlines() if line.strip()]
+    lines = [line for line in rest.decode().splitlines() if line.strip()]
     # Anything not a JSON log line (a stray warning from a library) must at least not be a crash.
     assert not any("Traceback" in line for line in lines), rest
     actions = [json.loads(line).get("action") for line in lines if line.startswith("{")]

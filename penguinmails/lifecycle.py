@@ -1,0 +1,72 @@
+"""How every long-running role starts and stops, in one place.
+
+Start: connect (the configured URL, or the embedded Postgres), refuse to run on a schema
+with pending migrations, tell systemd when serving. Stop: the first SIGTERM or SIGINT asks
+the role to drain within its bound (and tells systemd it is stopping); a second one cancels
+the main task at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+
+from penguinmails.config import Settings
+from penguinmails.database import create_pool, database_url
+from penguinmails.migrations import pending
+from penguinmails.systemd import notify
+
+log = logging.getLogger(__name__)
+
+
+class PendingMigrations(Exception):
+    """The database schema is behind this code; `penguinmails migrate` must run first."""
+
+
+async def require_migrated(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        waiting = await pending(conn)
+    if waiting:
+        raise PendingMigrations(
+            f"{len(waiting)} migration(s) pending ({waiting[0].name} first): "
+            "run `penguinmails migrate` first"
+        )
+
+
+@contextlib.asynccontextmanager
+async def role_pool(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, str]]:
+    """A pool on an up-to-date database, and its URL (for a LISTEN connection of its own)."""
+    url = await asyncio.to_thread(database_url, settings)
+    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
+    try:
+        await require_migrated(pool)
+        yield pool, url
+    finally:
+        await pool.close()
+
+
+def install_stop_signals(stop: Callable[[], object]) -> None:
+    """First SIGTERM/SIGINT calls `stop` (drain gracefully); a second cancels the main task."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    count = 0
+
+    def handler(signum: int) -> None:
+        nonlocal count
+        count += 1
+        log.info(
+            "stop requested", extra={"action": "signal", "signal": signal.Signals(signum).name}
+        )
+        if count == 1:
+            notify("STOPPING=1")
+            stop()
+        elif main is not None:
+            main.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, handler, signum)
