@@ -22,6 +22,7 @@ from aiohttp import web
 from api import analytics, campaigns, contacts, health, keys, sandbox, sends, webhooks  # noqa: F401
 from api.auth import TokenSigner
 from api.envelope import MAX_BODY, envelope_middleware
+from api.metrics import ApiMetrics
 from api.openapi import build
 from api.ratelimit import WINDOW_SECONDS, RateLimiter
 from api.routing import API, STATE, State, install
@@ -83,7 +84,10 @@ def create_app(
     window: int = WINDOW_SECONDS,
     max_body: int = MAX_BODY_BYTES,
 ) -> web.Application:
-    app = web.Application(middlewares=[envelope_middleware], client_max_size=max_body)
+    metrics = ApiMetrics()
+    app = web.Application(
+        middlewares=[metrics.middleware, envelope_middleware], client_max_size=max_body
+    )
     app[STATE] = State(
         pool=pool,
         settings=settings,
@@ -94,6 +98,7 @@ def create_app(
     app[OPENAPI] = orjson.dumps(build(API, PREFIX))
     app.router.add_get(f"{PREFIX}/openapi.json", openapi_document)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics.handler)
     install(app, PREFIX)
     sandbox.add_page(app)
     app.cleanup_ctx.append(_housekeeping)

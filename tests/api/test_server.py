@@ -123,3 +123,22 @@ async def test_api_serves_and_stops_on_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_metrics_count_requests_by_route_template(api, client, http) -> None:
+    await client.get("/campaigns")
+    await client.get("/campaigns/12345")  # 404, under its template, not its raw path
+
+    async with http.get(api.url + "/metrics") as response:
+        text = await response.text()
+
+    assert response.status == 200
+    assert (
+        'penguinmails_api_requests_total{method="GET",route="/api/v1/campaigns",status="200"} 1.0'
+        in text
+    )
+    assert (
+        'penguinmails_api_requests_total{method="GET",route="/api/v1/campaigns/{id}",status="404"}'
+        " 1.0" in text
+    )
+    assert "12345" not in text
