@@ -39,7 +39,14 @@ import aiohttp
 import orjson
 
 from api.keys import create_key
-from benchmarks.mta import Sampler, embedded_database, free_port, fresh_database, postgres_pids
+from benchmarks.mta import (
+    Sampler,
+    cpu_between,
+    embedded_database,
+    free_port,
+    fresh_database,
+    postgres_cpu,
+)
 from benchmarks.report import Table, machine, write_json
 from penguinmails.database import connect
 from penguinmails.messages import Draft, enqueue, ensure_tenant
@@ -235,10 +242,8 @@ async def load(
     if body is not None:
         headers["Content-Type"] = "application/json"
     sampler = Sampler([server.pid])
-    database = Sampler(postgres_pids(workdir))
     sampler.sample()
-    database.sample()
-    cpu, database_cpu = sampler.cpu, database.cpu
+    cpu, database_before = sampler.cpu, postgres_cpu(workdir)
     if shutil.which("wrk"):
         result = await asyncio.to_thread(
             _wrk,
@@ -256,10 +261,10 @@ async def load(
             url, method=method, body=body, headers=headers, seconds=seconds, connections=connections
         )
     sampler.sample()
-    database.sample()
+    database_cpu = cpu_between(database_before, postgres_cpu(workdir))
     result["requests_per_second"] = result["requests"] / result["seconds"]
     result["server_cpu_percent"] = (sampler.cpu - cpu) / result["seconds"] * 100
-    result["postgres_cpu_percent"] = (database.cpu - database_cpu) / result["seconds"] * 100
+    result["postgres_cpu_percent"] = database_cpu / result["seconds"] * 100
     return result
 
 

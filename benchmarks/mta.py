@@ -253,7 +253,12 @@ class Sampler:
     """CPU seconds and peak RSS of a set of processes, sampled while they run."""
 
     def __init__(self, pids: list[int]) -> None:
-        self.procs = [psutil.Process(p) for p in pids]
+        self.procs = []
+        for pid in pids:
+            try:
+                self.procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:  # a database backend that has just exited
+                continue
         self.peak_rss = 0
         self.cpu = 0.0
 
@@ -277,6 +282,23 @@ def postgres_pids(workdir: Path) -> list[int]:
         return [postmaster, *(c.pid for c in psutil.Process(postmaster).children())]
     except (OSError, ValueError, IndexError, psutil.Error):
         return []
+
+
+def postgres_cpu(workdir: Path) -> dict[int, float]:
+    """CPU seconds so far of each embedded-server process; diff two readings per pid, so
+    backends started in between (a pool growing) count from zero."""
+    seconds = {}
+    for pid in postgres_pids(workdir):
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        seconds[pid] = times.user + times.system
+    return seconds
+
+
+def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 @dataclass
@@ -339,8 +361,10 @@ async def mta_run(
     env = mta_env(bench, port, processes, extra_env or {})
     logs = [bench.workdir / f"mta-{i}.log" for i in range(processes)]
     procs = start_mtas(env, logs)
+    database_before = postgres_cpu(bench.workdir)
     try:
         result = await _measure(conn, bench.tenant, procs, logs, draft, final, profile)
+        result["postgres_cpu_seconds"] = cpu_between(database_before, postgres_cpu(bench.workdir))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -682,6 +706,7 @@ def report(results: dict[str, Any]) -> None:
                 "p50 s",
                 "p99 s",
                 "CPU s",
+                "PG CPU s",
                 "peak RSS MB",
             ]
         )
@@ -701,6 +726,7 @@ def report(results: dict[str, Any]) -> None:
                     r["latency_p50_s"],
                     r["latency_p99_s"],
                     r["cpu_seconds"],
+                    r["postgres_cpu_seconds"],
                     r["peak_rss_mb"],
                 ]
             )
