@@ -14,8 +14,13 @@ async def _cli(database_url: str, tmp_path, *args: str, stdin: bytes | None = No
     env["PENGUINMAILS_DATABASE__URL"] = database_url
     env["PENGUINMAILS_PATHS__DATA_DIR"] = str(tmp_path)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "penguinmails.cli", *args, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "penguinmails.cli",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
@@ -27,7 +32,8 @@ async def _defer(pool, ids, reply: str) -> None:
         """UPDATE messages SET status = 'deferred', attempts = 2, last_reply_code = 451,
                   last_reply = $2, next_attempt_at = now() + interval '1 hour'
            WHERE id = ANY($1::bigint[])""",
-        ids, reply,
+        ids,
+        reply,
     )
 
 
@@ -80,7 +86,9 @@ async def test_purge_with_yes_cancels_with_an_event_each(pool, database_url, tmp
     assert "cancelled 2 message(s)" in out
     rows = await pool.fetch("SELECT recipient, status FROM messages ORDER BY id")
     assert [(r["recipient"], r["status"]) for r in rows] == [
-        ("a@slow.test", "cancelled"), ("b@slow.test", "cancelled"), ("c@keep.test", "queued")
+        ("a@slow.test", "cancelled"),
+        ("b@slow.test", "cancelled"),
+        ("c@keep.test", "queued"),
     ]
     events = await pool.fetchval("SELECT count(*) FROM events WHERE type = 'email.cancelled'")
     assert events == 2

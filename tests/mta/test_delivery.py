@@ -56,7 +56,7 @@ async def test_a_sandbox_message_goes_to_the_sink_never_to_its_real_route(
 
     sink = await SMTPPeer().start()
     try:
-        [sandboxed, real] = await queue_messages(pool, ["a@dest.test", "b@dest.test"])
+        [sandboxed, _] = await queue_messages(pool, ["a@dest.test", "b@dest.test"])
         await pool.execute("UPDATE messages SET sandbox = true WHERE id = $1", sandboxed)
         settings = make_settings(
             mta={"routes": {"dest.test": smtp_peer.hop}, "sandbox_sink": sink.hop}
