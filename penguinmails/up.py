@@ -126,19 +126,19 @@ async def run(settings: Settings) -> None:
 def _banner(settings: Settings, api: str, tracker: str, inbound: bool, key: str) -> None:
     lines = [
         "PenguinMails is up.",
-        f"  API:          {api}/api/v1   (OpenAPI: {api}/api/v1/openapi.json)",
+        f"  API:           {api}/api/v1   (OpenAPI: {api}/api/v1/openapi.json)",
         f"  sandbox inbox: {api}/sandbox",
-        f"  tracker:      {tracker}",
-        f"  capture sink: smtp://{settings.mta.sandbox_sink} (nothing leaves this machine)",
+        f"  tracker:       {tracker}",
+        f"  capture sink:  smtp://{settings.mta.sandbox_sink} (nothing leaves this machine)",
     ]
     if inbound:
-        lines.append(f"  inbound:      smtp://{settings.inbound.listen}")
+        lines.append(f"  inbound:       smtp://{settings.inbound.listen}")
     database = (settings.database.url and "configured URL") or (
         f"embedded, under {settings.paths.data_dir}"
     )
     lines += [
-        f"  database:     {database}",
-        f"  test API key: {key}",
-        "  stop:         Ctrl-C",
+        f"  database:      {database}",
+        f"  test API key:  {key}",
+        "  stop:          Ctrl-C",
     ]
     print("\n".join(lines), flush=True)

@@ -120,4 +120,4 @@ async def test_no_secret_reaches_the_logs(tmp_path):
     logs = log_path.read_text()
     assert "PenguinMails is up" in logs
     for leaked in (key, key.split("_")[-1], secret, secret.removeprefix("whsec_"), password, token):
-        assert leaked not in logs.replace(f"test API key: {key}", ""), leaked[:12]
+        assert leaked not in logs.replace(f"test API key:  {key}", ""), leaked[:12]
