@@ -326,14 +326,16 @@ async def prepare(url: str, workdir: Path) -> Bench:
     return Bench(url, workdir, tenant, name.split("._domainkey.")[0], value)
 
 
-def mta_env(bench: Bench, port: int, processes: int, extra: dict[str, str]) -> dict[str, str]:
+def mta_env(bench: Bench, port: int, extra: dict[str, str]) -> dict[str, str]:
+    """The MTA processes' environment. The per-domain connection cap is held across
+    processes (slot rows in Postgres), so SESSIONS is the total whatever the process count."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PENGUINMAILS_")}
     env.update(
         {
             "PENGUINMAILS_DATABASE__URL": bench.url,
             "PENGUINMAILS_PATHS__DATA_DIR": str(bench.workdir),
             "PENGUINMAILS_MTA__ROUTES": f'{{"{DOMAIN}": "127.0.0.1:{port}"}}',
-            "PENGUINMAILS_MTA__DEFAULT_THROTTLE__MAX_CONNECTIONS": str(SESSIONS // processes),
+            "PENGUINMAILS_MTA__DEFAULT_THROTTLE__MAX_CONNECTIONS": str(SESSIONS),
             "PENGUINMAILS_MTA__DEFAULT_THROTTLE__MESSAGES_PER_CONNECTION": "1000",
             "PENGUINMAILS_MTA__METRICS_LISTEN": "",  # no port clash between processes
             "PENGUINMAILS_SECURITY__SECRET_KEYS": orjson.dumps(SECRET_KEYS).decode(),
@@ -358,7 +360,7 @@ async def mta_run(
     """Start `processes` MTAs, queue `draft`, wait until every message has a `final` status."""
     conn = await connect(bench.url)
     await conn.execute("TRUNCATE messages, events, suppressions RESTART IDENTITY CASCADE")
-    env = mta_env(bench, port, processes, extra_env or {})
+    env = mta_env(bench, port, extra_env or {})
     logs = [bench.workdir / f"mta-{i}.log" for i in range(processes)]
     procs = start_mtas(env, logs)
     database_before = postgres_cpu(bench.workdir)

@@ -141,7 +141,7 @@ async def time_claims(bench: Bench, claims: int, drain: int) -> dict[str, Any]:
 async def mta_memory(bench: Bench, deliver: int, postfix: bool) -> dict[str, Any]:
     """One MTA delivers `deliver` messages from the full queue; its peak RSS meanwhile."""
     sink = start_sink(postfix)
-    env = mta_env(bench, sink.port, 1, {})
+    env = mta_env(bench, sink.port, {})
     logs = [bench.workdir / "scale-mta.log"]
     conn = await connect(bench.url)
     procs = start_mtas(env, logs)
