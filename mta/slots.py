@@ -25,11 +25,17 @@ class ConnectionSlots:
         self._ttl = ttl
         self._ensured: dict[str, int] = {}
 
-    async def acquire(self, domain: str, cap: int) -> int:
-        """Wait for a free slot of `domain` and take it; returns the slot number."""
+    async def acquire(self, domain: str, cap: int, wait: float) -> int | None:
+        """Take a free slot of `domain`, waiting up to `wait` seconds; None if none freed.
+
+        Giving up matters: a process that waited forever would sit on the messages it had
+        claimed while another process, holding every slot, could have sent them.
+        """
         if self._ensured.get(domain, 0) < cap:
             await self._pool.execute(SQL["ensure_connection_slots"], domain, cap)
             self._ensured[domain] = cap
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         delay = _RETRY_MIN
         while True:
             slot: int | None = await self._pool.fetchval(
@@ -37,7 +43,9 @@ class ConnectionSlots:
             )
             if slot is not None:
                 return slot
-            await asyncio.sleep(delay)  # every slot is busy in some process
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
             delay = min(delay * 2, _RETRY_MAX)
 
     async def release(self, domain: str, slot: int) -> None:

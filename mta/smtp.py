@@ -35,6 +35,15 @@ def _opportunistic_tls() -> ssl.SSLContext:
     return context
 
 
+# How long a message waits for another MTA process to free one of a domain's connections
+# before it is given back to the queue (for whichever process holds the connections).
+SLOT_WAIT = 2.0
+
+
+class DomainBusy(Exception):
+    """Every connection the domain allows is open in other MTA processes."""
+
+
 class _NoConnection(Exception):
     """Could not open a usable session; the reply says why."""
 
@@ -134,7 +143,9 @@ class DomainPool:
         slot = None
         try:
             if self._slots is not None:
-                slot = await self._slots.acquire(self.domain, self.rule.max_connections)
+                slot = await self._slots.acquire(self.domain, self.rule.max_connections, SLOT_WAIT)
+                if slot is None:
+                    raise DomainBusy(self.domain)
             connection = await self._connect(route)
             connection.slot = slot
             return connection

@@ -28,13 +28,14 @@ from mta.metrics import MtaMetrics
 from mta.outcomes import Outcome, Reply, decide
 from mta.routing import RouteError, Router
 from mta.slots import ConnectionSlots
-from mta.smtp import Pools
+from mta.smtp import DomainBusy, Pools
 from mta.throttle import Throttles
 from penguinmails.config import Settings
 
 log = logging.getLogger(__name__)
 
 KEY_RETRY_SECONDS = 30.0
+BUSY_RETRY_SECONDS = 1.0
 SANDBOX_POOL = "(sandbox)"  # not a valid domain name, so never a real destination's pool
 
 
@@ -258,6 +259,11 @@ class Worker:
             reply = await self.pools[pool_key].send(
                 route, sender, row["recipient"], data, on_wire=lambda: self._on_wire.add(row["id"])
             )
+        except DomainBusy:
+            # Other processes hold every connection to this domain: let one of them have it.
+            retry_at = datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS)
+            await queue.release(self._pool, [(row["id"], row["lease_token"])], retry_at)
+            return None
         finally:
             self._on_wire.discard(row["id"])
         self.metrics.smtp_seconds.observe(time.perf_counter() - started)

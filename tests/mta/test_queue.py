@@ -223,3 +223,35 @@ async def _claimed_once(pool, queue_id: int) -> bool:
         "SELECT status, next_attempt_at > now() AS later FROM messages WHERE id = $1", queue_id
     )
     return row["status"] == "queued" and row["later"]
+
+
+async def test_a_message_waiting_on_slots_held_elsewhere_goes_back_to_the_queue(
+    pool, make_settings, smtp_peer, start_worker
+):
+    # Another MTA process holds both of the domain's connections.
+    await pool.execute(
+        "INSERT INTO mta_connection_slots (domain, slot, owner, expires_at)"
+        " SELECT 'dest.test', g, 'other-process', now() + interval '1 hour'"
+        " FROM generate_series(0, 1) g"
+    )
+    [queue_id] = await queue_messages(pool, ["user@dest.test"])
+    settings = make_settings(
+        mta={
+            "routes": {"dest.test": smtp_peer.hop},
+            "throttle": {"dest.test": {"max_connections": 2}},
+        }
+    )
+    worker = await start_worker(settings)
+
+    async def given_back():
+        row = await pool.fetchrow("SELECT * FROM messages WHERE id = $1", queue_id)
+        return row if row["status"] == "queued" and row["next_attempt_at"] is not None else None
+
+    await wait_for(lambda: _claimed_once(pool, queue_id), timeout=15)
+    row = await wait_for(given_back)
+    assert row["attempts"] == 0 and smtp_peer.received == []
+
+    await pool.execute("UPDATE mta_connection_slots SET owner = NULL, expires_at = NULL")
+    await wait_for(lambda: _count_is(pool, "sent", 1), timeout=15)
+    await worker.stop()
+    assert len(smtp_peer.received) == 1
