@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import shutil
 import subprocess
 import sys
@@ -198,6 +199,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         [args.connections] if args.connections else ([64] if args.quick else [64, 256])
     )
     workdir = Path(tempfile.mkdtemp(prefix="pm-bench-tracker-"))
+    atexit.register(shutil.rmtree, workdir, True)  # after the embedded server's own stop
     url = await _database(workdir)
     settings = Settings.model_validate(
         {
