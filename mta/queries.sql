@@ -243,3 +243,16 @@ UPDATE mta_connection_slots SET owner = NULL, expires_at = NULL WHERE owner = $1
 INSERT INTO sandbox_messages (mail_from, rcpt_tos, data, message_id, tenant_id)
 VALUES ($1, $2, $3, $4, (SELECT tenant_id FROM messages WHERE id = $4))
 RETURNING id, tenant_id;
+
+-- name: process_seen
+-- Presence heartbeat: this process is alive now.
+INSERT INTO mta_processes (owner, seen_at) VALUES ($1, now())
+ON CONFLICT (owner) DO UPDATE SET seen_at = now();
+
+-- name: live_processes
+-- How many MTA processes share the database (seen within $1 seconds); stale rows of dead
+-- processes stop counting by age and are cleared now and then by the same call's caller.
+SELECT count(*) FROM mta_processes WHERE seen_at > now() - make_interval(secs => $1);
+
+-- name: forget_process
+DELETE FROM mta_processes WHERE owner = $1 OR seen_at < now() - interval '1 day';

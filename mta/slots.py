@@ -54,5 +54,14 @@ class ConnectionSlots:
     async def extend(self) -> None:
         await self._pool.execute(SQL["extend_connection_slots"], self._owner, self._ttl)
 
+    async def seen(self, alive_within: float) -> int:
+        """Record this process as alive; returns how many processes are alive (at least 1)."""
+        await self._pool.execute(SQL["process_seen"], self._owner)
+        live: int = await self._pool.fetchval(SQL["live_processes"], alive_within)
+        return max(live, 1)
+
+    async def forget(self) -> None:
+        await self._pool.execute(SQL["forget_process"], self._owner)
+
     async def release_all(self) -> None:
         await self._pool.execute(SQL["release_all_connection_slots"], self._owner)

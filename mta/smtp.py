@@ -70,14 +70,22 @@ class DomainPool:
         rule: ThrottleRule,
         settings: MtaSettings,
         slots: ConnectionSlots | None = None,
+        processes: Callable[[], int] = lambda: 1,
     ) -> None:
         self.domain = domain
         self.rule = rule
         self._settings = settings
         self._slots = slots
+        self._processes = processes
         self._idle: list[_Connection] = []
         self._open = 0
         self._changed = asyncio.Condition()
+
+    @property
+    def cap(self) -> int:
+        """This process's share of the domain's connections: the cap split between the live
+        MTA processes (rounded up; the shared slots keep the total exact)."""
+        return max(1, -(-self.rule.max_connections // self._processes()))
 
     @property
     def open_connections(self) -> int:
@@ -111,7 +119,7 @@ class DomainPool:
         while True:
             async with self._changed:
                 conn, dead = self._take_idle()
-                reserved = conn is None and not dead and self._open < self.rule.max_connections
+                reserved = conn is None and not dead and self._open < self.cap
                 if reserved:
                     self._open += 1
                 elif conn is None and not dead:
@@ -287,13 +295,14 @@ class Pools:
     def __init__(self, settings: MtaSettings, slots: ConnectionSlots | None = None) -> None:
         self._settings = settings
         self._slots = slots
+        self.processes = 1  # live MTA processes on the database, kept fresh by the worker
         self._pools: dict[str, DomainPool] = {}
 
     def __getitem__(self, domain: str) -> DomainPool:
         pool = self._pools.get(domain)
         if pool is None:
             rule = self._settings.rule_for(domain)
-            pool = DomainPool(domain, rule, self._settings, self._slots)
+            pool = DomainPool(domain, rule, self._settings, self._slots, lambda: self.processes)
             self._pools[domain] = pool
         return pool
 

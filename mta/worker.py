@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 KEY_RETRY_SECONDS = 30.0
 BUSY_RETRY_SECONDS = 1.0
+PRESENCE_SECONDS = 2.0  # how often a worker says it is alive; 3 missed beats and it is gone
 SANDBOX_POOL = "(sandbox)"  # not a valid domain name, so never a real destination's pool
 
 
@@ -132,6 +133,7 @@ class Worker:
             side = [
                 group.create_task(self._listen(), name="queue-listener"),
                 group.create_task(self._heartbeat(), name="lease-heartbeat"),
+                group.create_task(self._presence(), name="presence"),
                 group.create_task(self.pools.reap_idle(), name="idle-reaper"),
             ]
             writer = group.create_task(self._writer.run(), name="outcome-writer")
@@ -146,6 +148,7 @@ class Worker:
                 await self.pools.close()
                 with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     await self._slots.release_all()
+                    await self._slots.forget()
                 for task in side:
                     task.cancel()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
@@ -314,6 +317,17 @@ class Worker:
                 log.warning(
                     "lease heartbeat failed", extra={"action": "heartbeat", "error": str(exc)}
                 )
+
+    async def _presence(self) -> None:
+        """Count the live MTA processes, so each takes its share of every domain's cap."""
+        while True:
+            try:
+                self.pools.processes = await self._slots.seen(PRESENCE_SECONDS * 3)
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                log.warning(
+                    "presence heartbeat failed", extra={"action": "presence", "error": str(exc)}
+                )
+            await asyncio.sleep(PRESENCE_SECONDS)
 
     async def _listen(self) -> None:
         """LISTEN on the queue channel; reconnect when the connection drops (polling covers)."""
