@@ -249,6 +249,13 @@ class Worker:
             retry_at = datetime.now(UTC) + timedelta(seconds=KEY_RETRY_SECONDS)
             await queue.release(self._pool, [(row["id"], row["lease_token"])], retry_at)
             return None
+        except Exception as exc:
+            # A bug of ours, or a row written around the API: defer with backoff (it bounces
+            # at the maximum age) rather than crash and come back on every lease expiry.
+            log.exception(
+                "composing failed unexpectedly", extra={"action": "compose", "queue_id": row["id"]}
+            )
+            return self._decide(row, Reply(None, f"4.3.0 internal error composing: {exc!r}"))
         throttle = self._throttles[domain]
         await throttle.bucket.acquire()
         until = throttle.backoff_until()  # the domain may have pushed back while we waited

@@ -197,3 +197,20 @@ async def test_smarthost_refusing_credentials_defers(
     assert relay.received == []
     assert row["status"] == "deferred"  # our misconfiguration is never the recipient's bounce
     assert row["last_reply_code"] is None
+
+
+async def test_a_row_that_crashes_the_composer_is_deferred_not_stuck(
+    pool, make_settings, smtp_peer, start_worker
+):
+    [queue_id] = await queue_messages(pool, ["user@dest.test"])
+    # Written around the API: settings must be an object, this is a JSON string.
+    await pool.execute("UPDATE messages SET settings = '\"track\"'::jsonb WHERE id = $1", queue_id)
+    worker = await start_worker(make_settings(mta={"routes": {"dest.test": smtp_peer.hop}}))
+
+    row = await _final_row(pool, "user@dest.test", {"deferred", "failed", "sent"})
+    await worker.stop()
+
+    assert row["status"] == "deferred"
+    assert row["lease_token"] is None and row["attempts"] == 1
+    assert "internal error composing" in row["last_reply"]
+    assert smtp_peer.received == []
