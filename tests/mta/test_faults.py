@@ -203,8 +203,8 @@ async def test_a_row_that_crashes_the_composer_is_deferred_not_stuck(
     pool, make_settings, smtp_peer, start_worker
 ):
     [queue_id] = await queue_messages(pool, ["user@dest.test"])
-    # Written around the API: settings must be an object, this is a JSON string.
-    await pool.execute("UPDATE messages SET settings = '\"track\"'::jsonb WHERE id = $1", queue_id)
+    # Written around the API: headers must be an object, this is a JSON string.
+    await pool.execute("UPDATE messages SET headers = '\"X-Oops\"'::jsonb WHERE id = $1", queue_id)
     worker = await start_worker(make_settings(mta={"routes": {"dest.test": smtp_peer.hop}}))
 
     row = await _final_row(pool, "user@dest.test", {"deferred", "failed", "sent"})
