@@ -27,6 +27,7 @@ from api.openapi import build
 from api.ratelimit import WINDOW_SECONDS, RateLimiter
 from api.routing import API, STATE, State, install
 from penguinmails.config import Settings, split_hostport
+from penguinmails.database import DATABASE_ERRORS
 from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.queries import load
 from penguinmails.systemd import notify
@@ -65,7 +66,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             try:
                 await state.limiter.prune()
                 await state.pool.execute(SQL["prune_idempotency_keys"])
-            except (asyncpg.PostgresError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("housekeeping failed", extra={"action": "api_prune", "error": str(exc)})
             await asyncio.sleep(PRUNE_INTERVAL)
 

@@ -51,6 +51,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from mta.classify import Inbound, Verdict, classify, unsubscribe_verdict
 from penguinmails.config import Settings, split_hostport
+from penguinmails.database import DATABASE_ERRORS
 from penguinmails.queries import load
 from penguinmails.verp import Verp
 
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 MAX_RECIPIENTS = 100
 SESSION_TIMEOUT = 120.0  # seconds of silence before a session is dropped
 _SIGNED_SHAPE = re.compile(r"^[bu]-[0-9]+-", re.IGNORECASE)
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_DB_ERRORS = DATABASE_ERRORS
 
 
 class InboundMetrics:

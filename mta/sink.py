@@ -17,6 +17,7 @@ import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from penguinmails.config import Settings, split_hostport
+from penguinmails.database import DATABASE_ERRORS
 from penguinmails.queries import load
 from penguinmails.verp import Verp
 
@@ -43,7 +44,7 @@ class CaptureHandler:
                 data,
                 queue_id,
             )
-        except (asyncpg.PostgresError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning(
                 "sink could not store a message", extra={"action": "sink", "error": str(exc)}
             )

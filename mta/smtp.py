@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiosmtplib
-import asyncpg
 
 from mta.outcomes import Reply
 from mta.routing import Route
 from mta.slots import ConnectionSlots
 from penguinmails.config import MtaSettings, ThrottleRule
+from penguinmails.database import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class DomainPool:
             return
         try:
             await self._slots.release(self.domain, slot)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        except DATABASE_ERRORS:
             log.warning(
                 "could not release a connection slot; it will expire",
                 extra={"action": "release_slot", "domain": self.domain},

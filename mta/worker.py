@@ -31,6 +31,7 @@ from mta.slots import ConnectionSlots
 from mta.smtp import DomainBusy, Pools
 from mta.throttle import Throttles
 from penguinmails.config import Settings
+from penguinmails.database import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class ResultWriter:
                 continue
             try:
                 written = await queue.record(self._pool, [r for r, _ in batch])
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning(
                     "writing outcomes failed; will retry",
                     extra={"action": "record_outcomes", "error": str(exc)},
@@ -146,7 +147,7 @@ class Worker:
                     await asyncio.wait_for(asyncio.shield(writer), self._mta.shutdown_grace)
                 writer.cancel()
                 await self.pools.close()
-                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                with contextlib.suppress(*DATABASE_ERRORS):
                     await self._slots.release_all()
                     await self._slots.forget()
                 for task in side:
@@ -163,7 +164,7 @@ class Worker:
             want = min(self._mta.batch_size, free)
             try:
                 rows = await queue.claim(self._pool, want, self.owner, self._mta.lease_seconds)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("claim failed", extra={"action": "claim", "error": str(exc)})
                 rows = []
             self.metrics.claim_batch.observe(len(rows))
@@ -307,7 +308,7 @@ class Worker:
         try:
             await queue.release(self._pool, untried, now)
             await queue.release(self._pool, interrupted, now, possible_duplicate=True)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning(
                 "could not release leases; they will expire",
                 extra={"action": "release", "error": str(exc)},
@@ -320,7 +321,7 @@ class Worker:
             try:
                 await queue.extend_leases(self._pool, self.owner, self._mta.lease_seconds)
                 await self._slots.extend()
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning(
                     "lease heartbeat failed", extra={"action": "heartbeat", "error": str(exc)}
                 )
@@ -330,7 +331,7 @@ class Worker:
         while True:
             try:
                 self.pools.processes = await self._slots.seen(PRESENCE_SECONDS * 3)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning(
                     "presence heartbeat failed", extra={"action": "presence", "error": str(exc)}
                 )
@@ -341,7 +342,7 @@ class Worker:
         while True:
             try:
                 conn = await asyncpg.connect(self._database_url)
-            except (asyncpg.PostgresError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning(
                     "queue listener cannot connect", extra={"action": "listen", "error": str(exc)}
                 )

@@ -22,6 +22,18 @@ from penguinmails.config import Settings
 
 log = logging.getLogger(__name__)
 
+# What a database that is down, restarting, unreachable or refusing work can raise. Long-lived
+# loops catch exactly these and retry; anything else is a bug and should surface.
+# (asyncpg's InternalClientError shows up when a connection dies mid-operation, e.g. while
+# being reset on release during a server restart.)
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
 _embedded: dict[Path, Any] = {}
 
 

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from penguinmails.config import split_hostport
+from penguinmails.database import DATABASE_ERRORS
 
 Refresh = Callable[[], Awaitable[None]]
 
@@ -24,7 +25,7 @@ async def database_problem(pool: asyncpg.Pool, timeout: float = 2.0) -> str | No
     """None when the database answers `SELECT 1` in time; else what went wrong."""
     try:
         await asyncio.wait_for(pool.fetchval("SELECT 1"), timeout)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except DATABASE_ERRORS as exc:
         return str(exc) or type(exc).__name__
     return None
 
@@ -42,7 +43,7 @@ def ops_app(
         if refresh is not None:
             try:
                 await asyncio.wait_for(refresh(), 2.0)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            except DATABASE_ERRORS:
                 pass  # serve what we have; /healthz reports the database
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}

@@ -35,6 +35,7 @@ SQL = load("tracker")
 _TRANSIENT = (
     OSError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TransactionRollbackError,  # deadlock or serialization: try again

@@ -27,6 +27,7 @@ import yarl
 from aiohttp import web
 
 from penguinmails.config import Settings, split_hostport
+from penguinmails.database import DATABASE_ERRORS
 from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.links import Links
 from penguinmails.queries import load
@@ -155,7 +156,7 @@ async def unsubscribe(request: web.Request) -> web.Response:
     agent, prefix, _ = _requester(request)
     try:
         row = await state.pool.fetchrow(SQL["unsubscribe"], message_id, method, agent[:512], prefix)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except DATABASE_ERRORS as exc:
         state.metrics.hits.labels("unsubscribe", "error").inc()
         log.error("unsubscribe failed", extra={"action": "unsubscribe", "error": str(exc)})
         return web.Response(
@@ -186,7 +187,7 @@ async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
         await asyncio.wait_for(state.pool.fetchval(SQL["health"]), 2.0)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except DATABASE_ERRORS as exc:
         return web.json_response(
             {"status": "unavailable", "database": str(exc) or type(exc).__name__}, status=503
         )
@@ -196,7 +197,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+    with contextlib.suppress(*DATABASE_ERRORS):
         row = await asyncio.wait_for(state.pool.fetchrow(SQL["webhook_backlog"]), 2.0)
         if row is not None:
             state.metrics.webhook_backlog.labels("pending").set(row["pending"])

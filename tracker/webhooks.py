@@ -37,6 +37,7 @@ import asyncpg
 import orjson
 
 from penguinmails.config import Settings
+from penguinmails.database import DATABASE_ERRORS
 from penguinmails.outbound import client_session, refused
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 SQL = load("tracker")
 
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_DB_ERRORS = DATABASE_ERRORS
 
 
 @dataclass(frozen=True)
