@@ -222,6 +222,31 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
     if not raw.strip() and optional:
         return {}
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "INVALID_JSON", f"Malformed JSON: {exc.msg}") from None
+    where = _nul_at(body)
+    if where is not None:
+        # Postgres text and jsonb cannot hold U+0000; refuse it here, by name, not as a 500.
+        raise validation_error([{"field": where or "body", "message": "must not contain NUL"}])
+    return body
+
+
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """The path of the first string (or key) holding U+0000, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return inner
+            found = _nul_at(item, inner)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None

@@ -125,3 +125,26 @@ async def test_unknown_errors_are_500_without_stack_trace(
     assert "secret internals" not in str(reply.body)
     logged = [r for r in caplog.records if getattr(r, "action", None) == "api_error"]
     assert logged and logged[0].request_id == error["request_id"]  # type: ignore[attr-defined]
+
+
+async def test_a_nul_character_anywhere_is_a_validation_error(client, pool) -> None:
+    # Postgres text and jsonb cannot store U+0000: refused by name, never a 500.
+    cases = {
+        "detail": {"email": "a@b.test", "reason": "manual", "detail": "bad\u0000"},
+        "personalization.x\u0000": {"email": "a@b.test", "reason": "manual"},
+    }
+    reply = await client.post("/suppressions", json=cases["detail"])
+    error = assert_error(reply, 422, "VALIDATION_ERROR")
+    assert error["details"] == [{"field": "detail", "message": "must not contain NUL"}]
+    reply = await client.post(
+        "/emails/send",
+        json={
+            "to": "a@dest.test",
+            "subject": "Hi",
+            "content": {"text": "x"},
+            "personalization": {"x\u0000": 1},
+        },
+    )
+    error = assert_error(reply, 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "personalization.x\u0000"
+    assert await pool.fetchval("SELECT count(*) FROM suppressions") == 0
