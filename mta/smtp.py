@@ -23,7 +23,6 @@ from mta.outcomes import Reply
 from mta.routing import Route
 from mta.slots import ConnectionSlots
 from penguinmails.config import MtaSettings, ThrottleRule
-from penguinmails.database import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +168,10 @@ class DomainPool:
             return
         try:
             await self._slots.release(self.domain, slot)
-        except DATABASE_ERRORS:
+        except Exception:  # best effort, and never in the way of the local count
             log.warning(
                 "could not release a connection slot; it will expire",
+                exc_info=True,
                 extra={"action": "release_slot", "domain": self.domain},
             )
 

@@ -43,6 +43,7 @@ class DatabaseSettings(Section):
     url: str = ""
     pool_min: int = Field(default=2, ge=1)
     pool_max: int = Field(default=10, ge=1)
+    command_timeout: float = Field(default=60.0, gt=0)  # seconds, for every daemon statement
 
 
 class PathsSettings(Section):

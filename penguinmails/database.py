@@ -70,9 +70,17 @@ async def connect(url: str) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(url: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    url: str, min_size: int = 2, max_size: int = 10, command_timeout: float | None = None
+) -> asyncpg.Pool:
+    """`command_timeout` bounds every statement: a connection wedged by a server restart
+    raises (and is retried by its caller) instead of stalling a daemon for good."""
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=command_timeout,
     )
     assert pool is not None
     return pool
@@ -81,7 +89,12 @@ async def create_pool(url: str, min_size: int = 2, max_size: int = 10) -> asyncp
 @contextlib.asynccontextmanager
 async def open_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     url = await asyncio.to_thread(database_url, settings)
-    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
+    pool = await create_pool(
+        url,
+        settings.database.pool_min,
+        settings.database.pool_max,
+        settings.database.command_timeout,
+    )
     try:
         yield pool
     finally:

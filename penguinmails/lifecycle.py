@@ -42,7 +42,12 @@ async def require_migrated(pool: asyncpg.Pool) -> None:
 async def role_pool(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, str]]:
     """A pool on an up-to-date database, and its URL (for a LISTEN connection of its own)."""
     url = await asyncio.to_thread(database_url, settings)
-    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
+    pool = await create_pool(
+        url,
+        settings.database.pool_min,
+        settings.database.pool_max,
+        settings.database.command_timeout,
+    )
     try:
         await require_migrated(pool)
         yield pool, url

@@ -77,7 +77,12 @@ async def run(settings: Settings) -> None:
         update={"mta": settings.mta.model_copy(update={"sandbox": True})}
     )
     url = await asyncio.to_thread(database_url, settings)
-    pool = await create_pool(url, settings.database.pool_min, settings.database.pool_max)
+    pool = await create_pool(
+        url,
+        settings.database.pool_min,
+        settings.database.pool_max,
+        settings.database.command_timeout,
+    )
     stop = asyncio.Event()
     try:
         async with pool.acquire() as conn:
