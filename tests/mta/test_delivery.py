@@ -69,3 +69,19 @@ async def test_a_sandbox_message_goes_to_the_sink_never_to_its_real_route(
 
     assert [r.rcpt_tos for r in sink.received] == [["a@dest.test"]]
     assert [r.rcpt_tos for r in smtp_peer.received] == [["b@dest.test"]]
+
+
+async def test_an_idle_connection_is_closed_and_its_slot_given_back(
+    pool, make_settings, smtp_peer, start_worker
+):
+    await queue_messages(pool, ["a@dest.test"])
+    settings = make_settings(mta={"routes": {"dest.test": smtp_peer.hop}, "idle_timeout": 0.4})
+    worker = await start_worker(settings)
+
+    await wait_for(lambda: smtp_peer.received)
+    await wait_for(lambda: smtp_peer.state.open_now == 0, timeout=5)  # closed by the MTA
+    held = await pool.fetchval("SELECT count(*) FROM mta_connection_slots WHERE owner IS NOT NULL")
+    await worker.stop()
+
+    assert held == 0
+    assert smtp_peer.state.connections == 1
