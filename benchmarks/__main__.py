@@ -11,7 +11,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-_NOT_BENCHMARKS = {"__main__", "report", "sink"}
+_NOT_BENCHMARKS = {"__main__", "report", "sink", "wrk"}
 
 
 def available() -> list[str]:

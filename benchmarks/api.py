@@ -48,6 +48,7 @@ from benchmarks.mta import (
     postgres_cpu,
 )
 from benchmarks.report import Table, machine, write_json
+from benchmarks.wrk import run_wrk
 from penguinmails.database import connect
 from penguinmails.messages import Draft, enqueue, ensure_tenant
 
@@ -172,14 +173,7 @@ def _wrk(
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     script = workdir / f"{name}.lua"
     script.write_text(_WRK_SCRIPT % {"method": method, "body": body_line, "headers": header_lines})
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
-    ).stdout
-    result: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
+    result = run_wrk(url, script, seconds, connections)
     result["client"] = "wrk -t1"
     return result
 

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import atexit
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 
 from benchmarks.report import Table, machine, write_json
+from benchmarks.wrk import run_wrk
 from penguinmails.config import Settings
 from penguinmails.database import create_pool, embedded_url
 from penguinmails.links import Links
@@ -95,15 +94,7 @@ async def _pixels(pool: asyncpg.Pool, settings: Settings, count: int) -> list[st
 def _wrk(url: str, paths: Path, seconds: float, connections: int) -> dict[str, Any]:
     script = paths.with_suffix(".lua")
     script.write_text(_WRK_SCRIPT % {"paths": str(paths)})
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
-    ).stdout
-    result: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
-    return result
+    return run_wrk(url, script, seconds, connections)
 
 
 async def _aiohttp_load(
