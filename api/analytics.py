@@ -49,6 +49,7 @@ def _rate(part: int, whole: int) -> float:
     query=AnalyticsQuery,
     response=CampaignAnalytics,
     errors=(404,),
+    publishable=True,
 )
 async def campaign_analytics(call: Call) -> CampaignAnalytics:
     query: AnalyticsQuery = call.query

@@ -3,17 +3,26 @@
 API keys are `<sk|pk>_<live|test>_` + 12 characters of public id + 32 of secret, all
 alphanumeric (so the log masker, which stops at the first other character, hides the whole
 key). The first 20 characters are the stored prefix: listed, and used to find the row; the
-SHA-256 of the whole key is compared in constant time. `sk_` keys may do anything, `pk_` keys
-may only read; `test` keys run the sandbox.
+SHA-256 of the whole key is compared in constant time. `sk_` keys may do anything; `pk_` keys
+are for browsers and may only make the reads a widget needs (routes declared `publishable`).
+
+Modes: a key belongs to one tenant row, and a tenant row is one mode of an account (the live
+row, or its test twin). The principal's mode is the mode of that row, so a test key, or a
+token of a user created in test mode, only ever sees and changes test objects, and its mail
+only ever reaches the capture sink.
 
 Login tokens are HS256 JWTs under a key derived from the server keys ("jwt"): exactly that
-one algorithm is accepted, and `exp`, `iat`, `iss`, `aud` and `sub` are required, so
-`alg: none`, an RS256 token made with some public key (key confusion), a token without an
-expiry or for another audience all fail alike with 401. They act in live mode, as a secret key.
+one algorithm is accepted, and `exp`, `iat`, `iss`, `aud`, `sub`, `mode` and `ver` are
+required, so `alg: none`, an RS256 token made with some public key (key confusion), a token
+without an expiry or for another audience all fail alike with 401. A token acts as a secret
+key in its user's mode; `ver` must equal the user's token version, which logout-everywhere,
+a password change and deleting the user bump or remove, so each of them ends every token
+issued before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -43,6 +52,8 @@ JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "penguinmails"
 JWT_AUDIENCE = "penguinmails-api"
 JWT_TTL_SECONDS = 900
+# Whatever a login asks for, a token lives at most this long: a stolen token is short-lived.
+JWT_MAX_TTL_SECONDS = 3600
 
 _hasher = argon2.PasswordHasher()  # argon2id, RFC 9106 low-memory profile
 # Verified against when the user does not exist, so a login's timing does not say whether
@@ -55,7 +66,8 @@ Mode = Literal["live", "test"]
 
 @dataclass(frozen=True)
 class Principal:
-    tenant_id: int
+    tenant_id: int  # the tenant row of this mode: every tenant-owned row is scoped by it
+    account_id: int  # the account's live row: its plan tier and sending domains
     tier: str
     kind: Kind
     mode: Mode
@@ -63,12 +75,22 @@ class Principal:
     user_id: int | None = None
 
     @property
-    def can_write(self) -> bool:
-        return self.kind == "sk"
+    def publishable(self) -> bool:
+        return self.kind == "pk"
 
     @property
     def sandbox(self) -> bool:
         return self.mode == "test"
+
+    @property
+    def livemode(self) -> bool:
+        return self.mode == "live"
+
+    @property
+    def rate_bucket(self) -> str:
+        """Publishable keys count apart, so a public browser key cannot spend the budget of
+        the secret keys; each mode's tenant row counts apart already."""
+        return "publishable" if self.kind == "pk" else "secret"
 
 
 def unauthorized(message: str = "Invalid or missing credentials") -> ApiError:
@@ -123,32 +145,72 @@ async def principal_for_key(pool: asyncpg.Pool, token: str) -> Principal:
         raise unauthorized("Invalid API key")
     if row["revoked_at"] is not None:
         raise unauthorized("This API key has been revoked")
+    if row["mode"] != mode or row["kind"] != kind:  # a stored row at odds with its own key
+        raise unauthorized("Invalid API key")
     return Principal(
-        tenant_id=row["tenant_id"], tier=row["tier"], kind=kind, mode=mode, key_id=row["id"]
+        tenant_id=row["tenant_id"],
+        account_id=row["account_id"],
+        tier=row["tier"],
+        kind=kind,
+        mode=mode,
+        key_id=row["id"],
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Passwords
 
+# Each hash is 64 MiB of memory-hard work in a thread. At most this many run at once per
+# process, and at most MAX_WAITING_HASHES more wait; past that a login is refused with 503 at
+# once, so a flood of logins cannot turn the API into a CPU and memory amplifier.
+MAX_CONCURRENT_HASHES = 2
+MAX_WAITING_HASHES = 8
 
-async def hash_password(password: str) -> str:
-    import asyncio
 
-    return await asyncio.to_thread(_hasher.hash, password)
+class HashBusy(Exception):
+    """Too many password hashes running and waiting in this process."""
 
 
-async def verify_password(encoded: str | None, password: str) -> bool:
-    """argon2 verify off the event loop (tens of milliseconds of memory-hard work)."""
-    import asyncio
+class PasswordHashing:
+    def __init__(
+        self, concurrent: int = MAX_CONCURRENT_HASHES, waiting: int = MAX_WAITING_HASHES
+    ) -> None:
+        self._slots = asyncio.Semaphore(concurrent)
+        self._bound = concurrent + waiting
+        self._admitted = 0
 
-    def check() -> bool:
+    async def run(self, work: Any, *args: Any) -> Any:
+        if self._admitted >= self._bound:
+            raise HashBusy
+        self._admitted += 1
         try:
-            return _hasher.verify(encoded or _DUMMY_HASH, password) and encoded is not None
-        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-            return False
+            async with self._slots:
+                return await asyncio.to_thread(work, *args)
+        finally:
+            self._admitted -= 1
 
-    return await asyncio.to_thread(check)
+
+_HASHING = PasswordHashing()
+
+
+def _check(encoded: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(encoded or _DUMMY_HASH, password) and encoded is not None
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
+
+
+async def hash_password(password: str, hashing: PasswordHashing = _HASHING) -> str:
+    encoded: str = await hashing.run(_hasher.hash, password)
+    return encoded
+
+
+async def verify_password(
+    encoded: str | None, password: str, hashing: PasswordHashing = _HASHING
+) -> bool:
+    """argon2 verify off the event loop, within the process's hashing cap."""
+    ok: bool = await hashing.run(_check, encoded, password)
+    return ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,15 +224,23 @@ class TokenSigner:
         self.keys = [derive(k, "jwt") for k in server_keys(settings)]
         self.ttl = ttl
 
-    def issue(self, user_id: int, tenant_id: int) -> str:
+    def lifetime(self, requested: int | None) -> int:
+        """What a login gets: the default, or what it asked for, never past the server cap."""
+        return min(requested or self.ttl, JWT_MAX_TTL_SECONDS)
+
+    def issue(
+        self, user_id: int, tenant_id: int, mode: Mode, version: int, ttl: int | None = None
+    ) -> str:
         now = int(time.time())
         claims = {
             "sub": str(user_id),
             "tid": tenant_id,
+            "mode": mode,
+            "ver": version,
             "iss": JWT_ISSUER,
             "aud": JWT_AUDIENCE,
             "iat": now,
-            "exp": now + self.ttl,
+            "exp": now + self.lifetime(ttl),
             "jti": secrets.token_hex(8),
         }
         return jwt.encode(claims, self.keys[0], algorithm=JWT_ALGORITHM)
@@ -184,7 +254,7 @@ class TokenSigner:
                     algorithms=[JWT_ALGORITHM],
                     audience=JWT_AUDIENCE,
                     issuer=JWT_ISSUER,
-                    options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+                    options={"require": ["exp", "iat", "iss", "aud", "sub", "mode", "ver"]},
                     leeway=5,
                 )
             except jwt.InvalidSignatureError:
@@ -218,8 +288,17 @@ async def principal_for_token(pool: asyncpg.Pool, signer: TokenSigner, token: st
     row = await pool.fetchrow(SQL["find_user"], user_id)
     if row is None:  # the user was deleted since the token was issued
         raise unauthorized("Invalid token: unknown user")
+    if claims["ver"] != row["token_version"]:
+        raise unauthorized("Invalid token: revoked (logged out, or the password changed)")
+    if claims["mode"] != row["mode"]:
+        raise unauthorized("Invalid token: wrong mode")
     return Principal(
-        tenant_id=row["tenant_id"], tier=row["tier"], kind="sk", mode="live", user_id=user_id
+        tenant_id=row["tenant_id"],
+        account_id=row["account_id"],
+        tier=row["tier"],
+        kind="sk",
+        mode=row["mode"],
+        user_id=user_id,
     )
 
 

@@ -185,6 +185,7 @@ async def create_campaign(call: Call) -> Campaign:
     tag="Campaigns",
     response=Campaign,
     errors=(404,),
+    publishable=True,
 )
 async def get_campaign(call: Call) -> Campaign:
     return await fetch_campaign(call.pool, call.principal.tenant_id, call.path_id("id", "Campaign"))
@@ -197,6 +198,7 @@ async def get_campaign(call: Call) -> Campaign:
     tag="Campaigns",
     query=ListQuery,
     response=Page[Campaign],
+    publishable=True,
 )
 async def list_campaigns(call: Call) -> Page[Campaign]:
     query: ListQuery = call.query

@@ -225,28 +225,44 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "INVALID_JSON", f"Malformed JSON: {exc.msg}") from None
-    where = _nul_at(body)
-    if where is not None:
-        # Postgres text and jsonb cannot hold U+0000; refuse it here, by name, not as a 500.
-        raise validation_error([{"field": where or "body", "message": "must not contain NUL"}])
+    problem = _json_problem(body)
+    if problem is not None:
+        where, message = problem
+        raise validation_error([{"field": where or "body", "message": message}])
     return body
 
 
-def _nul_at(value: Any, path: str = "") -> str | None:
-    """The path of the first string (or key) holding U+0000, or None."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            inner = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                return inner
-            found = _nul_at(item, inner)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _nul_at(item, f"{path}[{index}]")
-            if found is not None:
-                return found
+# No request body needs more nesting than this; deeper ones are refused before anything walks
+# them recursively (pydantic, the template engine, the jsonb encoder).
+MAX_JSON_DEPTH = 32
+
+
+def _json_problem(body: Any) -> tuple[str, str] | None:
+    """(path, message) for the first string or key holding U+0000 (Postgres text and jsonb
+    cannot hold it: refused here, by name, not as a 500) or the first value nested past
+    MAX_JSON_DEPTH; else None. Iterative, so no depth can exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return path, f"nested more than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path, "must not contain NUL"
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                inner = f"{path}.{key}" if path else str(key)
+                if "\x00" in key:
+                    return inner, "must not contain NUL"
+                stack.append((item, inner, depth + 1))
+        elif isinstance(value, list):
+            for index in range(len(value) - 1, -1, -1):
+                stack.append((value[index], f"{path}[{index}]", depth + 1))
     return None
+
+
+def nul_free(value: str, field_name: str) -> str:
+    """A path or query parameter, refused by name when it holds U+0000."""
+    if "\x00" in value:
+        raise validation_error([{"field": field_name, "message": "must not contain NUL"}])
+    return value

@@ -2,6 +2,10 @@
 
 A key is shown once, when it is created; afterwards only its prefix is ever shown. A
 revoked key fails at its next request (keys are looked up on every request, never cached).
+
+Keys and users belong to one mode, like every tenant-owned object: a test key makes test
+keys and test users, and a test user's login token acts in test mode. A live principal may
+make a test key (it goes to the account's test twin); a test principal can make nothing live.
 """
 
 from __future__ import annotations
@@ -10,20 +14,31 @@ import logging
 
 import asyncpg
 
-from api.auth import Kind, Mode, hash_password, new_key, unauthorized, verify_password
+from api.auth import (
+    HashBusy,
+    Kind,
+    Mode,
+    hash_password,
+    new_key,
+    unauthorized,
+    verify_password,
+)
 from api.envelope import ApiError, not_found
 from api.models import (
     ApiKey,
     ApiKeyCreate,
     ApiKeyCreated,
+    LoggedOut,
     LoginRequest,
     Page,
+    PasswordChange,
     Token,
     User,
     UserCreate,
 )
+from api.ratelimit import source_network
 from api.routing import API, Call
-from penguinmails.messages import ensure_tenant
+from penguinmails.messages import ensure_tenant, mode_tenant
 from penguinmails.queries import load
 
 log = logging.getLogger(__name__)
@@ -57,11 +72,13 @@ async def create_key(
     """
     if tier is not None and tier not in TIERS:
         raise ValueError(f"unknown tier {tier!r}")
+    mode: Mode = "test" if test else "live"
     async with conn.transaction():
-        tenant_id = await ensure_tenant(conn, tenant, tier)
+        account_id = await ensure_tenant(conn, tenant, tier)
         if tier is not None:
-            await conn.execute("UPDATE tenants SET tier = $2 WHERE id = $1", tenant_id, tier)
-        key, _ = await insert_key(conn, tenant_id, "sk", "test" if test else "live", "cli")
+            await conn.execute(SQL["set_tier"], account_id, tier)
+        tenant_id = await mode_tenant(conn, account_id, mode)
+        key, _ = await insert_key(conn, tenant_id, "sk", mode, "cli")
     return key
 
 
@@ -71,6 +88,7 @@ def _key_model(row: asyncpg.Record) -> ApiKey:
         prefix=row["prefix"],
         type=_TYPE_NAMES[row["kind"]],  # type: ignore[arg-type]
         mode=row["mode"],
+        livemode=row["mode"] == "live",
         name=row["name"],
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
@@ -91,9 +109,10 @@ async def create_api_key(call: Call) -> ApiKeyCreated:
     mode: Mode = body.mode or call.principal.mode
     if call.principal.sandbox and mode == "live":
         raise ApiError(403, "FORBIDDEN", "A test-mode key cannot create live keys")
-    key, row = await insert_key(
-        call.pool, call.principal.tenant_id, _TYPES[body.type], mode, body.name
-    )
+    tenant_id = call.principal.tenant_id
+    if mode != call.principal.mode:
+        tenant_id = await mode_tenant(call.pool, call.principal.account_id, mode)
+    key, row = await insert_key(call.pool, tenant_id, _TYPES[body.type], mode, body.name)
     return ApiKeyCreated(**_key_model(row).model_dump(), key=key)
 
 
@@ -129,19 +148,31 @@ async def revoke_api_key(call: Call) -> ApiKey:
     return _key_model(row)
 
 
+def _too_busy() -> ApiError:
+    return ApiError(
+        503,
+        "SERVICE_UNAVAILABLE",
+        "Too many logins are being checked right now; retry in a second",
+        headers={"Retry-After": "1"},
+    )
+
+
 @API.route(
     "POST",
     "/users",
-    summary="Create a user who can log in",
+    summary="Create a user who can log in (in the caller's mode)",
     tag="Auth",
     body=UserCreate,
     response=User,
     status=201,
-    errors=(409,),
+    errors=(409, 503),
 )
 async def create_user(call: Call) -> User:
     body: UserCreate = call.body
-    encoded = await hash_password(body.password)
+    try:
+        encoded = await hash_password(body.password)
+    except HashBusy:
+        raise _too_busy() from None
     row = await call.pool.fetchrow(
         SQL["insert_user"], call.principal.tenant_id, body.email, encoded
     )
@@ -155,6 +186,32 @@ async def create_user(call: Call) -> User:
     return User(**dict(row))
 
 
+@API.route("GET", "/users", summary="List the users of this mode", tag="Auth", response=Page[User])
+async def list_users(call: Call) -> Page[User]:
+    rows = await call.pool.fetch(SQL["list_users"], call.principal.tenant_id)
+    return Page[User](items=[User(**dict(r)) for r in rows], has_more=False, next_cursor=None)
+
+
+@API.route(
+    "DELETE",
+    "/users/{id}",
+    summary="Delete a user; every token of theirs stops working at once",
+    tag="Auth",
+    response=User,
+    errors=(404,),
+)
+async def delete_user(call: Call) -> User:
+    user_id = call.path_id("id", "User")
+    row = await call.pool.fetchrow(SQL["delete_user"], call.principal.tenant_id, user_id)
+    if row is None:
+        raise not_found("User")
+    log.info(
+        "user deleted",
+        extra={"action": "user_delete", "tenant": call.principal.tenant_id, "user": user_id},
+    )
+    return User(**dict(row))
+
+
 @API.route(
     "POST",
     "/auth/login",
@@ -163,13 +220,97 @@ async def create_user(call: Call) -> User:
     body=LoginRequest,
     response=Token,
     auth=False,
+    errors=(409, 429, 503),
 )
 async def login(call: Call) -> Token:
     body: LoginRequest = call.body
-    row = await call.pool.fetchrow(SQL["user_by_email"], body.email)
-    ok = await verify_password(row["password_hash"] if row else None, body.password)
-    if not ok or row is None:
-        log.info("login failed", extra={"action": "login_failed"})
+    throttle = call.state.limiter.logins
+    network = source_network(call.request.remote)
+    await throttle.check(body.email, network)
+    mode = None if body.livemode is None else ("live" if body.livemode else "test")
+    rows = await call.pool.fetch(SQL["login_candidates"], body.email, body.tenant, mode)
+    try:
+        if not rows:  # the same work as a wrong password, so timing tells nothing
+            await verify_password(None, body.password)
+        matches = [r for r in rows if await verify_password(r["password_hash"], body.password)]
+    except HashBusy:
+        raise _too_busy() from None
+    if not matches:
+        await throttle.failed(body.email, network)
+        # The account and network, never the password: enough to see an attack in the log.
+        log.warning(
+            "login failed",
+            extra={"action": "login_failed", "account": body.email.lower(), "network": network},
+        )
         raise unauthorized("Invalid email or password")
-    token = call.state.signer.issue(row["id"], row["tenant_id"])
-    return Token(access_token=token, expires_in=call.state.signer.ttl)
+    if len(matches) > 1:
+        raise ApiError(
+            409,
+            "CONFLICT",
+            "This address and password open several accounts; name the tenant and mode",
+            [
+                {"field": "tenant", "message": "required: the tenant to log in to"},
+                {"field": "livemode", "message": "required: true for live, false for test"},
+            ],
+        )
+    row = matches[0]
+    await throttle.succeeded(body.email)
+    signer = call.state.signer
+    token = signer.issue(
+        row["id"], row["tenant_id"], row["mode"], row["token_version"], body.expires_in
+    )
+    return Token(access_token=token, expires_in=signer.lifetime(body.expires_in))
+
+
+def _user_id(call: Call) -> int:
+    if call.principal.user_id is None:
+        raise ApiError(
+            403, "FORBIDDEN", "Only a logged-in user's token can do this, not an API key"
+        )
+    return call.principal.user_id
+
+
+@API.route(
+    "POST",
+    "/auth/logout",
+    summary="Log out everywhere: every token of the calling user stops working",
+    tag="Auth",
+    response=LoggedOut,
+)
+async def logout(call: Call) -> LoggedOut:
+    user_id = _user_id(call)
+    await call.pool.fetchval(SQL["bump_token_version"], user_id)
+    log.info("logged out everywhere", extra={"action": "logout", "user": user_id})
+    return LoggedOut()
+
+
+@API.route(
+    "POST",
+    "/auth/password",
+    summary="Change the calling user's password; every other token stops working",
+    tag="Auth",
+    body=PasswordChange,
+    response=Token,
+    errors=(503,),
+)
+async def change_password(call: Call) -> Token:
+    body: PasswordChange = call.body
+    user_id = _user_id(call)
+    row = await call.pool.fetchrow(SQL["user_password"], user_id)
+    try:
+        ok = row is not None and await verify_password(row["password_hash"], body.current_password)
+        encoded = await hash_password(body.new_password) if ok else ""
+    except HashBusy:
+        raise _too_busy() from None
+    if row is None or not ok:
+        raise ApiError(
+            422,
+            "VALIDATION_ERROR",
+            "current_password: does not match",
+            [{"field": "current_password", "message": "does not match"}],
+        )
+    version = await call.pool.fetchval(SQL["set_password"], user_id, encoded)
+    log.info("password changed", extra={"action": "password_change", "user": user_id})
+    signer = call.state.signer
+    token = signer.issue(user_id, call.principal.tenant_id, call.principal.mode, version)
+    return Token(access_token=token, expires_in=signer.lifetime(None))

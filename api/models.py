@@ -8,9 +8,11 @@ fields: a typo in `track_opens` is an error the client sees, not a setting silen
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -23,7 +25,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from penguinmails.messages import InvalidMessage, address_domain
+from penguinmails.messages import (
+    MAX_PERSONALIZATION_BYTES,
+    InvalidMessage,
+    address_domain,
+    owned_header,
+)
 
 MAX_RECIPIENTS = 10_000
 MAX_BODY_CHARS = 1_000_000
@@ -44,6 +51,12 @@ def _headers(value: dict[str, str]) -> dict[str, str]:
     for name, text in value.items():
         if not _HEADER_NAME.match(name):
             raise PydanticCustomError("headers", "invalid header name {name!r}", {"name": name})
+        if owned_header(name):
+            raise PydanticCustomError(
+                "headers",
+                "{name} is set by PenguinMails and cannot be given",
+                {"name": name},
+            )
         if "\r" in text or "\n" in text or len(text) > 998:
             raise PydanticCustomError(
                 "headers",
@@ -76,6 +89,23 @@ class Query(BaseModel):
 
 class Response(BaseModel):
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+# The mode of the request being served, set by the dispatcher once the caller is known.
+LIVEMODE: ContextVar[bool] = ContextVar("livemode")
+
+
+def _livemode() -> bool:
+    return LIVEMODE.get()
+
+
+class Owned(Response):
+    """A tenant-owned object: it belongs to exactly one mode, the caller's (Stripe's model)."""
+
+    livemode: bool = Field(
+        default_factory=_livemode,
+        description="true for a live object, false for a test-mode one.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,9 +146,20 @@ RecipientEmail = Annotated[
 ]
 
 
+def _personalization(value: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(value)) > MAX_PERSONALIZATION_BYTES:
+        raise PydanticCustomError(
+            "personalization", "at most {size} bytes of JSON", {"size": MAX_PERSONALIZATION_BYTES}
+        )
+    return value
+
+
+Personalization = Annotated[dict[str, Any], AfterValidator(_personalization)]
+
+
 class Recipient(Request):
     email: RecipientEmail
-    personalization: dict[str, Any] = Field(default_factory=dict)
+    personalization: Personalization = Field(default_factory=dict)
 
 
 class CampaignSettings(Request):
@@ -193,7 +234,7 @@ class CampaignSend(Request):
     )
 
 
-class Campaign(Response):
+class Campaign(Owned):
     id: int
     name: str
     subject: str
@@ -223,12 +264,12 @@ class SendRequest(Request):
     subject: Annotated[str, StringConstraints(min_length=1, max_length=998)]
     content: Content
     tracking: Tracking = Field(default_factory=Tracking)
-    personalization: dict[str, Any] = Field(default_factory=dict)
+    personalization: Personalization = Field(default_factory=dict)
     headers: Headers = Field(default_factory=dict)
     send_at: AwareDatetime | None = None
 
 
-class SendResult(Response):
+class SendResult(Owned):
     message_id: int = Field(description="The queue id: GET /api/v1/messages/{message_id}.")
     status: Literal["queued"] = "queued"
     sandbox: bool
@@ -244,7 +285,7 @@ class BulkSendRequest(Request):
     send_at: AwareDatetime | None = Field(default=None, description="When the first batch is due.")
 
 
-class BulkSendResult(Response):
+class BulkSendResult(Owned):
     campaign_id: int
     queued: int
     batches: int
@@ -265,7 +306,7 @@ class MessageEvent(Response):
     created_at: datetime
 
 
-class Message(Response):
+class Message(Owned):
     id: int
     message_id: str
     campaign_id: int | None
@@ -306,7 +347,7 @@ class ContactUpdate(Request):
     tags: list[Tag] | None = Field(default=None, max_length=100)
 
 
-class Contact(Response):
+class Contact(Owned):
     id: int
     email: str
     first_name: str | None
@@ -328,7 +369,7 @@ class SuppressionCreate(Request):
     detail: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
 
-class Suppression(Response):
+class Suppression(Owned):
     email: str
     reason: str
     detail: str | None
@@ -349,7 +390,7 @@ class ApiKeyCreate(Request):
     )
 
 
-class ApiKey(Response):
+class ApiKey(Owned):
     id: int
     prefix: str
     type: Literal["secret", "publishable"]
@@ -365,18 +406,41 @@ class ApiKeyCreated(ApiKey):
 
 class UserCreate(Request):
     email: Email
-    password: Annotated[str, StringConstraints(min_length=12, max_length=256)]
+    password: Password
 
 
-class User(Response):
+class User(Owned):
     id: int
     email: str
     created_at: datetime
 
 
+Password = Annotated[str, StringConstraints(min_length=12, max_length=256)]
+
+
 class LoginRequest(Request):
     email: Annotated[str, StringConstraints(min_length=1, max_length=254)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    tenant: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="Only needed when the address has users in several tenants."
+    )
+    livemode: bool | None = Field(
+        default=None, description="Only needed when the address has a user in both modes."
+    )
+    expires_in: int | None = Field(
+        default=None,
+        ge=60,
+        description="Seconds the token should live; the server caps it (at most an hour).",
+    )
+
+
+class PasswordChange(Request):
+    current_password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    new_password: Password
+
+
+class LoggedOut(Response):
+    logged_out: Literal[True] = True
 
 
 class Token(Response):
@@ -407,7 +471,7 @@ class WebhookUpdate(Request):
     active: bool | None = None
 
 
-class Webhook(Response):
+class Webhook(Owned):
     id: int
     url: str
     description: str
@@ -424,7 +488,7 @@ class WebhookCreated(Webhook):
     secret: str = Field(description="Signs every request; shown this once.")
 
 
-class WebhookTestResult(Response):
+class WebhookTestResult(Owned):
     delivered: bool
     status_code: int | None
     error: str | None
@@ -432,7 +496,7 @@ class WebhookTestResult(Response):
     webhook_id: str = Field(description="The webhook-id header the ping was sent with.")
 
 
-class WebhookDelivery(Response):
+class WebhookDelivery(Owned):
     id: int
     event_id: int
     event_type: str
@@ -515,7 +579,7 @@ class SeriesPoint(Response):
     complained: int
 
 
-class CampaignAnalytics(Response):
+class CampaignAnalytics(Owned):
     campaign_id: int
     period: str
     interval: Literal["hour", "day"]

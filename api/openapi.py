@@ -23,7 +23,7 @@ _PATH_PARAM = re.compile(r"{(\w+)}")
 _ERROR_TEXT = {
     400: "Malformed JSON or a body that is not an object",
     401: "Missing, malformed, revoked or expired credentials",
-    403: "The key may not do this (publishable keys only read)",
+    403: "The caller may not do this (publishable keys only read campaigns and analytics)",
     404: "No such resource (or it belongs to another account)",
     409: "Conflicts with the resource's state",
     413: "Request body too large",
@@ -45,7 +45,7 @@ def _error_codes(op: Operation) -> list[int]:
     codes = set(op.errors) | {500}
     if op.auth:
         codes |= {401, 429}
-        if op.write:
+        if not op.publishable:  # publishable keys are refused
             codes.add(403)
     if op.body is not None:
         codes |= {400, 413, 415, 422}
@@ -134,7 +134,7 @@ def build(registry: Registry, prefix: str = "/api/v1") -> dict[str, Any]:
                 "description": _ERROR_TEXT.get(code, "Error"),
                 "content": {"application/json": {"schema": refs[(ErrorEnvelope, "serialization")]}},
             }
-            if op.auth and code != 401:
+            if op.auth and code not in (401, 403):  # refused before it is counted
                 error["headers"] = dict(_RATE_HEADERS)
             if code == 429:
                 error["headers"] = {
@@ -149,6 +149,8 @@ def build(registry: Registry, prefix: str = "/api/v1") -> dict[str, Any]:
             "parameters": _parameters(op),
             "responses": responses,
             "security": [{"bearerAuth": []}] if op.auth else [],
+            # Whether a publishable (pk_) key, the kind meant for browsers, may call it.
+            "x-publishable": op.publishable,
         }
         if op.body is not None:
             operation["requestBody"] = {
@@ -174,7 +176,11 @@ def build(registry: Registry, prefix: str = "/api/v1") -> dict[str, Any]:
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An API key (sk_live_..., pk_test_...) or a login token.",
+                    "description": "An API key (sk_live_..., pk_test_...) or a login token. "
+                    "A key or token acts in one mode: test (sk_test_, pk_test_, or a token of a "
+                    "user created in test mode) sees and changes only test objects, and its "
+                    "mail only reaches the sandbox; live sees only live objects. Publishable "
+                    "(pk_) keys may only call the operations marked x-publishable: true.",
                 }
             },
             "headers": {

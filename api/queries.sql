@@ -1,19 +1,32 @@
 -- name: find_api_key
 -- Every authenticated request: one probe of the unique prefix index. Revoked keys are
 -- returned too, so the caller can say "revoked" rather than "invalid".
-SELECT k.id, k.tenant_id, k.secret_hash, k.revoked_at, t.tier
-FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+-- The key's tenant row gives its mode; the account's live row, the tier.
+SELECT k.id, k.tenant_id, k.kind, k.secret_hash, k.revoked_at, t.mode,
+       a.id AS account_id, a.tier
+FROM api_keys k
+JOIN tenants t ON t.id = k.tenant_id
+JOIN tenants a ON a.id = coalesce(t.live_tenant_id, t.id)
 WHERE k.prefix = $1;
 
 -- name: find_user
--- A login token's subject, checked on every request so a deleted user's tokens stop at once.
-SELECT u.tenant_id, t.tier FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE u.id = $1;
+-- A login token's subject, checked on every request so a deleted user's tokens, and tokens
+-- older than the user's token version, stop at once.
+SELECT u.tenant_id, u.token_version, t.mode, a.id AS account_id, a.tier
+FROM users u
+JOIN tenants t ON t.id = u.tenant_id
+JOIN tenants a ON a.id = coalesce(t.live_tenant_id, t.id)
+WHERE u.id = $1;
 
 -- name: insert_api_key
 -- The key itself is never stored: its prefix for lookup, its hash for the compare.
 INSERT INTO api_keys (tenant_id, prefix, secret_hash, kind, mode, name)
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id, prefix, kind, mode, name, created_at, revoked_at;
+
+-- name: set_tier
+-- An account's tier, on its live row and its test twin alike (test mode's budget follows it).
+UPDATE tenants SET tier = $2 WHERE id = $1 OR live_tenant_id = $1;
 
 -- name: list_api_keys
 -- Prefixes only: nothing here can be used to authenticate.
@@ -27,20 +40,66 @@ WHERE tenant_id = $1 AND id = $2
 RETURNING id, prefix, kind, mode, name, created_at, revoked_at;
 
 -- name: insert_user
--- Emails are unique across tenants: login finds the tenant from the address.
+-- Emails are unique within a tenant's mode only: another tenant's users are invisible here.
 INSERT INTO users (tenant_id, email, password_hash) VALUES ($1, lower($2), $3)
-ON CONFLICT (email) DO NOTHING
+ON CONFLICT (tenant_id, email) DO NOTHING
 RETURNING id, email, created_at;
 
--- name: user_by_email
-SELECT id, tenant_id, password_hash FROM users WHERE email = lower($1);
+-- name: login_candidates
+-- The accounts an address has (a person may be a user of several tenants, or of both modes
+-- of one), narrowed by the tenant name and mode when the login names them. Capped: login
+-- verifies each candidate's password, and that work must stay bounded.
+SELECT u.id, u.tenant_id, u.password_hash, u.token_version, t.mode
+FROM users u JOIN tenants t ON t.id = u.tenant_id
+WHERE u.email = lower($1)
+  AND ($2::text IS NULL OR t.name = $2)
+  AND ($3::text IS NULL OR t.mode = $3)
+ORDER BY u.id
+LIMIT 5;
+
+-- name: list_users
+SELECT id, email, created_at FROM users WHERE tenant_id = $1 ORDER BY id;
+
+-- name: delete_user
+-- Deleting the row ends its tokens too: find_user no longer finds their subject.
+DELETE FROM users WHERE tenant_id = $1 AND id = $2 RETURNING id, email, created_at;
+
+-- name: bump_token_version
+-- Logout everywhere: every token carries the version it was issued under.
+UPDATE users SET token_version = token_version + 1 WHERE id = $1
+RETURNING token_version;
+
+-- name: user_password
+SELECT id, tenant_id, password_hash, token_version FROM users WHERE id = $1;
+
+-- name: set_password
+-- A new password ends every session that the old one opened.
+UPDATE users SET password_hash = $2, token_version = token_version + 1 WHERE id = $1
+RETURNING token_version;
+
+-- name: login_failures
+-- Failed logins in the current window for the account address and the source network.
+SELECT scope, failures FROM login_failures WHERE scope = ANY($1::text[]) AND window_start = $2;
+
+-- name: count_login_failure
+INSERT INTO login_failures AS f (scope, window_start, failures)
+SELECT scope, $2, 1 FROM unnest($1::text[]) AS s(scope)
+ON CONFLICT (scope, window_start) DO UPDATE SET failures = f.failures + 1;
+
+-- name: clear_login_failures
+-- A successful login forgives the account's failures (not the network's).
+DELETE FROM login_failures WHERE scope = $1;
+
+-- name: prune_login_failures
+DELETE FROM login_failures WHERE window_start < $1;
 
 -- name: count_request
--- Rate limiting shared by every API process: the tenant's row for the current window is
--- created or incremented in one statement, and the count after this request is returned.
-INSERT INTO rate_limit_windows AS w (tenant_id, window_start, requests)
-VALUES ($1, $2, 1)
-ON CONFLICT (tenant_id, window_start) DO UPDATE SET requests = w.requests + 1
+-- Rate limiting shared by every API process: the row of the tenant's mode and bucket for the
+-- current window is created or incremented in one statement, and the count after this
+-- request is returned.
+INSERT INTO rate_limit_windows AS w (tenant_id, bucket, window_start, requests)
+VALUES ($1, $3, $2, 1)
+ON CONFLICT (tenant_id, bucket, window_start) DO UPDATE SET requests = w.requests + 1
 RETURNING requests;
 
 -- name: prune_rate_limits
@@ -272,5 +331,3 @@ SELECT secret_sealed, previous_secret_sealed,
            AS previous_valid
 FROM webhooks WHERE tenant_id = $1 AND id = $2;
 
--- name: health
-SELECT 1;

@@ -2,8 +2,9 @@
 
 A route module registers its handlers on `API` with the request body, query and response
 models; `dispatch` wraps each handler with what every request goes through, in this order:
-authenticate (401), count against the tenant's rate limit (429; headers on every answer),
-check the key may write (403), read and validate the query and the JSON body (400/413/415/
+authenticate (401), check the caller may use the route (403: publishable keys only reach
+routes declared `publishable`), count against the rate limit of the caller's tenant, mode and
+bucket (429; headers on every answer), read and validate the query and the JSON body (400/413/415/
 422), call the handler, wrap its result in the envelope.
 """
 
@@ -23,11 +24,13 @@ from api.envelope import (
     EXTRA_HEADERS,
     ApiError,
     not_found,
+    nul_free,
     pydantic_details,
     read_json,
     success,
     validation_error,
 )
+from api.models import LIVEMODE
 from api.ratelimit import RateLimiter, rate_limited
 from penguinmails.config import Settings
 
@@ -89,7 +92,7 @@ class Operation:
     response: type[BaseModel] | None
     status: int
     auth: bool
-    write: bool
+    publishable: bool  # a publishable (browser) key may call it
     headers: tuple[str, ...]  # request headers worth documenting (Idempotency-Key)
     errors: tuple[int, ...]
 
@@ -115,7 +118,7 @@ class Registry:
         response: type[BaseModel] | None = None,
         status: int = 200,
         auth: bool = True,
-        write: bool | None = None,
+        publishable: bool = False,
         headers: tuple[str, ...] = (),
         errors: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
@@ -133,7 +136,7 @@ class Registry:
                     response=response,
                     status=status,
                     auth=auth,
-                    write=method != "GET" if write is None else write,
+                    publishable=publishable,
                     headers=headers,
                     errors=errors,
                 )
@@ -152,14 +155,26 @@ def dispatch(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
         principal = None
         if operation.auth:
             principal = await authenticate(request, state.pool, state.signer)
-            usage = await state.limiter.hit(principal.tenant_id, principal.tier)
+            # Refused before it is counted: a request the caller may not make spends nothing.
+            if principal.publishable and not operation.publishable:
+                raise ApiError(
+                    403,
+                    "FORBIDDEN",
+                    "Publishable (pk_) keys may only read campaigns and analytics; "
+                    "use a secret key",
+                )
+            usage = await state.limiter.hit(
+                principal.tenant_id,
+                principal.tier,
+                bucket=principal.rate_bucket,
+                test=principal.sandbox,
+            )
             request[EXTRA_HEADERS].update(usage.headers())
             if usage.exceeded:
                 raise rate_limited(usage)
-            if operation.write and not principal.can_write:
-                raise ApiError(
-                    403, "FORBIDDEN", "Publishable (pk_) keys can only read; use a secret key"
-                )
+            LIVEMODE.set(principal.livemode)
+        for name, value in (*request.match_info.items(), *request.query.items()):
+            nul_free(value, name)
         query = None
         if operation.query is not None:
             try:
@@ -203,7 +218,7 @@ def decode_cursor(cursor: str | None, *, numeric: bool = True) -> Any:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, value = text.partition(":")
-        if version != "v1":
+        if version != "v1" or "\x00" in value:
             raise ValueError(cursor)
         if numeric:
             number = int(value)

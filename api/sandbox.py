@@ -31,7 +31,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from pydantic import Field
 
 from api.envelope import not_found
-from api.models import ListQuery, Page, Response
+from api.models import ListQuery, Owned, Page, Response
 from api.routing import API, Call, decode_cursor, encode_cursor
 from penguinmails.queries import load
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # Models
 
 
-class SandboxMessageSummary(Response):
+class SandboxMessageSummary(Owned):
     id: int = Field(description="The capture's id: GET /api/v1/sandbox/messages/{id}.")
     message_id: int | None = Field(
         description="The queue id of the message this delivered: GET /api/v1/messages/{id}."

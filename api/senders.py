@@ -31,7 +31,8 @@ async def resolve_sender(
 ) -> tuple[str, str]:
     """(from_email, from_name) the message will carry, or a 422 naming `from`."""
     wanted = address_domain(sender.email, "from") if sender is not None else None
-    rows = await conn.fetch(SQL["sender_domains"], principal.tenant_id, wanted)
+    # Sending domains belong to the account, shared by both its modes.
+    rows = await conn.fetch(SQL["sender_domains"], principal.account_id, wanted)
     own = [r["domain"] for r in rows if r["own"]]
     if sender is None:
         if own:

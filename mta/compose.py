@@ -42,33 +42,13 @@ from mta.domains import KeyCache
 from penguinmails import template
 from penguinmails.config import Settings
 from penguinmails.links import Links
-from penguinmails.messages import InvalidMessage, address_domain
+from penguinmails.messages import InvalidMessage, address_domain, owned_header
 from penguinmails.secrets import server_keys
 from penguinmails.tokens import TokenSigner
 from penguinmails.verp import Verp
 
 log = logging.getLogger(__name__)
 
-# Headers the system writes itself; a caller's custom header may not replace them.
-OWNED_HEADERS = frozenset(
-    h.lower()
-    for h in (
-        "From",
-        "To",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "MIME-Version",
-        "Content-Type",
-        "Content-Transfer-Encoding",
-        "Return-Path",
-        "DKIM-Signature",
-        "List-Unsubscribe",
-        "List-Unsubscribe-Post",
-        "Feedback-ID",
-        "Received",
-    )
-)
 FEEDBACK_SENDER = "penguinmails"
 _LINE = 78  # RFC 5322's SHOULD; 998 is the MUST
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")
@@ -281,7 +261,7 @@ def _feedback_id(row: Mapping[str, Any]) -> str:
 def _custom_headers(custom: Mapping[str, Any]) -> list[tuple[str, str]]:
     out = []
     for name, raw in custom.items():
-        if name.lower() in OWNED_HEADERS:
+        if owned_header(name):
             continue  # the API refuses these; a row that has them anyway loses them
         if not _HEADER_NAME.match(name):
             raise ComposeError(f"headers: not a header name: {name!r}")
@@ -451,6 +431,8 @@ def _trackable(tag: str) -> tuple[str, str, str] | None:
     raw = next(g for g in href.groups()[1:] if g is not None)
     url = html.unescape(raw).strip()
     if not url.lower().startswith(("http://", "https://")):
+        return None
+    if _CONTROL.search(url):  # cannot go into a signed token; the API refuses such links
         return None
     return tag[: href.start()] + href.group(1), url, tag[href.end() :]
 

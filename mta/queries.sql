@@ -102,6 +102,16 @@ FROM sending_domains
 WHERE domain = $1
 ORDER BY created_at DESC, id DESC;
 
+-- name: signing_keys
+-- The signer's view of sending_domain_keys: each key also under the account's test-mode
+-- tenant row, since a domain belongs to the account and signs the mail of both its modes.
+SELECT d.tenant_id, t.id AS test_tenant_id, d.selector, d.algorithm, d.private_key,
+       d.public_key, d.created_at
+FROM sending_domains d
+LEFT JOIN tenants t ON t.live_tenant_id = d.tenant_id
+WHERE d.domain = $1
+ORDER BY d.created_at DESC, d.id DESC;
+
 -- name: lock_sending_domain
 -- Serialises `domains add` for one domain (held to the end of the transaction), so two
 -- tenants cannot both claim a domain that neither had a row for yet.
@@ -133,8 +143,9 @@ SELECT id, tenant_id, recipient, status FROM messages WHERE id = $1;
 
 -- name: inbound_message_by_header_id
 -- The original found by a Message-ID quoted in a report or a reply (no brackets), when no
--- signed address is at hand. $1 lists candidates, most direct first; served by the unique
--- index on messages.message_id.
+-- signed address is at hand: weak evidence (every reader of the thread has seen it), so a
+-- report found this way is only noted, never acted on. $1 lists candidates, most direct
+-- first; served by the unique index on messages.message_id.
 SELECT id, tenant_id, recipient, status FROM messages
 WHERE message_id = ANY($1::text[])
 ORDER BY array_position($1::text[], message_id)
@@ -236,10 +247,16 @@ UPDATE mta_connection_slots SET owner = NULL, expires_at = NULL WHERE owner = $1
 
 -- sandbox inbox ------------------------------------------------------------------------
 
+-- name: sink_message
+-- What the capture sink checks at MAIL FROM about the queue message a signed return path
+-- names: that it exists, is a test-mode message, is being delivered now, and its recipient.
+-- Primary-key probe.
+SELECT id, tenant_id, recipient, sandbox, status FROM messages WHERE id = $1;
+
 -- name: capture_sandbox_message
--- The capture sink's store, tied to the queue message its signed VERP return path names
--- ($4, NULL when it names none) and to that message's tenant, in one statement: one round
--- trip before the 250. A primary-key probe on messages.
+-- The capture sink's store, tied to the queue message its signed return path names ($4,
+-- checked at MAIL FROM) and filed under that message's tenant as the messages row has it,
+-- in one statement: one round trip before the 250. A primary-key probe on messages.
 INSERT INTO sandbox_messages (mail_from, rcpt_tos, data, message_id, tenant_id)
 VALUES ($1, $2, $3, $4, (SELECT tenant_id FROM messages WHERE id = $4))
 RETURNING id, tenant_id;

@@ -39,9 +39,79 @@ def address_domain(address: str, field_name: str) -> str:
     return match.group(1).lower()
 
 
+# Headers the system writes itself (or a receiver adds on the way in): a caller may not set
+# them, since each one either breaks the message (a second From, a forged DKIM-Signature) or
+# lies to the recipient's mail system (Authentication-Results, Received, ARC-*).
+OWNED_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Sender",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Return-Path",
+        "DKIM-Signature",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "Feedback-ID",
+        "Authentication-Results",
+        "Received",
+    )
+)
+OWNED_HEADER_PREFIXES = ("arc-",)
+
+
+def owned_header(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in OWNED_HEADERS or lowered.startswith(OWNED_HEADER_PREFIXES)
+
+
+# C0 controls and DEL, but tab: nothing a header line can carry, and nothing a mail client
+# shows. CR and LF are named apart, as the classic header injection.
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# In html, tab, LF, FF and CR are white space; any other control is a parse error in every
+# browser, and in a link it breaks the signed click token.
+_HTML_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+# Personalization is data to fill templates with: bounded, so one request cannot make the
+# server recurse or allocate without limit.
+MAX_PERSONALIZATION_DEPTH = 8
+MAX_PERSONALIZATION_BYTES = 64 * 1024
+
+
 def _no_line_breaks(value: str, field_name: str) -> None:
     if "\r" in value or "\n" in value:
         raise InvalidMessage(field_name, "must not contain CR or LF (header injection)")
+    control = _HEADER_CONTROL.search(value)
+    if control is not None:
+        raise InvalidMessage(
+            field_name, f"must not contain control characters (U+{ord(control.group()):04X})"
+        )
+
+
+def check_personalization(values: Any, field_name: str, depth: int = 0) -> None:
+    """Refuses nesting past MAX_PERSONALIZATION_DEPTH and control characters in any string
+    (a value may land in a header, a link or a body: none of them can carry one)."""
+    if depth > MAX_PERSONALIZATION_DEPTH:
+        raise InvalidMessage(field_name, f"nested more than {MAX_PERSONALIZATION_DEPTH} levels")
+    if isinstance(values, str):
+        control = _HEADER_CONTROL.search(values.replace("\r", "").replace("\n", ""))
+        if control is not None:
+            raise InvalidMessage(
+                field_name, f"must not contain control characters (U+{ord(control.group()):04X})"
+            )
+    elif isinstance(values, dict):
+        for key, value in values.items():
+            check_personalization(value, f"{field_name}.{key}", depth + 1)
+    elif isinstance(values, list):
+        for index, value in enumerate(values):
+            check_personalization(value, f"{field_name}[{index}]", depth + 1)
 
 
 @dataclass
@@ -67,8 +137,18 @@ class Draft:
         for name, value in self.headers.items():
             _no_line_breaks(name, f"headers.{name}")
             _no_line_breaks(value, f"headers.{name}")
+            if owned_header(name):
+                raise InvalidMessage(
+                    f"headers.{name}", "is set by PenguinMails and cannot be given"
+                )
         if self.text is None and self.html is None:
             raise InvalidMessage("content", "text or html is required")
+        if self.html is not None:
+            control = _HTML_CONTROL.search(self.html)
+            if control is not None:
+                raise InvalidMessage(
+                    "html", f"must not contain control characters (U+{ord(control.group()):04X})"
+                )
         if self.personalization is not None and len(self.personalization) != len(self.recipients):
             raise InvalidMessage("personalization", "one entry per recipient")
         self._check_templates()
@@ -86,6 +166,7 @@ class Draft:
                 raise InvalidMessage(field_name, str(exc)) from None
         subject = template.compile(self.subject)
         for i, values in enumerate(self.personalization or [{}] * len(self.recipients)):
+            check_personalization(values, f"personalization[{i}]")
             try:
                 template.check(fields, values)
             except template.TemplateError as exc:
@@ -101,9 +182,21 @@ def new_message_id(sender_domain: str) -> str:
 
 
 async def ensure_tenant(
-    conn: asyncpg.Connection | asyncpg.Pool, name: str, tier: str | None = None
+    conn: asyncpg.Connection | asyncpg.Pool,
+    name: str,
+    tier: str | None = None,
+    mode: str = "live",
 ) -> int:
-    tenant_id: int = await conn.fetchval(SQL["ensure_tenant"], name, tier)
+    """The id of tenant `name`'s row for `mode` (created, with its twin, if new)."""
+    account_id: int = await conn.fetchval(SQL["ensure_tenant"], name, tier)
+    return await mode_tenant(conn, account_id, mode)
+
+
+async def mode_tenant(conn: asyncpg.Connection | asyncpg.Pool, account_id: int, mode: str) -> int:
+    """The tenant row holding `mode`'s objects of the account whose live row is `account_id`."""
+    if mode == "live":
+        return account_id
+    tenant_id: int = await conn.fetchval(SQL["mode_tenant"], account_id, mode)
     return tenant_id
 
 

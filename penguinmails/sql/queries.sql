@@ -1,9 +1,22 @@
 -- name: ensure_tenant
--- Tenants are created on first use by the CLI; the no-op update makes RETURNING see the
--- existing row too, in one statement and race-free.
-INSERT INTO tenants (name, tier) VALUES ($1, coalesce($2, 'free'))
-ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-RETURNING id;
+-- Tenants are created on first use by the CLI, each with its test-mode twin (keys, users and
+-- data of test mode live under the twin). The no-op update makes RETURNING see the existing
+-- live row too, in one statement and race-free.
+WITH live AS (
+    INSERT INTO tenants (name, tier) VALUES ($1, coalesce($2, 'free'))
+    ON CONFLICT (name, mode) DO UPDATE SET name = EXCLUDED.name
+    RETURNING id, tier
+), twin AS (
+    INSERT INTO tenants (name, tier, mode, live_tenant_id)
+    SELECT $1, tier, 'test', id FROM live
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM live;
+
+-- name: mode_tenant
+-- The tenant row of an account ($1, the live row) for a mode: itself, or its test twin.
+SELECT id FROM tenants
+WHERE ($2 = 'live' AND id = $1) OR ($2 = 'test' AND live_tenant_id = $1);
 
 -- name: enqueue_messages
 -- Bulk insert through unnest: one statement (and one NOTIFY) for any number of recipients.

@@ -140,13 +140,20 @@ async def key(make_key: Callable[..., Awaitable[str]]) -> str:
 
 
 @pytest.fixture
+async def live_key(make_key: Callable[..., Awaitable[str]]) -> str:
+    """A live-mode secret key of the same account as `key`."""
+    return await make_key("acme")
+
+
+@pytest.fixture
 async def client(api: ApiServer, http: aiohttp.ClientSession, key: str) -> Client:
     return Client(http, api.url + "/api/v1", key)
 
 
 @pytest.fixture
 async def tenant_id(pool: asyncpg.Pool, key: str) -> int:
-    value: int = await pool.fetchval("SELECT id FROM tenants WHERE name = 'acme'")
+    """The tenant row `key` acts in (its mode's row: the account's test twin for a test key)."""
+    value: int = await pool.fetchval("SELECT tenant_id FROM api_keys WHERE prefix = $1", key[:20])
     return value
 
 

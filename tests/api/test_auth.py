@@ -40,13 +40,18 @@ async def test_key_stored_only_as_hash(pool: asyncpg.Pool, key: str) -> None:
 async def test_keys_create_keeps_or_sets_tier(
     pool: asyncpg.Pool, make_key: Callable[..., Awaitable[str]]
 ) -> None:
+    async def tiers(name: str) -> list[str]:
+        # The live row and its test twin: test mode's budget follows the account's tier.
+        rows = await pool.fetch("SELECT tier FROM tenants WHERE name = $1 ORDER BY mode", name)
+        return [r["tier"] for r in rows]
+
     await make_key("bigco", tier="enterprise")
     await make_key("bigco")
-    assert await pool.fetchval("SELECT tier FROM tenants WHERE name = 'bigco'") == "enterprise"
-    await make_key("bigco", tier="starter")
-    assert await pool.fetchval("SELECT tier FROM tenants WHERE name = 'bigco'") == "starter"
+    assert await tiers("bigco") == ["enterprise", "enterprise"]
+    await make_key("bigco", tier="starter", test=True)
+    assert await tiers("bigco") == ["starter", "starter"]
     await make_key("newco")
-    assert await pool.fetchval("SELECT tier FROM tenants WHERE name = 'newco'") == "free"
+    assert await tiers("newco") == ["free", "free"]
 
 
 @pytest.mark.parametrize(
@@ -89,14 +94,40 @@ async def test_revoked_key_fails_at_once(client: Client) -> None:
     assert_error(await client.delete("/api-keys/999999"), 404, "NOT_FOUND")
 
 
-async def test_publishable_keys_only_read(client: Client) -> None:
+async def test_publishable_keys_have_a_browser_widgets_scope(client: Client) -> None:
+    """pk_ keys are public by design: campaign and analytics reads, nothing else."""
+    campaign = await client.post(
+        "/campaigns",
+        json={"name": "N", "subject": "S", "content": {"text": "t"}},
+    )
+    cid = campaign.data["id"]
     created = (await client.post("/api-keys", json={"type": "publishable"})).data
     assert created["key"].startswith("pk_test_") and created["type"] == "publishable"
     public = client.with_key(created["key"])
-    assert (await public.get("/contacts")).status == 200
-    reply = await public.post("/contacts", json={"email": "a@b.test"})
-    assert_error(reply, 403, "FORBIDDEN")
-    assert "X-RateLimit-Remaining" in reply.headers
+    for path in ("/campaigns", f"/campaigns/{cid}", f"/analytics/campaigns/{cid}"):
+        reply = await public.get(path)
+        assert reply.status == 200, (path, reply.body)
+        assert "X-RateLimit-Remaining" in reply.headers
+    # Personal data, raw mail (with signed unsubscribe tokens), message ids, key prefixes,
+    # webhooks and every write: refused, and refused before anything is counted.
+    refused = [
+        ("GET", "/contacts"),
+        ("GET", "/suppressions"),
+        ("GET", "/sandbox/messages"),
+        ("GET", "/sandbox/messages/1"),
+        ("GET", "/messages/1"),
+        ("GET", "/api-keys"),
+        ("GET", "/users"),
+        ("GET", "/webhooks"),
+        ("POST", "/contacts"),
+        ("POST", f"/campaigns/{cid}/send"),
+        ("DELETE", "/suppressions/a@b.test"),
+    ]
+    for method, path in refused:
+        reply = await public.request(method, path, json={"email": "a@b.test"})
+        error = assert_error(reply, 403, "FORBIDDEN")
+        assert "campaigns and analytics" in error["message"], path
+        assert "X-RateLimit-Remaining" not in reply.headers, path
 
 
 async def test_test_keys_cannot_mint_live_keys(client: Client) -> None:
@@ -113,8 +144,9 @@ async def test_rate_limit_headers_on_every_authenticated_response(client: Client
         if reply.status == 404 and reply.error["message"] == "No such resource":
             assert "X-RateLimit-Limit" not in reply.headers
             continue
-        assert reply.headers["X-RateLimit-Limit"] == "1000"
-        assert int(reply.headers["X-RateLimit-Remaining"]) < 1000
+        # A test key: ten times the free tier's 1,000, counted apart from live.
+        assert reply.headers["X-RateLimit-Limit"] == "10000"
+        assert int(reply.headers["X-RateLimit-Remaining"]) < 10000
         assert int(reply.headers["X-RateLimit-Reset"]) > time.time()
 
 
@@ -138,7 +170,8 @@ async def test_login_returns_a_working_token(client: Client) -> None:
     header = jwt.get_unverified_header(token)
     assert header["alg"] == "HS256"
     claims = jwt.decode(token, options={"verify_signature": False})
-    assert {"exp", "iat", "iss", "aud", "sub"} <= set(claims)
+    assert {"exp", "iat", "iss", "aud", "sub", "mode", "ver"} <= set(claims)
+    assert claims["mode"] == "test"  # the user was made with a test key
     mine = await client.with_key(token).get("/campaigns")
     assert mine.status == 200 and "X-RateLimit-Limit" in mine.headers
 
@@ -172,6 +205,8 @@ def _claims(user_id: int, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
     claims = {
         "sub": str(user_id),
+        "mode": "test",
+        "ver": 0,
         "iss": JWT_ISSUER,
         "aud": JWT_AUDIENCE,
         "iat": now,
@@ -210,6 +245,12 @@ async def test_forged_tokens_are_refused(client: Client, settings: Settings, use
         "HS512 with the right key": _quietly(jwt.encode, _claims(user_id), key, "HS512"),
         "RS256": jwt.encode(_claims(user_id), rsa_key, algorithm="RS256"),
         "unknown user": jwt.encode(_claims(user_id + 100), key, algorithm="HS256"),
+        "missing mode": jwt.encode(_claims(user_id, mode=None), key, algorithm="HS256"),
+        "missing ver": jwt.encode(_claims(user_id, ver=None), key, algorithm="HS256"),
+        "live mode for a test user": jwt.encode(
+            _claims(user_id, mode="live"), key, algorithm="HS256"
+        ),
+        "an older token version": jwt.encode(_claims(user_id, ver=-1), key, algorithm="HS256"),
     }
     # Key confusion: an HS256 token whose HMAC key is a public key the server might hold.
     forged["HS256 keyed with a public key"] = _hs256_raw(_claims(user_id), public_pem)

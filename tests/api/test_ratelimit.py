@@ -16,8 +16,9 @@ from tests.api.test_envelope import assert_error
 
 
 async def test_two_processes_share_one_limit(
-    start_api: Callable[..., Awaitable[ApiServer]], http: Any, key: str
+    start_api: Callable[..., Awaitable[ApiServer]], http: Any, live_key: str
 ) -> None:
+    key = live_key
     limits = {"free": 6}
     one, two = await start_api(limits=limits), await start_api(limits=limits)
     a = Client(http, one.url + "/api/v1", key)
@@ -40,8 +41,9 @@ async def test_two_processes_share_one_limit(
 
 
 async def test_concurrent_requests_are_counted_exactly(
-    start_api: Callable[..., Awaitable[ApiServer]], http: Any, key: str
+    start_api: Callable[..., Awaitable[ApiServer]], http: Any, live_key: str
 ) -> None:
+    key = live_key
     servers = [await start_api(limits={"free": 10}) for _ in range(2)]
     clients = [Client(http, s.url + "/api/v1", key) for s in servers]
     replies = await asyncio.gather(*(clients[i % 2].get("/contacts") for i in range(30)))
@@ -86,3 +88,35 @@ def test_documented_tier_limits() -> None:
         "professional": 100_000,
         "enterprise": 1_000_000,
     }
+
+
+async def test_test_mode_has_its_own_relaxed_budget(
+    start_api: Callable[..., Awaitable[ApiServer]], http: Any, key: str, live_key: str
+) -> None:
+    """Test mode counts apart from live, with ten times the tier's limit."""
+    server = await start_api(limits={"free": 2})
+    live = Client(http, server.url + "/api/v1", live_key)
+    test = Client(http, server.url + "/api/v1", key)
+    assert [(await live.get("/contacts")).status for _ in range(3)] == [200, 200, 429]
+    replies = [await test.get("/contacts") for _ in range(21)]
+    assert [r.status for r in replies] == [200] * 20 + [429]
+    assert replies[0].headers["X-RateLimit-Limit"] == "20"
+
+
+async def test_refused_and_publishable_requests_cannot_lock_the_tenant_out(
+    start_api: Callable[..., Awaitable[ApiServer]], http: Any, live_key: str
+) -> None:
+    server = await start_api(limits={"free": 3})
+    secret = Client(http, server.url + "/api/v1", live_key)
+    public = secret.with_key(
+        (await secret.post("/api-keys", json={"type": "publishable"})).data["key"]
+    )
+    # Refused writes from the public key are not counted at all.
+    for _ in range(10):
+        assert (await public.post("/contacts", json={"email": "a@b.test"})).status == 403
+    # Its reads count in a bucket of their own: it can spend that, not the secret keys'.
+    assert [(await public.get("/campaigns")).status for _ in range(4)] == [200, 200, 200, 429]
+    reply = await secret.get("/contacts")
+    assert reply.status == 200
+    # The key creation above was the secret bucket's first request; this is its second.
+    assert reply.headers["X-RateLimit-Remaining"] == "1"

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mta import dkim
 from mta.domains import DomainError, KeyCache, KeyUnavailable, add_domain, show_domain
+from penguinmails.messages import ensure_tenant
 
 
 def record_value(record: str) -> str:
@@ -60,7 +61,7 @@ async def test_both_algorithms_get_a_selector_each(pool, make_settings):
 
 
 async def tenant_id(pool, name: str) -> int:
-    return await pool.fetchval("SELECT id FROM tenants WHERE name = $1", name)
+    return await pool.fetchval("SELECT id FROM tenants WHERE name = $1 AND mode = 'live'", name)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,11 @@ async def test_the_cache_reads_once_per_ttl_and_once_for_concurrent_misses(pool,
     for _ in range(100):
         await cache.keys_for("acme.test", acme)
     assert cache.loads == 1
-    assert await cache.keys_for("acme.test", acme + 1) == []  # another tenant: unsigned
+    other = await ensure_tenant(pool, "other")
+    assert await cache.keys_for("acme.test", other) == []  # another tenant: unsigned
+    # The account's test mode signs with the same keys (the domain is the account's).
+    acme_test = await ensure_tenant(pool, "acme", mode="test")
+    assert await cache.keys_for("acme.test", acme_test) == results[0]
     assert await cache.keys_for("unknown.test", acme) == []
     assert await cache.keys_for("unknown.test", acme) == []
     assert cache.loads == 2
