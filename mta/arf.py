@@ -34,6 +34,11 @@ class Complaint:
     def is_complaint(self) -> bool:
         return self.feedback_type not in NOT_COMPLAINTS
 
+    def names(self, recipient: str) -> bool:
+        """Whether the report says it is about `recipient` (Original-Rcpt-To); a redacted or
+        missing field names nobody."""
+        return bool(recipient) and self.original_rcpt_to.lower() == recipient.lower()
+
     def data(self) -> dict[str, str]:
         """The report's fields for the event, empty ones left out."""
         fields = {

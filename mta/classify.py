@@ -12,13 +12,20 @@ Event choices (documented in mta/inbound.py's docstring too):
   it is not a bounce (and not counted in bounce rates) until a `failed` DSN says so.
 - ARF -> `email.complained` (not-spam feedback is logged, no event).
 - reply -> `email.replied`; automatic reply -> `email.auto_replied`.
+
+Only our signed address proves which message a report is about; a Message-ID does not (it is
+in every copy of the message and in the References of every reply in its thread). So a
+report found by Message-ID alone is recorded when it is about that message's own recipient,
+and acts on nothing: no event, no suppression, no status change (`unsigned_verdict_for`).
+Replies are found by In-Reply-To/References as a rule (they go to the Reply-To, and mail
+clients never quote the return path), and a reply changes no state: they keep their event.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from typing import Any
 
@@ -42,6 +49,19 @@ class Verdict:
     smtp_code: int | None = None
     diagnostic: str | None = None
     first_only: bool = False  # record the event only on the first of its type (unsubscribe)
+
+    def recorded_only(self) -> Verdict:
+        """This verdict as a note in the log, acting on nothing. Its own idempotency key, so
+        that a noted report never stands in for the signed one that may follow."""
+        return replace(
+            self,
+            reason=f"{self.reason} (matched by Message-ID only: recorded, not acted on)",
+            dedupe_key=f"unsigned:{self.dedupe_key}",
+            event_type=None,
+            suppress=None,
+            bounce=False,
+            first_only=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,16 @@ class Inbound:
             )
         return Verdict("ignored", "could not be read as mail", f"ignored:{self._key()}")
 
+    def unsigned_verdict_for(self, recipient: str) -> Verdict | None:
+        """What this mail may do for a message it names only by a quoted Message-ID: a reply
+        or automatic reply counts as such; a report (DSN, ARF) is only recorded, and only
+        when it is about `recipient` (None: it is about someone else, record nothing)."""
+        if self.report is None:
+            return self.verdict_for(recipient)
+        if not self.report.names(recipient):
+            return None
+        return self.verdict_for(recipient).recorded_only()
+
     def _key(self) -> str:
         """The same mail twice (by its Message-ID, else its bytes) is one mail."""
         if self.header_message_id:
@@ -105,7 +135,8 @@ def classify(raw: bytes, mail_from: str) -> Inbound:
     """Never raises: mail nobody can read is still matched by its envelope, and ignored."""
     digest = hashlib.sha256(raw).digest()
     try:
-        return _classify(mime.parse(raw), mail_from, digest)
+        # NUL has no place in mail (RFC 5322) nor in a Postgres text value: read past it.
+        return _classify(mime.parse(raw.replace(b"\0", b"")), mail_from, digest)
     except Exception:  # a parser bug must not cost us the envelope or crash the session
         log.exception("inbound message could not be parsed", extra={"action": "inbound_parse"})
         return Inbound("unparseable", digest, "")

@@ -89,6 +89,10 @@ class Dsn:
     recipients: tuple[RecipientStatus, ...]
     returned: Message | None  # headers of the message it returns, when it returns them
 
+    def names(self, recipient: str) -> bool:
+        """Whether a recipient block is about `recipient` (Final- or Original-Recipient)."""
+        return any(r.about(recipient) for r in self.recipients)
+
     def pick(self, recipient: str) -> RecipientStatus | None:
         """The block about `recipient` (or any block), most severe first."""
         about = [r for r in self.recipients if r.about(recipient)] or list(self.recipients)

@@ -9,21 +9,32 @@ SMTP:
 - RCPT is accepted for the bounce domains only (any local part: FBL and reply addresses
   live there too); anything else is 550 5.7.1, we are not a relay. At most 100 recipients.
 - Size: [inbound] max_message_size, announced in EHLO and enforced with 552.
-- At most [inbound] max_sessions connections; one more gets 421 and is closed.
+- At most [inbound] max_sessions connections; one more gets 421 and is closed. Per client
+  address (an IPv6 client by its /64), as Postfix's anvil: at most max_sessions_per_client
+  at once and client_connection_rate per client_rate_window seconds, else 421 4.7.0 and
+  closed, so one host cannot hold every session or churn through them.
 - STARTTLS when a certificate is configured, never required.
 - 250 only once what the mail changes is committed; a database problem answers 451 so the
-  sender retries (recording is idempotent, so a retry after a lost 250 counts once).
+  sender retries (recording is idempotent, so a retry after a lost 250 counts once). Mail
+  that cannot be stored as it is (a NUL, 8-bit bytes in text) is stored without them; what
+  still fails for this mail alone gets 554, never a 4xx that would be retried for days.
 
 Matching, per envelope recipient, strongest evidence first:
 1. the recipient itself, or an X-Original-To/Delivered-To alias when the recipient is not
    one of our addresses: `u-` is an unsubscribe for its message; `b-` names the message;
 2. our signed address quoted in the returned original (Return-Path, List-Unsubscribe);
 3. a Message-ID the mail quotes (returned headers, In-Reply-To, References) that is one of
-   ours (they are random UUIDs: only someone who saw the message knows one).
-A `b-`/`u-` address whose MAC does not verify is forged: the mail is accepted and dropped
-with a logged reason, without falling back to Message-IDs. Unmatched mail is dropped the
-same way. Accepting rather than refusing tells a prober nothing and spares the remote a
-double bounce; either way nothing in the database changes.
+   ours. Everyone who saw the message, and everyone on a reply thread (References), knows
+   it, so it proves nothing: a report matched this way is recorded (matched_by
+   'message_id') when it is about the message's own recipient, else dropped, and either way
+   changes no status, writes no event, suppresses no one. A reply or automatic reply so
+   matched counts as one (its event says matched_by), since replies reach the Reply-To and
+   cannot carry the signed address; a reply changes no state and suppresses no one.
+Only 1 and 2, our signed address, bounce, suppress or unsubscribe. A `b-`/`u-` address whose
+MAC does not verify is forged: the mail is accepted and dropped with a logged reason, without
+falling back to Message-IDs. Unmatched mail is dropped the same way. Accepting rather than
+refusing tells a prober nothing and spares the remote a double bounce; either way nothing in
+the database changes.
 
 Decisions where the issue left room:
 - A `failed` DSN moves the message from 'sent' to 'bounced' (it did not arrive; the status
@@ -39,9 +50,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +64,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from mta.classify import Inbound, Verdict, classify, unsubscribe_verdict
-from penguinmails.config import Settings, split_hostport
+from penguinmails.config import InboundSettings, Settings, split_hostport
 from penguinmails.database import DATABASE_ERRORS
 from penguinmails.queries import load
 from penguinmails.verp import Verp
@@ -78,7 +92,9 @@ class InboundMetrics:
         )
         self.refused = Counter(
             "penguinmails_inbound_refused",
-            "Refusals: relaying (RCPT outside the bounce domains), too many sessions.",
+            "Refusals: relaying (RCPT outside the bounce domains), too many sessions "
+            "(sessions), too many sessions from one client (client_sessions), too many "
+            "connections from one client within the window (client_rate).",
             ["reason"],
             registry=r,
         )
@@ -132,12 +148,24 @@ class InboundHandler:
         try:
             for rcpt in dict.fromkeys(r.lower() for r in envelope.rcpt_tos):
                 await self._server.receive(rcpt, mail_from, inbound)
+        except asyncpg.DataError as exc:
+            # The database refuses these values (SQL class 22): it would refuse them on every
+            # retry too, so a 4xx would only bring the same mail back for days.
+            log.error(
+                "inbound mail cannot be stored",
+                extra={"action": "inbound_store", "error": str(exc) or type(exc).__name__},
+            )
+            return "554 5.6.0 message cannot be processed"
         except _DB_ERRORS as exc:
             log.warning(
                 "inbound could not record a message",
                 extra={"action": "inbound_store", "error": str(exc) or type(exc).__name__},
             )
             return "451 4.3.0 temporary local problem, try again later"
+        except Exception:
+            # A bug of ours that this mail sets off: it would set it off again on every retry.
+            log.exception("inbound mail could not be processed", extra={"action": "inbound_store"})
+            return "554 5.6.0 message cannot be processed"
         return "250 2.0.0 OK"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -149,37 +177,111 @@ class InboundHandler:
         return "451 4.3.0 temporary local problem, try again later"
 
 
+_REFUSALS = {
+    "sessions": "too many connections",
+    "client_sessions": "too many connections from your address",
+    "client_rate": "too many connections from your address in a short time",
+}
+
+
 class _InboundSMTP(SMTP):
-    """Counts itself against the session limit; releases its slot exactly once."""
+    """Admitted against the session limits when its connection is made, or answered 421 and
+    closed; an admitted session gives its slot back exactly once."""
 
     def __init__(self, owner: InboundServer, handler: InboundHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._owner = owner
-        self._released = False
+        self._client: str | None = None  # set while this session holds a slot
+        self._refused = False
+        self._started = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._owner.transports.add(transport)  # again after STARTTLS: the TLS transport
+        if not self._started:  # not the second call STARTTLS makes, with the TLS transport
+            self._started = True
+            client = client_key(transport.get_extra_info("peername"))
+            refusal = self._owner.admit(client)
+            if refusal is not None:
+                self._refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(
+                    f"421 4.7.0 {self.hostname} {_REFUSALS[refusal]}, try again later\r\n".encode()
+                )
+                transport.close()
+                return
+            self._client = client
+        self._owner.transports.add(transport)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if not self._released:
-            self._released = True
-            self._owner.release()
+        if self._refused:
+            return  # never started as an SMTP session: nothing of it to tear down
+        if self._client is not None:
+            self._owner.release(self._client)
+            self._client = None
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
 
-class _Busy(asyncio.Protocol):
-    """What a connection over the session limit gets: a 421 and a closed socket."""
 
-    def __init__(self, hostname: str) -> None:
-        self._hostname = hostname
+def client_key(peer: Any) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64 (one host
+    commonly holds a whole /64, and a per-address limit would not hold it back)."""
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(
-            f"421 4.7.0 {self._hostname} too many connections, try again later\r\n".encode()
-        )
-        transport.close()
+
+class ClientLimits:
+    """Sessions open and connections made per client, as Postfix's anvil counts them: the
+    rate in fixed windows that start at a client's first connection, refused attempts
+    included (a client that keeps hammering stays refused). Forgets a client once it has no
+    session open and its window is over, so a scan of many addresses leaves nothing behind."""
+
+    def __init__(self, settings: InboundSettings, clock: Callable[[], float]) -> None:
+        self._max_sessions = settings.max_sessions_per_client
+        self._rate = settings.client_connection_rate
+        self._window = settings.client_rate_window
+        self._clock = clock
+        self._sessions: dict[str, int] = {}
+        self._windows: dict[str, tuple[float, int]] = {}  # client -> (window start, count)
+        self._swept = clock()
+
+    def attempt(self, client: str) -> bool:
+        """Count one connection from `client`; False when it is over its rate."""
+        if not self._rate:
+            return True
+        now = self._clock()
+        if now - self._swept >= self._window:
+            self._swept = now
+            self._windows = {c: w for c, w in self._windows.items() if now - w[0] < self._window}
+        start, count = self._windows.get(client, (now, 0))
+        if now - start >= self._window:
+            start, count = now, 0
+        self._windows[client] = (start, count + 1)
+        return count < self._rate
+
+    def has_room(self, client: str) -> bool:
+        return not self._max_sessions or self._sessions.get(client, 0) < self._max_sessions
+
+    def opened(self, client: str) -> None:
+        self._sessions[client] = self._sessions.get(client, 0) + 1
+
+    def closed(self, client: str) -> None:
+        left = self._sessions.get(client, 0) - 1
+        if left > 0:
+            self._sessions[client] = left
+        else:
+            self._sessions.pop(client, None)
 
 
 class InboundServer:
@@ -187,10 +289,16 @@ class InboundServer:
     `await start()` and later `await stop()`."""
 
     def __init__(
-        self, pool: asyncpg.Pool, settings: Settings, metrics: InboundMetrics | None = None
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        metrics: InboundMetrics | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
         self.settings = settings.inbound
+        self.clients = ClientLimits(self.settings, clock)
         self.hostname = settings.mta.hostname
         self.domains = frozenset(self.settings.bounce_domains or [settings.mta.bounce_domain])
         self.verp = Verp.from_settings(settings)
@@ -220,12 +328,6 @@ class InboundServer:
         return self
 
     def _protocol(self) -> asyncio.BaseProtocol:
-        if self._open >= self.settings.max_sessions:
-            self.metrics.refused.labels("sessions").inc()
-            return _Busy(self.hostname)
-        self._open += 1
-        self._idle.clear()
-        self.metrics.sessions.set(self._open)
         return _InboundSMTP(
             self,
             self._handler,
@@ -237,8 +339,33 @@ class InboundServer:
             timeout=SESSION_TIMEOUT,
         )
 
-    def release(self) -> None:
+    def admit(self, client: str) -> str | None:
+        """Take a session slot for `client`, or say why not (a `refused` metric label)."""
+        within_rate = self.clients.attempt(client)  # every attempt counts, refused or not
+        if self._open >= self.settings.max_sessions:
+            refusal: str | None = "sessions"
+        elif not self.clients.has_room(client):
+            refusal = "client_sessions"
+        elif not within_rate:
+            refusal = "client_rate"
+        else:
+            refusal = None
+        if refusal is not None:
+            self.metrics.refused.labels(refusal).inc()
+            log.info(
+                "inbound connection refused",
+                extra={"action": "inbound_refuse", "reason": refusal, "client": client},
+            )
+            return refusal
+        self._open += 1
+        self.clients.opened(client)
+        self._idle.clear()
+        self.metrics.sessions.set(self._open)
+        return None
+
+    def release(self, client: str) -> None:
         self._open -= 1
+        self.clients.closed(client)
         self.metrics.sessions.set(self._open)
         if self._open == 0:
             self._idle.set()
@@ -266,6 +393,7 @@ class InboundServer:
         """Record what `inbound` means for the message `rcpt` (and the mail) names."""
         try:
             match = await self._match(rcpt, inbound)
+            verdict = _verdict(inbound, match)
         except _Dropped as dropped:
             self.metrics.messages.labels(dropped.classification, "dropped").inc()
             log.info(
@@ -280,21 +408,19 @@ class InboundServer:
                 },
             )
             return
-        verdict = (
-            unsubscribe_verdict() if match.unsubscribe else inbound.verdict_for(match.recipient)
-        )
+        detail = _storable_data({**verdict.data, "matched_by": match.matched_by})
         row = await self.pool.fetchrow(
             SQL["inbound_record"],
             match.message_id,
             verdict.classification,
-            verdict.dedupe_key,
-            verdict.reason[:500],
+            _storable(verdict.dedupe_key),
+            _storable(verdict.reason)[:500],
             match.matched_by,
-            mail_from[:320],
-            rcpt[:320],
-            inbound.header_message_id or None,
+            _storable(mail_from)[:320],
+            _storable(rcpt)[:320],
+            _storable(inbound.header_message_id) or None,
             inbound.sha256,
-            verdict.data,
+            detail,
             verdict.first_only,
             verdict.event_type,
             verdict.suppress,
@@ -302,7 +428,7 @@ class InboundServer:
             verdict.bounce,
             verdict.enhanced_status,
             verdict.smtp_code,
-            (verdict.diagnostic or "")[:1000] or None,
+            _storable(verdict.diagnostic or "")[:1000] or None,
         )
         result = "recorded" if row["logged"] else "duplicate"
         self.metrics.messages.labels(verdict.classification, result).inc()
@@ -335,7 +461,7 @@ class InboundServer:
                 return await self._by_queue_id(found[0], "returned_address")
         if inbound.message_ids:
             row = await self.pool.fetchrow(
-                SQL["inbound_message_by_header_id"], list(inbound.message_ids)
+                SQL["inbound_message_by_header_id"], [_storable(i) for i in inbound.message_ids]
             )
             if row is not None:
                 return Match(row["id"], row["recipient"], "message_id")
@@ -362,12 +488,49 @@ class InboundServer:
         return Match(queue_id, row["recipient"], how, unsubscribe)
 
 
+def _verdict(inbound: Inbound, match: Match) -> Verdict:
+    """What to record; only a match through our signed address may act on the message."""
+    if match.unsubscribe:
+        return unsubscribe_verdict()
+    if match.matched_by != "message_id":
+        return inbound.verdict_for(match.recipient)
+    verdict = inbound.unsigned_verdict_for(match.recipient)
+    if verdict is None:
+        raise _Dropped(
+            "unmatched",
+            f"quotes the Message-ID of message {match.message_id}, but is about another recipient",
+        )
+    return verdict
+
+
+def _storable(value: str) -> str:
+    """`value` as Postgres text can hold it: no NUL, and valid UTF-8 (raw 8-bit bytes that
+    arrived as surrogates are decoded, or replaced). A value it refuses would be refused on
+    every retry of the same mail."""
+    try:
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value.replace("\0", "")
+
+
+def _storable_data(value: Any) -> Any:
+    """`_storable` through a JSON document (jsonb refuses \\u0000 as well)."""
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, dict):
+        return {_storable(str(k)): _storable_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_data(v) for v in value]
+    return value
+
+
 def _suppression_detail(verdict: Verdict) -> str | None:
     if verdict.suppress is None:
         return None
     if verdict.suppress == "unsubscribed":
         return "mailto"  # the tracker records its method here too
-    return (verdict.diagnostic or verdict.reason)[:500]
+    return _storable(verdict.diagnostic or verdict.reason)[:500]
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -56,7 +56,8 @@ def header_text(message: Message, name: str) -> str:
         text = str(make_header(decode_header(str(value))))
     except (UnicodeError, LookupError, binascii.Error, ValueError):
         text = str(value)
-    return " ".join(text.split())
+    # An encoded-word can carry a NUL the raw message did not show.
+    return " ".join(text.replace("\0", "").split())
 
 
 def address(value: str) -> str:
@@ -95,7 +96,12 @@ def find_part(message: Message, *content_types: str) -> Message | None:
 
 
 def part_text(part: Message) -> str:
-    """The text of a part, whatever the parser made of it and however it was encoded."""
+    """The text of a part, whatever the parser made of it and however it was encoded; NULs
+    that the transfer encoding hid are left out, as in headers."""
+    return _part_text(part).replace("\0", "")
+
+
+def _part_text(part: Message) -> str:
     payload = part.get_payload()
     encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     if isinstance(payload, list):

@@ -22,7 +22,7 @@ async def _status(pool, queue_id: int) -> str:
         ("gmail_hard_5.1.1.eml", "RETURN_PATH", "hard_bounce"),
         ("qmail_hard_5.1.1.eml", "RETURN_PATH", "hard_bounce"),
         ("arf_yahoo_abuse.eml", "FBL_ADDRESS", "complaint"),
-        ("arf_aol_headers_only_abuse.eml", "FBL_ADDRESS", "complaint"),
+        ("arf_outlook_jmrp_abuse.eml", "FBL_ADDRESS", "complaint"),
         ("unsubscribe_gmail_mailto.eml", "UNSUBSCRIBE", "unsubscribed"),
     ],
 )
