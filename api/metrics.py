@@ -1,7 +1,8 @@
 """What the API exposes on /metrics: requests by operation and status, and their latency.
 
 The label is the route's template (`/api/v1/campaigns/{id}`), never the raw path, so ids
-in URLs cannot multiply the series.
+in URLs cannot multiply the series. The registry is served on `[api] metrics_listen`
+(penguinmails.observability.ops_app), not on the public listener.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiMetrics:
+    """One app's request counters, in a registry of its own (several apps share a process
+    in tests and under `penguinmails up`)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -50,7 +53,5 @@ class ApiMetrics:
             self.requests.labels(request.method, route, str(status)).inc()
             self.seconds.labels(route).observe(time.perf_counter() - started)
 
-    async def handler(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+
+METRICS = web.AppKey("api_metrics", ApiMetrics)

@@ -2,8 +2,9 @@
 
 `create_app` builds the application on a pool (tests host several on one database);
 `ApiServer` runs one on a TCP site; `serve` is the command: refuse pending migrations, listen
-on `[api] listen`, run until SIGTERM or SIGINT, then stop accepting, let requests in flight
-finish for up to REQUEST_GRACE seconds, and close the pool.
+on `[api] listen` (and serve `/metrics` on `[api] metrics_listen`, never on the public
+listener), run until SIGTERM or SIGINT, then stop accepting, let requests in flight finish for
+up to REQUEST_GRACE seconds, and close the pool.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from aiohttp import web
 from api import analytics, campaigns, contacts, health, keys, sandbox, sends, webhooks  # noqa: F401
 from api.auth import TokenSigner
 from api.envelope import MAX_BODY, envelope_middleware
-from api.metrics import ApiMetrics
+from api.metrics import METRICS, ApiMetrics
 from api.openapi import build
 from api.ratelimit import WINDOW_SECONDS, RateLimiter
 from api.routing import API, STATE, State, install
 from penguinmails.config import Settings, split_hostport
 from penguinmails.database import DATABASE_ERRORS
 from penguinmails.lifecycle import install_stop_signals, role_pool
+from penguinmails.observability import HEALTH, DatabaseHealth, healthz, ops_app, serving
 from penguinmails.queries import load
 from penguinmails.systemd import notify
 
@@ -46,15 +48,6 @@ OPENAPI = web.AppKey("openapi", bytes)
 
 async def openapi_document(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
-
-
-async def healthz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    try:
-        await state.pool.fetchval(SQL["health"], timeout=5)
-    except Exception:
-        return web.json_response({"status": "unavailable"}, status=503)
-    return web.json_response({"status": "ok"})
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
@@ -97,9 +90,10 @@ def create_app(
     )
     app[MAX_BODY] = max_body
     app[OPENAPI] = orjson.dumps(build(API, PREFIX))
+    app[METRICS] = metrics
+    app[HEALTH] = DatabaseHealth(pool, "api")
     app.router.add_get(f"{PREFIX}/openapi.json", openapi_document)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics.handler)
     install(app, PREFIX)
     sandbox.add_page(app)
     app.cleanup_ctx.append(_housekeeping)
@@ -133,6 +127,15 @@ class ApiServer:
     async def close(self) -> None:
         await self._runner.cleanup()
 
+    def ops_app(self) -> web.Application:
+        """`/metrics` and `/healthz` for `[api] metrics_listen`."""
+        return ops_app(
+            self.app[STATE].pool,
+            self.app[METRICS].registry,
+            role="api",
+            health=self.app[HEALTH],
+        )
+
     async def __aenter__(self) -> ApiServer:
         return await self.start()
 
@@ -150,8 +153,14 @@ async def serve(settings: Settings) -> None:
     async with role_pool(settings) as (pool, _):
         stop = asyncio.Event()
         install_stop_signals(stop.set)
-        async with ApiServer(pool, settings) as server:
-            log.info("api started", extra={"action": "api_start", "listen": server.url})
+        async with (
+            ApiServer(pool, settings) as server,
+            serving(server.ops_app(), settings.api.metrics_listen) as metrics,
+        ):
+            log.info(
+                "api started",
+                extra={"action": "api_start", "listen": server.url, "metrics": metrics},
+            )
             notify("READY=1")
             await stop.wait()
             log.info("api stopping", extra={"action": "api_stop"})

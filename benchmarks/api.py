@@ -86,6 +86,7 @@ def start_api(url: str, workdir: Path, port: int) -> subprocess.Popen[bytes]:
             "PENGUINMAILS_DATABASE__URL": url,
             "PENGUINMAILS_PATHS__DATA_DIR": str(workdir),
             "PENGUINMAILS_API__LISTEN": f"127.0.0.1:{port}",
+            "PENGUINMAILS_API__METRICS_LISTEN": "",  # no port clash with a running API
             "PENGUINMAILS_SECURITY__SECRET_KEYS": '["bench-key"]',
             "PENGUINMAILS_LOGGING__LEVEL": "WARNING",
         }

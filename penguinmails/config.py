@@ -34,6 +34,10 @@ def _check_hostport(value: str) -> str:
     return value
 
 
+def _check_optional_hostport(value: str) -> str:
+    return _check_hostport(value) if value else value
+
+
 def split_hostport(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
@@ -52,15 +56,21 @@ class PathsSettings(Section):
 
 class ApiSettings(Section):
     listen: str = "127.0.0.1:8080"
+    # /metrics (and /healthz) for Prometheus, apart from the public listener: metrics show
+    # traffic and error rates to whoever can read them. Empty: not served.
+    metrics_listen: str = "127.0.0.1:9103"
 
     _listen = field_validator("listen")(_check_hostport)
+    _metrics = field_validator("metrics_listen")(_check_optional_hostport)
 
 
 class TrackerSettings(Section):
     listen: str = "127.0.0.1:8081"
     base_url: str = "http://127.0.0.1:8081"
+    metrics_listen: str = "127.0.0.1:9104"  # as [api] metrics_listen; empty: not served
 
     _listen = field_validator("listen")(_check_hostport)
+    _metrics = field_validator("metrics_listen")(_check_optional_hostport)
 
 
 class ThrottleRule(Section):
@@ -134,10 +144,7 @@ class MtaSettings(Section):
     def _sink(cls, value: str) -> str:
         return _check_hostport(value)
 
-    @field_validator("metrics_listen")
-    @classmethod
-    def _metrics(cls, value: str) -> str:
-        return _check_hostport(value) if value else value
+    _metrics = field_validator("metrics_listen")(_check_optional_hostport)
 
     def rule_for(self, domain: str) -> ThrottleRule:
         return self.throttle.get(domain, self.default_throttle)
@@ -150,6 +157,14 @@ class InboundSettings(Section):
     bounce_domains: list[str] = Field(default_factory=list)
     max_message_size: int = Field(default=10 * 1024 * 1024, ge=1024)  # 552 above this
     max_sessions: int = Field(default=100, ge=1)  # more connections get 421 at once
+    # Per client address (an IPv6 client by its /64), as Postfix's anvil counts them: at most
+    # this many sessions at once (smtpd_client_connection_count_limit), so one host's idle
+    # sockets cannot hold every session; 0: no per-client cap.
+    max_sessions_per_client: int = Field(default=10, ge=0)
+    # At most this many connections per client per client_rate_window seconds, refused ones
+    # included (smtpd_client_connection_rate_limit, anvil_rate_time_unit); 0: no rate limit.
+    client_connection_rate: int = Field(default=120, ge=0)
+    client_rate_window: float = Field(default=60.0, gt=0)
     # STARTTLS is offered when both are set (PEM files); never required, since many MTAs
     # that send bounces cannot do TLS.
     tls_cert: Path | None = None
@@ -183,8 +198,19 @@ class WebhookSettings(Section):
 class SecuritySettings(Section):
     # Keys for HMAC signing (tracking links, VERP addresses) and for encrypting secrets at
     # rest. The first signs; all verify, so a key can be rotated without breaking old links.
-    # Empty: a key is generated once and kept in `<data_dir>/secret.key`.
+    # Empty: the keys come from key_file, else from the systemd credential
+    # `penguinmails-secret-key`, else a key is generated once into `<data_dir>/secret.key`
+    # (penguinmails.secrets).
     secret_keys: list[str] = Field(default_factory=list)
+    # A file of keys (one a line, newest first) kept away from the data dir and its backups,
+    # e.g. /etc/penguinmails/secret.key. Only ever read: it must exist, and must not be open
+    # to group or others. Empty: not used.
+    key_file: Path | None = None
+
+    @field_validator("key_file", mode="before")
+    @classmethod
+    def _unset(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
 class LoggingSettings(Section):
@@ -259,6 +285,16 @@ def load_settings(
     if any(k.startswith(ENV_PREFIX) for k in environ):
         source += " (with PENGUINMAILS_* environment overrides)"
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    # Here, not on first use: an unusable key source must stop every command at start, not
+    # fail a request later or quietly fall back to a generated key.
+    from penguinmails.secrets import KeySourceError, check_key_sources
+
+    try:
+        check_key_sources(settings, environ)
+    except KeySourceError as exc:
+        where = f"{source}: " if exc.setting else ""
+        raise ConfigError(f"invalid configuration\n{where}{exc}") from None
+    return settings

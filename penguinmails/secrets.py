@@ -3,6 +3,12 @@
 Signing (tracking links, VERP return paths) and encryption at rest (DKIM private keys,
 webhook secrets) derive their keys from these, each for its own purpose, so one leaked
 derived key does not unlock the others.
+
+Sources, first one set wins: `[security] secret_keys`; `[security] key_file`; the systemd
+credential `penguinmails-secret-key` (`LoadCredential=`, found in `$CREDENTIALS_DIRECTORY`);
+else a key generated once into `<data_dir>/secret.key`. Only that last one is ever written.
+A key generated next to the database ends up in the same backups and copies as the data it
+protects, and differs from host to host, so production points at a file of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Sequence
+import stat
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -21,14 +28,93 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from penguinmails.config import Settings
 
 KEY_FILE = "secret.key"
+CREDENTIAL = "penguinmails-secret-key"
 
 
-def server_keys(settings: Settings) -> list[bytes]:
-    """The configured keys, newest first; or the generated one kept under the data dir."""
-    if settings.security.secret_keys:
-        return [k.encode() for k in settings.security.secret_keys]
-    path = settings.paths.data_dir / KEY_FILE
-    return [_load_or_create(path)]
+class KeySourceError(Exception):
+    """A key source that is set but cannot be used; the message names it."""
+
+    def __init__(self, name: str, problem: str, *, setting: bool) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.setting = setting  # a configuration key (so the config file is worth naming)
+
+
+def server_keys(settings: Settings, environ: Mapping[str, str] | None = None) -> list[bytes]:
+    """The keys, newest first, from the first source that is set (see the module doc)."""
+    keys = _configured_keys(settings, os.environ if environ is None else environ)
+    if keys is not None:
+        return keys
+    return [_load_or_create(settings.paths.data_dir / KEY_FILE)]
+
+
+def check_key_sources(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Raise KeySourceError for a set source that cannot be used; write nothing.
+
+    A key_file is checked even where secret_keys take precedence: a path that is set but
+    wrong is a mistake to report, not to ignore until someone removes secret_keys.
+    """
+    if settings.security.key_file is not None:
+        _read_key_file(settings.security.key_file)
+    _configured_keys(settings, environ)
+
+
+def _configured_keys(settings: Settings, environ: Mapping[str, str]) -> list[bytes] | None:
+    """Keys from the operator's sources; None when none is set."""
+    security = settings.security
+    if security.secret_keys:
+        return [k.encode() for k in security.secret_keys]
+    if security.key_file is not None:
+        return _read_key_file(security.key_file)
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        path = Path(directory) / CREDENTIAL
+        if path.exists():
+            return _read_keys(path, f"systemd credential {CREDENTIAL}", private=False)
+    return None
+
+
+def _read_key_file(path: Path) -> list[bytes]:
+    return _read_keys(path, "security.key_file", private=True, setting=True)
+
+
+def _read_keys(path: Path, name: str, *, private: bool, setting: bool = False) -> list[bytes]:
+    """One key a line, newest first. `private`: refuse a file open to group or others.
+
+    The mode is checked on the opened file, so it is the file that is read that was checked.
+    (systemd's credentials need no such check: only the service can read them.)
+    """
+
+    def fail(problem: str) -> KeySourceError:
+        return KeySourceError(name, f"{path} {problem}", setting=setting)
+
+    try:
+        # O_NONBLOCK: a FIFO put in the key's place is refused below, not waited on forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise fail("does not exist") from None
+    except OSError as exc:
+        raise fail(f"cannot be read ({exc.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise fail("is not a regular file")
+        if private and mode & 0o077:
+            raise fail(
+                f"is open to group or others (mode {stat.S_IMODE(mode):04o}): a server key "
+                "must be readable by this service alone; chmod 600 it (or 400)"
+            )
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError as exc:
+        raise fail(f"cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    content = b"".join(chunks)
+    keys = [line.strip() for line in content.splitlines() if line.strip()]
+    if not keys:
+        raise fail("holds no key (one a line, newest first)")
+    return keys
 
 
 def _load_or_create(path: Path) -> bytes:

@@ -2,7 +2,8 @@
 
 The embedded Postgres, migrations applied, the capture sink (so nothing leaves the machine),
 the MTA in sandbox mode, the tracker with its webhook dispatcher, the API, and inbound when
-it is available. A test API key is made on the first run and kept under the data dir, so the
+it is available; each role's `/metrics` on its own `metrics_listen`, as its own process would
+serve it. A test API key is made on the first run and kept under the data dir, so the
 README's curl commands keep working across restarts. This module is the composition root:
 it is the one place outside the CLI that imports several roles.
 """
@@ -15,7 +16,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -23,7 +24,13 @@ from penguinmails.config import Settings
 from penguinmails.database import create_pool, database_url
 from penguinmails.lifecycle import install_stop_signals
 from penguinmails.migrations import migrate
+from penguinmails.observability import ops_app, serving
 from penguinmails.systemd import notify
+
+if TYPE_CHECKING:
+    from api.server import ApiServer
+    from mta.worker import Worker
+    from tracker.server import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,35 @@ async def _optional_inbound(pool: asyncpg.Pool, settings: Settings) -> AsyncIter
         yield server
 
 
+@contextlib.asynccontextmanager
+async def _metrics(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    api: ApiServer,
+    tracker: Tracker,
+    worker: Worker,
+    inbound: Any,
+) -> AsyncIterator[list[tuple[str, str]]]:
+    """Serve each role's metrics on its own address; yield (role, URL) for those served."""
+    from mta.daemon import metrics_app
+
+    roles = [
+        ("api", api.ops_app(), settings.api.metrics_listen),
+        ("tracker", tracker.ops_app(), settings.tracker.metrics_listen),
+        ("mta", metrics_app(worker, pool), settings.mta.metrics_listen),
+    ]
+    if inbound is not None:
+        app = ops_app(pool, inbound.metrics.registry, role="inbound")
+        roles.append(("inbound", app, settings.inbound.metrics_listen))
+    served: list[tuple[str, str]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for role, app, listen in roles:
+            url = await stack.enter_async_context(serving(app, listen))
+            if url is not None:
+                served.append((role, url))
+        yield served
+
+
 async def run(settings: Settings) -> None:
     from api.server import ApiServer
     from mta.sink import start_sink
@@ -105,9 +141,10 @@ async def run(settings: Settings) -> None:
                 Tracker(pool, settings) as tracker,
                 ApiServer(pool, settings) as api,
                 _optional_inbound(pool, settings) as inbound,
+                _metrics(pool, settings, api, tracker, worker, inbound) as metrics,
             ):
                 mta = asyncio.create_task(worker.run(), name="mta-worker")
-                _banner(settings, api.url, tracker.url, inbound is not None, key)
+                _banner(settings, api.url, tracker.url, inbound is not None, key, metrics)
                 notify("READY=1")
                 try:
                     serving = asyncio.create_task(tracker.run_until(stop), name="tracker")
@@ -128,7 +165,14 @@ async def run(settings: Settings) -> None:
         await pool.close()
 
 
-def _banner(settings: Settings, api: str, tracker: str, inbound: bool, key: str) -> None:
+def _banner(
+    settings: Settings,
+    api: str,
+    tracker: str,
+    inbound: bool,
+    key: str,
+    metrics: list[tuple[str, str]],
+) -> None:
     lines = [
         "PenguinMails is up.",
         f"  API:           {api}/api/v1   (OpenAPI: {api}/api/v1/openapi.json)",
@@ -138,6 +182,13 @@ def _banner(settings: Settings, api: str, tracker: str, inbound: bool, key: str)
     ]
     if inbound:
         lines.append(f"  inbound:       smtp://{settings.inbound.listen}")
+    # Loopback by default: for this machine's Prometheus, not for the world.
+    label = "  metrics:       "
+    for role, url in metrics:
+        lines.append(f"{label}{url}/metrics ({role})")
+        label = " " * len(label)
+    if not metrics:
+        lines.append(f"{label}not served (every metrics_listen is empty)")
     database = (settings.database.url and "configured URL") or (
         f"embedded, under {settings.paths.data_dir}"
     )

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
-from penguinmails.config import ConfigError, load_settings
+from penguinmails.config import ConfigError, Settings, load_settings, split_hostport
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "penguinmails.toml"
 
 
 def write(tmp_path, text: str):
@@ -42,6 +46,8 @@ def test_file_values_and_environment_overrides(tmp_path):
         ("[mta]\nbatch_size = 'lots'\n", "mta.batch_size"),
         ("[mta]\nbatchsize = 10\n", "mta.batchsize: unknown key"),
         ("[api]\nlisten = 'localhost'\n", "api.listen"),
+        ("[api]\nmetrics_listen = 'localhost'\n", "api.metrics_listen: Value error"),
+        ("[tracker]\nmetrics_listen = '9104'\n", "tracker.metrics_listen: Value error"),
         ("[mta.routes]\n'example.org' = 'nohost'\n", "mta.routes"),
         (
             "[mta.throttle.'gmail.com']\nmax_connections = 0\n",
@@ -83,3 +89,46 @@ def test_the_cli_refuses_to_start_on_a_bad_config(tmp_path):
     assert result.returncode == 2
     assert "mta.max_in_flight" in result.stderr
     assert str(path) in result.stderr
+
+
+def test_every_role_serves_metrics_on_its_own_loopback_address_by_default():
+    settings = Settings()
+    listens = {
+        "api": settings.api.metrics_listen,
+        "tracker": settings.tracker.metrics_listen,
+        "mta": settings.mta.metrics_listen,
+        "inbound": settings.inbound.metrics_listen,
+    }
+    for role, listen in listens.items():
+        assert split_hostport(listen)[0] == "127.0.0.1", role
+    public = {settings.api.listen, settings.tracker.listen, settings.inbound.listen}
+    assert len(set(listens.values())) == 4 and not public & set(listens.values())
+
+
+def test_metrics_can_be_switched_off_per_role():
+    settings = load_settings(
+        None,
+        environ={
+            "PENGUINMAILS_API__METRICS_LISTEN": "",
+            "PENGUINMAILS_TRACKER__METRICS_LISTEN": "",
+        },
+    )
+    assert settings.api.metrics_listen == "" and settings.tracker.metrics_listen == ""
+
+
+@pytest.mark.parametrize(
+    "dotted",
+    [
+        "api.metrics_listen",
+        "tracker.metrics_listen",
+        "mta.metrics_listen",
+        "security.secret_keys",
+        "security.key_file",
+    ],
+)
+def test_the_default_config_documents_the_key_with_its_default(dotted):
+    section, key = dotted.split(".")
+    documented = tomllib.loads(DEFAULT_CONFIG.read_text())[section]
+    assert key in documented, dotted
+    default = getattr(getattr(Settings(), section), key)
+    assert documented[key] == ("" if default is None else default), dotted

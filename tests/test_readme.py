@@ -75,6 +75,8 @@ def _up_env() -> tuple[dict[str, str], str, str]:
             "PENGUINMAILS_TRACKER__BASE_URL": f"http://{tracker}",
             "PENGUINMAILS_MTA__SANDBOX_SINK": f"127.0.0.1:{_free_port()}",
             "PENGUINMAILS_INBOUND__LISTEN": f"127.0.0.1:{_free_port()}",
+            "PENGUINMAILS_API__METRICS_LISTEN": "",
+            "PENGUINMAILS_TRACKER__METRICS_LISTEN": "",
             "PENGUINMAILS_MTA__METRICS_LISTEN": "",
             "PENGUINMAILS_INBOUND__METRICS_LISTEN": "",
             "PENGUINMAILS_LOGGING__FORMAT": "text",

@@ -128,6 +128,40 @@ def test_systemd_analyze_verify(path: Path, tmp_path: Path, venv_binary: str):
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
 
 
+CREDENTIAL_LINE = "LoadCredential=penguinmails-secret-key:/etc/penguinmails/secret.key"
+
+
+@pytest.mark.parametrize("path", UNITS, ids=_role)
+def test_unit_shows_how_to_pass_the_server_key_as_a_credential(path: Path):
+    # Commented out: with the line in force, systemd refuses to start the unit until the
+    # file exists, and a first install has none.
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    assert "#" + CREDENTIAL_LINE in lines
+    assert "LoadCredential" not in _service(path)
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here"
+)
+@pytest.mark.parametrize("path", UNITS, ids=_role)
+def test_unit_with_the_credential_enabled_still_verifies(
+    path: Path, tmp_path: Path, venv_binary: str
+):
+    text = path.read_text().replace("#" + CREDENTIAL_LINE, CREDENTIAL_LINE)
+    unit = tmp_path / path.name
+    unit.write_text(text.replace(INSTALLED, venv_binary))
+    assert _service(unit)["LoadCredential"] == [CREDENTIAL_LINE.partition("=")[2]]
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
+
+
 # -- sd_notify ---------------------------------------------------------------------------
 
 
@@ -203,7 +237,9 @@ async def test_a_role_process_notifies_ready_then_stopping(
             "PENGUINMAILS_SECURITY__SECRET_KEYS": '["systemd-test-key"]',
             "PENGUINMAILS_MTA__METRICS_LISTEN": "",
             "PENGUINMAILS_API__LISTEN": _free_listen(),
+            "PENGUINMAILS_API__METRICS_LISTEN": "",
             "PENGUINMAILS_TRACKER__LISTEN": _free_listen(),
+            "PENGUINMAILS_TRACKER__METRICS_LISTEN": "",
             "PENGUINMAILS_INBOUND__LISTEN": _free_listen(),
             "PENGUINMAILS_INBOUND__METRICS_LISTEN": "",
         }

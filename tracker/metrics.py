@@ -1,15 +1,19 @@
 """What the tracker exposes on /metrics: hits served and recorded, webhook deliveries, backlog.
 
 Each Tracker has its own registry rather than prometheus-client's global one, so several
-trackers (tests, `penguinmails up`) can live in one process without clashing names.
+trackers (tests, `penguinmails up`) can live in one process without clashing names. It is
+served on `[tracker] metrics_listen` (penguinmails.observability.ops_app), never on the public
+listener that recipients' mail clients reach.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["CONTENT_TYPE_LATEST", "TrackerMetrics"]
+from penguinmails.queries import load
+
+SQL = load("tracker")
 
 
 class TrackerMetrics:
@@ -72,5 +76,9 @@ class TrackerMetrics:
             registry=r,
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    async def refresh(self, pool: asyncpg.Pool) -> None:
+        """What only the database knows, read on scrape: the webhook backlog."""
+        row = await pool.fetchrow(SQL["webhook_backlog"])
+        if row is not None:
+            self.webhook_backlog.labels("pending").set(row["pending"])
+            self.webhook_backlog.labels("delivering").set(row["delivering"])

@@ -72,10 +72,6 @@ WITH m AS (
 )
 SELECT m.recipient, (SELECT count(*) FROM recorded) AS recorded FROM m;
 
--- name: health
--- /healthz: the database answers.
-SELECT 1;
-
 -- name: release_stale_deliveries
 -- A dispatcher that died mid-delivery leaves its leases behind; once they expire the rows go
 -- back to pending without counting an attempt (the request may or may not have been made,

@@ -2,8 +2,9 @@
 
 Routes: `GET /o/<token>.gif` (open pixel), `GET /c/<token>` (click: 302 to the signed URL),
 `GET /u/<token>` (a page with a button; changes nothing), `POST /u/<token>` (RFC 8058
-one-click or the page's button: unsubscribes), `/healthz`, `/metrics`. A token that does not
-verify gets 404 and nothing else: never a redirect, so the tracker is no open redirect.
+one-click or the page's button: unsubscribes), `/healthz`. A token that does not verify gets
+404 and nothing else: never a redirect, so the tracker is no open redirect. `/metrics` is
+served on `[tracker] metrics_listen` only (loopback by default), not to the public.
 
 `Tracker` holds one process's parts in one place (the HTTP site, the hit recorder, the
 webhook dispatcher) so that start and shutdown order are visible together: on close it stops
@@ -30,6 +31,7 @@ from penguinmails.config import Settings, split_hostport
 from penguinmails.database import DATABASE_ERRORS
 from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.links import Links
+from penguinmails.observability import HEALTH, DatabaseHealth, healthz, ops_app, serving
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
 from penguinmails.systemd import notify
@@ -37,7 +39,7 @@ from penguinmails.tokens import BadToken, TokenSigner
 from tracker import pages
 from tracker.classify import client_ip, ip_prefix, machine_reason
 from tracker.hits import Hit, HitRecorder
-from tracker.metrics import CONTENT_TYPE_LATEST, TrackerMetrics
+from tracker.metrics import TrackerMetrics
 from tracker.webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -183,38 +185,16 @@ async def unsubscribe(request: web.Request) -> web.Response:
     return web.Response(text=pages.DONE, content_type="text/html", headers=pages.PAGE_HEADERS)
 
 
-async def healthz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    try:
-        await asyncio.wait_for(state.pool.fetchval(SQL["health"]), 2.0)
-    except DATABASE_ERRORS as exc:
-        return web.json_response(
-            {"status": "unavailable", "database": str(exc) or type(exc).__name__}, status=503
-        )
-    buffered = len(state.recorder) if state.recorder is not None else 0
-    return web.json_response({"status": "ok", "database": "ok", "hit_buffer": buffered})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    with contextlib.suppress(*DATABASE_ERRORS):
-        row = await asyncio.wait_for(state.pool.fetchrow(SQL["webhook_backlog"]), 2.0)
-        if row is not None:
-            state.metrics.webhook_backlog.labels("pending").set(row["pending"])
-            state.metrics.webhook_backlog.labels("delivering").set(row["delivering"])
-    return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def create_app(state: State) -> web.Application:
     # Unsubscribe forms are a few bytes; nothing here needs aiohttp's 1 MiB default.
     app = web.Application(client_max_size=64 * 1024)
     app[STATE] = state
+    app[HEALTH] = DatabaseHealth(state.pool, "tracker")
     app.router.add_get("/o/{token}", pixel)
     app.router.add_get("/c/{token}", click)
     app.router.add_get("/u/{token}", unsubscribe_page)
     app.router.add_post("/u/{token}", unsubscribe)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -244,6 +224,7 @@ class Tracker:
             Dispatcher(pool, settings, self.metrics, **(dispatcher or {})) if dispatch else None
         )
         links = Links(TokenSigner(server_keys(settings)), settings.tracker.base_url)
+        self.pool = pool
         self.app = create_app(State(pool, links, self.metrics, self.recorder))
         self._grace = grace
         self._runner: web.AppRunner | None = None
@@ -272,6 +253,16 @@ class Tracker:
             raise
         self.port = self._runner.addresses[0][1]  # the real one when configured as 0
         return self
+
+    def ops_app(self) -> web.Application:
+        """`/metrics` and `/healthz` for `[tracker] metrics_listen`."""
+        return ops_app(
+            self.pool,
+            self.metrics.registry,
+            lambda: self.metrics.refresh(self.pool),
+            role="tracker",
+            health=self.app[HEALTH],
+        )
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; if a side task dies first, stop and raise its error."""
@@ -346,13 +337,17 @@ async def serve(settings: Settings) -> None:
     async with role_pool(settings) as (pool, _):
         stop = asyncio.Event()
         install_stop_signals(stop.set)
-        async with Tracker(pool, settings) as tracker:
+        async with (
+            Tracker(pool, settings) as tracker,
+            serving(tracker.ops_app(), settings.tracker.metrics_listen) as metrics,
+        ):
             log.info(
                 "tracker started",
                 extra={
                     "action": "tracker_start",
                     "listen": tracker.url,
                     "base_url": settings.tracker.base_url,
+                    "metrics": metrics,
                 },
             )
             notify("READY=1")

@@ -43,6 +43,8 @@ def role_env(database_url: str, data_dir: Path, **overrides: str) -> dict[str, s
             "PENGUINMAILS_SECURITY__SECRET_KEYS": '["reliability-key"]',
             "PENGUINMAILS_MTA__POLL_INTERVAL": "0.2",
             "PENGUINMAILS_MTA__METRICS_LISTEN": "",
+            "PENGUINMAILS_API__METRICS_LISTEN": "",
+            "PENGUINMAILS_TRACKER__METRICS_LISTEN": "",
             **overrides,
         }
     )

@@ -40,6 +40,8 @@ async def test_no_secret_reaches_the_logs(tmp_path):
     env.update(
         {
             "PENGUINMAILS_API__LISTEN": f"127.0.0.1:{api_port}",
+            "PENGUINMAILS_API__METRICS_LISTEN": "",
+            "PENGUINMAILS_TRACKER__METRICS_LISTEN": "",
             "PENGUINMAILS_TRACKER__LISTEN": f"127.0.0.1:{_free_port()}",
             "PENGUINMAILS_MTA__SANDBOX_SINK": f"127.0.0.1:{_free_port()}",
             "PENGUINMAILS_MTA__METRICS_LISTEN": "",

@@ -22,6 +22,7 @@ async def test_sigterm_shuts_the_tracker_down_cleanly(
         "PENGUINMAILS_DATABASE__URL": database_url,
         "PENGUINMAILS_PATHS__DATA_DIR": str(tmp_path),
         "PENGUINMAILS_TRACKER__LISTEN": "127.0.0.1:0",
+        "PENGUINMAILS_TRACKER__METRICS_LISTEN": "127.0.0.1:0",
         "PENGUINMAILS_SECURITY__SECRET_KEYS": '["test-key-one"]',
         "PENGUINMAILS_LOGGING__FORMAT": "json",
     }
@@ -38,22 +39,29 @@ async def test_sigterm_shuts_the_tracker_down_cleanly(
     logs: list[dict] = []
     try:
 
-        async def started() -> str:
+        async def started() -> tuple[str, str]:
             while True:
                 line = await process.stderr.readline()
                 assert line, "the tracker exited before it started"
                 entry = json.loads(line)
                 logs.append(entry)
                 if entry.get("action") == "tracker_start":
-                    return str(entry["listen"])
+                    return str(entry["listen"]), str(entry["metrics"])
 
-        url = await asyncio.wait_for(started(), 30)
+        url, metrics = await asyncio.wait_for(started(), 30)
         async with http.get(url + "/healthz") as response:
             assert response.status == 200
+        async with http.get(url + "/metrics") as response:
+            assert response.status == 404
         links = Links(TokenSigner(server_keys(settings)), url)
         async with http.get(links.open_url(message)) as response:
             assert response.status == 200
         assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'email.opened'") == 1
+        async with http.get(metrics + "/metrics") as response:
+            assert response.status == 200
+            assert 'penguinmails_tracker_hits_total{kind="open",result="ok"} 1.0' in (
+                await response.text()
+            )
 
         process.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(process.stderr.read(), 20)

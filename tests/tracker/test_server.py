@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import asyncpg
 import pytest
 
 from penguinmails.links import Links
+from penguinmails.observability import start_ops_server
 from penguinmails.tokens import TokenSigner
 from tracker.pages import PIXEL
 
@@ -243,20 +246,42 @@ async def test_unsubscribe_for_a_deleted_message_is_gone(
         assert response.status == 410
 
 
-async def test_healthz_and_metrics(pool, links, sent_messages, start_tracker, http):
+async def test_healthz_says_only_ok_and_metrics_are_not_public(
+    pool, links, sent_messages, start_tracker, http
+):
     (message,) = await sent_messages()
     tracker = await start_tracker()
     async with http.get(tracker.url + "/healthz") as response:
         assert response.status == 200
-        assert (await response.json())["database"] == "ok"
+        assert await response.json() == {"status": "ok"}
     async with http.get(tracker.url + path_of(links.open_url(message))) as response:
         assert response.status == 200
     async with http.get(tracker.url + "/o/nonsense.gif") as response:
         assert response.status == 404
     async with http.get(tracker.url + "/metrics") as response:
+        assert response.status == 404
+
+
+async def test_metrics_are_served_on_the_ops_address(
+    pool, links, sent_messages, start_tracker, http
+):
+    (message,) = await sent_messages()
+    tracker = await start_tracker()
+    async with http.get(tracker.url + path_of(links.open_url(message))) as response:
         assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = await response.text()
+    async with http.get(tracker.url + "/o/nonsense.gif") as response:
+        assert response.status == 404
+    runner = await start_ops_server(tracker.ops_app(), "127.0.0.1:0")
+    host, port = runner.addresses[0][:2]
+    try:
+        async with http.get(f"http://{host}:{port}/metrics") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = await response.text()
+        async with http.get(f"http://{host}:{port}/healthz") as response:
+            assert await response.json() == {"status": "ok"}
+    finally:
+        await runner.cleanup()
     assert 'penguinmails_tracker_hits_total{kind="open",result="ok"} 1.0' in text
     assert 'penguinmails_tracker_hits_total{kind="open",result="bad_token"} 1.0' in text
     assert "penguinmails_tracker_hits_recorded_total 1.0" in text
@@ -264,8 +289,8 @@ async def test_healthz_and_metrics(pool, links, sent_messages, start_tracker, ht
     assert "penguinmails_tracker_hit_buffer 0.0" in text
 
 
-async def test_healthz_reports_an_unreachable_database(
-    pool, settings, start_tracker, http, database_url
+async def test_healthz_reports_an_unreachable_database_but_not_why(
+    pool, settings, start_tracker, http, database_url, caplog
 ):
     from penguinmails.database import create_pool
 
@@ -275,10 +300,14 @@ async def test_healthz_reports_an_unreachable_database(
 
     tracker = await Tracker(dead, settings, dispatch=False).start()
     try:
-        async with http.get(tracker.url + "/healthz") as response:
-            assert response.status == 503
+        with caplog.at_level(logging.WARNING, logger="penguinmails.observability"):
+            async with http.get(tracker.url + "/healthz") as response:
+                assert response.status == 503
+                assert await response.json() == {"status": "unavailable"}
     finally:
         await tracker.close()
+    (reason,) = [r for r in caplog.records if r.name == "penguinmails.observability"]
+    assert reason.role == "tracker" and "closed" in reason.error
 
 
 async def test_shutdown_flushes_buffered_hits(pool, links, sent_messages, start_tracker, http):
