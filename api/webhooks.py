@@ -1,9 +1,10 @@
 """Webhook endpoint routes, on top of penguinmails.webhooks (storage, SSRF guard, signing).
 
 `POST /webhooks/{id}/test` sends a signed `webhook.test` ping right away and reports what the
-endpoint answered (a "test" button wants the answer now, not a queued delivery). It goes
-through the same address guard as real deliveries: the URL's host is resolved once, every
-address checked, and the connection made only to those addresses; redirects are not followed.
+endpoint answered (a "test" button wants the answer now, not a queued delivery). It is sent
+by the same `post_signed` as real deliveries, so through the same address guard: the URL's
+host is resolved once, every address checked, and the connection made only to those
+addresses; redirects are not followed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 import aiohttp
 import orjson
 
-from api.envelope import not_found, validation_error
+from api.errors import not_found, validation_error
 from api.models import (
     Deleted,
     ListQuery,
@@ -28,23 +29,23 @@ from api.models import (
     WebhookUpdate,
 )
 from api.routing import API, Call, decode_cursor, encode_cursor
-from penguinmails import webhooks
-from penguinmails.outbound import client_session
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
+from penguinmails.webhooks import InvalidEndpoint, endpoints
+from penguinmails.webhooks.guard import client_session
+from penguinmails.webhooks.post import post_signed
+from penguinmails.webhooks.signing import signing_secrets
 
 SQL = load("api")
 PING_TIMEOUT = 10.0
 
 
-def _invalid(exc: webhooks.InvalidEndpoint) -> Exception:
+def _invalid(exc: InvalidEndpoint) -> Exception:
     return validation_error([{"field": exc.field, "message": exc.message}])
 
 
-def _model(endpoint: webhooks.Endpoint) -> Webhook:
-    data = endpoint.to_dict()
-    data.pop("tenant_id")
-    return Webhook(**data)
+def _model(endpoint: endpoints.Endpoint) -> Webhook:
+    return Webhook(**endpoint.model_dump())
 
 
 @API.route(
@@ -56,10 +57,10 @@ def _model(endpoint: webhooks.Endpoint) -> Webhook:
     response=WebhookCreated,
     status=201,
 )
-async def create_webhook(call: Call) -> WebhookCreated:
-    body: WebhookCreate = call.body
+async def create_webhook(call: Call[WebhookCreate, None]) -> WebhookCreated:
+    body = call.body
     try:
-        endpoint, secret = await webhooks.create_endpoint(
+        endpoint, secret = await endpoints.create_endpoint(
             call.pool,
             call.principal.tenant_id,
             body.url,
@@ -68,7 +69,7 @@ async def create_webhook(call: Call) -> WebhookCreated:
             settings=call.state.settings,
             description=body.description,
         )
-    except webhooks.InvalidEndpoint as exc:
+    except InvalidEndpoint as exc:
         raise _invalid(exc) from None
     return WebhookCreated(**_model(endpoint).model_dump(), secret=secret)
 
@@ -76,8 +77,8 @@ async def create_webhook(call: Call) -> WebhookCreated:
 @API.route(
     "GET", "/webhooks", summary="List webhook endpoints", tag="Webhooks", response=Page[Webhook]
 )
-async def list_webhooks(call: Call) -> Page[Webhook]:
-    found = await webhooks.list_endpoints(call.pool, call.principal.tenant_id)
+async def list_webhooks(call: Call[None, None]) -> Page[Webhook]:
+    found = await endpoints.list_endpoints(call.pool, call.principal.tenant_id)
     return Page[Webhook](items=[_model(e) for e in found], has_more=False, next_cursor=None)
 
 
@@ -89,9 +90,9 @@ async def list_webhooks(call: Call) -> Page[Webhook]:
     response=Webhook,
     errors=(404,),
 )
-async def get_webhook(call: Call) -> Webhook:
+async def get_webhook(call: Call[None, None]) -> Webhook:
     endpoint_id = call.path_id("id", "Webhook")
-    endpoint = await webhooks.get_endpoint(call.pool, call.principal.tenant_id, endpoint_id)
+    endpoint = await endpoints.get_endpoint(call.pool, call.principal.tenant_id, endpoint_id)
     if endpoint is None:
         raise not_found("Webhook")
     return _model(endpoint)
@@ -106,12 +107,12 @@ async def get_webhook(call: Call) -> Webhook:
     response=Webhook,
     errors=(404,),
 )
-async def update_webhook(call: Call) -> Webhook:
-    body: WebhookUpdate = call.body
+async def update_webhook(call: Call[WebhookUpdate, None]) -> Webhook:
+    body = call.body
     endpoint_id = call.path_id("id", "Webhook")
     try:
         async with call.pool.acquire() as conn:
-            endpoint = await webhooks.update_endpoint(
+            endpoint = await endpoints.update_endpoint(
                 conn,
                 call.principal.tenant_id,
                 endpoint_id,
@@ -121,7 +122,7 @@ async def update_webhook(call: Call) -> Webhook:
                 description=body.description,
                 active=body.active,
             )
-    except webhooks.InvalidEndpoint as exc:
+    except InvalidEndpoint as exc:
         raise _invalid(exc) from None
     if endpoint is None:
         raise not_found("Webhook")
@@ -136,9 +137,9 @@ async def update_webhook(call: Call) -> Webhook:
     response=Deleted,
     errors=(404,),
 )
-async def delete_webhook(call: Call) -> Deleted:
+async def delete_webhook(call: Call[None, None]) -> Deleted:
     endpoint_id = call.path_id("id", "Webhook")
-    if not await webhooks.delete_endpoint(call.pool, call.principal.tenant_id, endpoint_id):
+    if not await endpoints.delete_endpoint(call.pool, call.principal.tenant_id, endpoint_id):
         raise not_found("Webhook")
     return Deleted(id=endpoint_id)
 
@@ -152,12 +153,12 @@ async def delete_webhook(call: Call) -> Deleted:
     response=Page[WebhookDelivery],
     errors=(404,),
 )
-async def list_webhook_deliveries(call: Call) -> Page[WebhookDelivery]:
-    query: ListQuery = call.query
+async def list_webhook_deliveries(call: Call[None, ListQuery]) -> Page[WebhookDelivery]:
+    query = call.query
     endpoint_id = call.path_id("id", "Webhook")
-    if await webhooks.get_endpoint(call.pool, call.principal.tenant_id, endpoint_id) is None:
+    if await endpoints.get_endpoint(call.pool, call.principal.tenant_id, endpoint_id) is None:
         raise not_found("Webhook")
-    rows = await webhooks.list_deliveries(
+    rows = await endpoints.list_deliveries(
         call.pool,
         call.principal.tenant_id,
         endpoint_id,
@@ -179,17 +180,15 @@ async def list_webhook_deliveries(call: Call) -> Page[WebhookDelivery]:
     response=WebhookTestResult,
     errors=(404,),
 )
-async def test_webhook(call: Call) -> WebhookTestResult:
+async def test_webhook(call: Call[None, None]) -> WebhookTestResult:
     endpoint_id = call.path_id("id", "Webhook")
     tenant = call.principal.tenant_id
-    endpoint = await webhooks.get_endpoint(call.pool, tenant, endpoint_id)
+    endpoint = await endpoints.get_endpoint(call.pool, tenant, endpoint_id)
     row = await call.pool.fetchrow(SQL["webhook_secrets"], tenant, endpoint_id)
     if endpoint is None or row is None:
         raise not_found("Webhook")
-    keys = server_keys(call.state.settings)
-    signing = [webhooks.unseal(row["secret_sealed"], keys)]
-    if row["previous_valid"] and row["previous_secret_sealed"] is not None:
-        signing.append(webhooks.unseal(row["previous_secret_sealed"], keys))
+    previous = row["previous_secret_sealed"] if row["previous_valid"] else None
+    signing = signing_secrets(row["secret_sealed"], previous, server_keys(call.state.settings))
     ping_id = "test_" + secrets.token_hex(12)
     now = datetime.now(UTC)
     body = orjson.dumps(
@@ -200,32 +199,22 @@ async def test_webhook(call: Call) -> WebhookTestResult:
             "data": {"webhook_id": endpoint_id, "message": "This is a test from PenguinMails."},
         }
     )
-    headers = webhooks.signature_headers(ping_id, int(now.timestamp()), body, signing)
-    headers["Content-Type"] = "application/json"
     allow_private = call.state.settings.webhooks.allow_private_targets
     started = time.monotonic()
-    status: int | None = None
-    error: str | None = None
-    try:
-        webhooks.check_url(endpoint.url, allow_private=allow_private)
-        async with client_session(
-            allow_private=allow_private, limit=1, timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT)
-        ) as session:
-            async with session.post(
-                endpoint.url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                status = response.status
-                await response.read()
-    except webhooks.UnsafeTarget as exc:
-        error = f"refused: {exc}"
-    except TimeoutError:
-        error = f"no answer within {PING_TIMEOUT:g}s"
-    except (aiohttp.ClientError, OSError) as exc:
-        error = str(exc) or type(exc).__name__
+    async with client_session(allow_private=allow_private, limit=1) as session:
+        answer = await post_signed(
+            session,
+            endpoint.url,
+            body,
+            webhook_id=ping_id,
+            secrets=signing,
+            allow_private=allow_private,
+            timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT),
+        )
     return WebhookTestResult(
-        delivered=status is not None and 200 <= status < 300,
-        status_code=status,
-        error=error,
+        delivered=answer.ok,
+        status_code=answer.status_code,
+        error=f"no answer within {PING_TIMEOUT:g}s" if answer.timed_out else answer.error,
         duration_ms=round((time.monotonic() - started) * 1000, 1),
         webhook_id=ping_id,
     )

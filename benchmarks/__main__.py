@@ -1,7 +1,8 @@
 """`python -m benchmarks NAME [options]`: run benchmarks/NAME.py's main() with the options.
 
 Each benchmark is its own module with a `main(argv) -> int`, so adding one needs no change
-here; `penguinmails bench NAME` can call the same.
+here. A development tool, not a `penguinmails` command: no shipped module imports benchmarks
+(an import-linter contract in pyproject.toml keeps it so).
 """
 
 from __future__ import annotations

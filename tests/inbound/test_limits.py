@@ -12,12 +12,12 @@ from pathlib import Path
 
 import aiosmtplib
 
-from mta.inbound import InboundServer
+from inbound.server import InboundServer
 from penguinmails.config import InboundSettings
-from tests.conftest import wait_for
-from tests.mta.inbound.conftest import FBL_ADDRESS, send
+from tests.helpers import wait_for
+from tests.inbound.conftest import FBL_ADDRESS, send
 
-CONFIGS = Path(__file__).parents[3] / "configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
 LIMIT_KEYS = ("max_sessions_per_client", "client_connection_rate", "client_rate_window")
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mta import mime
-from mta.classify import classify
-from mta.dsn import parse_report
+from inbound.classify import classify
+from inbound.dsn import parse_report
+from inbound.parse import parse
 from penguinmails.cli import build_parser, cmd_inbound
 
 
@@ -39,7 +39,7 @@ def test_a_base64_encoded_delivery_status_part_is_read() -> None:
         "UmVwb3J0aW5nLU1UQTogZG5zOyBteC5leGFtcGxlLmNvbQoKRmluYWwtUmVjaXBpZW50OiByZmM4\n"
         "MjI7IGFAYi5jb20KQWN0aW9uOiBmYWlsZWQKU3RhdHVzOiA1LjEuMQo=\n--B--\n",
     )
-    report = parse_report(mime.parse(raw))
+    report = parse_report(parse(raw))
     assert report is not None
     [block] = report.recipients
     assert (block.final_recipient, block.action, block.status) == ("a@b.com", "failed", "5.1.1")

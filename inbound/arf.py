@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from email.message import Message
 
-from mta import mime
+from inbound.parse import find_part, parse_fields, part_text, returned_headers
 
 # Feedback types that are not a complaint about us (RFC 5965 §7.3, RFC 6650).
 NOT_COMPLAINTS = frozenset({"not-spam"})
@@ -53,11 +53,11 @@ class Complaint:
 
 
 def parse(message: Message) -> Complaint | None:
-    part = mime.find_part(message, "message/feedback-report")
+    part = find_part(message, "message/feedback-report")
     if part is None:
         return None
     fields: dict[str, str] = {}
-    for block in mime.parse_fields(mime.part_text(part)):
+    for block in parse_fields(part_text(part)):
         for name, value in block.items():
             fields.setdefault(name, value)
     return Complaint(
@@ -70,5 +70,5 @@ def parse(message: Message) -> Complaint | None:
         reported_domain=fields.get("reported-domain", ""),
         reporting_mta=fields.get("reporting-mta", "").partition(";")[2].strip()
         or fields.get("reporting-mta", ""),
-        returned=mime.returned_headers(message),
+        returned=returned_headers(message),
     )

@@ -15,7 +15,7 @@ import html
 import re
 from email.message import Message
 
-from mta import mime
+from inbound.parse import address, angle_ids, body_text, header_text, parts
 
 _AUTO_HEADERS = (
     "X-Autoreply",
@@ -52,23 +52,23 @@ _TAG = re.compile(r"<[^>]*>")
 
 def auto_reply_reason(message: Message, mail_from: str) -> str | None:
     """Why `message` is an automatic reply, or None when it reads as a person's."""
-    auto_submitted = mime.header_text(message, "Auto-Submitted").lower()
+    auto_submitted = header_text(message, "Auto-Submitted").lower()
     if auto_submitted and auto_submitted.split(";")[0].strip() != "no":
         return f"Auto-Submitted: {auto_submitted}"
     for name in _AUTO_HEADERS:
         if message.get(name) is not None:
             return f"{name} header"
-    precedence = mime.header_text(message, "Precedence").lower()
+    precedence = header_text(message, "Precedence").lower()
     if precedence in _AUTO_PRECEDENCE:
         return f"Precedence: {precedence}"
-    if "autoresponder" in mime.header_text(message, "X-POST-MessageClass").lower():
+    if "autoresponder" in header_text(message, "X-POST-MessageClass").lower():
         return "X-POST-MessageClass: autoresponder"
     if mail_from == "":
         return "null envelope sender"
-    sender = mime.address(mime.header_text(message, "From"))
+    sender = address(header_text(message, "From"))
     if _MACHINE_LOCALS.match(sender.rpartition("@")[0].lower()):
         return f"sent from {sender.rpartition('@')[0].lower()}@"
-    subject = mime.header_text(message, "Subject")
+    subject = header_text(message, "Subject")
     if _AUTO_SUBJECT.match(subject):
         return f"out-of-office subject: {subject[:80]}"
     return None
@@ -77,14 +77,14 @@ def auto_reply_reason(message: Message, mail_from: str) -> str | None:
 def referenced_ids(message: Message) -> list[str]:
     """Message-IDs this message answers, the most direct first: In-Reply-To, then References
     from the newest back."""
-    ids = mime.angle_ids(mime.header_text(message, "In-Reply-To"))
-    ids += reversed(mime.angle_ids(mime.header_text(message, "References")))
+    ids = angle_ids(header_text(message, "In-Reply-To"))
+    ids += reversed(angle_ids(header_text(message, "References")))
     return list(dict.fromkeys(ids))[:20]
 
 
 def snippet(message: Message, limit: int = 500) -> str:
     """The new text of a reply: quoted lines and everything after the quote intro dropped."""
-    text = mime.body_text(message, 50_000)
+    text = body_text(message, 50_000)
     if "<" in text and ">" in text and not _is_plain(message):
         text = html.unescape(_TAG.sub(" ", text))
     lines: list[str] = []
@@ -98,4 +98,4 @@ def snippet(message: Message, limit: int = 500) -> str:
 
 
 def _is_plain(message: Message) -> bool:
-    return any(p.get_content_type() == "text/plain" for p in mime.parts(message))
+    return any(p.get_content_type() == "text/plain" for p in parts(message))

@@ -17,7 +17,7 @@ import aiosmtplib
 import asyncpg
 import pytest
 
-from mta.inbound import InboundServer
+from inbound.server import InboundServer
 from penguinmails.config import Settings
 from penguinmails.messages import Draft, enqueue, ensure_tenant
 from penguinmails.verp import Verp

@@ -19,7 +19,16 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
-from mta import mime
+from inbound.parse import (
+    address,
+    body_text,
+    find_part,
+    header_text,
+    inline_returned,
+    parse_fields,
+    part_text,
+    returned_headers,
+)
 
 ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 SMTP_CODE = re.compile(r"(?<![\d.#])([245][0-5]\d)(?=[ :-]|$)", re.MULTILINE)
@@ -111,10 +120,10 @@ def parse(message: Message, mail_from: str) -> Dsn | None:
 
 
 def parse_report(message: Message) -> Dsn | None:
-    part = mime.find_part(message, "message/delivery-status")
+    part = find_part(message, "message/delivery-status")
     if part is None:
         return None
-    blocks = mime.parse_fields(mime.part_text(part))
+    blocks = parse_fields(part_text(part))
     per_message: dict[str, str] = {}
     if blocks and not _is_recipient_block(blocks[0]):
         per_message = blocks.pop(0)
@@ -123,26 +132,26 @@ def parse_report(message: Message) -> Dsn | None:
         source="dsn",
         reporting_mta=_typed_value(per_message.get("reporting-mta", "")),
         recipients=recipients,
-        returned=mime.returned_headers(message),
+        returned=returned_headers(message),
     )
 
 
 def looks_like_bounce(message: Message, mail_from: str) -> bool:
-    sender = mime.address(mime.header_text(message, "From"))
+    sender = address(header_text(message, "From"))
     local = sender.rpartition("@")[0].lower()
-    display = mime.header_text(message, "From").lower()
+    display = header_text(message, "From").lower()
     from_daemon = local in _BOUNCE_LOCALS or "mail delivery" in display
     if not (mail_from == "" or from_daemon):
         return False
-    if _BOUNCE_SUBJECT.search(mime.header_text(message, "Subject")):
+    if _BOUNCE_SUBJECT.search(header_text(message, "Subject")):
         return True
-    explanation, _ = mime.inline_returned(mime.body_text(message, 20_000))
+    explanation, _ = inline_returned(body_text(message, 20_000))
     return from_daemon and _BOUNCE_BODY.search(explanation) is not None
 
 
 def parse_text(message: Message) -> Dsn:
-    explanation, inline = mime.inline_returned(mime.body_text(message))
-    returned = mime.returned_headers(message) or inline
+    explanation, inline = inline_returned(body_text(message))
+    returned = returned_headers(message) or inline
     enhanced = _first_enhanced(explanation)
     code_match = SMTP_CODE.search(explanation)
     code = int(code_match.group(1)) if code_match else None

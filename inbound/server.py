@@ -3,7 +3,7 @@
 Every message we send has a signed VERP return path (`b-<queue id>-<mac>@<bounce domain>`)
 and a mailto: unsubscribe address (`u-...`). What comes back to those addresses, or to any
 other address on a configured bounce domain (a feedback-loop address, a Reply-To), is read
-here (mta.classify) and recorded against the original message (mta/queries.sql, `inbound`).
+here (inbound.classify) and recorded against the original message (inbound/queries.sql).
 
 SMTP:
 - RCPT is accepted for the bounce domains only (any local part: FBL and reply addresses
@@ -36,7 +36,7 @@ falling back to Message-IDs. Unmatched mail is dropped the same way. Accepting r
 refusing tells a prober nothing and spares the remote a double bounce; either way nothing in
 the database changes.
 
-Decisions where the issue left room:
+Choices made here, and why:
 - A `failed` DSN moves the message from 'sent' to 'bounced' (it did not arrive; the status
   should say so), keeping sent_at; only a 5.x.x status suppresses. A `delayed` DSN is
   `email.deferred` with bounce_type soft, changes nothing else.
@@ -61,46 +61,21 @@ from typing import Any
 
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from mta.classify import Inbound, Verdict, classify, unsubscribe_verdict
+from inbound.classify import Inbound, Verdict, classify, unsubscribe_verdict
+from inbound.metrics import InboundMetrics
 from penguinmails.config import InboundSettings, Settings, split_hostport
 from penguinmails.database import DATABASE_ERRORS
 from penguinmails.queries import load
 from penguinmails.verp import Verp
 
-SQL = load("mta")
+SQL = load("inbound")
 log = logging.getLogger(__name__)
 
 MAX_RECIPIENTS = 100
 SESSION_TIMEOUT = 120.0  # seconds of silence before a session is dropped
 _SIGNED_SHAPE = re.compile(r"^[bu]-[0-9]+-", re.IGNORECASE)
 _DB_ERRORS = DATABASE_ERRORS
-
-
-class InboundMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.messages = Counter(
-            "penguinmails_inbound_messages",
-            "Inbound mail per envelope recipient, by classification (hard_bounce, soft_bounce, "
-            "delayed, complaint, reply, auto_reply, unsubscribe, ignored, unmatched, forged) "
-            "and result (recorded, duplicate, dropped).",
-            ["classification", "result"],
-            registry=r,
-        )
-        self.refused = Counter(
-            "penguinmails_inbound_refused",
-            "Refusals: relaying (RCPT outside the bounce domains), too many sessions "
-            "(sessions), too many sessions from one client (client_sessions), too many "
-            "connections from one client within the window (client_rate).",
-            ["reason"],
-            registry=r,
-        )
-        self.sessions = Gauge(
-            "penguinmails_inbound_sessions", "SMTP sessions open now.", registry=r
-        )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.mta.inbound.conftest import CORPUS, corpus, send, sent_message
+from tests.inbound.conftest import CORPUS, corpus, send, sent_message
 
 
 @dataclass(frozen=True)

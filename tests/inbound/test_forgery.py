@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.mta.inbound.conftest import (
+from tests.inbound.conftest import (
     BOUNCE_DOMAIN,
     FBL_ADDRESS,
     REPLY_ADDRESS,

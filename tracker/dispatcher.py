@@ -38,16 +38,11 @@ import orjson
 
 from penguinmails.config import Settings
 from penguinmails.database import DATABASE_ERRORS
-from penguinmails.outbound import client_session, refused
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
-from penguinmails.webhooks import (
-    InvalidEndpoint,
-    UnsafeTarget,
-    check_url,
-    signature_headers,
-    unseal,
-)
+from penguinmails.webhooks.guard import client_session
+from penguinmails.webhooks.post import post_signed
+from penguinmails.webhooks.signing import signing_secrets
 from tracker.metrics import TrackerMetrics
 
 log = logging.getLogger(__name__)
@@ -280,38 +275,31 @@ class Dispatcher:
 
     async def _attempt(self, row: Mapping[str, Any]) -> Attempt:
         assert self._session is not None
-        url = row["url"]
         try:
-            check_url(url, allow_private=self._allow_private)
-        except (UnsafeTarget, InvalidEndpoint) as exc:
-            return Attempt(ok=False, error=f"refused: {exc}")
-        try:
-            secrets = [unseal(row["secret_sealed"], self._keys)]
-            if row["previous_secret_sealed"] is not None:
-                secrets.append(unseal(row["previous_secret_sealed"], self._keys))
+            secrets = signing_secrets(
+                row["secret_sealed"], row["previous_secret_sealed"], self._keys
+            )
         except ValueError as exc:
             return Attempt(ok=False, error=f"cannot sign: {exc}")
-        body = payload(row)
-        headers = signature_headers(f"msg_{row['id']}", int(time.time()), body, secrets)
-        headers["Content-Type"] = "application/json"
-        try:
-            async with self._session.post(
-                url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout
-            ) as response:
-                excerpt = await response.content.read(200)
-                code = response.status
-        except TimeoutError:
-            return Attempt(ok=False, error="timed out")
-        except aiohttp.ClientError as exc:
-            reason = str(exc) or type(exc).__name__
-            return Attempt(ok=False, error=("refused: " if refused(exc) else "") + reason)
-        if 200 <= code < 300:
+        answer = await post_signed(
+            self._session,
+            row["url"],
+            payload(row),
+            webhook_id=f"msg_{row['id']}",
+            secrets=secrets,
+            allow_private=self._allow_private,
+            timeout=self._timeout,
+        )
+        code = answer.status_code
+        if code is None:
+            return Attempt(ok=False, error=answer.error)
+        if answer.ok:
             return Attempt(ok=True, status_code=code)
         error = f"HTTP {code}"
         if 300 <= code < 400:
             error += " (redirects are not followed)"
-        if excerpt:
-            error += ": " + excerpt.decode("utf-8", "replace").strip()
+        if answer.excerpt:
+            error += ": " + answer.excerpt.decode("utf-8", "replace").strip()
         return Attempt(ok=False, status_code=code, error=error, gone=code == 410)
 
     async def _finish(self, row: Mapping[str, Any], attempt: Attempt) -> None:

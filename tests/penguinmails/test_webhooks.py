@@ -5,30 +5,44 @@ from __future__ import annotations
 import base64
 import ipaddress
 import time
+from collections.abc import Callable
 
+import asyncpg
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from penguinmails import webhooks
+from penguinmails.config import Settings
 from penguinmails.messages import ensure_tenant
-from penguinmails.webhooks import (
-    InvalidEndpoint,
-    UnsafeTarget,
-    check_url,
+from penguinmails.webhooks import InvalidEndpoint
+from penguinmails.webhooks.endpoints import (
+    EVENT_TYPES,
+    check_events,
     create_endpoint,
     delete_endpoint,
-    forbidden_reason,
-    generate_secret,
     get_endpoint,
     list_endpoints,
-    resolve_checked,
     rotate_secret,
-    seal,
-    signature_headers,
-    unseal,
     update_endpoint,
+)
+from penguinmails.webhooks.guard import (
+    UnsafeTarget,
+    check_url,
+    forbidden_reason,
+    resolve_checked,
     validate_url,
 )
+from penguinmails.webhooks.signing import generate_secret, seal, signature_headers, unseal
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(webhooks={"allow_private_targets": True})
+
+
+@pytest.fixture
+async def tenant(pool: asyncpg.Pool) -> int:
+    return await ensure_tenant(pool, "acme")
+
 
 REFUSED_URLS = [
     "http://127.0.0.1/hook",
@@ -162,8 +176,8 @@ async def test_endpoint_lifecycle_is_scoped_to_the_tenant(pool, settings, tenant
     )
     assert secret.startswith("whsec_")
     assert endpoint.events == ["email.opened", "email.*"]
-    assert endpoint.active and endpoint.tenant_id == tenant
-    assert "secret" not in endpoint.to_dict()
+    assert endpoint.active
+    assert "secret" not in endpoint.model_dump()
     stored = await pool.fetchval("SELECT secret_sealed FROM webhooks WHERE id = $1", endpoint.id)
     assert secret.encode() not in stored
     assert unseal(stored, [b"test-key-one"]) == secret
@@ -178,13 +192,30 @@ async def test_endpoint_lifecycle_is_scoped_to_the_tenant(pool, settings, tenant
     )
     assert given_secret == "my-own-secret-1234" and given.events == []
 
+    # One event waiting in the outbox for each of the two endpoints.
+    await pool.execute("INSERT INTO events (tenant_id, type) VALUES ($1, 'email.opened')", tenant)
+    outbox = "SELECT webhook_id, status, last_error FROM webhook_deliveries ORDER BY webhook_id"
     async with pool.acquire() as conn:
         updated = await update_endpoint(
             conn, tenant, endpoint.id, settings=settings, events=["*"], active=False
         )
         assert updated is not None and updated.events == ["*"] and not updated.active
+        # Switched off by its owner: its backlog is cancelled, the other endpoint's is not.
+        assert [tuple(r) for r in await conn.fetch(outbox)] == [
+            (endpoint.id, "cancelled", "endpoint disabled"),
+            (given.id, "pending", None),
+        ]
+        # Re-activating clears a failure record (as the dispatcher leaves one when it disables
+        # a failing endpoint); the cancelled backlog stays cancelled.
+        await conn.execute(
+            "UPDATE webhooks SET failing_since = now(), disabled_at = now(),"
+            " disabled_reason = 'every attempt failed' WHERE id = $1",
+            endpoint.id,
+        )
         again = await update_endpoint(conn, tenant, endpoint.id, settings=settings, active=True)
-        assert again is not None and again.active and again.disabled_at is None
+        assert again is not None and again.active
+        assert (again.failing_since, again.disabled_at, again.disabled_reason) == (None, None, None)
+        assert (await conn.fetch(outbox))[0]["status"] == "cancelled"
         assert await update_endpoint(conn, other, endpoint.id, settings=settings) is None
 
     rotated = await rotate_secret(pool, tenant, endpoint.id, settings=settings)
@@ -224,4 +255,4 @@ async def test_bad_events_and_secrets_are_invalid(pool, settings, tenant, events
 
 
 def test_every_known_event_type_is_a_valid_subscription():
-    assert webhooks.check_events(list(webhooks.EVENT_TYPES)) == list(webhooks.EVENT_TYPES)
+    assert check_events(list(EVENT_TYPES)) == list(EVENT_TYPES)

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from penguinmails.messages import Draft, enqueue, ensure_tenant
-from tests.conftest import wait_for
-from tests.mta.inbound.conftest import SentMessage, corpus, send
+from tests.helpers import wait_for
+from tests.inbound.conftest import SentMessage, corpus, send
 
 
 async def _status(pool, queue_id: int) -> str:

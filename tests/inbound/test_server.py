@@ -10,11 +10,11 @@ import aiosmtplib
 import pytest
 import trustme
 
-from mta.inbound import InboundServer
+from inbound.server import InboundServer
 from penguinmails.database import create_pool
 from penguinmails.verp import Verp
-from tests.conftest import wait_for
-from tests.mta.inbound.conftest import (
+from tests.helpers import wait_for
+from tests.inbound.conftest import (
     FBL_ADDRESS,
     REPLY_ADDRESS,
     corpus,
@@ -186,7 +186,7 @@ async def test_a_forged_unsubscribe_address_changes_nothing(pool, inbound_settin
 async def test_unmatched_mail_is_dropped_with_nothing_changed(
     pool, inbound_settings, start_inbound, caplog
 ):
-    caplog.set_level(logging.INFO, logger="mta.inbound")
+    caplog.set_level(logging.INFO, logger="inbound.server")
     settings = inbound_settings()
     server = await start_inbound(settings)
     original = await sent_message(pool, settings)

@@ -5,7 +5,7 @@ original (addresses that may be our signed return path, Message-IDs it refers to
 the original's recipient, what to record (`verdict_for`). Reports are recognised first: a DSN
 or an ARF report carries Auto-Submitted too, and must not be taken for an auto-reply.
 
-Event choices (documented in mta/inbound.py's docstring too):
+Event choices (documented in inbound/server.py's docstring too):
 - `failed` DSN -> `email.bounced` with bounce_type hard (5.x.x) or soft (4.x.x); the message
   becomes 'bounced' (it was 'sent': the receiving MX took it, then gave it back).
 - `delayed` DSN -> `email.deferred` with bounce_type soft: the remote MTA is still trying, so
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, replace
 from email.message import Message
 from typing import Any
 
-from mta import arf, dsn, mime, replies
+from inbound import arf, dsn, replies
+from inbound.parse import address, addresses, angle_ids, header_text, parse
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +137,15 @@ def classify(raw: bytes, mail_from: str) -> Inbound:
     digest = hashlib.sha256(raw).digest()
     try:
         # NUL has no place in mail (RFC 5322) nor in a Postgres text value: read past it.
-        return _classify(mime.parse(raw.replace(b"\0", b"")), mail_from, digest)
+        return _classify(parse(raw.replace(b"\0", b"")), mail_from, digest)
     except Exception:  # a parser bug must not cost us the envelope or crash the session
         log.exception("inbound message could not be parsed", extra={"action": "inbound_parse"})
         return Inbound("unparseable", digest, "")
 
 
 def _classify(message: Message, mail_from: str, digest: bytes) -> Inbound:
-    own_id = (mime.angle_ids(mime.header_text(message, "Message-ID")) or [""])[0][:500]
-    aliases = tuple(
-        mime.addresses(message, "X-Original-To") + mime.addresses(message, "Delivered-To")
-    )
+    own_id = (angle_ids(header_text(message, "Message-ID")) or [""])[0][:500]
+    aliases = tuple(addresses(message, "X-Original-To") + addresses(message, "Delivered-To"))
     common: dict[str, Any] = {"sha256": digest, "header_message_id": own_id, "aliases": aliases}
     report: dsn.Dsn | arf.Complaint | None = arf.parse(message)
     if report is None:
@@ -164,8 +163,8 @@ def _classify(message: Message, mail_from: str, digest: bytes) -> Inbound:
             **common,
         )
     summary = {
-        "from": mime.address(mime.header_text(message, "From"))[:320],
-        "subject": mime.header_text(message, "Subject")[:300],
+        "from": address(header_text(message, "From"))[:320],
+        "subject": header_text(message, "Subject")[:300],
         "message_id": own_id or None,
     }
     ids = tuple(replies.referenced_ids(message))
@@ -194,16 +193,16 @@ def _classify(message: Message, mail_from: str, digest: bytes) -> Inbound:
 def _returned_addresses(returned: Message | None) -> tuple[str, ...]:
     if returned is None:
         return ()
-    found = mime.addresses(returned, "Return-Path")
-    unsubscribe = mime.header_text(returned, "List-Unsubscribe")
-    found += [a[len("mailto:") :] for a in mime.angle_ids(unsubscribe) if a.startswith("mailto:")]
+    found = addresses(returned, "Return-Path")
+    unsubscribe = header_text(returned, "List-Unsubscribe")
+    found += [a[len("mailto:") :] for a in angle_ids(unsubscribe) if a.startswith("mailto:")]
     return tuple(a.partition("?")[0] for a in found)
 
 
 def _returned_ids(returned: Message | None) -> list[str]:
     if returned is None:
         return []
-    return mime.angle_ids(mime.header_text(returned, "Message-ID"))[:1]
+    return angle_ids(header_text(returned, "Message-ID"))[:1]
 
 
 def _dsn_verdict(report: dsn.Dsn, recipient: str) -> Verdict:

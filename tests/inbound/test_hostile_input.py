@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from tests.mta.inbound.conftest import REPLY_ADDRESS, send, sent_message
+from tests.inbound.conftest import REPLY_ADDRESS, send, sent_message
 
 
 def _reply(message_id: str, in_reply_to: str, subject: str = "Re: Hello") -> bytes:

@@ -1,0 +1,75 @@
+-- Bounces, complaints, replies and mailed unsubscribes received by `penguinmails inbound`
+-- (inbound/server.py). Volumes are small next to sending; each statement is one transaction.
+
+-- name: inbound_message
+-- The original a signed VERP address names. Primary-key probe.
+SELECT id, tenant_id, recipient, status FROM messages WHERE id = $1;
+
+-- name: inbound_message_by_header_id
+-- The original found by a Message-ID quoted in a report or a reply (no brackets), when no
+-- signed address is at hand: weak evidence (every reader of the thread has seen it), so a
+-- report found this way is only noted, never acted on. $1 lists candidates, most direct
+-- first; served by the unique index on messages.message_id.
+SELECT id, tenant_id, recipient, status FROM messages
+WHERE message_id = ANY($1::text[])
+ORDER BY array_position($1::text[], message_id)
+LIMIT 1;
+
+-- name: inbound_record
+-- Everything one inbound mail changes for one original, in one statement and so one
+-- transaction: the log row (whose unique (message_id, dedupe_key) makes a second delivery of
+-- the same report a no-op for everything below it), the event (webhooks and the campaign
+-- rollup follow by trigger), the suppression of the original's stored recipient (never an
+-- address the report names: a report cannot suppress someone we did not mail), and for a
+-- failed DSN the move from 'sent' to 'bounced'. $11 (first_only) writes the event only for
+-- the first of its type for the message, as the tracker does for unsubscribes; otherwise
+-- is_unique still marks the first.
+WITH m AS (
+    SELECT id, tenant_id, campaign_id, recipient, status FROM messages WHERE id = $1
+), logged AS (
+    INSERT INTO inbound_messages (message_id, tenant_id, classification, dedupe_key, reason,
+                                  matched_by, mail_from, rcpt_to, header_message_id, sha256,
+                                  detail)
+    SELECT id, tenant_id, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10::jsonb, '{}')
+    FROM m
+    ON CONFLICT (message_id, dedupe_key) DO NOTHING
+    RETURNING id, message_id
+), first_time AS (
+    INSERT INTO engagement_firsts (message_id, type)
+    SELECT message_id, $12 FROM logged WHERE $12::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING message_id
+), recorded AS (
+    INSERT INTO events (tenant_id, message_id, campaign_id, type, data, is_unique)
+    SELECT m.tenant_id, m.id, m.campaign_id, $12,
+           coalesce($10::jsonb, '{}') || jsonb_build_object('inbound_id', logged.id)
+           -- A bounce of a message the receiver had accepted: analytics must stop counting
+           -- it as delivered (the campaign rollup reads this flag).
+           || CASE WHEN $12 = 'email.bounced'
+                   THEN jsonb_build_object('after_delivery', m.status = 'sent')
+                   ELSE '{}'::jsonb END,
+           EXISTS (SELECT 1 FROM first_time)
+    FROM m JOIN logged ON logged.message_id = m.id
+    WHERE $12::text IS NOT NULL AND (NOT $11::bool OR EXISTS (SELECT 1 FROM first_time))
+    RETURNING id
+), suppressed AS (
+    INSERT INTO suppressions (tenant_id, email, reason, detail)
+    SELECT m.tenant_id, lower(m.recipient), $13, $14
+    FROM m JOIN logged ON logged.message_id = m.id
+    WHERE $13::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING email
+), bounced AS (
+    UPDATE messages
+    SET status = 'bounced',
+        enhanced_status = coalesce($16, enhanced_status),
+        last_reply_code = coalesce($17, last_reply_code),
+        last_reply = coalesce($18, last_reply),
+        updated_at = now()
+    WHERE id IN (SELECT message_id FROM logged) AND $15::bool AND status = 'sent'
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM logged) AS logged,
+       (SELECT count(*) FROM recorded) AS events,
+       (SELECT count(*) FROM suppressed) AS suppressed,
+       (SELECT count(*) FROM bounced) AS bounced;

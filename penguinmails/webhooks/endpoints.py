@@ -1,0 +1,189 @@
+"""Webhook endpoints as their owners manage them: stored with a sealed secret, their URL
+passed by the address guard, their subscriptions checked. The API's webhook routes sit on
+these functions; the tracker's dispatcher reads the same rows (with their secrets) in its own
+claim query.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict
+
+from penguinmails.config import Settings
+from penguinmails.queries import load
+from penguinmails.secrets import server_keys
+from penguinmails.webhooks import InvalidEndpoint
+from penguinmails.webhooks.guard import validate_url
+from penguinmails.webhooks.signing import check_secret, generate_secret, seal
+
+SQL = load("penguinmails.webhooks")
+
+# Every event type the system records today; subscriptions may also name future types, a
+# prefix pattern such as "email.*", or "*" for everything.
+EVENT_TYPES = (
+    "email.sent",
+    "email.delivered",
+    "email.deferred",
+    "email.bounced",
+    "email.suppressed",
+    "email.failed",
+    "email.opened",
+    "email.clicked",
+    "email.unsubscribed",
+    "email.complained",
+    "campaign.completed",
+    "webhook.disabled",
+)
+_EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
+ROTATION_OVERLAP_SECONDS = 24 * 3600.0
+
+
+class Endpoint(BaseModel):
+    """An endpoint as shown to its owner: everything but the secret, and no tenant (every
+    lookup is made for one). The API's `Webhook` response model is this class with the
+    response's `livemode`, so the fields are listed here only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    url: str
+    description: str
+    events: list[str]
+    active: bool
+    failing_since: datetime | None
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Endpoint:
+        return cls(**{name: row[name] for name in cls.model_fields})
+
+
+def check_events(events: Sequence[str] | None) -> list[str]:
+    """Subscribed event types, deduplicated in order; empty means every event."""
+    if events is None:
+        return []
+    if isinstance(events, str) or len(events) > 64:
+        raise InvalidEndpoint("events", "must be a list of at most 64 event types")
+    out: list[str] = []
+    for i, name in enumerate(events):
+        if not isinstance(name, str) or not _EVENT_PATTERN.match(name):
+            raise InvalidEndpoint(f"events[{i}]", "must be an event type such as email.opened")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
+
+
+async def create_endpoint(
+    conn: Conn,
+    tenant_id: int,
+    url: str,
+    events: Sequence[str] | None = None,
+    secret: str | None = None,
+    *,
+    settings: Settings,
+    description: str = "",
+) -> tuple[Endpoint, str]:
+    """Store a new endpoint; returns it and its secret, which is shown this once."""
+    checked_url = await validate_url(url, allow_private=settings.webhooks.allow_private_targets)
+    subscribed = check_events(events)
+    secret = generate_secret() if secret is None else check_secret(secret)
+    if len(description) > 500:
+        raise InvalidEndpoint("description", "must be at most 500 characters")
+    row = await conn.fetchrow(
+        SQL["insert_endpoint"],
+        tenant_id,
+        checked_url,
+        description,
+        subscribed,
+        seal(secret, server_keys(settings)),
+    )
+    assert row is not None
+    return Endpoint.from_row(row), secret
+
+
+async def list_endpoints(conn: Conn, tenant_id: int) -> list[Endpoint]:
+    return [Endpoint.from_row(r) for r in await conn.fetch(SQL["list_endpoints"], tenant_id)]
+
+
+async def get_endpoint(conn: Conn, tenant_id: int, endpoint_id: int) -> Endpoint | None:
+    row = await conn.fetchrow(SQL["get_endpoint"], tenant_id, endpoint_id)
+    return Endpoint.from_row(row) if row else None
+
+
+async def update_endpoint(
+    conn: asyncpg.Connection,
+    tenant_id: int,
+    endpoint_id: int,
+    *,
+    settings: Settings,
+    url: str | None = None,
+    events: Sequence[str] | None = None,
+    description: str | None = None,
+    active: bool | None = None,
+) -> Endpoint | None:
+    """Change what is given (None keeps a field); None when there is no such endpoint.
+
+    Deactivating cancels the endpoint's pending deliveries in the same transaction;
+    re-activating clears its failure record.
+    """
+    if url is not None:
+        url = await validate_url(url, allow_private=settings.webhooks.allow_private_targets)
+    subscribed = None if events is None else check_events(events)
+    if description is not None and len(description) > 500:
+        raise InvalidEndpoint("description", "must be at most 500 characters")
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            SQL["update_endpoint"], tenant_id, endpoint_id, url, subscribed, description, active
+        )
+        if row is not None and active is False:
+            await conn.execute(SQL["cancel_pending_deliveries"], endpoint_id, "endpoint disabled")
+    return Endpoint.from_row(row) if row else None
+
+
+async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: int) -> bool:
+    """Delete an endpoint and its outbox rows; False when there was no such endpoint."""
+    return await conn.fetchval(SQL["delete_endpoint"], tenant_id, endpoint_id) is not None
+
+
+async def rotate_secret(
+    conn: Conn,
+    tenant_id: int,
+    endpoint_id: int,
+    *,
+    settings: Settings,
+    secret: str | None = None,
+    overlap_seconds: float = ROTATION_OVERLAP_SECONDS,
+) -> str | None:
+    """Give an endpoint a new secret (returned, shown once); None when there is no such endpoint.
+
+    For `overlap_seconds` requests carry a signature under the old secret too, so a receiver
+    can deploy the new one without rejecting anything in between.
+    """
+    secret = generate_secret() if secret is None else check_secret(secret)
+    found = await conn.fetchval(
+        SQL["rotate_secret"],
+        tenant_id,
+        endpoint_id,
+        seal(secret, server_keys(settings)),
+        overlap_seconds,
+    )
+    return secret if found is not None else None
+
+
+async def list_deliveries(
+    conn: Conn, tenant_id: int, endpoint_id: int, *, limit: int = 50, before: int | None = None
+) -> list[dict[str, Any]]:
+    """Recent deliveries of an endpoint, newest first; `before` pages on by delivery id."""
+    rows = await conn.fetch(SQL["list_deliveries"], tenant_id, endpoint_id, before, limit)
+    return [dict(r) for r in rows]
