@@ -27,7 +27,7 @@ from benchmarks.report import Table, machine, write_json
 from mta import dkim
 from mta.compose import compose, render_signed
 from penguinmails.links import Links
-from penguinmails.tokens import TokenSigner
+from penguinmails.tokens import LinkSigner
 from penguinmails.verp import Verp
 
 DOMAIN = "acme.test"
@@ -104,7 +104,7 @@ def rate(fn: Callable[[T], object], items: list[T], seconds: float) -> float:
 
 
 def measure(label: str, html_body: str, seconds: float, count: int, rounds: int) -> dict[str, Any]:
-    links = Links(TokenSigner(KEYS), "https://track.acme.test")
+    links = Links(LinkSigner(KEYS), "https://track.acme.test")
     verp = Verp(KEYS, "bounces.acme.test")
     rsa_der, rsa_public = dkim.generate(dkim.RSA)
     ed_der, ed_public = dkim.generate(dkim.ED25519)

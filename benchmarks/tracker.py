@@ -31,8 +31,8 @@ from penguinmails.links import Links
 from penguinmails.messages import Draft, enqueue, ensure_tenant
 from penguinmails.migrations import migrate
 from penguinmails.secrets import server_keys
-from penguinmails.tokens import TokenSigner
-from penguinmails.webhooks import create_endpoint
+from penguinmails.tokens import LinkSigner
+from penguinmails.webhooks.endpoints import create_endpoint
 from tracker.server import Tracker
 
 _WRK_SCRIPT = """
@@ -87,7 +87,7 @@ async def _pixels(pool: asyncpg.Pool, settings: Settings, count: int) -> list[st
         " WHERE id = ANY($1)",
         ids,
     )
-    links = Links(TokenSigner(server_keys(settings)), "")
+    links = Links(LinkSigner(server_keys(settings)), "")
     return [links.open_url(i) for i in ids]
 
 

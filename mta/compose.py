@@ -10,10 +10,11 @@ handed to the DKIM signer is exactly what is sent. Bodies are CRLF-only, so no b
 CR (and no `<LF>.<LF>`) reaches the wire; dot-stuffing stays the transport's job. What is
 produced is held to the standard library's parser (no defects) and to dkimpy's verifier.
 
+The parts live beside this module: header encoding in mta.headers, open and click
+tracking in mta.tracking (opt-in: the send's settings must ask for it), the text part of
+an html-only send in mta.html_text. This module puts them together.
+
 Choices:
-- Tracking is opt-in: the row's `settings` must say `track_opens` / `track_clicks` true.
-  Cold mail lands better without pixels and rewritten links, and the issue asks for
-  tracking "when the send's settings ask for it"; the API writes its defaults explicitly.
 - List-Unsubscribe (one-click https plus mailto) is on every message: bulk senders must.
 - A From domain without a sending_domains row (or owned by another tenant) is sent
   unsigned, with one WARNING per domain: mail from a domain nobody has set up yet should
@@ -22,39 +23,37 @@ Choices:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import html
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from functools import lru_cache
 from typing import Any
 
 import asyncpg
 
 from mta import dkim
 from mta.domains import KeyCache
+from mta.headers import HeaderError, fold, format_address, header_value
+from mta.html_text import derived_text
+from mta.tracking import add_pixel, rewrite_links, tracking_requested
 from penguinmails import template
 from penguinmails.config import Settings
 from penguinmails.links import Links
 from penguinmails.messages import InvalidMessage, address_domain, owned_header
 from penguinmails.secrets import server_keys
-from penguinmails.tokens import TokenSigner
+from penguinmails.tokens import LinkSigner
 from penguinmails.verp import Verp
 
 log = logging.getLogger(__name__)
 
 FEEDBACK_SENDER = "penguinmails"
-_LINE = 78  # RFC 5322's SHOULD; 998 is the MUST
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_PHRASE_ATOMS = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+$")
 _MESSAGE_ID = re.compile(r"^[!-;=?-~]+@[!-;=?-~]+$")
 
 
@@ -88,7 +87,7 @@ class Composer:
     def __init__(self, pool: asyncpg.Pool, settings: Settings, *, key_ttl: float = 60.0) -> None:
         keys = server_keys(settings)
         self.keys = KeyCache(pool, settings, ttl=key_ttl)
-        self.links = Links(TokenSigner(keys), settings.tracker.base_url)
+        self.links = Links(LinkSigner(keys), settings.tracker.base_url)
         self.verp = Verp(keys, settings.mta.bounce_domain)
         self._unsigned_warned: set[tuple[str, int]] = set()
 
@@ -139,12 +138,6 @@ def render_signed(
     return verp.encode(row["id"]), message.to_bytes(signatures)
 
 
-def tracking(settings: Mapping[str, Any] | None) -> tuple[bool, bool]:
-    """(opens, clicks): on only when the send asked for it (see the module docstring)."""
-    settings = settings or {}
-    return settings.get("track_opens") is True, settings.get("track_clicks") is True
-
-
 def compose(
     row: Mapping[str, Any], *, links: Links, verp: Verp, now: datetime | None = None
 ) -> Composed:
@@ -153,6 +146,8 @@ def compose(
         return _compose(row, links=links, verp=verp, now=now)
     except UnicodeError as exc:  # a lone surrogate, say: no bytes can carry it
         raise ComposeError(f"text that cannot be encoded: {exc}") from None
+    except HeaderError as exc:
+        raise ComposeError(str(exc)) from None
 
 
 def _compose(row: Mapping[str, Any], *, links: Links, verp: Verp, now: datetime | None) -> Composed:
@@ -162,21 +157,23 @@ def _compose(row: Mapping[str, Any], *, links: Links, verp: Verp, now: datetime 
         address_domain(row["recipient"], "recipient")
     except InvalidMessage as exc:
         raise ComposeError(str(exc)) from None
-    message_id = row["message_id"] or ""
-    if not _MESSAGE_ID.match(message_id):
-        raise ComposeError(f"not a Message-ID: {message_id!r}")
+    rfc_message_id = row["message_id"] or ""
+    if not _MESSAGE_ID.match(rfc_message_id):
+        raise ComposeError(f"not a Message-ID: {rfc_message_id!r}")
 
     unsubscribe_url = links.unsubscribe_url(queue_id)
     values: dict[str, Any] = dict(row["personalization"] or {})
     values["email"] = row["recipient"]
     values["unsubscribe_url"] = unsubscribe_url
     try:
-        subject = _render(row["subject"] or "", values, message_id)
+        subject = _render(row["subject"] or "", values, rfc_message_id)
         text = (
-            _render(row["text_body"], values, message_id) if row["text_body"] is not None else None
+            _render(row["text_body"], values, rfc_message_id)
+            if row["text_body"] is not None
+            else None
         )
         page = (
-            _render(row["html_body"], values, message_id, escape=html.escape)
+            _render(row["html_body"], values, rfc_message_id, escape=html.escape)
             if row["html_body"] is not None
             else None
         )
@@ -187,8 +184,8 @@ def _compose(row: Mapping[str, Any], *, links: Links, verp: Verp, now: datetime 
 
     if page is not None:
         if text is None:
-            text = _derived_text(row["html_body"], page, values, message_id)
-        track_opens, track_clicks = tracking(row["settings"])
+            text = derived_text(row["html_body"], page, values, rfc_message_id)
+        track_opens, track_clicks = tracking_requested(row["settings"])
         if track_clicks:
             page = rewrite_links(
                 page, lambda i, url: links.click_url(queue_id, i, url), keep={unsubscribe_url}
@@ -197,14 +194,14 @@ def _compose(row: Mapping[str, Any], *, links: Links, verp: Verp, now: datetime 
             page = add_pixel(page, links.open_url(queue_id))
 
     headers: list[tuple[str, str]] = [
-        ("From", _fold("From", format_address(row["from_name"] or "", row["from_email"]))),
+        ("From", fold("From", format_address(row["from_name"] or "", row["from_email"]))),
         ("To", row["recipient"]),
         ("Subject", header_value("Subject", subject)),
         ("Date", format_datetime(now or datetime.now(UTC))),
-        ("Message-ID", f"<{message_id}>"),
+        ("Message-ID", f"<{rfc_message_id}>"),
         ("MIME-Version", "1.0"),
     ]
-    boundary = "=_pm_" + hashlib.blake2b(message_id.encode(), digest_size=12).hexdigest()
+    boundary = "=_pm_" + hashlib.blake2b(rfc_message_id.encode(), digest_size=12).hexdigest()
     body = _mime_body(text, page, boundary, headers)
     headers += [
         (
@@ -227,28 +224,6 @@ def _render(
     escape: Callable[[str], str] | None = None,
 ) -> str:
     return template.compile(source).render(values, seed=seed, escape=escape)
-
-
-def _derived_text(source: str, page: str, values: Mapping[str, Any], seed: str) -> str:
-    """The text part of an html-only send: from a text template derived from the html
-    template once per campaign (values then go in unescaped, spintax picks as in the html),
-    or, when that derivation is not itself a valid template, from this rendered page.
-    """
-    derived = _text_template(source)
-    if derived is None:
-        return html_to_text(page)
-    try:
-        return derived.render(values, seed=seed)
-    except template.TemplateError:
-        return html_to_text(page)
-
-
-@lru_cache(maxsize=512)
-def _text_template(html_source: str) -> template.Template | None:
-    try:
-        return template.Template(html_to_text(html_source))
-    except template.TemplateError:
-        return None
 
 
 def _feedback_id(row: Mapping[str, Any]) -> str:
@@ -313,198 +288,3 @@ def encode_body(text: str) -> tuple[str, bytes]:
             return "7bit", raw.replace(b"\n", b"\r\n")
     encoded = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
     return "quoted-printable", encoded.replace(b"\n", b"\r\n")
-
-
-# -- headers --------------------------------------------------------------------------------
-
-
-def header_value(name: str, value: str) -> str:
-    """A header value ready for the wire: folded ASCII, or RFC 2047 encoded words."""
-    if _CONTROL.search(value.replace("\t", " ")):
-        raise ComposeError(f"{name}: control characters are not allowed")
-    if value.isascii():
-        folded = _fold(name, value)
-        if max(len(line) for line in folded.split("\r\n")) <= 998 - len(name) - 2:
-            return folded
-    return "\r\n ".join(encoded_words(value))
-
-
-def format_address(name: str, address: str) -> str:
-    """`Display Name <addr>`: atoms as they are, else a quoted string, else encoded words."""
-    if not name:
-        return address
-    if _CONTROL.search(name.replace("\t", " ")):
-        raise ComposeError("from_name: control characters are not allowed")
-    if not name.isascii():
-        phrase = " ".join(encoded_words(name))
-    elif _PHRASE_ATOMS.match(name) and name == name.strip() and "  " not in name:
-        phrase = name
-    else:
-        phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{phrase} <{address}>"
-
-
-def encoded_words(value: str) -> list[str]:
-    """`=?utf-8?b?...?=` words of at most 75 characters, never splitting a character."""
-    words: list[str] = []
-    chunk: list[str] = []
-    size = 0
-    for ch in value:
-        n = len(ch.encode("utf-8"))
-        if size + n > 45:  # 45 bytes -> 60 base64 characters + 12 of framing
-            words.append("".join(chunk))
-            chunk, size = [], 0
-        chunk.append(ch)
-        size += n
-    if chunk or not words:
-        words.append("".join(chunk))
-    return [f"=?utf-8?b?{base64.b64encode(w.encode('utf-8')).decode('ascii')}?=" for w in words]
-
-
-def _fold(name: str, value: str) -> str:
-    """Fold at spaces so lines stay near 78 characters; unfolding gives back `value`."""
-    if len(name) + 2 + len(value) <= _LINE:
-        return value
-    lines: list[str] = []
-    words = value.split(" ")
-    current = words[0]
-    room = _LINE - len(name) - 2
-    for word in words[1:]:
-        if len(current) + 1 + len(word) > room and word and current.strip(" \t"):
-            lines.append(current)
-            current = word
-            room = _LINE - 1
-        else:
-            current += " " + word
-    lines.append(current)
-    return "\r\n ".join(lines)
-
-
-# -- tracking and the derived text part -----------------------------------------------------
-
-_A_TAG = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
-_HREF = re.compile(
-    r"""(?<![\w-])(href\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'<>`]+))""", re.IGNORECASE
-)
-_NOTRACK = re.compile(r"(?<![\w-])data-pm-notrack(?![\w-])", re.IGNORECASE)
-_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
-
-
-def rewrite_links(
-    page: str, click_url: Callable[[int, str], str], *, keep: Set[str] = frozenset()
-) -> str:
-    """Every http(s) link through the tracker; `click_url(index, url)` makes the new URL.
-
-    The index counts rewritten links from 0 in document order. Links marked
-    `data-pm-notrack`, mailto: and other schemes, and the URLs in `keep` (the message's own
-    unsubscribe link: a click redirect in front of it would only slow it down) are left
-    as they are.
-    """
-    index = 0
-
-    def tag(match: re.Match[str]) -> str:
-        nonlocal index
-        parsed = _trackable(match.group(0))
-        if parsed is None or parsed[1] in keep:
-            return match.group(0)
-        before, url, after = parsed
-        new = click_url(index, url)
-        index += 1
-        if "&" in new or '"' in new:  # only a strange tracker base_url would need it
-            new = html.escape(new)
-        return f'{before}"{new}"{after}'
-
-    return _A_TAG.sub(tag, page)
-
-
-@lru_cache(maxsize=4096)
-def _trackable(tag: str) -> tuple[str, str, str] | None:
-    """(text before the href value, the URL, text after) for a link to track, else None.
-
-    Cached: a campaign's links are the same tags for every recipient.
-    """
-    if _NOTRACK.search(tag):
-        return None
-    href = _HREF.search(tag)
-    if href is None:
-        return None
-    raw = next(g for g in href.groups()[1:] if g is not None)
-    url = html.unescape(raw).strip()
-    if not url.lower().startswith(("http://", "https://")):
-        return None
-    if _CONTROL.search(url):  # cannot go into a signed token; the API refuses such links
-        return None
-    return tag[: href.start()] + href.group(1), url, tag[href.end() :]
-
-
-def add_pixel(page: str, url: str) -> str:
-    """The open pixel, just before the last </body> (at the end when there is none)."""
-    pixel = (
-        f'<img src="{html.escape(url)}" width="1" height="1" alt="" '
-        'style="display:block;border:0;width:1px;height:1px" />'
-    )
-    ends = list(_BODY_END.finditer(page))
-    if not ends:
-        return page + pixel
-    at = ends[-1].start()
-    return page[:at] + pixel + page[at:]
-
-
-_DROP = re.compile(r"<(head|style|script|title)\b.*?</\1\s*>|<!--.*?-->", re.I | re.DOTALL)
-_TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)")
-_TAG = re.compile(r"<[^>]*>")
-_BLOCKS = frozenset(
-    "p div h1 h2 h3 h4 h5 h6 li tr table blockquote ul ol section article header footer".split()
-)
-
-
-def html_to_text(page: str) -> str:
-    """A readable plain-text alternative for html-only sends; links as `text (url)`.
-
-    One pass over the tags with string methods for the rest: this runs per message, and a
-    chain of regular-expression passes over the whole page cost several times as much.
-    """
-    page = _DROP.sub("", page)
-    out: list[str] = []
-    link_url: str | None = None
-    link_start = pos = 0
-    for match in _TAG.finditer(page):
-        if match.start() > pos:
-            out.append(page[pos : match.start()].replace("\r", " ").replace("\n", " "))
-        pos = match.end()
-        tag = match.group()
-        name_match = _TAG_NAME.match(tag)
-        if name_match is None:
-            continue
-        name = name_match.group(1).lower()
-        closing = tag[1] == "/"
-        if name == "a":
-            if not closing:
-                href = _HREF.search(tag)
-                link_url = next(g for g in href.groups()[1:] if g is not None) if href else None
-                link_start = len(out)
-            elif link_url is not None:
-                label = " ".join("".join(out[link_start:]).split())
-                url = link_url.strip()
-                if url and not url.lower().startswith("mailto:"):
-                    if html.unescape(label) != html.unescape(url):
-                        out.append(f" ({url})" if label else url)
-                link_url = None
-        elif name == "br":
-            out.append("\n")
-        elif closing and name in _BLOCKS:
-            out.append("\n\n")
-        elif name == "li":
-            out.append("\n- ")
-    out.append(page[pos:].replace("\r", " ").replace("\n", " "))
-    text = "".join(out)
-    if "&" in text:
-        text = html.unescape(text)
-    lines: list[str] = []
-    for raw in text.split("\n"):
-        line = " ".join(raw.split())
-        if line or (lines and lines[-1]):
-            lines.append(line)
-    while lines and not lines[-1]:
-        lines.pop()
-    return "\n".join(lines) + "\n"

@@ -110,6 +110,12 @@ class DomainPool:
         try:
             reply, reusable = await self._transaction(conn, sender, recipient, data)
             return reply
+        except BaseException:
+            # Cut off mid-transaction (a second stop signal cancels us): the peer may be inside
+            # DATA, where a polite QUIT would be read as message text and then waited on for a
+            # whole command timeout. Drop the connection; the message goes back to the queue.
+            conn.client.close()
+            raise
         finally:
             await self._release(conn, reusable)
 

@@ -30,6 +30,7 @@ from mta.routing import RouteError, Router
 from mta.slots import ConnectionSlots
 from mta.smtp import DomainBusy, Pools
 from mta.throttle import Throttles
+from penguinmails.buffer import Failure, GroupCommit
 from penguinmails.config import Settings
 from penguinmails.database import DATABASE_ERRORS
 
@@ -41,59 +42,55 @@ PRESENCE_SECONDS = 2.0  # how often a worker says it is alive; 3 missed beats an
 SANDBOX_POOL = "(sandbox)"  # not a valid domain name, so never a real destination's pool
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class GiveBack:
+    """The message goes back to the queue untried, due again at `due_at`."""
+
+    due_at: datetime
+
+
 class ResultWriter:
-    """Buffers outcomes and writes them in batches, a few milliseconds apart.
+    """Writes outcomes in batches, a few milliseconds apart (penguinmails.buffer).
 
     A caller's `write` returns once its outcome is committed; until then its message
-    keeps a slot. A failed batch stays in the buffer and is retried.
+    keeps a slot. A failed batch goes back to the buffer and is retried.
     """
 
     def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 500, interval: float = 0.005):
         self._pool = pool
-        self._max_batch = max_batch
-        self._interval = interval
-        self._buffer: list[tuple[queue.Result, asyncio.Future[bool]]] = []
-        self._pending = asyncio.Event()
-        self._closing = False
+        self._results: GroupCommit[queue.Result, bool] = GroupCommit(
+            self._record,
+            self._failed,
+            max_batch=max_batch,
+            interval=interval,
+            first_backoff=0.1,
+            name="outcome-batch",
+        )
 
     async def write(self, result: queue.Result) -> bool:
         """True when written; False when the lease had passed to another worker."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._buffer.append((result, future))
-        self._pending.set()
-        return await asyncio.shield(future)
+        return await asyncio.shield(self._results.submit(result))
 
     def close(self) -> None:
-        self._closing = True
-        self._pending.set()
+        self._results.close()
 
     async def run(self) -> None:
-        delay = 0.1
-        while not (self._closing and not self._buffer):
-            await self._pending.wait()
-            if not self._closing:
-                await asyncio.sleep(self._interval)  # let a batch gather
-            batch = self._buffer[: self._max_batch]
-            if not batch:
-                self._pending.clear()
-                continue
-            try:
-                written = await queue.record(self._pool, [r for r, _ in batch])
-            except DATABASE_ERRORS as exc:
-                log.warning(
-                    "writing outcomes failed; will retry",
-                    extra={"action": "record_outcomes", "error": str(exc)},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            del self._buffer[: len(batch)]
-            for result, future in batch:
-                if not future.done():
-                    future.set_result(result.id in written)
-            if not self._buffer:
-                self._pending.clear()
+        await self._results.run()
+
+    async def _record(self, results: list[queue.Result]) -> list[bool]:
+        # Each write is conditional on the lease token, so a worker whose lease was taken
+        # over cannot overwrite the newer outcome: its result is left out of `written`.
+        written = await queue.record(self._pool, results)
+        return [result.id in written for result in results]
+
+    def _failed(self, exc: Exception, results: list[queue.Result]) -> Failure:
+        if not isinstance(exc, DATABASE_ERRORS):
+            raise exc  # a bug of ours: the worker stops rather than retrying it forever
+        log.warning(
+            "writing outcomes failed; will retry",
+            extra={"action": "record_outcomes", "error": str(exc)},
+        )
+        return Failure.RETRY
 
 
 class Worker:
@@ -176,56 +173,58 @@ class Worker:
                     await asyncio.wait_for(self._kick.wait(), self._mta.poll_interval)
 
     def _start(self, row: asyncpg.Record) -> None:
-        message_id: int = row["id"]
-        self._leases[message_id] = row["lease_token"]
-        self._unwritten.add(message_id)
-        task = asyncio.create_task(self._deliver(row), name=f"deliver-{message_id}")
-        self._inflight[message_id] = task
+        queue_id: int = row["id"]
+        self._leases[queue_id] = row["lease_token"]
+        self._unwritten.add(queue_id)
+        task = asyncio.create_task(self._deliver(row), name=f"deliver-{queue_id}")
+        self._inflight[queue_id] = task
 
         def done(_: asyncio.Task[None]) -> None:
-            self._inflight.pop(message_id, None)
-            self._leases.pop(message_id, None)
-            self._unwritten.discard(message_id)
+            self._inflight.pop(queue_id, None)
+            self._leases.pop(queue_id, None)
+            self._unwritten.discard(queue_id)
             self._kick.set()
             if not _.cancelled() and _.exception() is not None:
                 log.error(
                     "delivery task crashed",
                     exc_info=_.exception(),
-                    extra={"action": "deliver", "queue_id": message_id},
+                    extra={"action": "deliver", "queue_id": queue_id},
                 )
 
         task.add_done_callback(done)
 
     async def _deliver(self, row: asyncpg.Record) -> None:
+        queue_id: int = row["id"]
         outcome = await self._attempt(row)
-        if outcome is None:
+        if isinstance(outcome, GiveBack):
+            await queue.release(self._pool, [(queue_id, row["lease_token"])], outcome.due_at)
             return
+        # The event's payload calls the RFC 5322 Message-ID "message_id".
         data = {"recipient": row["recipient"], "message_id": row["message_id"], **outcome.data}
         outcome = dataclasses.replace(outcome, data=data)
-        self._unwritten.discard(row["id"])
-        written = await self._writer.write(queue.Result(row["id"], row["lease_token"], outcome))
+        self._unwritten.discard(queue_id)
+        written = await self._writer.write(queue.Result(queue_id, row["lease_token"], outcome))
         if written:
             domain = self.metrics.domain_label(row["recipient_domain"])
             self.metrics.outcomes.labels(outcome.status, domain).inc()
         else:
             log.warning(
                 "lease lost before the outcome was written; newer outcome stands",
-                extra={"action": "record_outcome", "queue_id": row["id"]},
+                extra={"action": "record_outcome", "queue_id": queue_id},
             )
 
-    async def _attempt(self, row: asyncpg.Record) -> Outcome | None:
-        """Try one delivery; None when the message was given back untried."""
+    async def _attempt(self, row: asyncpg.Record) -> Outcome | GiveBack:
+        """Try one delivery: its outcome, or GiveBack when the message goes back untried."""
+        queue_id: int = row["id"]
         if row["suppressed"]:
             return Outcome("suppressed", "email.suppressed", attempted=0)
         domain: str = row["recipient_domain"]
         # Test-mode messages share one pool toward the sink, apart from real domains' pools.
         pool_key = SANDBOX_POOL if row["sandbox"] else domain
-        until = self._throttles[domain].backoff_until()
+        throttle = self._throttles[domain]
+        until = throttle.backoff_until()
         if until is not None:
-            await queue.release(
-                self._pool, [(row["id"], row["lease_token"])], datetime.fromtimestamp(until, UTC)
-            )
-            return None
+            return GiveBack(datetime.fromtimestamp(until, UTC))
         try:
             route = await self._router.route(domain, sandbox=row["sandbox"])
         except RouteError as exc:
@@ -245,38 +244,30 @@ class Worker:
             # untried rather than sending it unsigned or failing it.
             log.warning(
                 "DKIM key unavailable; message released",
-                extra={"action": "dkim_unavailable", "queue_id": row["id"], "error": str(exc)},
+                extra={"action": "dkim_unavailable", "queue_id": queue_id, "error": str(exc)},
             )
-            retry_at = datetime.now(UTC) + timedelta(seconds=KEY_RETRY_SECONDS)
-            await queue.release(self._pool, [(row["id"], row["lease_token"])], retry_at)
-            return None
+            return GiveBack(datetime.now(UTC) + timedelta(seconds=KEY_RETRY_SECONDS))
         except Exception as exc:
             # A bug of ours, or a row written around the API: defer with backoff (it bounces
             # at the maximum age) rather than crash and come back on every lease expiry.
             log.exception(
-                "composing failed unexpectedly", extra={"action": "compose", "queue_id": row["id"]}
+                "composing failed unexpectedly", extra={"action": "compose", "queue_id": queue_id}
             )
             return self._decide(row, Reply(None, f"4.3.0 internal error composing: {exc!r}"))
-        throttle = self._throttles[domain]
         await throttle.bucket.acquire()
         until = throttle.backoff_until()  # the domain may have pushed back while we waited
         if until is not None:
-            await queue.release(
-                self._pool, [(row["id"], row["lease_token"])], datetime.fromtimestamp(until, UTC)
-            )
-            return None
+            return GiveBack(datetime.fromtimestamp(until, UTC))
         started = time.perf_counter()
         try:
             reply = await self.pools[pool_key].send(
-                route, sender, row["recipient"], data, on_wire=lambda: self._on_wire.add(row["id"])
+                route, sender, row["recipient"], data, on_wire=lambda: self._on_wire.add(queue_id)
             )
         except DomainBusy:
             # Other processes hold every connection to this domain: let one of them have it.
-            retry_at = datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS)
-            await queue.release(self._pool, [(row["id"], row["lease_token"])], retry_at)
-            return None
+            return GiveBack(datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS))
         finally:
-            self._on_wire.discard(row["id"])
+            self._on_wire.discard(queue_id)
         self.metrics.smtp_seconds.observe(time.perf_counter() - started)
         throttle.note_reply(reply.code)
         return self._decide(row, reply, not_before=throttle.backoff_until())

@@ -8,10 +8,8 @@ process that asked for it exits; several processes may share one data directory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import warnings
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +84,11 @@ async def create_pool(
     return pool
 
 
-@contextlib.asynccontextmanager
-async def open_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+async def configured_pool(settings: Settings) -> tuple[asyncpg.Pool, str]:
+    """The pool every role runs on, sized and bounded by [database], and its URL (for
+    connections of their own, such as a LISTEN). Starts the embedded Postgres when no URL
+    is configured; the caller closes the pool.
+    """
     url = await asyncio.to_thread(database_url, settings)
     pool = await create_pool(
         url,
@@ -95,7 +96,4 @@ async def open_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         settings.database.pool_max,
         settings.database.command_timeout,
     )
-    try:
-        yield pool
-    finally:
-        await pool.close()
+    return pool, url

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 
 from penguinmails.config import Settings
-from penguinmails.database import create_pool, database_url
+from penguinmails.database import configured_pool
 from penguinmails.migrations import pending
 from penguinmails.systemd import notify
 
@@ -41,13 +41,7 @@ async def require_migrated(pool: asyncpg.Pool) -> None:
 @contextlib.asynccontextmanager
 async def role_pool(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, str]]:
     """A pool on an up-to-date database, and its URL (for a LISTEN connection of its own)."""
-    url = await asyncio.to_thread(database_url, settings)
-    pool = await create_pool(
-        url,
-        settings.database.pool_min,
-        settings.database.pool_max,
-        settings.database.command_timeout,
-    )
+    pool, url = await configured_pool(settings)
     try:
         await require_migrated(pool)
         yield pool, url

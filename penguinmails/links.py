@@ -10,29 +10,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from penguinmails.tokens import BadToken, TokenSigner
+from penguinmails.tokens import BadToken, LinkSigner
 
 
 @dataclass(frozen=True)
 class Click:
-    message_id: int
+    queue_id: int
     index: int
     url: str
 
 
 class Links:
-    def __init__(self, signer: TokenSigner, base_url: str) -> None:
+    def __init__(self, signer: LinkSigner, base_url: str) -> None:
         self._signer = signer
         self._base = base_url.rstrip("/")
 
-    def open_url(self, message_id: int) -> str:
-        return f"{self._base}/o/{self._signer.sign('open', message_id)}.gif"
+    def open_url(self, queue_id: int) -> str:
+        return f"{self._base}/o/{self._signer.sign('open', queue_id)}.gif"
 
-    def click_url(self, message_id: int, index: int, url: str) -> str:
-        return f"{self._base}/c/{self._signer.sign('click', message_id, index, url)}"
+    def click_url(self, queue_id: int, index: int, url: str) -> str:
+        return f"{self._base}/c/{self._signer.sign('click', queue_id, index, url)}"
 
-    def unsubscribe_url(self, message_id: int) -> str:
-        return f"{self._base}/u/{self._signer.sign('unsub', message_id)}"
+    def unsubscribe_url(self, queue_id: int) -> str:
+        return f"{self._base}/u/{self._signer.sign('unsub', queue_id)}"
 
     def open_token(self, token: str) -> int:
         return _single_id(self._signer.verify("open", token.removesuffix(".gif")))

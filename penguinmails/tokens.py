@@ -1,10 +1,11 @@
-"""Signed, self-contained tokens: tracking links, unsubscribe links, VERP return paths.
+"""Signed, self-contained tokens for the tracker's links: opens, clicks, unsubscribes.
 
-A token carries its fields and an HMAC over them, so whoever receives it (the tracker, the
-inbound processor) can trust it without a database lookup, and nobody can mint one for a
-URL of their choosing: the click redirect is never an open redirect. Each purpose ("click",
-"open", "unsub", "verp") signs with its own derived key, so a token for one purpose is
-never valid for another. Several server keys may verify at once, for rotation.
+A token carries its fields and an HMAC over them, so the tracker can trust it without a
+database lookup, and nobody can mint one for a URL of their choosing: the click redirect is
+never an open redirect. Each purpose ("click", "open", "unsub") signs with its own derived
+key, so a token for one purpose is never valid for another. Several server keys may verify
+at once, for rotation. (VERP addresses are signed too, in penguinmails.verp: a local part
+needs a case-insensitive encoding.)
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def _unb64(text: str) -> bytes:
         raise BadToken("not base64url") from exc
 
 
-class TokenSigner:
+class LinkSigner:
+    """Signs and verifies the tokens in tracking and unsubscribe links (penguinmails.links)."""
+
     def __init__(self, server_keys: Sequence[bytes]) -> None:
         if not server_keys:
             raise ValueError("at least one server key is required")

@@ -1,0 +1,97 @@
+"""The plain-text alternative of an html-only send, derived from its html."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from penguinmails import template
+
+# An href attribute, its value double-, single- or un-quoted (groups 2, 3, 4); group 1 is
+# everything before the value. Link tracking reads links with it too.
+HREF = re.compile(
+    r"""(?<![\w-])(href\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'<>`]+))""", re.IGNORECASE
+)
+_DROP = re.compile(r"<(head|style|script|title)\b.*?</\1\s*>|<!--.*?-->", re.I | re.DOTALL)
+_TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)")
+_TAG = re.compile(r"<[^>]*>")
+_BLOCKS = frozenset(
+    "p div h1 h2 h3 h4 h5 h6 li tr table blockquote ul ol section article header footer".split()
+)
+
+
+def derived_text(source: str, page: str, values: Mapping[str, Any], seed: str) -> str:
+    """The text part of an html-only send: from a text template derived from the html
+    template once per campaign (values then go in unescaped, spintax picks as in the html),
+    or, when that derivation is not itself a valid template, from this rendered page.
+    """
+    derived = _text_template(source)
+    if derived is None:
+        return html_to_text(page)
+    try:
+        return derived.render(values, seed=seed)
+    except template.TemplateError:
+        return html_to_text(page)
+
+
+@lru_cache(maxsize=512)
+def _text_template(html_source: str) -> template.Template | None:
+    try:
+        return template.Template(html_to_text(html_source))
+    except template.TemplateError:
+        return None
+
+
+def html_to_text(page: str) -> str:
+    """A readable plain-text alternative for html-only sends; links as `text (url)`.
+
+    One pass over the tags with string methods for the rest: this runs per message, and a
+    chain of regular-expression passes over the whole page cost several times as much.
+    """
+    page = _DROP.sub("", page)
+    out: list[str] = []
+    link_url: str | None = None
+    link_start = pos = 0
+    for match in _TAG.finditer(page):
+        if match.start() > pos:
+            out.append(page[pos : match.start()].replace("\r", " ").replace("\n", " "))
+        pos = match.end()
+        tag = match.group()
+        name_match = _TAG_NAME.match(tag)
+        if name_match is None:
+            continue
+        name = name_match.group(1).lower()
+        closing = tag[1] == "/"
+        if name == "a":
+            if not closing:
+                href = HREF.search(tag)
+                link_url = next(g for g in href.groups()[1:] if g is not None) if href else None
+                link_start = len(out)
+            elif link_url is not None:
+                label = " ".join("".join(out[link_start:]).split())
+                url = link_url.strip()
+                if url and not url.lower().startswith("mailto:"):
+                    if html.unescape(label) != html.unescape(url):
+                        out.append(f" ({url})" if label else url)
+                link_url = None
+        elif name == "br":
+            out.append("\n")
+        elif closing and name in _BLOCKS:
+            out.append("\n\n")
+        elif name == "li":
+            out.append("\n- ")
+    out.append(page[pos:].replace("\r", " ").replace("\n", " "))
+    text = "".join(out)
+    if "&" in text:
+        text = html.unescape(text)
+    lines: list[str] = []
+    for raw in text.split("\n"):
+        line = " ".join(raw.split())
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines) + "\n"
