@@ -13,18 +13,35 @@ import time
 from penguinmails.config import MtaSettings, ThrottleRule
 
 
+class Clock:
+    """Time as the throttles read it: the process's own, or one a test moves by hand."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+SYSTEM_CLOCK = Clock()
+
+
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; rate 0 means unlimited."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.rate = rate
         self.burst = float(burst)
+        self._clock = clock
         self._tokens = float(burst)
-        self._stamp = time.monotonic()
+        self._stamp = clock.monotonic()
         self._lock = asyncio.Lock()
 
     def _refill(self) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
 
@@ -34,22 +51,23 @@ class TokenBucket:
         async with self._lock:  # first come, first served: waiters queue on the lock
             self._refill()
             while self._tokens < 1:
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+                await self._clock.sleep((1 - self._tokens) / self.rate)
                 self._refill()
             self._tokens -= 1
 
 
 class DomainThrottle:
-    def __init__(self, domain: str, rule: ThrottleRule) -> None:
+    def __init__(self, domain: str, rule: ThrottleRule, clock: Clock = SYSTEM_CLOCK) -> None:
         self.domain = domain
         self.rule = rule
-        self.bucket = TokenBucket(rule.rate_per_second, rule.burst)
+        self.bucket = TokenBucket(rule.rate_per_second, rule.burst, clock)
+        self._clock = clock
         self._consecutive_4xx = 0
-        self._backoff_until = 0.0  # time.time()
+        self._backoff_until = 0.0  # wall-clock seconds, as clock.time()
 
     def backoff_until(self) -> float | None:
         """Wall-clock time until which this domain must not be tried, or None."""
-        return self._backoff_until if self._backoff_until > time.time() else None
+        return self._backoff_until if self._backoff_until > self._clock.time() else None
 
     def note_reply(self, code: int | None) -> None:
         """Feed every SMTP outcome in; None stands for a connection failure or timeout."""
@@ -62,20 +80,21 @@ class DomainThrottle:
             return
         self._consecutive_4xx += 1
         if code == 421 or self._consecutive_4xx >= self.rule.backoff_after_4xx:
-            self._backoff_until = time.time() + self.rule.backoff_seconds
+            self._backoff_until = self._clock.time() + self.rule.backoff_seconds
             self._consecutive_4xx = 0
 
 
 class Throttles:
     """One DomainThrottle per destination domain, created on first use."""
 
-    def __init__(self, settings: MtaSettings) -> None:
+    def __init__(self, settings: MtaSettings, clock: Clock = SYSTEM_CLOCK) -> None:
         self._settings = settings
+        self._clock = clock
         self._domains: dict[str, DomainThrottle] = {}
 
     def __getitem__(self, domain: str) -> DomainThrottle:
         throttle = self._domains.get(domain)
         if throttle is None:
-            throttle = DomainThrottle(domain, self._settings.rule_for(domain))
+            throttle = DomainThrottle(domain, self._settings.rule_for(domain), self._clock)
             self._domains[domain] = throttle
         return throttle

@@ -1,6 +1,7 @@
 """A real SMTP server for tests (aiosmtpd, in the test's event loop) that records what it
 receives and injects the faults a real receiver produces: 4xx/5xx at greeting, MAIL, RCPT
-or DATA, a disconnect mid-DATA, a slow greeting, STARTTLS with a self-signed certificate.
+or DATA, a disconnect mid-DATA, a slow greeting, a transaction held at a stage until the test
+lets it through, STARTTLS with a self-signed certificate.
 It also measures how many connections were open at once, so throttles are checked at the
 peer rather than trusted from the sender's own counters.
 """
@@ -19,6 +20,29 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 STAGES = ("greeting", "MAIL", "RCPT", "DATA")
 
 
+class Gate:
+    """Holds transactions at a stage until the test lets them through, one per `release()`.
+
+    `held` lists the recipients waiting at the gate right now, so a test knows a transaction
+    is on the wire without guessing how long it takes to get there.
+    """
+
+    def __init__(self) -> None:
+        self.held: list[str | None] = []
+        self._passes = asyncio.Semaphore(0)
+
+    def release(self, count: int = 1) -> None:
+        for _ in range(count):
+            self._passes.release()
+
+    async def wait(self, recipient: str | None) -> None:
+        self.held.append(recipient)
+        try:
+            await self._passes.acquire()
+        finally:
+            self.held.remove(recipient)
+
+
 @dataclass
 class Fault:
     stage: str
@@ -29,6 +53,7 @@ class Fault:
     disconnect: bool = False  # drop the connection instead of answering
     delay: float = 0.0  # wait this long before answering (or before the greeting);
     # with no code, the answer after the wait is the normal one: a slow peer
+    gate: Gate | None = None  # then wait at the gate until the test releases it
 
     def applies(self, recipient: str | None) -> bool:
         if self.times is not None and self.times <= 0:
@@ -92,6 +117,8 @@ class _PeerSMTP(SMTP):
         if fault is not None:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
+            if fault.gate is not None:
+                await fault.gate.wait(None)
             if fault.code:
                 await self.push(f"{fault.code} {fault.message}")
                 assert self.transport is not None
@@ -110,6 +137,8 @@ class _Handler:
             return None
         if fault.delay:
             await asyncio.sleep(fault.delay)
+        if fault.gate is not None:
+            await fault.gate.wait(recipient)
         if fault.disconnect:
             assert server.transport is not None
             server.transport.abort()
@@ -192,6 +221,12 @@ class SMTPPeer:
         fault = Fault(stage, code, message, **kwargs)
         self.state.faults.append(fault)
         return fault
+
+    def hold(self, stage: str, **kwargs: Any) -> Gate:
+        """Hold every transaction (or those matching `kwargs`) at `stage` until released."""
+        gate = Gate()
+        self.fault(stage, gate=gate, **kwargs)
+        return gate
 
     async def start(self) -> SMTPPeer:
         loop = asyncio.get_running_loop()

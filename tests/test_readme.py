@@ -4,6 +4,7 @@ them against a running `penguinmails up`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -53,6 +54,8 @@ def test_every_shipped_config_is_valid(path):
 
 WALKTHROUGH = "## A first message"
 BROWSER_STEP = "### 5. Open it and click"
+WEBHOOK_STEP = "### 6. Receive the events as webhooks"
+README_RECEIVER = "127.0.0.1:9000"
 README_API = "http://127.0.0.1:8080"
 CHROME = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -107,6 +110,7 @@ class Shell:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so close() ends its background jobs
         )
         return cls(proc)
 
@@ -147,6 +151,10 @@ class Shell:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+        # Whatever a failed step left running in the background (the webhook receiver) would
+        # hold the output pipe open for ever.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         assert self.proc.stdout is not None
         await self.proc.stdout.read()  # to EOF, so the pipe's transport closes
 
@@ -173,7 +181,10 @@ async def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
 
     text = README[README.index(WALKTHROUGH) :]
     before, after = text.split(BROWSER_STEP, 1)
+    after, hooks_text = after.split(WEBHOOK_STEP, 1)
     first, walkthrough, last = _sh_blocks(before)[0], _sh_blocks(before)[1:], _sh_blocks(after)
+    hooks = _sh_blocks(hooks_text)
+    assert len(hooks) == 2
     assert first.lstrip().startswith(".venv/bin/penguinmails send")
     assert walkthrough and last
     env, api_url, tracker_url = _up_env()
@@ -214,10 +225,11 @@ async def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
             async def inbox() -> list[dict[str, Any]]:
                 async with http.get(f"{api_url}/api/v1/sandbox/messages", headers=auth) as r:
                     items = (await r.json())["data"]["items"]
-                return items if len(items) >= 2 else []
+                return items if len(items) >= 3 else []
 
+            # The CLI's first message too: `send` queues as `up`'s sandbox tenant.
             items = await _eventually(inbox)
-            assert {m["subject"] for m in items} == {"Hello Ann", "Hello Bob"}, items
+            assert {m["subject"] for m in items} == {"Hello", "Hello Ann", "Hello Bob"}, items
 
             # The browser: the page, then Ann's message with its html (and so its pixel).
             async with http.get(f"{api_url}/sandbox") as r:
@@ -248,6 +260,18 @@ async def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
             return overview["opened"]["total"] >= 1 and overview["clicked"]["total"] >= 1
 
         assert await _eventually(engaged), "opened/clicked never showed in the analytics"
+
+        # A webhook received on this machine: allowed under `up`, signed, logged by the
+        # README's own receiver (on a free port here).
+        port = _free_port()
+        receiver = hooks[0].replace(README_RECEIVER, f"127.0.0.1:{port}")
+        receiver = receiver.replace('("127.0.0.1", 9000)', f'("127.0.0.1", {port})')
+        assert "9000" not in receiver
+        answer = await shell.run(receiver)
+        ping = json.loads(answer.strip().splitlines()[-1])["data"]
+        assert ping["delivered"] is True and ping["status_code"] == 204, ping
+        logged = await shell.run(hooks[1])
+        assert ping["webhook_id"] in logged and '"type"' in logged, logged
     finally:
         await shell.close()
         if up.returncode is None:

@@ -13,11 +13,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from api.auth import JWT_AUDIENCE, JWT_ISSUER, PREFIX_LENGTH, TokenSigner, parse_key
+from api.auth import JWT_AUDIENCE, JWT_ISSUER, PREFIX_LENGTH, LoginTokens, parse_key
 from api.server import ApiServer
 from penguinmails.config import Settings
-from tests.api.conftest import Client
-from tests.api.test_envelope import assert_error
+from tests.helpers import Client, assert_error
 
 PASSWORD = "correct horse battery staple"
 
@@ -224,7 +223,7 @@ async def user_id(client: Client, pool: asyncpg.Pool) -> int:
 
 
 async def test_forged_tokens_are_refused(client: Client, settings: Settings, user_id: int) -> None:
-    key = TokenSigner(settings).keys[0]
+    key = LoginTokens(settings).keys[0]
     good = jwt.encode(_claims(user_id), key, algorithm="HS256")
     assert (await client.with_key(good).get("/campaigns")).status == 200
 

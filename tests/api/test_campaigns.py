@@ -7,34 +7,11 @@ from typing import Any
 
 import asyncpg
 
-from tests.api.conftest import Client
-from tests.api.test_envelope import assert_error
-
-
-def campaign(**changes: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "name": "Spring launch",
-        "subject": 'Hi {{first_name | default: "there"}}',
-        "content": {"html": "<p>Hello {{first_name}}</p>", "text": "Hello {{first_name}}"},
-        "recipients": [
-            {"email": "ann@dest.test", "personalization": {"first_name": "Ann"}},
-            {"email": "bob@dest.test", "personalization": {"first_name": "Bob"}},
-        ],
-        "settings": {"track_opens": True, "track_clicks": False},
-        "from": {"email": "news@acme.test", "name": "Acme"},
-    }
-    body.update(changes)
-    return body
-
-
-async def create(client: Client, **changes: Any) -> dict[str, Any]:
-    reply = await client.post("/campaigns", json=campaign(**changes))
-    assert reply.status == 201, reply.body
-    return dict(reply.data)
+from tests.helpers import Client, assert_error, campaign_body, create_campaign
 
 
 async def test_create_get_and_list(client: Client) -> None:
-    made = await create(client)
+    made = await create_campaign(client)
     assert made["status"] == "draft"
     assert made["recipient_count"] == 2
     assert made["from"] == {"email": "news@acme.test", "name": "Acme"}
@@ -47,7 +24,7 @@ async def test_create_get_and_list(client: Client) -> None:
     assert (await client.get(f"/campaigns/{made['id']}")).data == made
 
     for i in range(4):
-        await create(client, name=f"c{i}")
+        await create_campaign(client, name=f"c{i}")
     first = (await client.get("/campaigns", params={"limit": "2"})).data
     assert [c["name"] for c in first["items"]] == ["c3", "c2"] and first["has_more"]
     second = (
@@ -62,7 +39,7 @@ async def test_create_get_and_list(client: Client) -> None:
 
 
 async def test_analytics_disabled_switches_tracking_off(client: Client) -> None:
-    made = await create(client, settings={"analytics_enabled": False})
+    made = await create_campaign(client, settings={"analytics_enabled": False})
     assert made["settings"] == {
         "analytics_enabled": False,
         "track_opens": False,
@@ -75,20 +52,20 @@ async def test_create_validation(client: Client) -> None:
     fields = {d["field"] for d in assert_error(reply, 422, "VALIDATION_ERROR")["details"]}
     assert "name" in fields
 
-    reply = await client.post("/campaigns", json=campaign(content={"subject": "x"}))
+    reply = await client.post("/campaigns", json=campaign_body(content={"subject": "x"}))
     assert assert_error(reply, 422, "VALIDATION_ERROR")["details"][0]["field"] == "content.subject"
 
-    reply = await client.post("/campaigns", json=campaign(content={}))
+    reply = await client.post("/campaigns", json=campaign_body(content={}))
     assert assert_error(reply, 422, "VALIDATION_ERROR")["details"][0]["field"] == "content"
 
     reply = await client.post(
-        "/campaigns", json=campaign(content={"html": "x", "template_id": "t1"})
+        "/campaigns", json=campaign_body(content={"html": "x", "template_id": "t1"})
     )
     assert (
         assert_error(reply, 422, "VALIDATION_ERROR")["details"][0]["field"] == "content.template_id"
     )
 
-    bad = campaign(
+    bad = campaign_body(
         recipients=[
             {"email": "ok@dest.test", "personalization": {"first_name": "A"}},
             {"email": "broken", "personalization": {"first_name": "B"}},
@@ -102,14 +79,14 @@ async def test_create_validation(client: Client) -> None:
     assert "first_name" in error["details"][1]["message"]
 
     error = assert_error(
-        await client.post("/campaigns", json=campaign(subject="Hi\r\nBcc: x@y.test")),
+        await client.post("/campaigns", json=campaign_body(subject="Hi\r\nBcc: x@y.test")),
         422,
         "VALIDATION_ERROR",
     )
     assert error["details"][0]["field"] == "subject"
 
     error = assert_error(
-        await client.post("/campaigns", json=campaign(headers={"X-Bad": "a\nb"})),
+        await client.post("/campaigns", json=campaign_body(headers={"X-Bad": "a\nb"})),
         422,
         "VALIDATION_ERROR",
     )
@@ -117,7 +94,7 @@ async def test_create_validation(client: Client) -> None:
 
 
 async def test_patch_only_while_draft(client: Client, pool: asyncpg.Pool) -> None:
-    made = await create(client)
+    made = await create_campaign(client)
     path = f"/campaigns/{made['id']}"
     changed = (
         await client.patch(
@@ -141,7 +118,7 @@ async def test_patch_only_while_draft(client: Client, pool: asyncpg.Pool) -> Non
 
 
 async def test_send_queues_one_message_per_recipient(client: Client, pool: asyncpg.Pool) -> None:
-    made = await create(client)
+    made = await create_campaign(client)
     reply = await client.post(f"/campaigns/{made['id']}/send")
     assert reply.status == 202
     rows = await pool.fetch(
@@ -156,7 +133,7 @@ async def test_send_queues_one_message_per_recipient(client: Client, pool: async
 
 
 async def test_send_later_is_scheduled(client: Client, pool: asyncpg.Pool) -> None:
-    made = await create(client)
+    made = await create_campaign(client)
     when = datetime.now(UTC) + timedelta(hours=2)
     reply = await client.post(f"/campaigns/{made['id']}/send", json={"send_at": when.isoformat()})
     assert reply.data["status"] == "scheduled"
@@ -170,7 +147,7 @@ async def test_send_later_is_scheduled(client: Client, pool: asyncpg.Pool) -> No
         422,
         "VALIDATION_ERROR",
     )
-    other = await create(client)
+    other = await create_campaign(client)
     reply = await client.post(
         f"/campaigns/{other['id']}/send", json={"send_at": "2030-01-01T00:00:00"}
     )
@@ -178,7 +155,7 @@ async def test_send_later_is_scheduled(client: Client, pool: asyncpg.Pool) -> No
 
 
 async def test_empty_campaign_cannot_be_sent(client: Client) -> None:
-    made = await create(client, recipients=[])
+    made = await create_campaign(client, recipients=[])
     error = assert_error(
         await client.post(f"/campaigns/{made['id']}/send"), 422, "VALIDATION_ERROR"
     )
@@ -186,7 +163,7 @@ async def test_empty_campaign_cannot_be_sent(client: Client) -> None:
 
 
 async def test_pause_resume_cancel(client: Client, pool: asyncpg.Pool) -> None:
-    made = await create(client)
+    made = await create_campaign(client)
     path = f"/campaigns/{made['id']}"
     assert_error(await client.post(f"{path}/pause"), 409, "CONFLICT")
     await client.post(
@@ -223,7 +200,7 @@ async def test_pause_resume_cancel(client: Client, pool: asyncpg.Pool) -> None:
 
 
 async def test_cancel_a_draft(client: Client) -> None:
-    made = await create(client)
+    made = await create_campaign(client)
     assert (await client.post(f"/campaigns/{made['id']}/cancel")).data["status"] == "cancelled"
     assert_error(await client.post(f"/campaigns/{made['id']}/send"), 409, "CONFLICT")
 
@@ -231,7 +208,7 @@ async def test_cancel_a_draft(client: Client) -> None:
 async def test_completed_once_when_every_message_is_final(
     client: Client, pool: asyncpg.Pool
 ) -> None:
-    made = await create(client)
+    made = await create_campaign(client)
     await client.post(f"/campaigns/{made['id']}/send")
     ids = [
         r["id"]
@@ -253,7 +230,7 @@ async def test_completed_once_when_every_message_is_final(
 async def test_resume_completes_a_campaign_that_finished_while_paused(
     client: Client, pool: asyncpg.Pool
 ) -> None:
-    made = await create(client)
+    made = await create_campaign(client)
     path = f"/campaigns/{made['id']}"
     await client.post(f"{path}/send")
     await pool.execute("UPDATE messages SET status = 'sending' WHERE campaign_id = $1", made["id"])
@@ -265,7 +242,7 @@ async def test_resume_completes_a_campaign_that_finished_while_paused(
 
 
 async def test_other_tenants_campaigns_are_invisible(client: Client, make_key: Any) -> None:
-    made = await create(client)
+    made = await create_campaign(client)
     other = client.with_key(await make_key("rival", test=True))
     assert_error(await other.get(f"/campaigns/{made['id']}"), 404, "NOT_FOUND")
     assert_error(await other.post(f"/campaigns/{made['id']}/send"), 404, "NOT_FOUND")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from tests.api.conftest import Client
-from tests.api.test_envelope import assert_error
+from tests.helpers import Client, assert_error
 
 
 async def test_contact_crud(client: Client) -> None:

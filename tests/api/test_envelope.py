@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 
 from api.routing import API, Call
-from tests.api.conftest import Client
-
-REQUEST_ID = re.compile(r"^req_[0-9a-f]{24}$")
-
-
-def assert_error(reply: Any, status: int, code: str) -> dict[str, Any]:
-    assert reply.status == status, reply.body
-    assert reply.body["success"] is False
-    error = reply.body["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-    assert isinstance(error["details"], list)
-    assert REQUEST_ID.match(error["request_id"])
-    assert reply.headers["X-Request-Id"] == error["request_id"]
-    assert "Traceback" not in str(reply.body)
-    return dict(error)
+from tests.helpers import REQUEST_ID, Client, assert_error
 
 
 async def test_success_envelope(client: Client) -> None:

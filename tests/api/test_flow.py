@@ -14,10 +14,8 @@ from api.keys import create_key
 from api.server import ApiServer
 from mta.domains import add_domain
 from penguinmails.config import Settings
-from tests.api.conftest import Client
-from tests.conftest import wait_for
+from tests.helpers import Client, Receiver, verify, wait_for
 from tests.smtp_peer import SMTPPeer
-from tests.tracker.conftest import Receiver, verify
 from tracker.server import Tracker
 
 CHROME = (

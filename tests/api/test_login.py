@@ -13,8 +13,7 @@ import pytest
 from api.auth import JWT_MAX_TTL_SECONDS, HashBusy, PasswordHashing
 from api.routing import STATE
 from api.server import ApiServer
-from tests.api.conftest import Client
-from tests.api.test_envelope import assert_error
+from tests.helpers import Client, assert_error
 
 PASSWORD = "correct horse battery staple"
 LOGIN = {"email": "ann@acme.test", "password": PASSWORD}

@@ -13,8 +13,7 @@ import pytest
 from mta.domains import add_domain
 from penguinmails.config import Settings
 from penguinmails.messages import Draft, enqueue, ensure_tenant
-from tests.api.conftest import Client
-from tests.api.test_envelope import assert_error
+from tests.helpers import Client, assert_error
 
 PASSWORD = "correct horse battery staple"
 

@@ -3,8 +3,9 @@
 Requests are generated from the document itself (valid-looking bodies built from each request
 schema, random JSON, and random path ids and query strings); every answer must be a status the
 document lists for that operation, never a 500, and its body must validate against the schema
-the document gives for that status. The validator below covers the JSON Schema subset pydantic
-emits; it is small on purpose, so a construct it does not know fails loudly.
+the document gives for that status, bounds and patterns included. The validator below covers
+the JSON Schema subset pydantic emits; it is small on purpose, so a construct it does not know
+fails loudly.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.routing import API
-from tests.api.conftest import Client
+from tests.helpers import Client
 
 PREFIX = "/api/v1"
 
@@ -60,6 +61,7 @@ def validate(doc: dict[str, Any], schema: dict[str, Any], value: Any, path: str 
         "minItems",
         "pattern",
         "exclusiveMinimum",
+        "exclusiveMaximum",
     }
     unknown = set(schema) - known
     assert not unknown, f"validator does not know {unknown} at {path}"
@@ -90,6 +92,7 @@ def validate(doc: dict[str, Any], schema: dict[str, Any], value: Any, path: str 
         assert checks[kind](value), f"{path}: {value!r} is not {kind}"
     if kind == "string" and schema.get("format") == "date-time":
         datetime.fromisoformat(value.replace("Z", "+00:00"))
+    _check_bounds(schema, value, path)
     if kind == "object":
         for name in schema.get("required", []):
             assert name in value, f"{path}: missing {name}"
@@ -105,6 +108,56 @@ def validate(doc: dict[str, Any], schema: dict[str, Any], value: Any, path: str 
     if kind == "array":
         for i, item in enumerate(value):
             validate(doc, schema.get("items", {}), item, f"{path}[{i}]")
+
+
+def _check_bounds(schema: dict[str, Any], value: Any, path: str) -> None:
+    """The bounds JSON Schema puts on numbers, strings and arrays; each applies only to a
+    value of its own type, as the standard says."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema:
+            assert value >= schema["minimum"], f"{path}: {value!r} < minimum {schema['minimum']}"
+        if "maximum" in schema:
+            assert value <= schema["maximum"], f"{path}: {value!r} > maximum {schema['maximum']}"
+        if "exclusiveMinimum" in schema:
+            bound = schema["exclusiveMinimum"]
+            assert value > bound, f"{path}: {value!r} <= exclusiveMinimum {bound}"
+        if "exclusiveMaximum" in schema:
+            bound = schema["exclusiveMaximum"]
+            assert value < bound, f"{path}: {value!r} >= exclusiveMaximum {bound}"
+    if isinstance(value, str):
+        if "minLength" in schema:
+            assert len(value) >= schema["minLength"], f"{path}: shorter than minLength"
+        if "maxLength" in schema:
+            assert len(value) <= schema["maxLength"], f"{path}: longer than maxLength"
+        if "pattern" in schema:
+            pattern = schema["pattern"]
+            assert re.search(pattern, value), f"{path}: {value!r} does not match {pattern!r}"
+    if isinstance(value, list):
+        if "minItems" in schema:
+            assert len(value) >= schema["minItems"], f"{path}: fewer than minItems"
+        if "maxItems" in schema:
+            assert len(value) <= schema["maxItems"], f"{path}: more than maxItems"
+
+
+@pytest.mark.parametrize(
+    ("schema", "good", "bad"),
+    [
+        ({"type": "integer", "minimum": 1}, 1, 0),
+        ({"type": "integer", "maximum": 100}, 100, 101),
+        ({"type": "number", "exclusiveMinimum": 0}, 0.5, 0),
+        ({"type": "number", "exclusiveMaximum": 1}, 0.5, 1),
+        ({"type": "string", "minLength": 2}, "ab", "a"),
+        ({"type": "string", "maxLength": 3}, "abc", "abcd"),
+        ({"type": "string", "pattern": "^whsec_"}, "whsec_x", "x_whsec_"),
+        ({"type": "array", "minItems": 1}, [1], []),
+        ({"type": "array", "maxItems": 2}, [1, 2], [1, 2, 3]),
+        ({"anyOf": [{"type": "string", "maxLength": 1}, {"type": "null"}]}, None, "ab"),
+    ],
+)
+def test_the_validator_holds_values_to_their_bounds(schema: Any, good: Any, bad: Any) -> None:
+    validate({}, schema, good)
+    with pytest.raises(AssertionError):
+        validate({}, schema, bad)
 
 
 async def test_document_lists_every_operation(client: Client) -> None:

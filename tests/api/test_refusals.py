@@ -9,8 +9,7 @@ import asyncpg
 import pytest
 
 from api.routing import encode_cursor
-from tests.api.conftest import Client
-from tests.api.test_envelope import assert_error
+from tests.helpers import Client, assert_error
 
 
 def _send(**changes: Any) -> dict[str, Any]:

@@ -17,8 +17,7 @@ from mta.domains import add_domain
 from mta.sink import start_sink
 from penguinmails.config import Settings
 from penguinmails.messages import Draft, enqueue, ensure_tenant
-from tests.api.conftest import Client
-from tests.conftest import wait_for
+from tests.helpers import Client, wait_for
 
 HTML = '<p>Hello <b>Ann</b>, see <a href="https://acme.test/pricing">pricing</a></p>'
 
@@ -232,6 +231,11 @@ async def test_the_page_is_locked_down(api: ApiServer, client: Client) -> None:
     assert ".srcdoc" in script
     async with session.get(api.url + "/sandbox/app.css") as response:
         assert response.status == 200 and response.content_type == "text/css"
+        css = await response.text()
+    # The Headers tab's name column is not broken mid-word like the wrapping value column.
+    rule = re.search(r"#tab-headers td:first-child \{([^}]*)\}", css)
+    assert rule is not None and "white-space: nowrap" in rule.group(1)
+    assert "overflow-wrap: normal" in rule.group(1)
 
 
 async def test_the_operations_are_in_the_openapi_document(client: Client) -> None:

@@ -9,7 +9,7 @@ from api.server import ApiServer
 from penguinmails.config import Settings
 from tests.api.conftest import Client
 from tests.api.test_envelope import assert_error
-from tests.tracker.conftest import Receiver, verify
+from tests.helpers import Receiver, verify
 
 
 async def test_create_list_get_update_delete(client: Client, receiver: Receiver) -> None:
@@ -58,6 +58,8 @@ async def test_private_targets_refused_when_not_allowed(
             await strict.post("/webhooks", json={"url": url}), 422, "VALIDATION_ERROR"
         )
         assert error["details"][0]["field"] == "url" and "refused" in error["details"][0]["message"]
+        # The refusal names the setting that allows such targets.
+        assert "[webhooks] allow_private_targets" in error["details"][0]["message"]
 
 
 async def test_signed_test_ping(client: Client, receiver: Receiver) -> None:

@@ -1,67 +1,26 @@
 """The DKIM fast path, held to dkimpy's verifier over a generated corpus of messages.
 
-dkimpy needs PyNaCl for Ed25519, which is not a dependency; a small stand-in backed by
-`cryptography` does only the raw Ed25519 check, so every other step (record parsing,
-canonicalisation, header selection, body hash) is still dkimpy's own.
+Ed25519 signatures are checked through the `ed25519_for_dkimpy` stand-in (tests/mta/conftest.py),
+so every other step (record parsing, canonicalisation, header selection, body hash) is still
+dkimpy's own.
 """
 
 from __future__ import annotations
 
-import base64
 import re
-import types
-from collections.abc import Callable, Iterator
 
 import dkim as dkimpy
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from dkim.canonicalization import Relaxed
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mta import dkim
+from tests.helpers import dnsfunc_for
+
+pytestmark = pytest.mark.usefixtures("ed25519_for_dkimpy")
 
 DOMAIN = "acme.test"
-
-
-def _nacl_stand_in() -> types.SimpleNamespace:
-    class BadSignatureError(Exception):
-        pass
-
-    class VerifyKey:
-        def __init__(self, key: bytes, encoder: object = None) -> None:
-            try:
-                self._key = Ed25519PublicKey.from_public_bytes(base64.b64decode(key))
-            except ValueError as exc:
-                raise ValueError(str(exc)) from exc
-
-        def verify(self, message: bytes, signature: bytes) -> bytes:
-            try:
-                self._key.verify(signature, message)
-            except InvalidSignature as exc:
-                raise BadSignatureError from exc
-            return message
-
-    return types.SimpleNamespace(
-        signing=types.SimpleNamespace(VerifyKey=VerifyKey),
-        encoding=types.SimpleNamespace(Base64Encoder=object),
-        exceptions=types.SimpleNamespace(
-            BadSignatureError=BadSignatureError, ValueError=ValueError
-        ),
-    )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ed25519_for_dkimpy() -> Iterator[None]:
-    had = hasattr(dkimpy, "nacl")
-    original = getattr(dkimpy, "nacl", None)
-    dkimpy.nacl = _nacl_stand_in()  # type: ignore[attr-defined]
-    yield
-    if had:
-        dkimpy.nacl = original  # type: ignore[attr-defined]
-    else:
-        del dkimpy.nacl  # type: ignore[attr-defined]
 
 
 def _make(algorithm: dkim.Algorithm, selector: str) -> tuple[dkim.DkimKey, str]:
@@ -72,19 +31,6 @@ def _make(algorithm: dkim.Algorithm, selector: str) -> tuple[dkim.DkimKey, str]:
 
 RSA_KEY, RSA_RECORD = _make(dkim.RSA, "rsa1")
 ED_KEY, ED_RECORD = _make(dkim.ED25519, "ed1")
-
-
-def dnsfunc_for(*records: str) -> Callable[..., bytes | None]:
-    """What a resolver would return for the printed records (quoted strings joined)."""
-    table = {}
-    for record in records:
-        name = record.split(" ", 1)[0]
-        table[name.encode()] = "".join(re.findall(r'"([^"]*)"', record)).encode()
-
-    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
-        return table.get(name)
-
-    return lookup
 
 
 DNS = dnsfunc_for(RSA_RECORD, ED_RECORD)
@@ -226,28 +172,3 @@ def test_records_are_dns_ready():
 def test_a_body_not_ending_in_crlf_is_refused():
     with pytest.raises(dkim.DkimError):
         dkim.sign([RSA_KEY], [(b"From", b" a@acme.test")], b"no newline")
-
-
-def test_signing_is_much_faster_than_dkimpy():
-    """A sanity bound, loose enough for a busy machine; benchmarks/compose.py measures."""
-    import time
-
-    from cryptography.hazmat.primitives import serialization
-
-    raw = SAMPLE + b"Hello there\r\n" * 40
-    pem = RSA_KEY.private_key.private_bytes(  # type: ignore[union-attr]
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-
-    def rate(fn: Callable[[], object], seconds: float = 0.3) -> float:
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            fn()
-            count += 1
-        return count / (time.perf_counter() - start)
-
-    ours = rate(lambda: dkim.sign_message([RSA_KEY], raw))
-    theirs = rate(lambda: dkimpy.sign(raw, b"rsa1", DOMAIN.encode(), pem))
-    assert ours > 5 * theirs

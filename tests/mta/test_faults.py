@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.mta.test_delivery import queue_messages
+from tests.helpers import queue_messages, wait_for
 
 
 async def _final_row(pool, recipient: str, wanted: set[str]):

@@ -7,8 +7,7 @@ from collections import Counter
 
 from mta import queue
 from mta.outcomes import Outcome, Reply
-from tests.conftest import wait_for
-from tests.mta.test_delivery import queue_messages
+from tests.helpers import queue_messages, wait_for
 
 
 async def _count(pool, status: str) -> int:
@@ -156,38 +155,6 @@ async def test_a_hard_bounce_suppresses_later_messages_to_that_address(
     await worker.stop()
 
     assert smtp_peer.received == []
-
-
-async def test_graceful_stop_finishes_in_flight_messages_and_releases_the_rest(
-    pool, make_settings, smtp_peer, start_worker
-):
-    # Every DATA takes 0.5 s; one connection; stop shortly after the start.
-    smtp_peer.fault("DATA", delay=0.5)
-    await queue_messages(pool, [f"u{i}@dest.test" for i in range(10)])
-    settings = make_settings(
-        mta={
-            "routes": {"dest.test": smtp_peer.hop},
-            "default_throttle": {"max_connections": 1},
-            "shutdown_grace": 0.8,
-        }
-    )
-    worker = await start_worker(settings)
-    await wait_for(lambda: smtp_peer.state.open_now == 1)
-    await asyncio.sleep(0.2)
-
-    await worker.stop(timeout=5)
-
-    rows = await pool.fetch("SELECT status, lease_token, possible_duplicate FROM messages")
-    statuses = Counter(r["status"] for r in rows)
-    assert statuses["sending"] == 0  # nothing left leased to a stopped worker
-    assert 1 <= statuses["sent"] <= 3
-    assert statuses["sent"] + statuses["queued"] == 10
-    # The one cut off mid-transaction goes back to the queue flagged: the peer may have it.
-    interrupted = [r for r in rows if r["status"] == "queued" and r["possible_duplicate"]]
-    assert len(interrupted) == 1
-    assert len(smtp_peer.received) <= statuses["sent"] + 1
-    assert all(r["lease_token"] is None for r in rows)
-    assert smtp_peer.state.open_now == 0 or await wait_for(lambda: smtp_peer.state.open_now == 0)
 
 
 async def test_an_unreadable_dkim_key_gives_the_message_back_untried(

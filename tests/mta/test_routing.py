@@ -4,9 +4,7 @@ permanent versus temporary failures, and the overrides that bypass DNS altogethe
 from __future__ import annotations
 
 import asyncio
-import time
 import traceback
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,12 +14,6 @@ from penguinmails.config import MtaSettings, Settings
 from tests.dns_server import DROP, NODATA, NXDOMAIN, SERVFAIL, DNSServer
 
 MX_PORT = 2525
-
-
-@pytest.fixture
-async def dns_server() -> AsyncIterator[DNSServer]:
-    async with DNSServer() as server:
-        yield server
 
 
 def make_router(server: DNSServer, **mta: Any) -> Router:
@@ -256,12 +248,12 @@ async def test_servfail_is_temporary(dns_server: DNSServer) -> None:
 async def test_unanswered_query_times_out_as_temporary(dns_server: DNSServer) -> None:
     dns_server.load({"slow.test": DROP})
     router = make_router(dns_server, dns_timeout=0.5)
-    started = time.monotonic()
-    error = await route_error(router, "slow.test")
-    elapsed = time.monotonic() - started
+    # The server never answers: only the resolver's own timeout can end the lookup (the
+    # test's guard is four times longer, so a lookup that ignored it would fail here).
+    error = await asyncio.wait_for(route_error(router, "slow.test"), 2.0)
     assert not error.permanent
     assert 400 <= error.code < 500
-    assert 0.4 <= elapsed < 2.0
+    assert dns_server.count("slow.test", "MX") >= 1  # it was asked, and said nothing
 
 
 async def test_failed_address_lookup_for_implicit_mx_is_temporary_not_a_bounce(

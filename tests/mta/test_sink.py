@@ -16,7 +16,7 @@ from mta.sink import start_sink
 from penguinmails.config import Settings
 from penguinmails.messages import Draft, enqueue, ensure_tenant
 from penguinmails.verp import Verp
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 MAIL = b"From: news@acme.test\r\nTo: ann@dest.test\r\nSubject: Hi\r\n\r\nHello Ann\r\n"
 

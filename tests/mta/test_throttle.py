@@ -1,100 +1,110 @@
-"""Per-domain throttles: the token bucket's rate and burst measured on the clock, and the
-back-off that a 421 or a run of 4xx replies opens."""
+"""Per-domain throttles: the token bucket's rate and burst, and the back-off that a 421 or a
+run of 4xx replies opens, on a clock the tests move by hand (tests/helpers.py's FakeClock), so
+every wait is exact and none costs real time."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+
+import pytest
 
 from mta.throttle import DomainThrottle, Throttles, TokenBucket
 from penguinmails.config import MtaSettings, Settings, ThrottleRule
+from tests.helpers import FakeClock
 
 # -- token bucket ----------------------------------------------------------------------------
 
+# Refilling by elapsed time x rate leaves float dust: a wait of 1e-13 s is no wait.
+NO_WAIT = pytest.approx(0, abs=1e-9)
 
-async def timed_acquisitions(bucket: TokenBucket, count: int) -> float:
-    started = time.monotonic()
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+async def waited(bucket: TokenBucket, clock: FakeClock, count: int) -> float:
+    """The clock time `count` acquisitions in a row spend waiting for tokens."""
+    started = clock.monotonic()
     for _ in range(count):
         await bucket.acquire()
-    return time.monotonic() - started
+    return clock.monotonic() - started
 
 
-async def test_bucket_spends_its_burst_at_once_then_keeps_the_rate() -> None:
-    bucket = TokenBucket(rate=50, burst=5)
-    assert await timed_acquisitions(bucket, 5) < 0.05  # the burst is free
-    # 25 more at 50/s: about 0.5 s. Generous bounds: a behaviour check, not a benchmark.
-    elapsed = await timed_acquisitions(bucket, 25)
-    assert 0.4 <= elapsed < 1.0
+async def test_bucket_spends_its_burst_at_once_then_keeps_the_rate(clock: FakeClock) -> None:
+    bucket = TokenBucket(rate=50, burst=5, clock=clock)
+    assert await waited(bucket, clock, 5) == 0  # the burst is free
+    assert await waited(bucket, clock, 25) == pytest.approx(25 / 50)
 
 
-async def test_thirty_acquisitions_at_fifty_a_second_with_burst_five_take_half_a_second() -> None:
-    elapsed = await timed_acquisitions(TokenBucket(rate=50, burst=5), 30)
-    assert 0.4 <= elapsed < 1.0
+async def test_thirty_acquisitions_at_fifty_a_second_with_burst_five_take_half_a_second(
+    clock: FakeClock,
+) -> None:
+    assert await waited(TokenBucket(rate=50, burst=5, clock=clock), clock, 30) == pytest.approx(0.5)
 
 
-async def test_idle_time_saves_up_no_more_than_the_burst() -> None:
-    bucket = TokenBucket(rate=50, burst=5)
-    await timed_acquisitions(bucket, 5)
-    await asyncio.sleep(0.3)  # 15 tokens' worth of time, but the bucket holds 5
-    elapsed = await timed_acquisitions(bucket, 10)
-    assert 0.07 <= elapsed < 0.5  # 5 free, then 5 at 50/s
+async def test_idle_time_saves_up_no_more_than_the_burst(clock: FakeClock) -> None:
+    bucket = TokenBucket(rate=50, burst=5, clock=clock)
+    await waited(bucket, clock, 5)
+    clock.advance(0.3)  # 15 tokens' worth of time, but the bucket holds 5
+    assert await waited(bucket, clock, 10) == pytest.approx(5 / 50)  # 5 free, then 5 at 50/s
 
 
-async def test_rate_zero_is_unlimited() -> None:
-    elapsed = await timed_acquisitions(TokenBucket(rate=0, burst=1), 10_000)
-    assert elapsed < 0.5
+async def test_rate_zero_is_unlimited(clock: FakeClock) -> None:
+    assert await waited(TokenBucket(rate=0, burst=1, clock=clock), clock, 10_000) == 0
+    assert clock.slept == []
 
 
-async def test_concurrent_waiters_share_the_rate_first_come_first_served() -> None:
-    bucket = TokenBucket(rate=100, burst=1)
+async def test_concurrent_waiters_share_the_rate_first_come_first_served(
+    clock: FakeClock,
+) -> None:
+    bucket = TokenBucket(rate=100, burst=1, clock=clock)
     order: list[int] = []
 
     async def take(n: int) -> None:
         await bucket.acquire()
         order.append(n)
 
-    started = time.monotonic()
+    started = clock.monotonic()
     tasks = []
     for n in range(20):
         tasks.append(asyncio.ensure_future(take(n)))
         await asyncio.sleep(0)  # queue them in a known order
     await asyncio.gather(*tasks)
-    elapsed = time.monotonic() - started
     assert order == list(range(20))
-    assert 0.15 <= elapsed < 0.8  # 1 free, 19 at 100/s: about 0.19 s
+    assert clock.monotonic() - started == pytest.approx(19 / 100)  # 1 free, 19 at 100/s
 
 
-async def test_a_cancelled_waiter_does_not_take_a_token() -> None:
-    bucket = TokenBucket(rate=20, burst=1)
+async def test_a_cancelled_waiter_does_not_take_a_token(clock: FakeClock) -> None:
+    bucket = TokenBucket(rate=20, burst=1, clock=clock)
     await bucket.acquire()
     waiter = asyncio.ensure_future(bucket.acquire())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
+    assert clock.slept == [pytest.approx(1 / 20)]  # asleep until its token arrives
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
-    await asyncio.sleep(0.05)  # the token that waiter wanted arrives
-    assert await timed_acquisitions(bucket, 1) < 0.02
+    # The clock has reached the token that waiter wanted, so it is there for the next caller.
+    assert await waited(bucket, clock, 1) == NO_WAIT
 
 
 # -- back-off --------------------------------------------------------------------------------
 
 
-def throttle(after: int = 3, seconds: float = 60.0) -> DomainThrottle:
-    return DomainThrottle(
-        "dest.test", ThrottleRule(backoff_after_4xx=after, backoff_seconds=seconds)
-    )
+def throttle(
+    after: int = 3, seconds: float = 60.0, clock: FakeClock | None = None
+) -> DomainThrottle:
+    rule = ThrottleRule(backoff_after_4xx=after, backoff_seconds=seconds)
+    return DomainThrottle("dest.test", rule, clock or FakeClock())
 
 
 def test_no_backoff_at_first() -> None:
     assert throttle().backoff_until() is None
 
 
-def test_421_opens_the_backoff_at_once() -> None:
-    t = throttle(after=5, seconds=60)
-    before = time.time()
+def test_421_opens_the_backoff_at_once(clock: FakeClock) -> None:
+    t = throttle(after=5, seconds=60, clock=clock)
     t.note_reply(421)
-    until = t.backoff_until()
-    assert until is not None
-    assert before + 60 <= until <= time.time() + 60
+    assert t.backoff_until() == clock.time() + 60
 
 
 def test_a_run_of_4xx_opens_the_backoff() -> None:
@@ -145,12 +155,14 @@ def test_backoff_after_one_4xx_when_so_configured() -> None:
     assert t.backoff_until() is not None
 
 
-async def test_backoff_ends_and_a_new_run_is_needed_to_reopen_it() -> None:
-    t = throttle(after=2, seconds=0.2)
+def test_backoff_ends_and_a_new_run_is_needed_to_reopen_it(clock: FakeClock) -> None:
+    t = throttle(after=2, seconds=0.2, clock=clock)
     t.note_reply(450)
     t.note_reply(450)
     assert t.backoff_until() is not None
-    await asyncio.sleep(0.25)
+    clock.advance(0.19)
+    assert t.backoff_until() is not None
+    clock.advance(0.02)
     assert t.backoff_until() is None
     t.note_reply(450)  # the run started over when the back-off opened
     assert t.backoff_until() is None
@@ -158,15 +170,14 @@ async def test_backoff_ends_and_a_new_run_is_needed_to_reopen_it() -> None:
     assert t.backoff_until() is not None
 
 
-def test_another_421_during_backoff_extends_it() -> None:
-    t = throttle(seconds=60)
+def test_another_421_during_backoff_extends_it(clock: FakeClock) -> None:
+    t = throttle(seconds=60, clock=clock)
     t.note_reply(421)
     first = t.backoff_until()
     assert first is not None
-    time.sleep(0.01)
+    clock.advance(10)
     t.note_reply(421)
-    second = t.backoff_until()
-    assert second is not None and second > first
+    assert t.backoff_until() == first + 10
 
 
 def test_a_late_2xx_does_not_cancel_an_open_backoff() -> None:
@@ -211,9 +222,18 @@ def test_backoff_is_per_domain() -> None:
     assert throttles["b.test"].backoff_until() is None
 
 
-async def test_domains_are_rate_limited_independently() -> None:
+async def test_domains_are_rate_limited_independently(clock: FakeClock) -> None:
     settings = MtaSettings.model_validate({"default_throttle": {"rate_per_second": 20, "burst": 1}})
-    throttles = Throttles(settings)
-    started = time.monotonic()
+    throttles = Throttles(settings, clock)
     await asyncio.gather(*(throttles[f"d{i}.test"].bucket.acquire() for i in range(20)))
-    assert time.monotonic() - started < 0.1  # each domain spends its own first token
+    assert clock.slept == []  # each domain spends its own first token
+    await throttles["d0.test"].bucket.acquire()
+    assert sum(clock.slept) == pytest.approx(1 / 20)  # a domain's second token waits its rate
+
+
+def test_every_domain_throttle_reads_the_throttles_clock(clock: FakeClock) -> None:
+    throttles = Throttles(
+        MtaSettings.model_validate({"default_throttle": {"backoff_seconds": 5}}), clock
+    )
+    throttles["a.test"].note_reply(421)
+    assert throttles["a.test"].backoff_until() == clock.time() + 5

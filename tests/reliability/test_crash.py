@@ -7,9 +7,9 @@ import asyncio
 import signal
 from collections import Counter
 
-from tests.conftest import wait_for
-from tests.mta.test_delivery import queue_messages
-from tests.reliability.conftest import role_env, size
+import pytest
+
+from tests.helpers import queue_messages, role_env, size, wait_for
 
 IN_FLIGHT = 100
 
@@ -18,6 +18,7 @@ async def _sent(pool) -> int:
     return await pool.fetchval("SELECT count(*) FROM messages WHERE status = 'sent'")
 
 
+@pytest.mark.slow
 async def test_repeated_kill_9_loses_nothing(pool, database_url, smtp_peer, tmp_path, spawn):
     total = size(2_000, 20_000)
     kills_wanted = size(4, 10)

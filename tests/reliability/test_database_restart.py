@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import warnings
 
@@ -20,16 +19,8 @@ from penguinmails.config import Settings
 from penguinmails.database import connect, create_pool
 from penguinmails.links import Links
 from penguinmails.migrations import migrate
-from penguinmails.tokens import TokenSigner
-from tests.conftest import wait_for
-from tests.mta.test_delivery import queue_messages
-from tests.reliability.conftest import role_env, size
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from penguinmails.tokens import LinkSigner
+from tests.helpers import PROCESS_KEY, free_port, queue_messages, role_env, size, wait_for
 
 
 @pytest.fixture
@@ -70,14 +61,14 @@ async def test_every_role_carries_on_across_a_database_restart(
     conn = await connect(url)
     await migrate(conn)
     key = await create_key(conn, tenant="acme", test=False)
-    settings = Settings.model_validate({"security": {"secret_keys": ["reliability-key"]}})
+    settings = Settings.model_validate({"security": {"secret_keys": [PROCESS_KEY]}})
     await add_domain(conn, settings, "acme.test", tenant="acme")  # live keys send from it
     await conn.close()
     pool = await create_pool(url, min_size=1, max_size=4)
     try:
         total = size(600, 5_000)
         ids = await queue_messages(pool, [f"u{i}@dest.test" for i in range(total)])
-        api_port, tracker_port = _free_port(), _free_port()
+        api_port, tracker_port = free_port(), free_port()
         env = role_env(
             url,
             tmp_path,
@@ -93,7 +84,7 @@ async def test_every_role_carries_on_across_a_database_restart(
         await asyncio.to_thread(restart)
 
         await wait_for(lambda: _count(pool, "sent", total), timeout=120)
-        links = Links(TokenSigner([b"reliability-key"]), f"http://127.0.0.1:{tracker_port}")
+        links = Links(LinkSigner([PROCESS_KEY.encode()]), f"http://127.0.0.1:{tracker_port}")
         async with aiohttp.ClientSession() as http:
             # The API answers again (503s while it reconnected are allowed, 500s are not).
             status = await _until_ok(

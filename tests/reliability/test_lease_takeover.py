@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from tests.conftest import wait_for
-from tests.mta.test_delivery import queue_messages
-from tests.reliability.conftest import role_env
+from tests.helpers import queue_messages, role_env, wait_for
 
 
 async def test_sigstop_past_the_lease_then_a_late_result(

@@ -13,23 +13,17 @@ from pathlib import Path
 import pytest
 
 from api.keys import create_key
-from tests.conftest import wait_for
-from tests.reliability.conftest import role_env, size
+from tests.helpers import free_port, role_env, size, wait_for
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
+@pytest.mark.slow
 async def test_schemathesis_finds_no_server_error(pool, database_url, tmp_path, spawn):
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     if st is None:
         pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
     async with pool.acquire() as conn:
         key = await create_key(conn, tenant="fuzz", tier="enterprise", test=True)
-    port = _free_port()
+    port = free_port()
     api = await spawn(
         "api", role_env(database_url, tmp_path, PENGUINMAILS_API__LISTEN=f"127.0.0.1:{port}")
     )

@@ -12,7 +12,7 @@ import sys
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def _free_port() -> int:

@@ -9,10 +9,9 @@ import asyncpg
 import pytest
 
 from penguinmails.messages import ensure_tenant
-from penguinmails.webhooks import create_endpoint, rotate_secret
-from tests.conftest import wait_for
-from tests.tracker.conftest import verify
-from tracker.webhooks import RetryPolicy
+from penguinmails.webhooks.endpoints import create_endpoint, rotate_secret
+from tests.helpers import verify, wait_for
+from tracker.dispatcher import RetryPolicy
 
 FAST = RetryPolicy(first_delay=0.05, max_delay=0.2)
 
@@ -274,7 +273,7 @@ async def _status(pool: asyncpg.Pool, status: str) -> bool:
 async def test_one_slow_endpoint_does_not_starve_the_others(
     pool, settings, tenant, start_tracker, receiver
 ):
-    from tests.tracker.conftest import Receiver
+    from tests.helpers import Receiver
 
     fast = await Receiver().start()
     try:

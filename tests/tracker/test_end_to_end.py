@@ -11,10 +11,10 @@ from email import message_from_bytes, policy
 import pytest
 
 from penguinmails.messages import Draft, enqueue
-from penguinmails.webhooks import InvalidEndpoint, create_endpoint
-from tests.conftest import wait_for
-from tests.tracker.conftest import verify
-from tracker.webhooks import RetryPolicy
+from penguinmails.webhooks import InvalidEndpoint
+from penguinmails.webhooks.endpoints import create_endpoint
+from tests.helpers import verify, wait_for
+from tracker.dispatcher import RetryPolicy
 
 OFFER = "https://acme.test/offer?ref=1&x=2"
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tracker.hits import Hit, HitRecorder
 from tracker.metrics import TrackerMetrics
 

@@ -10,7 +10,7 @@ import sys
 
 from penguinmails.links import Links
 from penguinmails.secrets import server_keys
-from penguinmails.tokens import TokenSigner
+from penguinmails.tokens import LinkSigner
 
 
 async def test_sigterm_shuts_the_tracker_down_cleanly(
@@ -53,7 +53,7 @@ async def test_sigterm_shuts_the_tracker_down_cleanly(
             assert response.status == 200
         async with http.get(url + "/metrics") as response:
             assert response.status == 404
-        links = Links(TokenSigner(server_keys(settings)), url)
+        links = Links(LinkSigner(server_keys(settings)), url)
         async with http.get(links.open_url(message)) as response:
             assert response.status == 200
         assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'email.opened'") == 1

@@ -9,7 +9,7 @@ import pytest
 
 from penguinmails.links import Links
 from penguinmails.observability import start_ops_server
-from penguinmails.tokens import TokenSigner
+from penguinmails.tokens import LinkSigner
 from tracker.pages import PIXEL
 
 CHROME = (
@@ -149,7 +149,7 @@ async def test_forged_or_tampered_tokens_get_404_and_record_nothing(
         "unsubscribe": links.unsubscribe_url(message),
     }[kind]
     prefix, token = good.rsplit("/", 1)
-    forged_elsewhere = Links(TokenSigner([b"another-server-key"]), "http://tracker.test")
+    forged_elsewhere = Links(LinkSigner([b"another-server-key"]), "http://tracker.test")
     other = {
         "open": forged_elsewhere.open_url(message),
         "click": forged_elsewhere.click_url(message, 0, "https://evil.test/"),

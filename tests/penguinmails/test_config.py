@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 
 from penguinmails.config import ConfigError, Settings, load_settings, split_hostport
+from tests.helpers import ROOT
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "penguinmails.toml"
+DEFAULT_CONFIG = ROOT / "configs" / "penguinmails.toml"
 
 
 def write(tmp_path, text: str):

@@ -1,5 +1,5 @@
-"""The systemd units pass `systemd-analyze verify` and say what the issue asks of them, and
-each role tells systemd it is ready (sd_notify) once it is serving."""
+"""The systemd units pass `systemd-analyze verify` and carry the hardening and ordering a
+role needs, and each role tells systemd it is ready (sd_notify) once it is serving."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import configparser
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,9 +20,9 @@ import pytest
 from api.server import REQUEST_GRACE
 from penguinmails.config import load_settings
 from penguinmails.systemd import notify
+from tests.helpers import ROOT, debian_tool, free_listen
 from tracker.server import SHUTDOWN_GRACE
 
-ROOT = Path(__file__).resolve().parent.parent
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
 INSTALLED = "/opt/penguinmails/.venv/bin/penguinmails"
 ROLES = {"api", "mta", "tracker", "inbound"}
@@ -94,6 +93,11 @@ def test_unit_is_hardened_restarts_and_stops_in_time(path: Path):
     assert first["Type"] == "notify"
 
 
+@pytest.fixture(scope="session")
+def systemd_analyze() -> str:
+    return debian_tool("systemd-analyze", "systemd")
+
+
 @pytest.fixture
 def venv_binary(tmp_path: Path) -> str:
     """The installed console script; a stand-in where this environment has none."""
@@ -106,18 +110,15 @@ def venv_binary(tmp_path: Path) -> str:
     return str(stub)
 
 
-@pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here"
-)
 @pytest.mark.parametrize("path", UNITS, ids=_role)
-def test_systemd_analyze_verify(path: Path, tmp_path: Path, venv_binary: str):
+def test_systemd_analyze_verify(path: Path, tmp_path: Path, venv_binary: str, systemd_analyze: str):
     text = path.read_text()
     assert INSTALLED in text
     # verify checks that ExecStart binaries exist: point them at this checkout's venv.
     unit = tmp_path / path.name
     unit.write_text(text.replace(INSTALLED, venv_binary))
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)],
+        [systemd_analyze, "verify", str(unit)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -140,19 +141,16 @@ def test_unit_shows_how_to_pass_the_server_key_as_a_credential(path: Path):
     assert "LoadCredential" not in _service(path)
 
 
-@pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here"
-)
 @pytest.mark.parametrize("path", UNITS, ids=_role)
 def test_unit_with_the_credential_enabled_still_verifies(
-    path: Path, tmp_path: Path, venv_binary: str
+    path: Path, tmp_path: Path, venv_binary: str, systemd_analyze: str
 ):
     text = path.read_text().replace("#" + CREDENTIAL_LINE, CREDENTIAL_LINE)
     unit = tmp_path / path.name
     unit.write_text(text.replace(INSTALLED, venv_binary))
     assert _service(unit)["LoadCredential"] == [CREDENTIAL_LINE.partition("=")[2]]
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)],
+        [systemd_analyze, "verify", str(unit)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -214,12 +212,6 @@ def test_notify_reads_the_process_environment(short_dir: Path, monkeypatch):
         assert sock.recv(4096) == b"READY=1"
 
 
-def _free_listen() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
-
-
 @pytest.mark.parametrize("role", ["mta", "api", "tracker", "inbound"])
 async def test_a_role_process_notifies_ready_then_stopping(
     role: str, database_url: str, tmp_path: Path, short_dir: Path
@@ -236,11 +228,11 @@ async def test_a_role_process_notifies_ready_then_stopping(
             "PENGUINMAILS_PATHS__DATA_DIR": str(tmp_path / "var"),
             "PENGUINMAILS_SECURITY__SECRET_KEYS": '["systemd-test-key"]',
             "PENGUINMAILS_MTA__METRICS_LISTEN": "",
-            "PENGUINMAILS_API__LISTEN": _free_listen(),
+            "PENGUINMAILS_API__LISTEN": free_listen(),
             "PENGUINMAILS_API__METRICS_LISTEN": "",
-            "PENGUINMAILS_TRACKER__LISTEN": _free_listen(),
+            "PENGUINMAILS_TRACKER__LISTEN": free_listen(),
             "PENGUINMAILS_TRACKER__METRICS_LISTEN": "",
-            "PENGUINMAILS_INBOUND__LISTEN": _free_listen(),
+            "PENGUINMAILS_INBOUND__LISTEN": free_listen(),
             "PENGUINMAILS_INBOUND__METRICS_LISTEN": "",
         }
     )

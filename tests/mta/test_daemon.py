@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections import Counter
 
 import orjson
+import pytest
 
-from tests.conftest import wait_for
-from tests.mta.test_delivery import queue_messages
+from tests.helpers import free_port, queue_messages, role_env, wait_for
 
 
 def _mta_env(database_url: str, hop: str, tmp_path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PENGUINMAILS_")}
-    env.update(
-        {
-            "PENGUINMAILS_DATABASE__URL": database_url,
-            "PENGUINMAILS_PATHS__DATA_DIR": str(tmp_path / "var"),
-            "PENGUINMAILS_MTA__ROUTES": f'{{"dest.test": "{hop}"}}',
-            "PENGUINMAILS_MTA__POLL_INTERVAL": "0.2",
-            "PENGUINMAILS_SECURITY__SECRET_KEYS": '["process-test-key"]',
-            "PENGUINMAILS_MTA__METRICS_LISTEN": "",
-            **extra,
-        }
+    return role_env(
+        database_url,
+        tmp_path / "var",
+        PENGUINMAILS_MTA__ROUTES=f'{{"dest.test": "{hop}"}}',
+        **extra,
     )
-    return env
 
 
 async def _spawn(env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -63,6 +55,7 @@ async def test_sigterm_drains_and_exits_zero(pool, database_url, smtp_peer, tmp_
     assert leased == 0
 
 
+@pytest.mark.slow
 async def test_kill_9_during_a_run_loses_nothing(pool, database_url, smtp_peer, tmp_path):
     total = 400
     await queue_messages(pool, [f"u{i}@dest.test" for i in range(total)])
@@ -108,13 +101,9 @@ async def _all_final(pool, total: int) -> bool:
 
 
 async def test_metrics_and_health_report_real_values(pool, database_url, smtp_peer, tmp_path):
-    import socket
-
     import aiohttp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     smtp_peer.fault("RCPT", 550, "5.1.1 unknown", match="bad")
     await queue_messages(pool, ["ok1@dest.test", "ok2@dest.test", "bad@dest.test"])
     env = _mta_env(

@@ -7,22 +7,17 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 
-
-def _free_listen() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+from tests.helpers import free_listen
 
 
 async def test_up_lists_and_serves_every_roles_metrics_address(database_url: str, tmp_path: Path):
-    metrics = {role: _free_listen() for role in ("api", "tracker", "mta", "inbound")}
-    api, tracker = _free_listen(), _free_listen()
+    metrics = {role: free_listen() for role in ("api", "tracker", "mta", "inbound")}
+    api, tracker = free_listen(), free_listen()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PENGUINMAILS_")}
     env.update(
         {
@@ -31,8 +26,8 @@ async def test_up_lists_and_serves_every_roles_metrics_address(database_url: str
             "PENGUINMAILS_SECURITY__SECRET_KEYS": '["up-test-key"]',
             "PENGUINMAILS_API__LISTEN": api,
             "PENGUINMAILS_TRACKER__LISTEN": tracker,
-            "PENGUINMAILS_MTA__SANDBOX_SINK": _free_listen(),
-            "PENGUINMAILS_INBOUND__LISTEN": _free_listen(),
+            "PENGUINMAILS_MTA__SANDBOX_SINK": free_listen(),
+            "PENGUINMAILS_INBOUND__LISTEN": free_listen(),
             **{f"PENGUINMAILS_{role.upper()}__METRICS_LISTEN": a for role, a in metrics.items()},
         }
     )

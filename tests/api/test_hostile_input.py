@@ -1,36 +1,67 @@
-"""Hostile input is refused with a clear error and no side effect."""
+"""Hostile input at the API is refused with a clear error and no side effect."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import io
 import os
+import socket
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
+import dns.asyncresolver
+import dns.nameserver
+import dns.resolver
 import pytest
 
-from tests.api.conftest import Client
-from tests.conftest import wait_for
-from tests.mta.test_delivery import queue_messages
+from penguinmails.config import split_hostport
+from tests.dns_server import DNSServer
+from tests.helpers import Client
 
-MIXED_NAME = "mixed.pm-reliability.invalid"
+ZONE = ".hooks.test"
+MIXED_NAME = "mixed" + ZONE
 
 
-@contextlib.contextmanager
-def hosts_entries(lines: str) -> Iterator[None]:
-    """A name with one public and one private address, through the real system resolver."""
-    try:
-        original = Path("/etc/hosts").read_text()
-        with open("/etc/hosts", "a") as hosts:
-            hosts.write(lines)
-    except OSError:
-        pytest.skip("/etc/hosts is not writable here; cannot give a name two addresses")
-    try:
-        yield
-    finally:
-        with open("/etc/hosts", "w") as hosts:
-            hosts.write(original)
+@pytest.fixture
+async def test_dns(dns_server: DNSServer, monkeypatch: pytest.MonkeyPatch) -> DNSServer:
+    """Names under ZONE are answered by the suite's DNS server, for every lookup in this
+    process; any other name still goes to the machine's resolver.
+
+    The address guard resolves through the event loop's getaddrinfo (the system resolver),
+    which cannot be pointed at a server on another port: so the loop's getaddrinfo asks the
+    test server for A and AAAA, over real DNS on loopback, and answers as getaddrinfo does.
+    """
+    loop = asyncio.get_running_loop()
+    system = loop.getaddrinfo
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(*split_hostport(dns_server.address))]
+    resolver.lifetime = 5.0
+
+    async def getaddrinfo(
+        host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> list[Any]:
+        if not (isinstance(host, str) and host.rstrip(".").endswith(ZONE)):
+            return await system(host, port, family=family, type=type, proto=proto, flags=flags)
+        found: list[Any] = []
+        for rdtype, kind in (("A", socket.AF_INET), ("AAAA", socket.AF_INET6)):
+            if family not in (socket.AF_UNSPEC, kind):
+                continue
+            try:
+                answer = await resolver.resolve(host, rdtype)
+            except dns.resolver.NoAnswer:
+                continue
+            except dns.resolver.NXDOMAIN:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
+            for record in answer:
+                address = (record.address, int(port or 0))
+                sockaddr = address if kind == socket.AF_INET else (*address, 0, 0)
+                found.append((kind, type or socket.SOCK_STREAM, proto, "", sockaddr))
+        if not found:
+            raise socket.gaierror(socket.EAI_NONAME, "No address associated with hostname")
+        return found
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    return dns_server
 
 
 REFUSED_TARGETS = [
@@ -61,10 +92,14 @@ async def test_webhook_targets_on_private_networks_are_refused(strict_client, po
     assert await pool.fetchval("SELECT count(*) FROM webhooks") == 0
 
 
-async def test_a_name_with_one_public_and_one_private_address_is_refused(strict_client, pool):
-    with hosts_entries(f"93.184.216.34 {MIXED_NAME}\n10.0.0.1 {MIXED_NAME}\n"):
-        reply = await strict_client.post("/webhooks", json={"url": f"http://{MIXED_NAME}/hook"})
+async def test_a_name_with_one_public_and_one_private_address_is_refused(
+    strict_client, pool, test_dns
+):
+    test_dns.load({MIXED_NAME: {"A": ["93.184.216.34", "10.0.0.1"]}})
 
+    reply = await strict_client.post("/webhooks", json={"url": f"http://{MIXED_NAME}/hook"})
+
+    assert test_dns.count(MIXED_NAME, "A") >= 1  # the guard asked the test server
     assert reply.status == 422, reply.body
     assert "10.0.0.1" in reply.body["error"]["details"][0]["message"]
     assert await pool.fetchval("SELECT count(*) FROM webhooks") == 0
@@ -118,26 +153,6 @@ async def test_an_oversized_body_is_refused(client, pool):
     assert reply.status == 413
     assert reply.body["error"]["code"]
     assert await pool.fetchval("SELECT count(*) FROM messages") == 0
-
-
-async def test_smuggling_sequences_in_a_body_reach_the_peer_as_one_message(
-    pool, make_settings, smtp_peer, start_worker
-):
-    evil = (
-        "Hello\n.\nMAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@dest.test>\r\n"
-        "DATA\r\nsmuggled\r\n.\r\nand\r.\rbare CR and \n.\r\n LF-dot mixes"
-    )
-    await queue_messages(pool, ["target@dest.test"], text=evil)
-    worker = await start_worker(make_settings(mta={"routes": {"dest.test": smtp_peer.hop}}))
-
-    await wait_for(lambda: smtp_peer.received)
-    await worker.stop()
-
-    [received] = smtp_peer.received  # one transaction, one recipient: nothing smuggled
-    assert received.rcpt_tos == ["target@dest.test"]
-    assert b"\n" not in received.data.replace(b"\r\n", b"")  # no bare LF on the wire
-    assert b"\r" not in received.data.replace(b"\r\n", b"")  # no bare CR either
-    assert "MAIL FROM:<evil@attacker.test>" in received.message.get_content()
 
 
 async def test_the_database_refusing_writes_gets_503_never_202(client, pool, database_url):

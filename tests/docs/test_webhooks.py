@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from penguinmails.webhooks import generate_secret, signature_headers
+from penguinmails.webhooks.signing import generate_secret, signature_headers
+from tests.helpers import debian_tool
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 BODY = b'{"id":"evt_1","type":"email.opened","created":"2026-01-01T00:00:00.000Z","data":{}}'
@@ -69,8 +69,8 @@ def test_reference_library_example():
                 namespace["handle"](secret, headers, body)
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_javascript_example(tmp_path):
+    node = debian_tool("node", "nodejs")
     module = tmp_path / "verify.js"
     module.write_text(block("javascript"))
     runner = tmp_path / "run.js"
@@ -92,7 +92,7 @@ def test_javascript_example(tmp_path):
         ]
     )
     out = subprocess.run(
-        ["node", str(runner)],
+        [node, str(runner)],
         input=payload,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""The template language: variables, defaults, spintax, escaping, and the enqueue-time check."""
+"""The template language: variables, defaults, spintax and escaping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from penguinmails import template
-from penguinmails.messages import Draft, InvalidMessage
 from penguinmails.template import TemplateError
 
 
@@ -74,12 +73,10 @@ def test_braces_without_a_pipe_are_text():
     assert render("a } b | c {") == "a } b | c {"
 
 
-def test_pathological_braces_parse_quickly():
-    import time
-
-    start = time.monotonic()
-    template.Template(" { " * 20000 + " {a|" * 5000)
-    assert time.monotonic() - start < 2.0
+def test_pathological_braces_are_text():
+    # 25,000 unclosed braces: a parser that backtracked over them would take minutes here.
+    source = " { " * 20000 + " {a|" * 5000
+    assert render(source) == source
 
 
 @settings(max_examples=200, deadline=None)
@@ -95,54 +92,6 @@ def test_text_without_braces_renders_as_itself(text):
 )
 def test_spintax_always_picks_one_of_the_options(options, seed):
     assert render("{" + "|".join(options) + "}", seed=seed) in options
-
-
-# -- the check at enqueue time -------------------------------------------------------------
-
-
-def draft(**fields) -> Draft:
-    base: dict = {
-        "from_email": "news@acme.test",
-        "subject": "Hi {{name}}",
-        "recipients": ["a@dest.test", "b@dest.test"],
-        "text": "Hello {{name}} from {{company | default: 'us'}}",
-    }
-    base.update(fields)
-    return Draft(**base)
-
-
-def test_enqueue_refuses_a_recipient_without_a_value():
-    with pytest.raises(InvalidMessage) as caught:
-        draft(personalization=[{"name": "Ann"}, {"company": "Acme"}]).validate()
-    assert caught.value.field == "personalization[1]"
-    assert "name" in caught.value.message
-    with pytest.raises(InvalidMessage):
-        draft().validate()  # no personalization at all
-    draft(personalization=[{"name": "Ann"}, {"name": "Bob"}]).validate()
-
-
-def test_enqueue_accepts_builtins_and_defaults():
-    draft(
-        subject="News",
-        text="{{ email }} can leave: {{unsubscribe_url}} {{x | default: ''}}",
-    ).validate()
-
-
-def test_enqueue_reports_template_syntax_errors_by_field():
-    with pytest.raises(InvalidMessage) as caught:
-        draft(html="<p>{{name</p>", personalization=[{"name": "a"}, {"name": "b"}]).validate()
-    assert caught.value.field == "html"
-
-
-def test_a_personalised_subject_cannot_inject_headers():
-    with pytest.raises(InvalidMessage, match="CR or LF"):
-        draft(personalization=[{"name": "Ann\r\nBcc: x@evil.test"}, {"name": "Bob"}]).validate()
-    # Only values the subject uses matter; the body may hold line breaks.
-    draft(
-        subject="Hi",
-        text="{{bio}}",
-        personalization=[{"bio": "a\nb"}, {"bio": "c"}],
-    ).validate()
 
 
 def test_a_group_picks_alike_wherever_it_appears_in_one_message():

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
-from tests.mta.test_delivery import queue_messages
+from tests.helpers import queue_messages, role_env
 
 
 async def _cli(database_url: str, tmp_path, *args: str, stdin: bytes | None = None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PENGUINMAILS_")}
-    env["PENGUINMAILS_DATABASE__URL"] = database_url
-    env["PENGUINMAILS_PATHS__DATA_DIR"] = str(tmp_path)
+    env = role_env(database_url, tmp_path)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
