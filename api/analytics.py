@@ -19,7 +19,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Literal
 
-from api.envelope import not_found
+from api.errors import not_found
 from api.models import (
     AnalyticsQuery,
     CampaignAnalytics,
@@ -51,8 +51,8 @@ def _rate(part: int, whole: int) -> float:
     errors=(404,),
     publishable=True,
 )
-async def campaign_analytics(call: Call) -> CampaignAnalytics:
-    query: AnalyticsQuery = call.query
+async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalytics:
+    query = call.query
     campaign_id = call.path_id("id", "Campaign")
     recipients = await call.pool.fetchval(
         SQL["campaign_exists"], call.principal.tenant_id, campaign_id

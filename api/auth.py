@@ -36,7 +36,7 @@ import asyncpg
 import jwt
 from aiohttp import web
 
-from api.envelope import ApiError
+from api.errors import unauthorized
 from penguinmails.config import Settings
 from penguinmails.queries import load
 from penguinmails.secrets import derive, server_keys
@@ -91,12 +91,6 @@ class Principal:
         """Publishable keys count apart, so a public browser key cannot spend the budget of
         the secret keys; each mode's tenant row counts apart already."""
         return "publishable" if self.kind == "pk" else "secret"
-
-
-def unauthorized(message: str = "Invalid or missing credentials") -> ApiError:
-    return ApiError(
-        401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": 'Bearer realm="penguinmails"'}
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +211,9 @@ async def verify_password(
 # Login tokens
 
 
-class TokenSigner:
+class LoginTokens:
+    """Issues and verifies login tokens: HS256 JWTs under keys derived for "jwt"."""
+
     def __init__(self, settings: Settings, ttl: int = JWT_TTL_SECONDS) -> None:
         # The first server key signs; every key verifies, so a server key can be rotated
         # without logging everyone out.
@@ -279,7 +275,7 @@ def _jwt_reason(exc: jwt.PyJWTError) -> str:
     return "malformed"
 
 
-async def principal_for_token(pool: asyncpg.Pool, signer: TokenSigner, token: str) -> Principal:
+async def principal_for_token(pool: asyncpg.Pool, signer: LoginTokens, token: str) -> Principal:
     claims = signer.verify(token)
     try:
         user_id = int(claims["sub"])
@@ -302,7 +298,7 @@ async def principal_for_token(pool: asyncpg.Pool, signer: TokenSigner, token: st
     )
 
 
-async def authenticate(request: web.Request, pool: asyncpg.Pool, signer: TokenSigner) -> Principal:
+async def authenticate(request: web.Request, pool: asyncpg.Pool, signer: LoginTokens) -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()

@@ -12,11 +12,10 @@ database trigger when the last message becomes final (migration 0006).
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 
-from api.envelope import not_found, validation_error
+from api.drafts import draft_from_row, lock_campaign, new_draft
+from api.errors import conflict, not_found, validation_error
 from api.models import (
     Campaign,
     CampaignCreate,
@@ -31,12 +30,11 @@ from api.models import (
     SenderOut,
 )
 from api.routing import API, Call, decode_cursor, encode_cursor
-from api.senders import check_draft, conflict, refuse_template_id, resolve_sender
-from penguinmails.messages import Draft, enqueue
+from api.senders import check_draft, refuse_template_id, resolve_sender
+from penguinmails.messages import enqueue
 from penguinmails.queries import load
 
 SQL = load("api")
-PLACEHOLDER_SENDER = "sender@example.com"  # checks content before a sender is chosen
 
 
 def settings_dict(settings: CampaignSettings) -> dict[str, bool]:
@@ -91,47 +89,6 @@ async def fetch_campaign(
     return campaign_model(row)
 
 
-def _draft(
-    *,
-    from_email: str | None,
-    from_name: str,
-    subject: str,
-    html: str | None,
-    text: str | None,
-    headers: dict[str, str],
-    settings: dict[str, Any],
-) -> Draft:
-    return Draft(
-        from_email=from_email or PLACEHOLDER_SENDER,
-        from_name=from_name,
-        subject=subject,
-        recipients=[],
-        text=text,
-        html=html,
-        headers=headers,
-        settings=settings,
-    )
-
-
-def draft_from_row(row: asyncpg.Record, from_email: str, from_name: str) -> Draft:
-    return _draft(
-        from_email=from_email,
-        from_name=from_name,
-        subject=row["subject"],
-        html=row["html_body"],
-        text=row["text_body"],
-        headers=row["headers"],
-        settings=row["settings"],
-    )
-
-
-async def lock(conn: asyncpg.Connection, call: Call, campaign_id: int) -> asyncpg.Record:
-    row = await conn.fetchrow(SQL["lock_campaign"], call.principal.tenant_id, campaign_id)
-    if row is None:
-        raise not_found("Campaign")
-    return row
-
-
 @API.route(
     "POST",
     "/campaigns",
@@ -141,14 +98,14 @@ async def lock(conn: asyncpg.Connection, call: Call, campaign_id: int) -> asyncp
     response=Campaign,
     status=201,
 )
-async def create_campaign(call: Call) -> Campaign:
-    body: CampaignCreate = call.body
+async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
+    body = call.body
     refuse_template_id(body.content.template_id)
     from_email, from_name = None, ""
     if body.from_ is not None:
         from_email, from_name = await resolve_sender(call.pool, call.principal, body.from_)
     settings = settings_dict(body.settings)
-    draft = _draft(
+    draft = new_draft(
         from_email=from_email,
         from_name=from_name,
         subject=body.subject,
@@ -187,7 +144,7 @@ async def create_campaign(call: Call) -> Campaign:
     errors=(404,),
     publishable=True,
 )
-async def get_campaign(call: Call) -> Campaign:
+async def get_campaign(call: Call[None, None]) -> Campaign:
     return await fetch_campaign(call.pool, call.principal.tenant_id, call.path_id("id", "Campaign"))
 
 
@@ -200,8 +157,8 @@ async def get_campaign(call: Call) -> Campaign:
     response=Page[Campaign],
     publishable=True,
 )
-async def list_campaigns(call: Call) -> Page[Campaign]:
-    query: ListQuery = call.query
+async def list_campaigns(call: Call[None, ListQuery]) -> Page[Campaign]:
+    query = call.query
     after = decode_cursor(query.cursor)
     rows = await call.pool.fetch(
         SQL["list_campaigns"], call.principal.tenant_id, after, query.limit + 1
@@ -222,8 +179,8 @@ async def list_campaigns(call: Call) -> Page[Campaign]:
     response=Campaign,
     errors=(404, 409),
 )
-async def update_campaign(call: Call) -> Campaign:
-    body: CampaignUpdate = call.body
+async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
+    body = call.body
     campaign_id = call.path_id("id", "Campaign")
     given = body.model_fields_set
     if body.content is not None:
@@ -232,7 +189,7 @@ async def update_campaign(call: Call) -> Campaign:
         if name in given and getattr(body, name) is None:
             raise validation_error([{"field": name, "message": "must not be null"}])
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await lock(conn, call, campaign_id)
+        row = await lock_campaign(conn, call.principal.tenant_id, campaign_id)
         if row["status"] != "draft":
             raise conflict(f"Only a draft can be changed; this campaign is {row['status']}")
         from_email, from_name = row["from_email"], row["from_name"]
@@ -253,7 +210,7 @@ async def update_campaign(call: Call) -> Campaign:
             if body.recipients is not None
             else row["recipients"]
         )
-        draft = _draft(
+        draft = new_draft(
             from_email=from_email,
             from_name=from_name,
             subject=subject,
@@ -293,11 +250,11 @@ async def update_campaign(call: Call) -> Campaign:
     status=202,
     errors=(404, 409),
 )
-async def send_campaign(call: Call) -> Campaign:
-    body: CampaignSend = call.body
+async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
+    body = call.body
     campaign_id = call.path_id("id", "Campaign")
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await lock(conn, call, campaign_id)
+        row = await lock_campaign(conn, call.principal.tenant_id, campaign_id)
         if row["status"] != "draft":
             raise conflict(f"Only a draft can be sent; this campaign is {row['status']}")
         recipients = [Recipient.model_validate(r) for r in row["recipients"]]
@@ -340,11 +297,11 @@ async def send_campaign(call: Call) -> Campaign:
     response=Campaign,
     errors=(404, 409),
 )
-async def pause_campaign(call: Call) -> Campaign:
+async def pause_campaign(call: Call[None, None]) -> Campaign:
     campaign_id = call.path_id("id", "Campaign")
     tenant = call.principal.tenant_id
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await lock(conn, call, campaign_id)
+        row = await lock_campaign(conn, call.principal.tenant_id, campaign_id)
         if row["status"] != "sending":
             raise conflict(f"Only a sending campaign can be paused; this one is {row['status']}")
         await conn.execute(SQL["pause_campaign_messages"], campaign_id, tenant)
@@ -360,11 +317,11 @@ async def pause_campaign(call: Call) -> Campaign:
     response=Campaign,
     errors=(404, 409),
 )
-async def resume_campaign(call: Call) -> Campaign:
+async def resume_campaign(call: Call[None, None]) -> Campaign:
     campaign_id = call.path_id("id", "Campaign")
     tenant = call.principal.tenant_id
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await lock(conn, call, campaign_id)
+        row = await lock_campaign(conn, call.principal.tenant_id, campaign_id)
         if row["status"] != "paused":
             raise conflict(f"Only a paused campaign can be resumed; this one is {row['status']}")
         await conn.execute(SQL["resume_campaign_messages"], campaign_id, tenant, row["paused_at"])
@@ -380,11 +337,11 @@ async def resume_campaign(call: Call) -> Campaign:
     response=Campaign,
     errors=(404, 409),
 )
-async def cancel_campaign(call: Call) -> Campaign:
+async def cancel_campaign(call: Call[None, None]) -> Campaign:
     campaign_id = call.path_id("id", "Campaign")
     tenant = call.principal.tenant_id
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await lock(conn, call, campaign_id)
+        row = await lock_campaign(conn, call.principal.tenant_id, campaign_id)
         if row["status"] not in ("draft", "sending", "paused"):
             raise conflict(f"This campaign is already {row['status']}")
         await conn.execute(SQL["set_campaign_cancelled"], campaign_id)

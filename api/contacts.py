@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from api.envelope import ApiError, not_found, validation_error
+from api.errors import ApiError, not_found, validation_error
 from api.models import (
     Contact,
     ContactCreate,
@@ -46,8 +46,8 @@ def _duplicate(email: str) -> ApiError:
     status=201,
     errors=(409,),
 )
-async def create_contact(call: Call) -> Contact:
-    body: ContactCreate = call.body
+async def create_contact(call: Call[ContactCreate, None]) -> Contact:
+    body = call.body
     row = await call.pool.fetchrow(
         SQL["insert_contact"],
         call.principal.tenant_id,
@@ -71,7 +71,7 @@ async def create_contact(call: Call) -> Contact:
     response=Contact,
     errors=(404,),
 )
-async def get_contact(call: Call) -> Contact:
+async def get_contact(call: Call[None, None]) -> Contact:
     row = await call.pool.fetchrow(
         SQL["get_contact"], call.principal.tenant_id, call.path_id("id", "Contact")
     )
@@ -88,8 +88,8 @@ async def get_contact(call: Call) -> Contact:
     query=ContactListQuery,
     response=Page[Contact],
 )
-async def list_contacts(call: Call) -> Page[Contact]:
-    query: ContactListQuery = call.query
+async def list_contacts(call: Call[None, ContactListQuery]) -> Page[Contact]:
+    query = call.query
     rows = await call.pool.fetch(
         SQL["list_contacts"],
         call.principal.tenant_id,
@@ -113,8 +113,8 @@ async def list_contacts(call: Call) -> Page[Contact]:
     response=Contact,
     errors=(404, 409),
 )
-async def update_contact(call: Call) -> Contact:
-    body: ContactUpdate = call.body
+async def update_contact(call: Call[ContactUpdate, None]) -> Contact:
+    body = call.body
     contact_id = call.path_id("id", "Contact")
     given = body.model_fields_set
     for name in ("email", "custom_fields", "tags"):
@@ -154,7 +154,7 @@ async def update_contact(call: Call) -> Contact:
     response=Deleted,
     errors=(404,),
 )
-async def delete_contact(call: Call) -> Deleted:
+async def delete_contact(call: Call[None, None]) -> Deleted:
     contact_id = call.path_id("id", "Contact")
     if (
         await call.pool.fetchval(SQL["delete_contact"], call.principal.tenant_id, contact_id)
@@ -172,8 +172,8 @@ async def delete_contact(call: Call) -> Deleted:
     query=ListQuery,
     response=Page[Suppression],
 )
-async def list_suppressions(call: Call) -> Page[Suppression]:
-    query: ListQuery = call.query
+async def list_suppressions(call: Call[None, ListQuery]) -> Page[Suppression]:
+    query = call.query
     after = decode_cursor(query.cursor, numeric=False)
     rows = await call.pool.fetch(
         SQL["list_suppressions"], call.principal.tenant_id, after, query.limit + 1
@@ -194,8 +194,8 @@ async def list_suppressions(call: Call) -> Page[Suppression]:
     response=Suppression,
     status=201,
 )
-async def add_suppression(call: Call) -> Suppression:
-    body: SuppressionCreate = call.body
+async def add_suppression(call: Call[SuppressionCreate, None]) -> Suppression:
+    body = call.body
     row = await call.pool.fetchrow(
         SQL["add_suppression"], call.principal.tenant_id, body.email, body.reason, body.detail
     )
@@ -215,7 +215,7 @@ async def add_suppression(call: Call) -> Suppression:
     response=Deleted,
     errors=(404,),
 )
-async def delete_suppression(call: Call) -> Deleted:
+async def delete_suppression(call: Call[None, None]) -> Deleted:
     email = call.request.match_info["email"]
     if len(email) > 254:
         raise not_found("Suppression")

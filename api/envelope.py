@@ -20,6 +20,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from api.errors import ApiError, validation_error
+
 log = logging.getLogger(__name__)
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -27,35 +29,6 @@ REQUEST_ID = web.RequestKey("request_id", str)
 EXTRA_HEADERS = web.RequestKey("extra_headers", dict)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """An error to answer with; `details` name the offending fields."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        details: Sequence[Mapping[str, str]] = (),
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = [dict(d) for d in details]
-        self.headers = dict(headers or {})
-
-
-def validation_error(details: Sequence[Mapping[str, str]], message: str = "") -> ApiError:
-    first = details[0] if details else {"field": "", "message": "invalid"}
-    text = message or f"{first['field'] or 'request'}: {first['message']}"
-    return ApiError(422, "VALIDATION_ERROR", text, details)
-
-
-def not_found(what: str) -> ApiError:
-    return ApiError(404, "NOT_FOUND", f"{what} not found")
 
 
 def field_path(loc: Sequence[int | str]) -> str:

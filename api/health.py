@@ -6,7 +6,7 @@ goes to the log.
 
 from __future__ import annotations
 
-from api.envelope import ApiError
+from api.errors import ApiError
 from api.models import Health
 from api.routing import API, Call
 from penguinmails.observability import HEALTH
@@ -20,7 +20,7 @@ from penguinmails.observability import HEALTH
     response=Health,
     auth=False,
 )
-async def health(call: Call) -> Health:
+async def health(call: Call[None, None]) -> Health:
     if not await call.request.app[HEALTH].ok():
         raise ApiError(503, "UNAVAILABLE", "service unavailable")
     return Health(status="ok", database="ok")

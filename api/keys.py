@@ -14,16 +14,8 @@ import logging
 
 import asyncpg
 
-from api.auth import (
-    HashBusy,
-    Kind,
-    Mode,
-    hash_password,
-    new_key,
-    unauthorized,
-    verify_password,
-)
-from api.envelope import ApiError, not_found
+from api.auth import HashBusy, Kind, Mode, hash_password, new_key, verify_password
+from api.errors import ApiError, forbidden, not_found, unauthorized
 from api.models import (
     ApiKey,
     ApiKeyCreate,
@@ -104,11 +96,11 @@ def _key_model(row: asyncpg.Record) -> ApiKey:
     response=ApiKeyCreated,
     status=201,
 )
-async def create_api_key(call: Call) -> ApiKeyCreated:
-    body: ApiKeyCreate = call.body
+async def create_api_key(call: Call[ApiKeyCreate, None]) -> ApiKeyCreated:
+    body = call.body
     mode: Mode = body.mode or call.principal.mode
     if call.principal.sandbox and mode == "live":
-        raise ApiError(403, "FORBIDDEN", "A test-mode key cannot create live keys")
+        raise forbidden("A test-mode key cannot create live keys")
     tenant_id = call.principal.tenant_id
     if mode != call.principal.mode:
         tenant_id = await mode_tenant(call.pool, call.principal.account_id, mode)
@@ -123,7 +115,7 @@ async def create_api_key(call: Call) -> ApiKeyCreated:
     tag="Keys",
     response=Page[ApiKey],
 )
-async def list_api_keys(call: Call) -> Page[ApiKey]:
+async def list_api_keys(call: Call[None, None]) -> Page[ApiKey]:
     rows = await call.pool.fetch(SQL["list_api_keys"], call.principal.tenant_id)
     return Page[ApiKey](items=[_key_model(r) for r in rows], has_more=False, next_cursor=None)
 
@@ -136,7 +128,7 @@ async def list_api_keys(call: Call) -> Page[ApiKey]:
     response=ApiKey,
     errors=(404,),
 )
-async def revoke_api_key(call: Call) -> ApiKey:
+async def revoke_api_key(call: Call[None, None]) -> ApiKey:
     key_id = call.path_id("id", "API key")
     row = await call.pool.fetchrow(SQL["revoke_api_key"], call.principal.tenant_id, key_id)
     if row is None:
@@ -167,8 +159,8 @@ def _too_busy() -> ApiError:
     status=201,
     errors=(409, 503),
 )
-async def create_user(call: Call) -> User:
-    body: UserCreate = call.body
+async def create_user(call: Call[UserCreate, None]) -> User:
+    body = call.body
     try:
         encoded = await hash_password(body.password)
     except HashBusy:
@@ -187,7 +179,7 @@ async def create_user(call: Call) -> User:
 
 
 @API.route("GET", "/users", summary="List the users of this mode", tag="Auth", response=Page[User])
-async def list_users(call: Call) -> Page[User]:
+async def list_users(call: Call[None, None]) -> Page[User]:
     rows = await call.pool.fetch(SQL["list_users"], call.principal.tenant_id)
     return Page[User](items=[User(**dict(r)) for r in rows], has_more=False, next_cursor=None)
 
@@ -200,7 +192,7 @@ async def list_users(call: Call) -> Page[User]:
     response=User,
     errors=(404,),
 )
-async def delete_user(call: Call) -> User:
+async def delete_user(call: Call[None, None]) -> User:
     user_id = call.path_id("id", "User")
     row = await call.pool.fetchrow(SQL["delete_user"], call.principal.tenant_id, user_id)
     if row is None:
@@ -222,8 +214,8 @@ async def delete_user(call: Call) -> User:
     auth=False,
     errors=(409, 429, 503),
 )
-async def login(call: Call) -> Token:
-    body: LoginRequest = call.body
+async def login(call: Call[LoginRequest, None]) -> Token:
+    body = call.body
     throttle = call.state.limiter.logins
     network = source_network(call.request.remote)
     await throttle.check(body.email, network)
@@ -264,9 +256,7 @@ async def login(call: Call) -> Token:
 
 def _user_id(call: Call) -> int:
     if call.principal.user_id is None:
-        raise ApiError(
-            403, "FORBIDDEN", "Only a logged-in user's token can do this, not an API key"
-        )
+        raise forbidden("Only a logged-in user's token can do this, not an API key")
     return call.principal.user_id
 
 
@@ -277,7 +267,7 @@ def _user_id(call: Call) -> int:
     tag="Auth",
     response=LoggedOut,
 )
-async def logout(call: Call) -> LoggedOut:
+async def logout(call: Call[None, None]) -> LoggedOut:
     user_id = _user_id(call)
     await call.pool.fetchval(SQL["bump_token_version"], user_id)
     log.info("logged out everywhere", extra={"action": "logout", "user": user_id})
@@ -293,8 +283,8 @@ async def logout(call: Call) -> LoggedOut:
     response=Token,
     errors=(503,),
 )
-async def change_password(call: Call) -> Token:
-    body: PasswordChange = call.body
+async def change_password(call: Call[PasswordChange, None]) -> Token:
+    body = call.body
     user_id = _user_id(call)
     row = await call.pool.fetchrow(SQL["user_password"], user_id)
     try:

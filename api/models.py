@@ -31,6 +31,7 @@ from penguinmails.messages import (
     address_domain,
     owned_header,
 )
+from penguinmails.webhooks.endpoints import Endpoint
 
 MAX_RECIPIENTS = 10_000
 MAX_BODY_CHARS = 1_000_000
@@ -471,17 +472,10 @@ class WebhookUpdate(Request):
     active: bool | None = None
 
 
-class Webhook(Owned):
-    id: int
-    url: str
-    description: str
-    events: list[str]
-    active: bool
-    failing_since: datetime | None
-    disabled_at: datetime | None
-    disabled_reason: str | None
-    created_at: datetime
-    updated_at: datetime
+# The fields are Endpoint's, defined once in penguinmails.webhooks.endpoints; no docstring
+# here, since a docstring would become the schema's description in the OpenAPI document.
+class Webhook(Endpoint, Owned):
+    pass
 
 
 class WebhookCreated(Webhook):

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from api.envelope import ApiError
+from api.errors import ApiError
 from penguinmails.queries import load
 
 SQL = load("api")

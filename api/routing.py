@@ -13,23 +13,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from api.auth import Principal, TokenSigner, authenticate
-from api.envelope import (
-    EXTRA_HEADERS,
-    ApiError,
-    not_found,
-    nul_free,
-    pydantic_details,
-    read_json,
-    success,
-    validation_error,
-)
+from api.auth import LoginTokens, Principal, authenticate
+from api.envelope import EXTRA_HEADERS, nul_free, pydantic_details, read_json, success
+from api.errors import forbidden, not_found, validation_error
 from api.models import LIVEMODE
 from api.ratelimit import RateLimiter, rate_limited
 from penguinmails.config import Settings
@@ -41,22 +33,27 @@ MAX_ID = 2**63 - 1
 class State:
     pool: asyncpg.Pool
     settings: Settings
-    signer: TokenSigner
+    signer: LoginTokens
     limiter: RateLimiter
 
 
 STATE = web.AppKey("api_state", State)
 
 
+BodyT = TypeVar("BodyT")
+QueryT = TypeVar("QueryT")
+
+
 @dataclass
-class Call:
-    """What a handler gets: the request, the caller, and the validated inputs."""
+class Call(Generic[BodyT, QueryT]):
+    """What a handler gets: the request, the caller, and the validated inputs, typed by the
+    models the route declares (`Call[CampaignCreate, None]`: a body, no query)."""
 
     request: web.Request
     state: State
     principal_or_none: Principal | None
-    body: Any
-    query: Any
+    body: BodyT
+    query: QueryT
     response_headers: dict[str, str] = field(default_factory=dict)
     status: int | None = None  # overrides the operation's status (e.g. 200 on a replay)
 
@@ -76,7 +73,7 @@ class Call:
         return int(raw)
 
 
-Handler = Callable[[Call], Awaitable[BaseModel | None]]
+Handler = Callable[[Call[Any, Any]], Awaitable[BaseModel | None]]
 
 
 @dataclass(frozen=True)
@@ -157,11 +154,8 @@ def dispatch(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
             principal = await authenticate(request, state.pool, state.signer)
             # Refused before it is counted: a request the caller may not make spends nothing.
             if principal.publishable and not operation.publishable:
-                raise ApiError(
-                    403,
-                    "FORBIDDEN",
-                    "Publishable (pk_) keys may only read campaigns and analytics; "
-                    "use a secret key",
+                raise forbidden(
+                    "Publishable (pk_) keys may only read campaigns and analytics; use a secret key"
                 )
             usage = await state.limiter.hit(
                 principal.tenant_id,

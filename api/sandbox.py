@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
+from importlib import resources
 from typing import Any, Literal
 
 import asyncpg
@@ -30,7 +31,7 @@ from aiohttp import web
 from dkim.util import InvalidTagValueList, parse_tag_value
 from pydantic import Field
 
-from api.envelope import not_found
+from api.errors import not_found
 from api.models import ListQuery, Owned, Page, Response
 from api.routing import API, Call, decode_cursor, encode_cursor
 from penguinmails.queries import load
@@ -103,8 +104,8 @@ class SandboxMessage(SandboxMessageSummary):
     query=ListQuery,
     response=Page[SandboxMessageSummary],
 )
-async def list_sandbox_messages(call: Call) -> Page[SandboxMessageSummary]:
-    query: ListQuery = call.query
+async def list_sandbox_messages(call: Call[None, ListQuery]) -> Page[SandboxMessageSummary]:
+    query = call.query
     rows = await call.pool.fetch(
         SQL["list_sandbox_messages"],
         call.principal.tenant_id,
@@ -130,7 +131,7 @@ async def list_sandbox_messages(call: Call) -> Page[SandboxMessageSummary]:
     response=SandboxMessage,
     errors=(404,),
 )
-async def get_sandbox_message(call: Call) -> SandboxMessage:
+async def get_sandbox_message(call: Call[None, None]) -> SandboxMessage:
     row = await call.pool.fetchrow(
         SQL["get_sandbox_message"],
         call.principal.tenant_id,
@@ -308,205 +309,13 @@ _PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
-PAGE_HTML = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>PenguinMails sandbox inbox</title>
-<link rel="stylesheet" href="/sandbox/app.css">
-<script src="/sandbox/app.js" defer></script>
-</head>
-<body>
-<header>
-  <h1>Sandbox inbox</h1>
-  <button id="signout" type="button" hidden>Forget key</button>
-</header>
-<form id="login" hidden>
-  <label for="key">API key</label>
-  <input id="key" name="key" type="password" autocomplete="off" spellcheck="false"
-         placeholder="sk_test_...">
-  <button type="submit">Open inbox</button>
-  <p class="hint">Printed by <code>penguinmails up</code>; kept for this tab only
-  (sessionStorage).</p>
-</form>
-<p id="error" role="alert" hidden></p>
-<main>
-  <section id="list" hidden>
-    <table>
-      <thead><tr><th>Received</th><th>From</th><th>To</th><th>Subject</th></tr></thead>
-      <tbody id="rows"></tbody>
-    </table>
-    <p id="empty" hidden>Nothing captured yet.</p>
-    <button id="more" type="button" hidden>Older messages</button>
-  </section>
-  <section id="message" hidden>
-    <p><a href="#">&larr; All messages</a></p>
-    <h2 id="subject"></h2>
-    <dl id="summary"></dl>
-    <p id="dkim"></p>
-    <nav>
-      <button type="button" data-tab="html">HTML</button>
-      <button type="button" data-tab="text">Text</button>
-      <button type="button" data-tab="headers">Headers</button>
-      <button type="button" data-tab="raw">Source</button>
-    </nav>
-    <iframe id="tab-html" class="tab" title="Message (html)" referrerpolicy="no-referrer"
-            sandbox="allow-popups allow-popups-to-escape-sandbox"></iframe>
-    <pre id="tab-text" class="tab" hidden></pre>
-    <table id="tab-headers" class="tab" hidden><tbody></tbody></table>
-    <pre id="tab-raw" class="tab" hidden></pre>
-  </section>
-</main>
-</body>
-</html>
-"""
-
-PAGE_CSS = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0 auto; max-width: 72rem; padding: 1rem; }
-header { display: flex; align-items: center; justify-content: space-between; }
-h1 { font-size: 1.4rem; margin: 0 0 1rem; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #ddd;
-         vertical-align: top; overflow-wrap: anywhere; }
-tbody#rows tr { cursor: pointer; }
-tbody#rows tr:hover { background: #f3f6fa; }
-#error { color: #a00; }
-.hint { color: #666; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; }
-dt { color: #666; }
-dd { margin: 0; overflow-wrap: anywhere; }
-nav { margin: 1rem 0 .5rem; display: flex; gap: .5rem; }
-nav button[aria-pressed="true"] { font-weight: bold; }
-iframe { width: 100%; height: 70vh; border: 1px solid #ccc; background: #fff; }
-pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f7f7f7; padding: .75rem; }
-.pass { color: #070; } .fail { color: #a00; } .none, .neutral { color: #666; }
-"""
-
-# No innerHTML anywhere: everything from a message is set as text, except the html part,
-# which only ever goes into the sandboxed iframe's srcdoc.
-PAGE_JS = """'use strict';
-(function () {
-  const KEY = 'penguinmails.sandbox.key';
-  const API = '/api/v1/sandbox/messages';
-  const $ = (id) => document.getElementById(id);
-  let cursor = null;
-
-  function show(id, visible) { $(id).hidden = !visible; }
-  function fail(text) { $('error').textContent = text; show('error', Boolean(text)); }
-  function cell(row, text) {
-    const td = document.createElement('td');
-    td.textContent = text;
-    row.appendChild(td);
-  }
-  function when(iso) { return new Date(iso).toLocaleString(); }
-
-  async function call(path) {
-    const key = sessionStorage.getItem(KEY);
-    const res = await fetch(path, { headers: { Authorization: 'Bearer ' + key } });
-    const body = await res.json().catch(() => null);
-    if (res.status === 401) { sessionStorage.removeItem(KEY); route(); }
-    if (!body || !body.success) {
-      throw new Error(body && body.error ? body.error.message : 'HTTP ' + res.status);
-    }
-    return body.data;
-  }
-
-  async function list(more) {
-    show('message', false);
-    show('list', true);
-    if (!more) { $('rows').replaceChildren(); cursor = null; }
-    const query = '?limit=50' + (cursor ? '&cursor=' + encodeURIComponent(cursor) : '');
-    const page = await call(API + query);
-    for (const m of page.items) {
-      const row = document.createElement('tr');
-      cell(row, when(m.received_at));
-      cell(row, m.from);
-      cell(row, m.to);
-      cell(row, m.subject || '(no subject)');
-      row.addEventListener('click', () => { location.hash = '#/messages/' + m.id; });
-      $('rows').appendChild(row);
-    }
-    cursor = page.next_cursor;
-    show('more', page.has_more);
-    show('empty', $('rows').children.length === 0);
-  }
-
-  function tab(name) {
-    for (const el of document.querySelectorAll('.tab')) el.hidden = el.id !== 'tab-' + name;
-    for (const b of document.querySelectorAll('nav button')) {
-      b.setAttribute('aria-pressed', String(b.dataset.tab === name));
-    }
-  }
-
-  async function message(id) {
-    show('list', false);
-    const m = await call(API + '/' + encodeURIComponent(id));
-    $('subject').textContent = m.subject || '(no subject)';
-    const summary = $('summary');
-    summary.replaceChildren();
-    const fields = [['From', m.from], ['To', m.to], ['Received', when(m.received_at)],
-      ['Envelope from', m.mail_from], ['Envelope to', m.rcpt_tos.join(', ')],
-      ['Size', m.size + ' bytes']];
-    for (const [name, value] of fields) {
-      const dt = document.createElement('dt');
-      dt.textContent = name;
-      const dd = document.createElement('dd');
-      dd.textContent = value;
-      summary.append(dt, dd);
-    }
-    const dkim = $('dkim');
-    dkim.className = m.dkim.result;
-    dkim.textContent = 'DKIM: ' + m.dkim.result + (m.dkim.domain
-      ? ' (d=' + m.dkim.domain + ', s=' + m.dkim.selector + ')' : '') +
-      m.dkim.signatures.filter((s) => s.reason).map((s) => '; ' + s.reason).join('');
-    const rows = $('tab-headers').tBodies[0];
-    rows.replaceChildren();
-    for (const h of m.headers) {
-      const row = document.createElement('tr');
-      cell(row, h.name);
-      cell(row, h.value);
-      rows.appendChild(row);
-    }
-    $('tab-text').textContent = m.text === null ? '(no text part)' : m.text;
-    $('tab-raw').textContent = m.raw;
-    // Links open in a new tab (the tracker's click redirect), outside the sandbox.
-    $('tab-html').srcdoc = m.html === null ? '' : '<base target="_blank">' + m.html;
-    tab(m.html === null ? 'text' : 'html');
-    show('message', true);
-  }
-
-  async function route() {
-    fail('');
-    const signedIn = Boolean(sessionStorage.getItem(KEY));
-    show('login', !signedIn);
-    show('signout', signedIn);
-    if (!signedIn) { show('list', false); show('message', false); return; }
-    const match = location.hash.match(/^#\\/messages\\/(\\d+)$/);
-    try {
-      if (match) await message(match[1]); else await list(false);
-    } catch (err) { fail(err.message); }
-  }
-
-  document.addEventListener('DOMContentLoaded', () => {
-    $('login').addEventListener('submit', (event) => {
-      event.preventDefault();
-      const key = $('key').value.trim();
-      if (key) sessionStorage.setItem(KEY, key);
-      $('key').value = '';
-      route();
-    });
-    $('signout').addEventListener('click', () => { sessionStorage.removeItem(KEY); route(); });
-    $('more').addEventListener('click', () => list(true).catch((err) => fail(err.message)));
-    for (const b of document.querySelectorAll('nav button')) {
-      b.addEventListener('click', () => tab(b.dataset.tab));
-    }
-    window.addEventListener('hashchange', route);
-    route();
-  });
-})();
-"""
+# The page's three files ship as package data (api/static/sandbox): html, css and a script
+# that sets no innerHTML anywhere (everything from a message is set as text, except the html
+# part, which only ever goes into the sandboxed iframe's srcdoc). Read once, at import.
+_STATIC = resources.files("api") / "static" / "sandbox"
+PAGE_HTML = (_STATIC / "index.html").read_text(encoding="utf-8")
+PAGE_CSS = (_STATIC / "app.css").read_text(encoding="utf-8")
+PAGE_JS = (_STATIC / "app.js").read_text(encoding="utf-8")
 
 
 def _static(body: str, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:

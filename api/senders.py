@@ -1,6 +1,6 @@
 """Who a message is from, and checking a send before anything is written.
 
-Sender rule (the issue leaves the no-domain case open; decided here):
+Sender rule:
 - A `from` must be on one of the tenant's sending domains (exact domain, not a subdomain).
 - A domain registered by another tenant is refused whatever the mode.
 - Without `from`, the default sender is `noreply@` the tenant's first registered domain.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from api.auth import Principal
-from api.envelope import ApiError, validation_error
+from api.errors import validation_error
 from api.models import Recipient, Sender
 from penguinmails.messages import Draft, InvalidMessage, address_domain
 from penguinmails.queries import load
@@ -131,7 +131,3 @@ def refuse_template_id(template_id: str | None) -> None:
                 }
             ]
         )
-
-
-def conflict(message: str) -> ApiError:
-    return ApiError(409, "CONFLICT", message)

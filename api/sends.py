@@ -23,8 +23,8 @@ import asyncpg
 import orjson
 from pydantic import BaseModel
 
-from api.campaigns import draft_from_row, lock
-from api.envelope import ApiError, not_found, validation_error
+from api.drafts import draft_from_row, lock_campaign
+from api.errors import ApiError, conflict, not_found, validation_error
 from api.models import (
     BulkSendRequest,
     BulkSendResult,
@@ -35,7 +35,7 @@ from api.models import (
     SendResult,
 )
 from api.routing import API, Call
-from api.senders import check_draft, conflict, refuse_template_id, resolve_sender
+from api.senders import check_draft, refuse_template_id, resolve_sender
 from penguinmails.messages import Draft, InvalidMessage, enqueue
 from penguinmails.queries import load
 
@@ -127,8 +127,8 @@ def _single_field(name: str) -> str:
     headers=(IDEMPOTENCY_HEADER,),
     errors=(409,),
 )
-async def send_email(call: Call) -> SendResult:
-    body: SendRequest = call.body
+async def send_email(call: Call[SendRequest, None]) -> SendResult:
+    body = call.body
     refuse_template_id(body.content.template_id)
 
     async def work(conn: asyncpg.Connection) -> SendResult:
@@ -172,11 +172,11 @@ async def send_email(call: Call) -> SendResult:
     headers=(IDEMPOTENCY_HEADER,),
     errors=(404, 409),
 )
-async def send_bulk(call: Call) -> BulkSendResult:
-    body: BulkSendRequest = call.body
+async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
+    body = call.body
 
     async def work(conn: asyncpg.Connection) -> BulkSendResult:
-        row = await lock(conn, call, body.campaign_id)
+        row = await lock_campaign(conn, call.principal.tenant_id, body.campaign_id)
         if row["status"] in ("paused", "cancelled"):
             raise conflict(f"The campaign is {row['status']}; nothing can be added to it")
         stored = (
@@ -229,7 +229,7 @@ async def send_bulk(call: Call) -> BulkSendResult:
     response=Message,
     errors=(404,),
 )
-async def get_message(call: Call) -> Message:
+async def get_message(call: Call[None, None]) -> Message:
     message_id = call.path_id("id", "Message")
     row = await call.pool.fetchrow(SQL["get_message"], call.principal.tenant_id, message_id)
     if row is None:

@@ -21,8 +21,9 @@ from aiohttp import web
 
 # Route modules register their operations on import.
 from api import analytics, campaigns, contacts, health, keys, sandbox, sends, webhooks  # noqa: F401
-from api.auth import TokenSigner
+from api.auth import LoginTokens
 from api.envelope import MAX_BODY, envelope_middleware
+from api.index import add_index
 from api.metrics import METRICS, ApiMetrics
 from api.openapi import build
 from api.ratelimit import WINDOW_SECONDS, RateLimiter
@@ -85,7 +86,7 @@ def create_app(
     app[STATE] = State(
         pool=pool,
         settings=settings,
-        signer=TokenSigner(settings),
+        signer=LoginTokens(settings),
         limiter=RateLimiter(pool, limits, window),
     )
     app[MAX_BODY] = max_body
@@ -96,6 +97,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     install(app, PREFIX)
     sandbox.add_page(app)
+    add_index(app, PREFIX)
     app.cleanup_ctx.append(_housekeeping)
     return app
 

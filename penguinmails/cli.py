@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import re
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from penguinmails import logs
 from penguinmails.config import ConfigError, Settings, load_settings
 from penguinmails.lifecycle import PendingMigrations
+from penguinmails.up import SANDBOX_TENANT
 
 log = logging.getLogger("penguinmails")
 
@@ -33,9 +36,11 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
         return asyncio.run(coro)
 
 
-async def _connect(settings: Settings) -> Any:
+async def _connect(settings: Settings, *, create: bool = False) -> Any:
     from penguinmails.database import connect, database_url
 
+    if not create:
+        _check_data_dir(settings)
     return await connect(await asyncio.to_thread(database_url, settings))
 
 
@@ -56,7 +61,7 @@ async def _connect_migrated(settings: Settings) -> Any:
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from penguinmails.migrations import migrate
 
-    conn = await _connect(settings)
+    conn = await _connect(settings, create=True)
     try:
         applied = await migrate(conn)
     finally:
@@ -73,7 +78,7 @@ async def cmd_mta(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
-    from mta.inbound import serve
+    from inbound.server import serve
 
     await serve(settings)
     return 0
@@ -142,7 +147,7 @@ async def cmd_domains(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
-    from penguinmails.messages import Draft, InvalidMessage, enqueue, ensure_tenant
+    from penguinmails.messages import Draft, InvalidMessage, enqueue, find_tenant
 
     draft = Draft(
         from_email=args.from_email,
@@ -151,6 +156,7 @@ async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         recipients=args.to,
         text=args.text,
         html=args.html,
+        sandbox=not args.live,
     )
     try:
         draft.validate()  # before touching the database: bad input changes nothing
@@ -159,14 +165,21 @@ async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     conn = await _connect_migrated(settings)
     try:
         async with conn.transaction():
-            tenant_id = await ensure_tenant(conn, args.tenant)
+            tenant_id = await find_tenant(conn, args.tenant, "live" if args.live else "test")
+            if tenant_id is None:
+                hint = (
+                    "`penguinmails up` makes it"
+                    if args.tenant == SANDBOX_TENANT
+                    else f"`penguinmails keys create --tenant {args.tenant}` makes it"
+                )
+                raise CommandError(f"no tenant named {args.tenant!r} ({hint})")
             ids = await enqueue(conn, tenant_id, draft)
     except InvalidMessage as exc:
         raise CommandError(f"invalid message: {exc}") from exc
     finally:
         await conn.close()
-    for message_id in ids:
-        print(message_id)
+    for queue_id in ids:
+        print(queue_id)
     return 0
 
 
@@ -275,75 +288,126 @@ def _describe_filters(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-async def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    """Run benchmarks/NAME.py (the same as `python -m benchmarks NAME ...`).
+DESCRIPTION = """\
+PenguinMails: a self-hosted sending platform for cold and bulk email.
 
-    In a thread: each benchmark runs its own event loop, and this command is already in one.
-    """
-    from benchmarks.__main__ import main as bench_main
+Start with `penguinmails up`: every role in one process, on an embedded database under
+./var, delivering only to a local capture sink (nothing leaves the machine). In production
+each role runs as its own systemd unit (mta, api, tracker, inbound) on a shared Postgres.
+"""
 
-    return await asyncio.to_thread(bench_main, [args.name, *args.rest])
+EPILOG = (
+    "Every command reads one TOML config (--config, or PENGUINMAILS_CONFIG); any key can be "
+    "set in the environment as PENGUINMAILS_<SECTION>__<KEY>. `penguinmails COMMAND --help` "
+    "shows a command's options."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="penguinmails", description=__doc__)
-    parser.add_argument("--config", help="TOML config file (env: PENGUINMAILS_CONFIG)")
+    parser = argparse.ArgumentParser(
+        prog="penguinmails",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="the TOML config file (default: $PENGUINMAILS_CONFIG)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("up", help="run everything locally, delivering to a capture sink").set_defaults(
-        func=cmd_up
+
+    def command(name: str, text: str, func: Any) -> argparse.ArgumentParser:
+        made = sub.add_parser(name, help=text, description=text)
+        made.set_defaults(func=func)
+        return made
+
+    command("up", "try it locally: every role in one process, mail only to a capture sink", cmd_up)
+    command("mta", "run the delivery daemon (sends the queue)", cmd_mta)
+    command("api", "run the control API (/api/v1)", cmd_api)
+    command("tracker", "run the open/click/unsubscribe server and the webhook sender", cmd_tracker)
+    command(
+        "inbound", "receive bounces, complaints and replies (the bounce domain's SMTP)", cmd_inbound
     )
-    sub.add_parser("mta", help="run the delivery daemon").set_defaults(func=cmd_mta)
-    sub.add_parser("inbound", help="receive bounces, complaints and replies").set_defaults(
-        func=cmd_inbound
+    command("migrate", "create or upgrade the database schema (safe to run again)", cmd_migrate)
+    command(
+        "status", "show the queue: messages by status and domain, deferrals, webhooks", cmd_status
     )
-    sub.add_parser("api", help="run the control API (/api/v1)").set_defaults(func=cmd_api)
-    keys = sub.add_parser("keys", help="API keys")
+
+    keys = sub.add_parser("keys", help="make API keys", description="make API keys")
     key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = key_actions.add_parser("create", help="create a key (and the tenant if new)")
-    create.add_argument("--tenant", required=True)
+    create = key_actions.add_parser(
+        "create",
+        help="make a secret API key (and the tenant if new); prints it once",
+        description="make a secret API key (and the tenant if new); prints it once",
+    )
+    create.add_argument("--tenant", required=True, help="the tenant (customer account) name")
     create.add_argument(
-        "--tier", choices=["free", "starter", "professional", "enterprise"], default=None
+        "--tier",
+        choices=["free", "starter", "professional", "enterprise"],
+        default=None,
+        help="the tenant's plan tier (default: keep it; free for a new tenant)",
     )
-    create.add_argument("--test", action="store_true", help="a sandbox key: never real MX hosts")
+    create.add_argument(
+        "--test", action="store_true", help="a test-mode key: its mail only reaches the sink"
+    )
     create.set_defaults(func=cmd_keys)
-    sub.add_parser(
-        "tracker", help="run the open/click/unsubscribe server and webhook dispatcher"
-    ).set_defaults(func=cmd_tracker)
-    domains = sub.add_parser("domains", help="sending domains and their DKIM keys")
-    domain_actions = domains.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = domain_actions.add_parser("add", help="generate DKIM keys; print the DNS records")
-    add.add_argument("domain")
-    add.add_argument("--tenant", required=True)
-    add.add_argument("--selector", default=None)
-    add.add_argument("--algorithm", choices=["rsa", "ed25519", "both"], default="rsa")
-    add.set_defaults(func=cmd_domains)
-    show = domain_actions.add_parser("show", help="print the DNS records to publish again")
-    show.add_argument("domain")
-    show.set_defaults(func=cmd_domains)
-    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(
-        func=cmd_migrate
+
+    domains = sub.add_parser(
+        "domains", help="sending domains and their DKIM keys", description="sending domains"
     )
-    sub.add_parser("status", help="queue depth by status and domain").set_defaults(func=cmd_status)
-    queue = sub.add_parser("queue", help="retry or purge unfinished messages")
-    queue.add_argument("action", choices=["retry", "purge"])
+    domain_actions = domains.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = domain_actions.add_parser(
+        "add",
+        help="register a domain: make its DKIM keys, print the DNS records",
+        description="register a domain: make its DKIM keys, print the DNS records to publish",
+    )
+    add.add_argument("domain", help="the domain mail is sent from, e.g. example.com")
+    add.add_argument("--tenant", required=True, help="the tenant that sends from it")
+    add.add_argument("--selector", default=None, help="the DKIM selector (default: pmYYYYMM)")
+    add.add_argument(
+        "--algorithm",
+        choices=["rsa", "ed25519", "both"],
+        default="rsa",
+        help="the DKIM key type (default: rsa)",
+    )
+    add.set_defaults(func=cmd_domains)
+    show = domain_actions.add_parser(
+        "show",
+        help="print a domain's DNS records again",
+        description="print a domain's DNS records again",
+    )
+    show.add_argument("domain", help="a registered sending domain")
+    show.set_defaults(func=cmd_domains)
+
+    queue = command("queue", "retry or cancel unfinished messages", cmd_queue)
+    queue.add_argument(
+        "action", choices=["retry", "purge"], help="retry: due now; purge: cancel them"
+    )
     queue.add_argument("--domain", help="only messages to this destination domain")
     queue.add_argument("--campaign", type=int, help="only messages of this campaign id")
-    queue.add_argument("--status", choices=["queued", "deferred"], help="default: both")
-    queue.add_argument("--yes", action="store_true", help="purge without asking")
-    queue.set_defaults(func=cmd_queue)
-    send = sub.add_parser("send", help="queue a message (prints its queue id)")
-    send.add_argument("--from", dest="from_email", required=True)
-    send.add_argument("--from-name", default="")
-    send.add_argument("--to", action="append", required=True)
-    send.add_argument("--subject", required=True)
-    send.add_argument("--text")
-    send.add_argument("--html")
-    send.add_argument("--tenant", default="default")
-    send.set_defaults(func=cmd_send)
-    bench = sub.add_parser("bench", help="run a benchmark (mta, compose, tracker, api, scale)")
-    bench.add_argument("name", metavar="NAME", help="mta, compose, tracker, api or scale")
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="its options, e.g. --quick")
-    bench.set_defaults(func=cmd_bench)
+    queue.add_argument(
+        "--status", choices=["queued", "deferred"], help="only these (default: both)"
+    )
+    queue.add_argument("--yes", action="store_true", help="purge without asking first")
+
+    send = command("send", "queue one message and print its queue id", cmd_send)
+    send.add_argument("--from", dest="from_email", required=True, help="the sender address")
+    send.add_argument("--from-name", default="", help="the sender's display name")
+    send.add_argument(
+        "--to", action="append", required=True, help="a recipient (repeat for several)"
+    )
+    send.add_argument("--subject", required=True, help="the subject line")
+    send.add_argument("--text", help="the plain-text body")
+    send.add_argument("--html", help="the html body")
+    send.add_argument(
+        "--tenant",
+        default=SANDBOX_TENANT,
+        help=f"the tenant to send as (default: {SANDBOX_TENANT!r}, the one `up` makes)",
+    )
+    send.add_argument(
+        "--live",
+        action="store_true",
+        help="send in live mode, to real receivers (default: test mode, to the capture sink)",
+    )
     return parser
 
 
@@ -360,12 +424,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     fmt = "text" if args.command == "up" else settings.logging.format
     logs.configure(settings.logging.level, fmt)
     try:
+        if args.command in ROLES:
+            _check_data_dir(settings)
         return _run(args.func(settings, args)) or 0
     except (CommandError, PendingMigrations) as exc:
         print(f"penguinmails: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except OSError as exc:
+        problem = _listen_problem(settings, exc)
+        if problem is None:
+            raise
+        print(f"penguinmails: {problem}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # A second stop signal: work in flight was abandoned (leased messages go back to the
+        # queue when their lease expires); exit at once, without a traceback.
+        print("penguinmails: stopped at once", file=sys.stderr)
         return 130
+
+
+# Only `up` and `migrate` may start a new embedded database: a role or command run where
+# there is none was run in the wrong folder, and would otherwise make a fresh, empty one.
+# Commands check when they first connect (after checking their own input); roles at start.
+ROLES = ("mta", "api", "tracker", "inbound")
+
+
+def _check_data_dir(settings: Settings) -> None:
+    if settings.database.url:
+        return
+    pgdata = (settings.paths.data_dir / "postgres").resolve()
+    if not pgdata.exists():
+        raise CommandError(
+            f"no database at {pgdata} (paths.data_dir is {str(settings.paths.data_dir)!r}): "
+            "run this in the folder where `penguinmails up` runs, or give --config or "
+            "PENGUINMAILS_PATHS__DATA_DIR; `penguinmails migrate` makes a new database"
+        )
+
+
+_BIND_ADDRESS = re.compile(r"\('?([^',]+)'?, (\d+)")
+
+
+def _listen_problem(settings: Settings, exc: OSError) -> str | None:
+    """One line naming the address and the setting it comes from, for a listener that could
+    not be opened (a busy port, a privileged one); None for any other OSError."""
+    if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+        return None
+    found = _BIND_ADDRESS.search(str(exc))
+    port = found.group(2) if found else None
+    listeners = {
+        "api.listen": settings.api.listen,
+        "api.metrics_listen": settings.api.metrics_listen,
+        "tracker.listen": settings.tracker.listen,
+        "tracker.metrics_listen": settings.tracker.metrics_listen,
+        "mta.sandbox_sink": settings.mta.sandbox_sink,
+        "mta.metrics_listen": settings.mta.metrics_listen,
+        "inbound.listen": settings.inbound.listen,
+        "inbound.metrics_listen": settings.inbound.metrics_listen,
+    }
+    for setting, address in listeners.items():
+        if port is not None and address and address.rsplit(":", 1)[-1] == port:
+            reason = exc.strerror or str(exc)
+            return (
+                f"cannot listen on {address} ({setting}): {reason.lower()}; "
+                f"free the port or set another in the config "
+                f"(PENGUINMAILS_{setting.replace('.', '__').upper()})"
+            )
+    return None
 
 
 if __name__ == "__main__":

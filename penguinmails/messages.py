@@ -192,6 +192,12 @@ async def ensure_tenant(
     return await mode_tenant(conn, account_id, mode)
 
 
+async def find_tenant(conn: asyncpg.Connection | asyncpg.Pool, name: str, mode: str) -> int | None:
+    """The tenant row of `name` for `mode`, or None: unlike ensure_tenant, creates nothing."""
+    account_id: int | None = await conn.fetchval(SQL["find_tenant"], name)
+    return None if account_id is None else await mode_tenant(conn, account_id, mode)
+
+
 async def mode_tenant(conn: asyncpg.Connection | asyncpg.Pool, account_id: int, mode: str) -> int:
     """The tenant row holding `mode`'s objects of the account whose live row is `account_id`."""
     if mode == "live":

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from penguinmails.config import Settings
-from penguinmails.database import create_pool, database_url
+from penguinmails.database import configured_pool
 from penguinmails.lifecycle import install_stop_signals
 from penguinmails.migrations import migrate
 from penguinmails.observability import ops_app, serving
@@ -66,7 +66,7 @@ async def sandbox_key(pool: asyncpg.Pool, data_dir: Path) -> str:
 @contextlib.asynccontextmanager
 async def _optional_inbound(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[Any]:
     try:
-        from mta.inbound import InboundServer
+        from inbound.server import InboundServer
     except ImportError:
         yield None
         return
@@ -109,16 +109,15 @@ async def run(settings: Settings) -> None:
     from mta.worker import Worker
     from tracker.server import Tracker
 
+    # Every message to the capture sink; webhooks to this machine allowed, so a receiver
+    # on localhost can be tried (the production roles still refuse private targets).
     settings = settings.model_copy(
-        update={"mta": settings.mta.model_copy(update={"sandbox": True})}
+        update={
+            "mta": settings.mta.model_copy(update={"sandbox": True}),
+            "webhooks": settings.webhooks.model_copy(update={"allow_private_targets": True}),
+        }
     )
-    url = await asyncio.to_thread(database_url, settings)
-    pool = await create_pool(
-        url,
-        settings.database.pool_min,
-        settings.database.pool_max,
-        settings.database.command_timeout,
-    )
+    pool, url = await configured_pool(settings)
     stop = asyncio.Event()
     try:
         async with pool.acquire() as conn:

@@ -35,12 +35,12 @@ from penguinmails.observability import HEALTH, DatabaseHealth, healthz, ops_app,
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
 from penguinmails.systemd import notify
-from penguinmails.tokens import BadToken, TokenSigner
+from penguinmails.tokens import BadToken, LinkSigner
 from tracker import pages
 from tracker.classify import client_ip, ip_prefix, machine_reason
+from tracker.dispatcher import Dispatcher
 from tracker.hits import Hit, HitRecorder
 from tracker.metrics import TrackerMetrics
-from tracker.webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ async def click(request: web.Request) -> web.Response:
     if not _safe_target(target.url):
         state.metrics.hits.labels("click", "bad_token").inc()
         return _not_found()
-    await _record(state, request, "email.clicked", target.message_id, target.index, target.url)
+    await _record(state, request, "email.clicked", target.queue_id, target.index, target.url)
     state.metrics.hits.labels("click", "ok").inc()
     return web.Response(
         status=302,
@@ -223,7 +223,7 @@ class Tracker:
         self.dispatcher = (
             Dispatcher(pool, settings, self.metrics, **(dispatcher or {})) if dispatch else None
         )
-        links = Links(TokenSigner(server_keys(settings)), settings.tracker.base_url)
+        links = Links(LinkSigner(server_keys(settings)), settings.tracker.base_url)
         self.pool = pool
         self.app = create_app(State(pool, links, self.metrics, self.recorder))
         self._grace = grace

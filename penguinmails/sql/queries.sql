@@ -13,6 +13,10 @@ WITH live AS (
 )
 SELECT id FROM live;
 
+-- name: find_tenant
+-- An account by name (its live row), for commands that must not create one by a typo.
+SELECT id FROM tenants WHERE name = $1 AND mode = 'live';
+
 -- name: mode_tenant
 -- The tenant row of an account ($1, the live row) for a mode: itself, or its test twin.
 SELECT id FROM tenants

@@ -1,0 +1,60 @@
+"""Campaign rows as drafts: what the campaign routes and send-bulk both need, so neither
+route module imports the other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from api.errors import not_found
+from penguinmails.messages import Draft
+from penguinmails.queries import load
+
+SQL = load("api")
+
+PLACEHOLDER_SENDER = "sender@example.com"  # checks content before a sender is chosen
+
+
+def new_draft(
+    *,
+    from_email: str | None,
+    from_name: str,
+    subject: str,
+    html: str | None,
+    text: str | None,
+    headers: dict[str, str],
+    settings: dict[str, Any],
+) -> Draft:
+    return Draft(
+        from_email=from_email or PLACEHOLDER_SENDER,
+        from_name=from_name,
+        subject=subject,
+        recipients=[],
+        text=text,
+        html=html,
+        headers=headers,
+        settings=settings,
+    )
+
+
+def draft_from_row(row: asyncpg.Record, from_email: str, from_name: str) -> Draft:
+    return new_draft(
+        from_email=from_email,
+        from_name=from_name,
+        subject=row["subject"],
+        html=row["html_body"],
+        text=row["text_body"],
+        headers=row["headers"],
+        settings=row["settings"],
+    )
+
+
+async def lock_campaign(
+    conn: asyncpg.Connection, tenant_id: int, campaign_id: int
+) -> asyncpg.Record:
+    """The campaign row, locked for this transaction (state changes lock it first), or 404."""
+    row = await conn.fetchrow(SQL["lock_campaign"], tenant_id, campaign_id)
+    if row is None:
+        raise not_found("Campaign")
+    return row
