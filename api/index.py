@@ -28,11 +28,12 @@ code{{background:#f2f2f2;padding:0 .2em}}</style></head>
 """
 
 
-def add_index(app: web.Application, prefix: str) -> None:
-    page = PAGE.format(prefix=prefix).encode()
+def add_index(app: web.Application, prefix: str, *, page: bool = True) -> None:
+    """`prefix` (and `prefix/`) answer the JSON index; with `page`, `/` the html page."""
+    html = PAGE.format(prefix=prefix).encode()
 
     async def root(request: web.Request) -> web.Response:
-        return web.Response(body=page, content_type="text/html")
+        return web.Response(body=html, content_type="text/html")
 
     async def api_root(request: web.Request) -> web.Response:
         return success(
@@ -45,6 +46,7 @@ def add_index(app: web.Application, prefix: str) -> None:
             },
         )
 
-    app.router.add_get("/", root)
+    if page:
+        app.router.add_get("/", root)
     app.router.add_get(prefix, api_root)
     app.router.add_get(prefix + "/", api_root)

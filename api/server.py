@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 SQL = load("api")
 
 PREFIX = "/api/v1"
+# The product documentation gives its base URL as .../v1/ and its examples as /api/v1/...:
+# both serve the same handlers and the same OpenAPI document (which names /api/v1).
+ALIAS = "/v1"
 # 10,000 recipients with personalization fit comfortably; a body past this is refused (413)
 # before it is read into memory.
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -48,7 +51,12 @@ OPENAPI = web.AppKey("openapi", bytes)
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+    # Public and credential-free, so any origin may load it (API explorers, code generators).
+    return web.Response(
+        body=request.app[OPENAPI],
+        content_type="application/json",
+        headers={"Access-Control-Allow-Origin": "*"},
+    )
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
@@ -93,11 +101,13 @@ def create_app(
     app[OPENAPI] = orjson.dumps(build(API, PREFIX))
     app[METRICS] = metrics
     app[HEALTH] = DatabaseHealth(pool, "api")
-    app.router.add_get(f"{PREFIX}/openapi.json", openapi_document)
     app.router.add_get("/healthz", healthz)
-    install(app, PREFIX)
+    for prefix in (PREFIX, ALIAS):
+        app.router.add_get(f"{prefix}/openapi.json", openapi_document)
+        install(app, prefix)
     sandbox.add_page(app)
     add_index(app, PREFIX)
+    add_index(app, ALIAS, page=False)
     app.cleanup_ctx.append(_housekeeping)
     return app
 

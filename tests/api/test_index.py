@@ -22,3 +22,24 @@ async def test_the_root_and_the_api_base_url_point_onwards(
         assert body["data"]["openapi"] == "/api/v1/openapi.json"
         async with http.get(api.url + body["data"]["openapi"]) as document:
             assert document.status == 200
+
+
+async def test_v1_is_the_same_api_as_api_v1(
+    api: ApiServer, http: aiohttp.ClientSession, key: str
+) -> None:
+    """The product document's base URL is .../v1/ and its examples say /api/v1/: both work."""
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"name": "Launch", "subject": "Hi", "content": {"text": "Hello"}}
+    async with http.post(api.url + "/v1/campaigns", json=body, headers=auth) as made:
+        assert made.status == 201
+        campaign = (await made.json())["data"]
+    async with http.get(api.url + f"/api/v1/campaigns/{campaign['id']}", headers=auth) as got:
+        assert got.status == 200 and (await got.json())["data"]["name"] == "Launch"
+    async with http.get(api.url + "/v1/campaigns", headers=auth) as listed:
+        assert [c["id"] for c in (await listed.json())["data"]["items"]] == [campaign["id"]]
+    documents = []
+    for path in ("/api/v1/openapi.json", "/v1/openapi.json"):
+        async with http.get(api.url + path, headers={"Origin": "https://editor.example"}) as r:
+            assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+            documents.append(await r.read())
+    assert documents[0] == documents[1]
