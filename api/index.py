@@ -20,7 +20,8 @@ code{{background:#f2f2f2;padding:0 .2em}}</style></head>
 <p>This is the control API of a PenguinMails server.</p>
 <ul>
 <li>API base URL: <code>{prefix}</code> (send <code>Authorization: Bearer &lt;key&gt;</code>)</li>
-<li><a href="{prefix}/openapi.json">OpenAPI document</a>: every route, request and response</li>
+<li><a href="{prefix}/docs/">API reference</a>: every route, request and response, browsable
+  (the raw <a href="{prefix}/openapi.json">OpenAPI document</a>)</li>
 <li><a href="/sandbox">Sandbox inbox</a>: what test-mode mail looked like when it arrived</li>
 </ul>
 </body>
@@ -41,6 +42,7 @@ def add_index(app: web.Application, prefix: str, *, page: bool = True) -> None:
             {
                 "name": "PenguinMails API",
                 "openapi": f"{prefix}/openapi.json",
+                "docs": f"{prefix}/docs/",
                 "sandbox_inbox": "/sandbox",
                 "authentication": "Authorization: Bearer <API key or login token>",
             },

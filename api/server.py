@@ -22,6 +22,7 @@ from aiohttp import web
 # Route modules register their operations on import.
 from api import analytics, campaigns, contacts, health, keys, sandbox, sends, webhooks  # noqa: F401
 from api.auth import LoginTokens
+from api.docs import add_docs
 from api.envelope import MAX_BODY, envelope_middleware
 from api.index import add_index
 from api.metrics import METRICS, ApiMetrics
@@ -104,6 +105,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     for prefix in (PREFIX, ALIAS):
         app.router.add_get(f"{prefix}/openapi.json", openapi_document)
+        add_docs(app, prefix)
         install(app, prefix)
     sandbox.add_page(app)
     add_index(app, PREFIX)

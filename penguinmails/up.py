@@ -175,6 +175,7 @@ def _banner(
     lines = [
         "PenguinMails is up.",
         f"  API:           {api}/api/v1   (OpenAPI: {api}/api/v1/openapi.json)",
+        f"  API reference: {api}/api/v1/docs/",
         f"  sandbox inbox: {api}/sandbox",
         f"  tracker:       {tracker}",
         f"  capture sink:  smtp://{settings.mta.sandbox_sink} (nothing leaves this machine)",

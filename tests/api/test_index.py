@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 
 from api.server import ApiServer
@@ -43,3 +45,27 @@ async def test_v1_is_the_same_api_as_api_v1(
             assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
             documents.append(await r.read())
     assert documents[0] == documents[1]
+
+
+async def test_the_api_reference_page_is_served_by_the_api_itself(
+    api: ApiServer, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(api.url + "/api/v1/docs", allow_redirects=False) as moved:
+        assert moved.status == 308 and moved.headers["Location"] == "/api/v1/docs/"
+    async with http.get(api.url + "/api/v1/docs/") as page:
+        assert page.status == 200 and page.content_type == "text/html"
+        html = await page.text()
+        csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-eval" not in csp
+    # Everything it loads is relative to it and served here: no CDN.
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources and all(not s.startswith(("http:", "https:", "//")) for s in sources)
+    for source in sources:
+        async with http.get(api.url + "/api/v1/docs/" + source) as asset:
+            assert asset.status == 200, source
+            body = await asset.read()
+        assert len(body) > 100, source
+        if source.endswith("swagger-ui-bundle.js"):
+            assert b"SwaggerUIBundle" in body
+        if source == "docs.js":
+            assert b"../openapi.json" in body
