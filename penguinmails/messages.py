@@ -79,20 +79,26 @@ _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # In html, tab, LF, FF and CR are white space; any other control is a parse error in every
 # browser, and in a link it breaks the signed click token.
 _HTML_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+# In a personalization value, which may fill a body: the header set, less CR and LF.
+_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Personalization is data to fill templates with: bounded, so one request cannot make the
 # server recurse or allocate without limit.
 MAX_PERSONALIZATION_DEPTH = 8
 MAX_PERSONALIZATION_BYTES = 64 * 1024
 
 
-def _no_line_breaks(value: str, field_name: str) -> None:
-    if "\r" in value or "\n" in value:
-        raise InvalidMessage(field_name, "must not contain CR or LF (header injection)")
-    control = _HEADER_CONTROL.search(value)
+def _no_controls(value: str, field_name: str, controls: re.Pattern[str]) -> None:
+    control = controls.search(value)
     if control is not None:
         raise InvalidMessage(
             field_name, f"must not contain control characters (U+{ord(control.group()):04X})"
         )
+
+
+def _no_line_breaks(value: str, field_name: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise InvalidMessage(field_name, "must not contain CR or LF (header injection)")
+    _no_controls(value, field_name, _HEADER_CONTROL)
 
 
 def check_personalization(values: Any, field_name: str, depth: int = 0) -> None:
@@ -101,11 +107,7 @@ def check_personalization(values: Any, field_name: str, depth: int = 0) -> None:
     if depth > MAX_PERSONALIZATION_DEPTH:
         raise InvalidMessage(field_name, f"nested more than {MAX_PERSONALIZATION_DEPTH} levels")
     if isinstance(values, str):
-        control = _HEADER_CONTROL.search(values.replace("\r", "").replace("\n", ""))
-        if control is not None:
-            raise InvalidMessage(
-                field_name, f"must not contain control characters (U+{ord(control.group()):04X})"
-            )
+        _no_controls(values, field_name, _VALUE_CONTROL)
     elif isinstance(values, dict):
         for key, value in values.items():
             check_personalization(value, f"{field_name}.{key}", depth + 1)
@@ -144,11 +146,7 @@ class Draft:
         if self.text is None and self.html is None:
             raise InvalidMessage("content", "text or html is required")
         if self.html is not None:
-            control = _HTML_CONTROL.search(self.html)
-            if control is not None:
-                raise InvalidMessage(
-                    "html", f"must not contain control characters (U+{ord(control.group()):04X})"
-                )
+            _no_controls(self.html, "html", _HTML_CONTROL)
         if self.personalization is not None and len(self.personalization) != len(self.recipients):
             raise InvalidMessage("personalization", "one entry per recipient")
         self._check_templates()

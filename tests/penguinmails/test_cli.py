@@ -1,15 +1,25 @@
-"""Operator commands against a real database: status, queue retry and purge."""
+"""The `penguinmails` command: operator commands against a real database (status, queue
+retry and purge, send), and the CLI as a new user meets it: help that explains, mistakes that
+are named, no surprises (no tenant made by a typo, no database made in the wrong folder)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
+import socket
+import subprocess
 import sys
+from pathlib import Path
 
+from penguinmails.cli import build_parser
 from tests.helpers import queue_messages, role_env
 
 
-async def _cli(database_url: str, tmp_path, *args: str, stdin: bytes | None = None):
-    env = role_env(database_url, tmp_path)
+async def _cli(
+    database_url: str, tmp_path, *args: str, stdin: bytes | None = None, **overrides: str
+):
+    env = role_env(database_url, tmp_path, **overrides)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -89,3 +99,70 @@ async def test_purge_with_yes_cancels_with_an_event_each(pool, database_url, tmp
     ]
     events = await pool.fetchval("SELECT count(*) FROM events WHERE type = 'email.cancelled'")
     assert events == 2
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _parsers(child)
+    return found
+
+
+def test_every_command_and_option_has_a_one_line_help() -> None:
+    top = build_parser()
+    assert "penguinmails up" in (top.description or "")
+    for parser in _parsers(top):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    assert choice.help, f"{parser.prog} {choice.dest}: no help"
+            else:
+                assert action.help, f"{parser.prog} {action.option_strings or action.dest}"
+
+
+def test_outside_the_project_folder_nothing_is_created(tmp_path: Path) -> None:
+    # No database URL and no ./var here: run as a user would, in the wrong folder.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PENGUINMAILS_")}
+    for args in (("status",), ("mta",), ("keys", "create", "--tenant", "acme")):
+        result = subprocess.run(
+            [sys.executable, "-m", "penguinmails.cli", *args],
+            cwd=tmp_path,
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "no database at" in result.stderr and "paths.data_dir" in result.stderr
+        assert str((tmp_path / "var" / "postgres").resolve()) in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+async def test_send_names_an_unknown_tenant_and_creates_none(database_url, pool, tmp_path):
+    message = ("send", "--from", "a@acme.test", "--to", "b@dest.test", "--subject", "S")
+    code, _, err = await _cli(
+        database_url, tmp_path, *message, "--text", "t", "--tenant", "nosuch", "--live"
+    )
+    assert code == 1
+    assert "no tenant named 'nosuch'" in err and "keys create" in err
+    code, _, err = await _cli(database_url, tmp_path, *message, "--text", "t")  # no `up` here
+    assert code == 1 and "`penguinmails up` makes it" in err
+    assert await pool.fetchval("SELECT count(*) FROM tenants") == 0
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_a_busy_port_is_one_line_naming_its_setting(database_url, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = await _cli(
+            database_url, tmp_path, "api", PENGUINMAILS_API__LISTEN=f"127.0.0.1:{port}"
+        )
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"penguinmails: cannot listen on 127.0.0.1:{port} (api.listen)")
+    assert "PENGUINMAILS_API__LISTEN" in line and "Traceback" not in err
