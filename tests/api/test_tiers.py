@@ -1,0 +1,63 @@
+"""Plan tiers include features, as the documentation's table: below a route's tier, 403."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from api.routing import API
+from api.server import ApiServer
+from tests.helpers import Client, assert_error, campaign_body
+
+
+async def test_each_tier_reaches_what_it_includes(
+    api: ApiServer, http: aiohttp.ClientSession, make_key: Callable[..., Awaitable[str]]
+) -> None:
+    free = Client(http, api.url + "/api/v1", await make_key("tiny", tier="free", test=True))
+    hook = {"url": "https://hooks.example.com/in", "events": ["email.opened"]}
+
+    # Free: basic sending and drafts.
+    sent = await free.post(
+        "/emails/send", json={"to": "a@dest.test", "subject": "Hi", "content": "<p>Hi</p>"}
+    )
+    assert sent.status == 202, sent.body
+    draft = await free.post("/campaigns", json=campaign_body(**{"from": "news@tiny.test"}))
+    assert draft.status == 201, draft.body
+
+    # Full sending (campaigns, bulk) is starter's; webhooks are professional's.
+    error = assert_error(
+        await free.post(f"/campaigns/{draft.data['id']}/send"), 403, "TIER_REQUIRED"
+    )
+    assert "starter" in error["message"] and error["details"] == [
+        {"field": "tier", "message": "requires starter"}
+    ]
+    bulk = {"campaign_id": draft.data["id"], "recipients": [{"email": "b@dest.test"}]}
+    assert_error(await free.post("/emails/send-bulk", json=bulk), 403, "TIER_REQUIRED")
+    refused = await free.post("/webhooks", json=hook)
+    assert "professional" in assert_error(refused, 403, "TIER_REQUIRED")["message"]
+    # Refused before it is counted: a call the plan does not include spends no budget.
+    assert "X-RateLimit-Remaining" not in refused.headers
+    assert (await free.get("/webhooks")).status == 403
+
+    # An upgrade (the same account, live and test alike) opens them at once.
+    await make_key("tiny", tier="starter")
+    assert (await free.post(f"/campaigns/{draft.data['id']}/send")).status == 202
+    assert_error(await free.post("/webhooks", json=hook), 403, "TIER_REQUIRED")
+    await make_key("tiny", tier="professional")
+    assert (await free.post("/webhooks", json=hook)).status == 201
+
+
+async def test_the_openapi_document_names_each_routes_tier(client: Client) -> None:
+    doc = (await client.get("/openapi.json", key=None)).body
+    tiers = {
+        (method.upper(), path): op["x-tier"]
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+    }
+    assert tiers[("POST", "/api/v1/emails/send")] == "free"
+    assert tiers[("POST", "/api/v1/emails/send-bulk")] == "starter"
+    assert tiers[("POST", "/api/v1/webhooks")] == "professional"
+    for op in API.operations:
+        if op.tier != "free":
+            assert "403" in doc["paths"]["/api/v1" + op.path][op.method.lower()]["responses"]
