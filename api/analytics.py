@@ -53,12 +53,11 @@ def _rate(part: int, whole: int) -> float:
 )
 async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalytics:
     query = call.query
-    campaign_id = call.path_id("id", "Campaign")
-    recipients = await call.pool.fetchval(
-        SQL["campaign_exists"], call.principal.tenant_id, campaign_id
-    )
-    if recipients is None:
+    campaign_id = call.path_id("campaign", "Campaign")
+    found = await call.pool.fetchrow(SQL["campaign_exists"], call.principal.tenant_id, campaign_id)
+    if found is None:
         raise not_found("Campaign")
+    recipients = found["recipient_count"]
     seconds = None if query.period == "all" else period_seconds(query.period)
     interval: Literal["hour", "day"] = query.interval or (
         "hour" if seconds is not None and seconds <= 48 * 3600 else "day"
@@ -67,7 +66,7 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
     if seconds is not None:
         step = 3600 if interval == "hour" else 86400
         since = datetime.fromtimestamp((time.time() - seconds) // step * step, UTC)
-    rows = await call.pool.fetch(SQL["campaign_stats"], campaign_id, since, interval)
+    rows = await call.pool.fetch(SQL["campaign_stats"], found["id"], since, interval)
 
     totals: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_COUNTERS, 0))
     buckets: dict[datetime, dict[str, dict[str, int]]] = defaultdict(

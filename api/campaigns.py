@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from api.drafts import draft_from_row, lock_campaign, new_draft
+from api.drafts import campaign_event, draft_from_row, lock_campaign, new_draft
 from api.errors import conflict, not_found, validation_error
 from api.models import (
     Campaign,
@@ -55,6 +55,7 @@ def campaign_model(row: asyncpg.Record) -> Campaign:
     return Campaign.model_validate(
         {
             **fields,
+            "id": row["public_id"],
             "from": sender,
             "content": ContentOut(html=row["html_body"], text=row["text_body"]),
         }
@@ -62,7 +63,6 @@ def campaign_model(row: asyncpg.Record) -> Campaign:
 
 
 _CAMPAIGN_COLUMNS = (
-    "id",
     "name",
     "subject",
     "settings",
@@ -81,7 +81,7 @@ _CAMPAIGN_COLUMNS = (
 
 
 async def fetch_campaign(
-    conn: asyncpg.Connection | asyncpg.Pool, tenant_id: int, campaign_id: int
+    conn: asyncpg.Connection | asyncpg.Pool, tenant_id: int, campaign_id: str
 ) -> Campaign:
     row = await conn.fetchrow(SQL["get_campaign"], tenant_id, campaign_id)
     if row is None:
@@ -116,7 +116,7 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
     )
     check_draft(draft, body.recipients)
     async with call.pool.acquire() as conn, conn.transaction():
-        campaign_id = await conn.fetchval(
+        row = await conn.fetchrow(
             SQL["insert_campaign"],
             call.principal.tenant_id,
             body.name,
@@ -132,7 +132,19 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
             call.principal.sandbox,
             body.send_at,
         )
-        return await fetch_campaign(conn, call.principal.tenant_id, campaign_id)
+        campaign = await fetch_campaign(conn, call.principal.tenant_id, row["public_id"])
+        await campaign_event(
+            conn,
+            call.principal.tenant_id,
+            row["id"],
+            "campaign.created",
+            {
+                "name": campaign.name,
+                "status": campaign.status,
+                "recipient_count": campaign.recipient_count,
+            },
+        )
+        return campaign
 
 
 @API.route(
@@ -145,7 +157,9 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
     publishable=True,
 )
 async def get_campaign(call: Call[None, None]) -> Campaign:
-    return await fetch_campaign(call.pool, call.principal.tenant_id, call.path_id("id", "Campaign"))
+    return await fetch_campaign(
+        call.pool, call.principal.tenant_id, call.path_id("campaign", "Campaign")
+    )
 
 
 @API.route(
@@ -159,7 +173,7 @@ async def get_campaign(call: Call[None, None]) -> Campaign:
 )
 async def list_campaigns(call: Call[None, ListQuery]) -> Page[Campaign]:
     query = call.query
-    after = decode_cursor(query.cursor)
+    after = decode_cursor(query.cursor, numeric=False)
     rows = await call.pool.fetch(
         SQL["list_campaigns"], call.principal.tenant_id, after, query.limit + 1
     )
@@ -181,7 +195,7 @@ async def list_campaigns(call: Call[None, ListQuery]) -> Page[Campaign]:
 )
 async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
     body = call.body
-    campaign_id = call.path_id("id", "Campaign")
+    campaign_id = call.path_id("campaign", "Campaign")
     given = body.model_fields_set
     if body.content is not None:
         refuse_template_id(body.content.template_id)
@@ -223,7 +237,7 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
         await conn.execute(
             SQL["update_draft"],
             call.principal.tenant_id,
-            campaign_id,
+            row["id"],
             body.name if body.name is not None else row["name"],
             subject,
             from_email,
@@ -244,6 +258,7 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
     "/campaigns/{id}/send",
     summary="Send a draft now or at send_at",
     tag="Campaigns",
+    tier="starter",
     body=CampaignSend,
     body_optional=True,
     response=Campaign,
@@ -252,7 +267,7 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
 )
 async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
     body = call.body
-    campaign_id = call.path_id("id", "Campaign")
+    campaign_id = call.path_id("campaign", "Campaign")
     async with call.pool.acquire() as conn, conn.transaction():
         row = await lock_campaign(conn, call.principal.tenant_id, campaign_id)
         if row["status"] != "draft":
@@ -279,14 +294,28 @@ async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
         check_draft(draft, recipients)
         draft.recipients = [r.email for r in recipients]
         draft.personalization = [r.personalization for r in recipients]
-        draft.campaign_id = campaign_id
+        draft.campaign_id = row["id"]
         draft.send_at = send_at
         draft.sandbox = row["sandbox"] or call.principal.sandbox
         ids = await enqueue(conn, call.principal.tenant_id, draft)
         await conn.execute(
-            SQL["start_campaign"], campaign_id, call.principal.tenant_id, send_at, len(ids)
+            SQL["start_campaign"], row["id"], call.principal.tenant_id, send_at, len(ids)
         )
-        return await fetch_campaign(conn, call.principal.tenant_id, campaign_id)
+        campaign = await fetch_campaign(conn, call.principal.tenant_id, campaign_id)
+        await campaign_event(
+            conn,
+            call.principal.tenant_id,
+            row["id"],
+            "campaign.sent",
+            {
+                "name": campaign.name,
+                "status": campaign.status,
+                "queued": len(ids),
+                "recipient_count": campaign.recipient_count,
+                "send_at": campaign.send_at.isoformat() if campaign.send_at else None,
+            },
+        )
+        return campaign
 
 
 @API.route(
@@ -298,14 +327,14 @@ async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
     errors=(404, 409),
 )
 async def pause_campaign(call: Call[None, None]) -> Campaign:
-    campaign_id = call.path_id("id", "Campaign")
+    campaign_id = call.path_id("campaign", "Campaign")
     tenant = call.principal.tenant_id
     async with call.pool.acquire() as conn, conn.transaction():
         row = await lock_campaign(conn, call.principal.tenant_id, campaign_id)
         if row["status"] != "sending":
             raise conflict(f"Only a sending campaign can be paused; this one is {row['status']}")
-        await conn.execute(SQL["pause_campaign_messages"], campaign_id, tenant)
-        await conn.execute(SQL["set_campaign_paused"], campaign_id)
+        await conn.execute(SQL["pause_campaign_messages"], row["id"], tenant)
+        await conn.execute(SQL["set_campaign_paused"], row["id"])
         return await fetch_campaign(conn, tenant, campaign_id)
 
 
@@ -318,14 +347,14 @@ async def pause_campaign(call: Call[None, None]) -> Campaign:
     errors=(404, 409),
 )
 async def resume_campaign(call: Call[None, None]) -> Campaign:
-    campaign_id = call.path_id("id", "Campaign")
+    campaign_id = call.path_id("campaign", "Campaign")
     tenant = call.principal.tenant_id
     async with call.pool.acquire() as conn, conn.transaction():
         row = await lock_campaign(conn, call.principal.tenant_id, campaign_id)
         if row["status"] != "paused":
             raise conflict(f"Only a paused campaign can be resumed; this one is {row['status']}")
-        await conn.execute(SQL["resume_campaign_messages"], campaign_id, tenant, row["paused_at"])
-        await conn.execute(SQL["set_campaign_resumed"], campaign_id, row["paused_at"])
+        await conn.execute(SQL["resume_campaign_messages"], row["id"], tenant, row["paused_at"])
+        await conn.execute(SQL["set_campaign_resumed"], row["id"], row["paused_at"])
         return await fetch_campaign(conn, tenant, campaign_id)
 
 
@@ -338,12 +367,12 @@ async def resume_campaign(call: Call[None, None]) -> Campaign:
     errors=(404, 409),
 )
 async def cancel_campaign(call: Call[None, None]) -> Campaign:
-    campaign_id = call.path_id("id", "Campaign")
+    campaign_id = call.path_id("campaign", "Campaign")
     tenant = call.principal.tenant_id
     async with call.pool.acquire() as conn, conn.transaction():
         row = await lock_campaign(conn, call.principal.tenant_id, campaign_id)
         if row["status"] not in ("draft", "sending", "paused"):
             raise conflict(f"This campaign is already {row['status']}")
-        await conn.execute(SQL["set_campaign_cancelled"], campaign_id)
-        await conn.execute(SQL["cancel_campaign_messages"], campaign_id, tenant)
+        await conn.execute(SQL["set_campaign_cancelled"], row["id"])
+        await conn.execute(SQL["cancel_campaign_messages"], row["id"], tenant)
         return await fetch_campaign(conn, tenant, campaign_id)

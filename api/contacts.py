@@ -73,7 +73,7 @@ async def create_contact(call: Call[ContactCreate, None]) -> Contact:
 )
 async def get_contact(call: Call[None, None]) -> Contact:
     row = await call.pool.fetchrow(
-        SQL["get_contact"], call.principal.tenant_id, call.path_id("id", "Contact")
+        SQL["get_contact"], call.principal.tenant_id, call.path_id("contact", "Contact")
     )
     if row is None:
         raise not_found("Contact")
@@ -93,7 +93,7 @@ async def list_contacts(call: Call[None, ContactListQuery]) -> Page[Contact]:
     rows = await call.pool.fetch(
         SQL["list_contacts"],
         call.principal.tenant_id,
-        decode_cursor(query.cursor),
+        decode_cursor(query.cursor, numeric=False),
         query.limit + 1,
         query.tag,
     )
@@ -115,7 +115,7 @@ async def list_contacts(call: Call[None, ContactListQuery]) -> Page[Contact]:
 )
 async def update_contact(call: Call[ContactUpdate, None]) -> Contact:
     body = call.body
-    contact_id = call.path_id("id", "Contact")
+    contact_id = call.path_id("contact", "Contact")
     given = body.model_fields_set
     for name in ("email", "custom_fields", "tags"):
         if name in given and getattr(body, name) is None:
@@ -155,7 +155,7 @@ async def update_contact(call: Call[ContactUpdate, None]) -> Contact:
     errors=(404,),
 )
 async def delete_contact(call: Call[None, None]) -> Deleted:
-    contact_id = call.path_id("id", "Contact")
+    contact_id = call.path_id("contact", "Contact")
     if (
         await call.pool.fetchval(SQL["delete_contact"], call.principal.tenant_id, contact_id)
         is None
@@ -213,7 +213,7 @@ async def add_suppression(call: Call[SuppressionCreate, None]) -> Suppression:
     summary="Remove an address from the suppression list",
     tag="Suppressions",
     response=Deleted,
-    errors=(404,),
+    errors=(404, 422),
 )
 async def delete_suppression(call: Call[None, None]) -> Deleted:
     email = call.request.match_info["email"]

@@ -51,10 +51,18 @@ def draft_from_row(row: asyncpg.Record, from_email: str, from_name: str) -> Draf
 
 
 async def lock_campaign(
-    conn: asyncpg.Connection, tenant_id: int, campaign_id: int
+    conn: asyncpg.Connection, tenant_id: int, campaign_id: str
 ) -> asyncpg.Record:
     """The campaign row, locked for this transaction (state changes lock it first), or 404."""
     row = await conn.fetchrow(SQL["lock_campaign"], tenant_id, campaign_id)
     if row is None:
         raise not_found("Campaign")
     return row
+
+
+async def campaign_event(
+    conn: asyncpg.Connection, tenant_id: int, campaign_pk: int, kind: str, data: dict[str, Any]
+) -> None:
+    """`campaign.created` / `campaign.sent`, in the transaction that made the change: a
+    webhook never announces what was rolled back, and nothing done goes unannounced."""
+    await conn.execute(SQL["insert_campaign_event"], tenant_id, campaign_pk, kind, data)

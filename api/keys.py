@@ -30,6 +30,7 @@ from api.models import (
 )
 from api.ratelimit import source_network
 from api.routing import API, Call
+from api.tiers import TIERS
 from penguinmails.messages import ensure_tenant, mode_tenant
 from penguinmails.queries import load
 
@@ -38,7 +39,6 @@ SQL = load("api")
 
 _TYPES: dict[str, Kind] = {"secret": "sk", "publishable": "pk"}
 _TYPE_NAMES = {v: k for k, v in _TYPES.items()}
-TIERS = ("free", "starter", "professional", "enterprise")
 
 
 async def insert_key(
@@ -129,7 +129,7 @@ async def list_api_keys(call: Call[None, None]) -> Page[ApiKey]:
     errors=(404,),
 )
 async def revoke_api_key(call: Call[None, None]) -> ApiKey:
-    key_id = call.path_id("id", "API key")
+    key_id = call.path_id("key", "API key")
     row = await call.pool.fetchrow(SQL["revoke_api_key"], call.principal.tenant_id, key_id)
     if row is None:
         raise not_found("API key")
@@ -193,7 +193,7 @@ async def list_users(call: Call[None, None]) -> Page[User]:
     errors=(404,),
 )
 async def delete_user(call: Call[None, None]) -> User:
-    user_id = call.path_id("id", "User")
+    user_id = call.path_id("user", "User")
     row = await call.pool.fetchrow(SQL["delete_user"], call.principal.tenant_id, user_id)
     if row is None:
         raise not_found("User")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar
 from datetime import datetime
+from email.utils import parseaddr
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import orjson
@@ -17,6 +18,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -76,6 +78,8 @@ Name = Annotated[str, StringConstraints(max_length=200)]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s,]+$")]
 Headers = Annotated[dict[str, str], AfterValidator(_headers)]
 Body = Annotated[str, StringConstraints(max_length=MAX_BODY_CHARS)]
+# An id the API gave out (`campaign_…`); the prefix is checked where the kind is known.
+PublicId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
 class Request(BaseModel):
@@ -118,6 +122,32 @@ class Sender(Request):
     name: Name = ""
 
 
+def _sender(value: Any) -> Any:
+    """`"Name <addr>"` and `"addr"` are the same sender as `{"email", "name"}`."""
+    if isinstance(value, str):
+        name, address = parseaddr(value)
+        if not address or "@" not in address or ("<" in value) != value.rstrip().endswith(">"):
+            raise PydanticCustomError(
+                "sender", 'must be "address", "Name <address>" or {"email", "name"}'
+            )
+        return {"email": address, "name": name}
+    if not isinstance(value, dict):
+        raise PydanticCustomError(
+            "sender", 'must be "address", "Name <address>" or {"email", "name"}'
+        )
+    return value
+
+
+From = Annotated[
+    Sender,
+    BeforeValidator(_sender, json_schema_input_type=str | Sender),
+    Field(
+        description='An address, "Name <address>", or {email, name}. Omitted: the default '
+        "sender of the caller's mode (PUT /api/v1/settings/sender)."
+    ),
+]
+
+
 class SenderOut(Response):
     email: str
     name: str = ""
@@ -129,7 +159,33 @@ class Content(Request):
     template_id: str | None = Field(
         default=None,
         max_length=100,
-        description="Reserved: there is no template store yet, so any value is refused.",
+        description="A stored template (GET /api/v1/templates); html, text and subject given "
+        "here win over the template's, part by part.",
+    )
+
+
+def _content(value: Any) -> Any:
+    """A bare string is the html part."""
+    return {"html": value} if isinstance(value, str) else value
+
+
+ContentIn = Annotated[
+    Content,
+    BeforeValidator(_content, json_schema_input_type=str | Content),
+    Field(description="The html as a string, or {html, text, template_id}."),
+]
+
+
+class DefaultSenderSet(Request):
+    from_: From = Field(alias="from")
+
+
+class DefaultSender(Owned):
+    email: str | None = Field(description="null: none (live mode without a sending domain).")
+    name: str
+    source: Literal["set", "domain", "sandbox", "none"] = Field(
+        description="set: chosen with PUT; domain: noreply@ the first sending domain; "
+        "sandbox: test mode's address when there is no domain; none: sends must give `from`."
     )
 
 
@@ -169,11 +225,18 @@ class CampaignSettings(Request):
     analytics_enabled: bool = True
     track_opens: bool = True
     track_clicks: bool = True
+    ai_optimization: bool = Field(
+        default=False,
+        description="Stored and shown; content optimisation itself is not built yet, so it "
+        "changes nothing and no optimisation result is returned.",
+    )
 
 
 class Tracking(Request):
-    opens: bool = True
-    clicks: bool = True
+    """The same names as a campaign's settings."""
+
+    track_opens: bool = True
+    track_clicks: bool = True
 
 
 T = TypeVar("T")
@@ -193,7 +256,7 @@ class ListQuery(Query):
 
 
 class Deleted(Response):
-    id: int | str
+    id: str
     deleted: Literal[True] = True
 
 
@@ -206,10 +269,10 @@ CampaignStatus = Literal["draft", "scheduled", "sending", "paused", "completed",
 class CampaignCreate(Request):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     subject: Annotated[str, StringConstraints(min_length=1, max_length=998)]
-    content: Content
+    content: ContentIn
     recipients: list[Recipient] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
     settings: CampaignSettings = Field(default_factory=CampaignSettings)
-    from_: Sender | None = Field(default=None, alias="from")
+    from_: From | None = Field(default=None, alias="from")
     headers: Headers = Field(default_factory=dict)
     send_at: AwareDatetime | None = Field(
         default=None, description="The schedule `send` uses when it is given no send_at."
@@ -221,10 +284,10 @@ class CampaignUpdate(Request):
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     subject: Annotated[str, StringConstraints(min_length=1, max_length=998)] | None = None
-    content: Content | None = None
+    content: ContentIn | None = None
     recipients: list[Recipient] | None = Field(default=None, max_length=MAX_RECIPIENTS)
     settings: CampaignSettings | None = None
-    from_: Sender | None = Field(default=None, alias="from")
+    from_: From | None = Field(default=None, alias="from")
     headers: Headers | None = None
     send_at: AwareDatetime | None = None
 
@@ -236,7 +299,7 @@ class CampaignSend(Request):
 
 
 class Campaign(Owned):
-    id: int
+    id: str
     name: str
     subject: str
     from_: SenderOut | None = Field(alias="from")
@@ -260,10 +323,10 @@ class Campaign(Owned):
 
 
 class SendRequest(Request):
-    from_: Sender | None = Field(default=None, alias="from")
+    from_: From | None = Field(default=None, alias="from")
     to: Email
     subject: Annotated[str, StringConstraints(min_length=1, max_length=998)]
-    content: Content
+    content: ContentIn
     tracking: Tracking = Field(default_factory=Tracking)
     personalization: Personalization = Field(default_factory=dict)
     headers: Headers = Field(default_factory=dict)
@@ -271,13 +334,13 @@ class SendRequest(Request):
 
 
 class SendResult(Owned):
-    message_id: int = Field(description="The queue id: GET /api/v1/messages/{message_id}.")
+    message_id: str = Field(description="The message: GET /api/v1/messages/{message_id}.")
     status: Literal["queued"] = "queued"
     sandbox: bool
 
 
 class BulkSendRequest(Request):
-    campaign_id: int = Field(ge=1, le=2**63 - 1)
+    campaign_id: PublicId = Field(description="The campaign whose content is sent.")
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     batch_size: int | None = Field(
         default=None, ge=1, le=MAX_RECIPIENTS, description="Omitted: one batch."
@@ -287,12 +350,12 @@ class BulkSendRequest(Request):
 
 
 class BulkSendResult(Owned):
-    campaign_id: int
+    campaign_id: str
     queued: int
     batches: int
     first_batch_at: datetime
     last_batch_at: datetime
-    message_ids: list[int]
+    message_ids: list[str]
     sandbox: bool
 
 
@@ -301,16 +364,16 @@ class BulkSendResult(Owned):
 
 
 class MessageEvent(Response):
-    id: int
+    id: str
     type: str
     data: dict[str, Any]
     created_at: datetime
 
 
 class Message(Owned):
-    id: int
-    message_id: str
-    campaign_id: int | None
+    id: str
+    message_id: str = Field(description="The RFC 5322 Message-ID header, without brackets.")
+    campaign_id: str | None
     from_email: str
     recipient: str
     subject: str
@@ -349,7 +412,7 @@ class ContactUpdate(Request):
 
 
 class Contact(Owned):
-    id: int
+    id: str
     email: str
     first_name: str | None
     last_name: str | None
@@ -392,7 +455,7 @@ class ApiKeyCreate(Request):
 
 
 class ApiKey(Owned):
-    id: int
+    id: str
     prefix: str
     type: Literal["secret", "publishable"]
     mode: Literal["live", "test"]
@@ -411,7 +474,7 @@ class UserCreate(Request):
 
 
 class User(Owned):
-    id: int
+    id: str
     email: str
     created_at: datetime
 
@@ -491,8 +554,8 @@ class WebhookTestResult(Owned):
 
 
 class WebhookDelivery(Owned):
-    id: int
-    event_id: int
+    id: str
+    event_id: str
     event_type: str
     status: str
     attempts: int
@@ -574,7 +637,7 @@ class SeriesPoint(Response):
 
 
 class CampaignAnalytics(Owned):
-    campaign_id: int
+    campaign_id: str
     period: str
     interval: Literal["hour", "day"]
     since: datetime | None

@@ -23,7 +23,8 @@ _PATH_PARAM = re.compile(r"{(\w+)}")
 _ERROR_TEXT = {
     400: "Malformed JSON or a body that is not an object",
     401: "Missing, malformed, revoked or expired credentials",
-    403: "The caller may not do this (publishable keys only read campaigns and analytics)",
+    403: "The caller may not do this: publishable keys only read campaigns and analytics, "
+    "and a call outside the account's plan tier is TIER_REQUIRED (see x-tier)",
     404: "No such resource (or it belongs to another account)",
     409: "Conflicts with the resource's state",
     413: "Request body too large",
@@ -45,7 +46,7 @@ def _error_codes(op: Operation) -> list[int]:
     codes = set(op.errors) | {500}
     if op.auth:
         codes |= {401, 429}
-        if not op.publishable:  # publishable keys are refused
+        if not op.publishable or op.tier != "free":  # publishable keys, lower tiers
             codes.add(403)
     if op.body is not None:
         codes |= {400, 413, 415, 422}
@@ -151,6 +152,8 @@ def build(registry: Registry, prefix: str = "/api/v1") -> dict[str, Any]:
             "security": [{"bearerAuth": []}] if op.auth else [],
             # Whether a publishable (pk_) key, the kind meant for browsers, may call it.
             "x-publishable": op.publishable,
+            # The lowest plan tier that includes it; below it the answer is 403 TIER_REQUIRED.
+            "x-tier": op.tier,
         }
         if op.body is not None:
             operation["requestBody"] = {

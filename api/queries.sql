@@ -22,7 +22,7 @@ WHERE u.id = $1;
 -- The key itself is never stored: its prefix for lookup, its hash for the compare.
 INSERT INTO api_keys (tenant_id, prefix, secret_hash, kind, mode, name)
 VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING id, prefix, kind, mode, name, created_at, revoked_at;
+RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at;
 
 -- name: set_tier
 -- An account's tier, on its live row and its test twin alike (test mode's budget follows it).
@@ -30,20 +30,20 @@ UPDATE tenants SET tier = $2 WHERE id = $1 OR live_tenant_id = $1;
 
 -- name: list_api_keys
 -- Prefixes only: nothing here can be used to authenticate.
-SELECT id, prefix, kind, mode, name, created_at, revoked_at
-FROM api_keys WHERE tenant_id = $1 ORDER BY id;
+SELECT public_id AS id, prefix, kind, mode, name, created_at, revoked_at
+FROM api_keys WHERE tenant_id = $1 ORDER BY api_keys.id;
 
 -- name: revoke_api_key
 -- Takes effect at the next request: keys are looked up every time, never cached.
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
-WHERE tenant_id = $1 AND id = $2
-RETURNING id, prefix, kind, mode, name, created_at, revoked_at;
+WHERE tenant_id = $1 AND public_id = $2
+RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at;
 
 -- name: insert_user
 -- Emails are unique within a tenant's mode only: another tenant's users are invisible here.
 INSERT INTO users (tenant_id, email, password_hash) VALUES ($1, lower($2), $3)
 ON CONFLICT (tenant_id, email) DO NOTHING
-RETURNING id, email, created_at;
+RETURNING public_id AS id, email, created_at;
 
 -- name: login_candidates
 -- The accounts an address has (a person may be a user of several tenants, or of both modes
@@ -58,11 +58,12 @@ ORDER BY u.id
 LIMIT 5;
 
 -- name: list_users
-SELECT id, email, created_at FROM users WHERE tenant_id = $1 ORDER BY id;
+SELECT public_id AS id, email, created_at FROM users WHERE tenant_id = $1 ORDER BY users.id;
 
 -- name: delete_user
 -- Deleting the row ends its tokens too: find_user no longer finds their subject.
-DELETE FROM users WHERE tenant_id = $1 AND id = $2 RETURNING id, email, created_at;
+DELETE FROM users WHERE tenant_id = $1 AND public_id = $2
+RETURNING public_id AS id, email, created_at;
 
 -- name: bump_token_version
 -- Logout everywhere: every token carries the version it was issued under.
@@ -116,6 +117,14 @@ WHERE tenant_id = $1 OR domain = $2
 GROUP BY domain, tenant_id
 ORDER BY first_added, domain;
 
+-- name: default_sender
+-- The sender set for this tenant row (this mode), if any.
+SELECT default_from_email, default_from_name FROM tenants WHERE id = $1;
+
+-- name: set_default_sender
+-- NULL clears it (back to the noreply@ fallback).
+UPDATE tenants SET default_from_email = $2, default_from_name = $3 WHERE id = $1;
+
 -- name: claim_idempotency_key
 -- The first request with a key inserts the row and goes on; a concurrent one with the same
 -- key waits here for the first to commit, then finds the stored response.
@@ -138,37 +147,43 @@ DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours';
 INSERT INTO campaigns (tenant_id, name, subject, from_email, from_name, html_body, text_body,
                        headers, settings, recipients, recipient_count, sandbox, send_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-RETURNING id;
+RETURNING id, public_id;
+
+-- name: insert_campaign_event
+-- campaign.created / campaign.sent: written in the transaction that made the change, so a
+-- webhook never announces what was rolled back, and nothing done goes unannounced.
+INSERT INTO events (tenant_id, campaign_id, type, data) VALUES ($1, $2, $3, $4);
 
 -- name: get_campaign
 -- `sending` with a send_at still ahead is shown as `scheduled`: the messages are queued
 -- already, due at send_at, so there is no state change to record when that moment comes.
-SELECT id, name, subject, from_email, from_name, html_body, text_body, headers, settings,
-       recipient_count, sandbox, send_at, started_at, paused_at, completed_at, cancelled_at,
-       created_at, updated_at,
+SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
+       settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
+       cancelled_at, created_at, updated_at,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
-FROM campaigns WHERE tenant_id = $1 AND id = $2;
+FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
 
 -- name: list_campaigns
--- Newest first, keyset-paginated on id (the tenant index), so page 1,000 costs what page 1
--- does. One extra row is fetched to know whether there is a next page.
-SELECT id, name, subject, from_email, from_name, html_body, text_body, headers, settings,
-       recipient_count, sandbox, send_at, started_at, paused_at, completed_at, cancelled_at,
-       created_at, updated_at,
+-- Newest first, keyset-paginated on the public id (which sorts by creation) through the
+-- (tenant_id, public_id) index, so page 1,000 costs what page 1 does. One extra row is
+-- fetched to know whether there is a next page.
+SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
+       settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
+       cancelled_at, created_at, updated_at,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns
-WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2)
-ORDER BY id DESC
+WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
+ORDER BY public_id DESC
 LIMIT $3;
 
 -- name: lock_campaign
 -- State changes lock the campaign row first (then its messages), the same order the
 -- completion trigger's callers end up in, so the two serialise rather than race.
-SELECT id, tenant_id, name, subject, from_email, from_name, html_body, text_body, headers,
-       settings, recipients, status, sandbox, send_at, paused_at
-FROM campaigns WHERE tenant_id = $1 AND id = $2
+SELECT id, public_id, tenant_id, name, subject, from_email, from_name, html_body, text_body,
+       headers, settings, recipients, status, sandbox, send_at, paused_at
+FROM campaigns WHERE tenant_id = $1 AND public_id = $2
 FOR UPDATE;
 
 -- name: update_draft
@@ -242,35 +257,45 @@ WHERE id = $1;
 SELECT now();
 
 -- name: get_message
-SELECT id, message_id, campaign_id, from_email, recipient, subject, status, attempts,
-       next_attempt_at, last_reply_code, last_reply, enhanced_status, sandbox, created_at,
-       sent_at
-FROM messages WHERE tenant_id = $1 AND id = $2;
+-- By the public id through (tenant_id, public_id); the campaign is shown by its public id.
+SELECT m.id AS pk, m.public_id AS id, m.message_id, c.public_id AS campaign_id, m.from_email,
+       m.recipient, m.subject, m.status, m.attempts, m.next_attempt_at, m.last_reply_code,
+       m.last_reply, m.enhanced_status, m.sandbox, m.created_at, m.sent_at
+FROM messages m
+LEFT JOIN campaigns c ON c.id = m.campaign_id
+WHERE m.tenant_id = $1 AND m.public_id = $2;
+
+-- name: message_public_ids
+-- What a send answers: the public ids of the rows it just inserted, in insertion order.
+SELECT public_id FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id;
 
 -- name: message_events
 -- The message's history, oldest first (events_message_idx); capped for pathological cases
 -- such as a pixel fetched by a crawler thousands of times.
-SELECT id, type, data, created_at FROM events WHERE message_id = $1 ORDER BY id LIMIT 500;
+SELECT public_id AS id, type, data, created_at FROM events WHERE message_id = $1
+ORDER BY events.id LIMIT 500;
 
 -- name: insert_contact
 INSERT INTO contacts (tenant_id, email, first_name, last_name, company, custom_fields, tags)
 VALUES ($1, lower($2), $3, $4, $5, $6, $7)
 ON CONFLICT (tenant_id, email) DO NOTHING
-RETURNING id, email, first_name, last_name, company, custom_fields, tags, created_at,
-          updated_at;
+RETURNING public_id AS id, email, first_name, last_name, company, custom_fields, tags,
+          created_at, updated_at;
 
 -- name: get_contact
-SELECT id, email, first_name, last_name, company, custom_fields, tags, created_at, updated_at
-FROM contacts WHERE tenant_id = $1 AND id = $2;
+SELECT public_id AS id, email, first_name, last_name, company, custom_fields, tags,
+       created_at, updated_at
+FROM contacts WHERE tenant_id = $1 AND public_id = $2;
 
 -- name: list_contacts
--- Keyset pagination on id; the tag filter uses the GIN index when it is selective and the
--- tenant index otherwise, the planner's choice.
-SELECT id, email, first_name, last_name, company, custom_fields, tags, created_at, updated_at
+-- Keyset pagination on the public id (creation order); the tag filter uses the GIN index
+-- when it is selective and the (tenant_id, public_id) index otherwise, the planner's choice.
+SELECT public_id AS id, email, first_name, last_name, company, custom_fields, tags,
+       created_at, updated_at
 FROM contacts
-WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2)
+WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
   AND ($4::text IS NULL OR tags @> ARRAY[$4::text])
-ORDER BY id DESC
+ORDER BY public_id DESC
 LIMIT $3;
 
 -- name: update_contact
@@ -278,12 +303,12 @@ LIMIT $3;
 UPDATE contacts
 SET email = lower($3), first_name = $4, last_name = $5, company = $6, custom_fields = $7,
     tags = $8, updated_at = now()
-WHERE tenant_id = $1 AND id = $2
-RETURNING id, email, first_name, last_name, company, custom_fields, tags, created_at,
-          updated_at;
+WHERE tenant_id = $1 AND public_id = $2
+RETURNING public_id AS id, email, first_name, last_name, company, custom_fields, tags,
+          created_at, updated_at;
 
 -- name: delete_contact
-DELETE FROM contacts WHERE tenant_id = $1 AND id = $2 RETURNING id;
+DELETE FROM contacts WHERE tenant_id = $1 AND public_id = $2 RETURNING public_id AS id;
 
 -- name: list_suppressions
 -- Keyset pagination on the primary key (tenant_id, email).
@@ -310,7 +335,7 @@ WHERE tenant_id = $1 AND email = lower($2) AND NOT EXISTS (SELECT 1 FROM added);
 DELETE FROM suppressions WHERE tenant_id = $1 AND email = lower($2) RETURNING email;
 
 -- name: campaign_exists
-SELECT recipient_count FROM campaigns WHERE tenant_id = $1 AND id = $2;
+SELECT id, recipient_count FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
 
 -- name: campaign_stats
 -- The rollup (campaign_stats, kept by a trigger on events) read by its primary key: at most
@@ -329,5 +354,5 @@ ORDER BY 1, 2;
 SELECT secret_sealed, previous_secret_sealed,
        previous_secret_expires_at IS NOT NULL AND previous_secret_expires_at > now()
            AS previous_valid
-FROM webhooks WHERE tenant_id = $1 AND id = $2;
+FROM webhooks WHERE tenant_id = $1 AND public_id = $2;
 

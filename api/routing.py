@@ -3,14 +3,16 @@
 A route module registers its handlers on `API` with the request body, query and response
 models; `dispatch` wraps each handler with what every request goes through, in this order:
 authenticate (401), check the caller may use the route (403: publishable keys only reach
-routes declared `publishable`), count against the rate limit of the caller's tenant, mode and
-bucket (429; headers on every answer), read and validate the query and the JSON body (400/413/415/
-422), call the handler, wrap its result in the envelope.
+routes declared `publishable`; 403 TIER_REQUIRED below the route's plan tier), count against
+the rate limit of the caller's tenant, mode and bucket (429; headers on every answer), read
+and validate the query and the JSON body (400/413/415/422), call the handler, wrap its result
+in the envelope.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -24,9 +26,11 @@ from api.envelope import EXTRA_HEADERS, nul_free, pydantic_details, read_json, s
 from api.errors import forbidden, not_found, validation_error
 from api.models import LIVEMODE
 from api.ratelimit import RateLimiter, rate_limited
+from api.tiers import Tier, at_least, tier_required
 from penguinmails.config import Settings
 
 MAX_ID = 2**63 - 1
+_PUBLIC_ID = re.compile(r"[a-z]+_[0-9a-f]{32}")
 
 
 @dataclass
@@ -66,11 +70,18 @@ class Call(Generic[BodyT, QueryT]):
     def pool(self) -> asyncpg.Pool:
         return self.state.pool
 
-    def path_id(self, name: str = "id", what: str = "Resource") -> int:
+    def path_id(self, prefix: str, what: str, name: str = "id") -> str:
+        """The public id in the path, if it has the shape of one of `prefix`'s ids; anything
+        else (an integer key, another kind's id) is simply not found."""
         raw = self.request.match_info[name]
-        if not raw.isdigit() or int(raw) > MAX_ID or int(raw) < 1:
+        if not is_public_id(raw, prefix):
             raise not_found(what)
-        return int(raw)
+        return raw
+
+
+def is_public_id(value: str, prefix: str) -> bool:
+    """`campaign_` + 32 lowercase hex digits: migration 0013's public_id()."""
+    return _PUBLIC_ID.fullmatch(value) is not None and value.startswith(prefix + "_")
 
 
 Handler = Callable[[Call[Any, Any]], Awaitable[BaseModel | None]]
@@ -92,6 +103,7 @@ class Operation:
     publishable: bool  # a publishable (browser) key may call it
     headers: tuple[str, ...]  # request headers worth documenting (Idempotency-Key)
     errors: tuple[int, ...]
+    tier: Tier  # the lowest plan tier that includes it (api.tiers)
 
     @property
     def operation_id(self) -> str:
@@ -118,6 +130,7 @@ class Registry:
         publishable: bool = False,
         headers: tuple[str, ...] = (),
         errors: tuple[int, ...] = (),
+        tier: Tier = "free",
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -136,6 +149,7 @@ class Registry:
                     publishable=publishable,
                     headers=headers,
                     errors=errors,
+                    tier=tier,
                 )
             )
             return handler
@@ -157,6 +171,8 @@ def dispatch(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
                 raise forbidden(
                     "Publishable (pk_) keys may only read campaigns and analytics; use a secret key"
                 )
+            if not at_least(principal.tier, operation.tier):
+                raise tier_required(operation.tier, principal.tier, operation.summary)
             usage = await state.limiter.hit(
                 principal.tenant_id,
                 principal.tier,

@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 
 
 class SandboxMessageSummary(Owned):
-    id: int = Field(description="The capture's id: GET /api/v1/sandbox/messages/{id}.")
-    message_id: int | None = Field(
-        description="The queue id of the message this delivered: GET /api/v1/messages/{id}."
+    id: str = Field(description="The capture's id: GET /api/v1/sandbox/messages/{id}.")
+    message_id: str | None = Field(
+        description="The message this delivered: GET /api/v1/messages/{id}."
     )
     subject: str
     from_: str = Field(alias="from", description="The From header, as a mail client shows it.")
@@ -109,7 +109,7 @@ async def list_sandbox_messages(call: Call[None, ListQuery]) -> Page[SandboxMess
     rows = await call.pool.fetch(
         SQL["list_sandbox_messages"],
         call.principal.tenant_id,
-        decode_cursor(query.cursor),
+        decode_cursor(query.cursor, numeric=False),
         query.limit + 1,
     )
     parser = BytesHeaderParser(policy=email.policy.default)
@@ -135,7 +135,7 @@ async def get_sandbox_message(call: Call[None, None]) -> SandboxMessage:
     row = await call.pool.fetchrow(
         SQL["get_sandbox_message"],
         call.principal.tenant_id,
-        call.path_id("id", "Sandbox message"),
+        call.path_id("cap", "Sandbox message"),
     )
     if row is None:
         raise not_found("Sandbox message")

@@ -1,22 +1,26 @@
 -- The sandbox inbox (api/sandbox.py): what the capture sink kept, per tenant.
 
 -- name: list_sandbox_messages
--- One page of a tenant's captures, newest first, by keyset ($2: the last id of the previous
--- page). Only the first 64 KiB of each message travels: the summary needs the header block,
--- and a page of large messages should not be read whole. Served by
--- sandbox_messages_tenant_idx (tenant_id, id DESC).
-SELECT id, message_id, mail_from, rcpt_tos, received_at, length(data) AS size,
-       substring(data FROM 1 FOR 65536) AS head
-FROM sandbox_messages
-WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2)
-ORDER BY id DESC
+-- One page of a tenant's captures, newest first, by keyset ($2: the last public id of the
+-- previous page). Only the first 64 KiB of each message travels: the summary needs the header
+-- block, and a page of large messages should not be read whole. Served by
+-- sandbox_messages_public_id_idx (tenant_id, public_id). The message each capture delivered is
+-- shown by its public id.
+SELECT s.public_id AS id, m.public_id AS message_id, s.mail_from, s.rcpt_tos, s.received_at,
+       length(s.data) AS size, substring(s.data FROM 1 FOR 65536) AS head
+FROM sandbox_messages s
+LEFT JOIN messages m ON m.id = s.message_id
+WHERE s.tenant_id = $1 AND ($2::text IS NULL OR s.public_id < $2)
+ORDER BY s.public_id DESC
 LIMIT $3;
 
 -- name: get_sandbox_message
 -- One capture, whole, only for its own tenant (another tenant's id is a 404).
-SELECT id, message_id, mail_from, rcpt_tos, received_at, length(data) AS size, data
-FROM sandbox_messages
-WHERE tenant_id = $1 AND id = $2;
+SELECT s.public_id AS id, m.public_id AS message_id, s.mail_from, s.rcpt_tos, s.received_at,
+       length(s.data) AS size, s.data
+FROM sandbox_messages s
+LEFT JOIN messages m ON m.id = s.message_id
+WHERE s.tenant_id = $1 AND s.public_id = $2;
 
 -- name: sandbox_dkim_keys
 -- The public keys DNS would answer for the (domain, selector) pairs a message's signatures

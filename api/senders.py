@@ -3,9 +3,12 @@
 Sender rule:
 - A `from` must be on one of the tenant's sending domains (exact domain, not a subdomain).
 - A domain registered by another tenant is refused whatever the mode.
-- Without `from`, the default sender is `noreply@` the tenant's first registered domain.
+- Without `from`, the default sender of the caller's mode is used: the one set with
+  `PUT /api/v1/settings/sender` (checked by the same rule when it is set and again at each
+  use, since a domain can be removed), else `noreply@` the tenant's first registered domain.
 - A tenant with no sending domain yet may send in test mode (sandbox: nothing leaves the
-  machine) from any address; in live mode it is told to register a domain first.
+  machine) from any address, by default `noreply@sandbox.penguinmails.invalid`; in live mode
+  it is told how to set a sender first.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import asyncpg
 
 from api.auth import Principal
 from api.errors import validation_error
-from api.models import Recipient, Sender
+from api.models import DefaultSender, DefaultSenderSet, Recipient, Sender
+from api.routing import API, Call
 from penguinmails.messages import Draft, InvalidMessage, address_domain
 from penguinmails.queries import load
 
@@ -26,11 +30,28 @@ MAX_DETAILS = 100
 DEFAULT_LOCAL_PART = "noreply"
 
 
+SANDBOX_SENDER = f"{DEFAULT_LOCAL_PART}@sandbox.penguinmails.invalid"
+HOW_TO_SET = (
+    "give `from`, or set a default sender with PUT /api/v1/settings/sender "
+    "(its domain must be a sending domain: penguinmails domains add DOMAIN --tenant NAME)"
+)
+
+
 async def resolve_sender(
-    conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, sender: Sender | None
+    conn: asyncpg.Connection | asyncpg.Pool,
+    principal: Principal,
+    sender: Sender | None,
+    field: str = "from",
 ) -> tuple[str, str]:
     """(from_email, from_name) the message will carry, or a 422 naming `from`."""
-    wanted = address_domain(sender.email, "from") if sender is not None else None
+    if sender is None:
+        stored = await conn.fetchrow(SQL["default_sender"], principal.tenant_id)
+        if stored is not None and stored["default_from_email"] is not None:
+            sender = Sender.model_construct(
+                email=stored["default_from_email"], name=stored["default_from_name"]
+            )
+            field = "settings.sender"
+    wanted = address_domain(sender.email, field) if sender is not None else None
     # Sending domains belong to the account, shared by both its modes.
     rows = await conn.fetch(SQL["sender_domains"], principal.account_id, wanted)
     own = [r["domain"] for r in rows if r["own"]]
@@ -38,15 +59,9 @@ async def resolve_sender(
         if own:
             return f"{DEFAULT_LOCAL_PART}@{own[0]}", ""
         if principal.sandbox:
-            return f"{DEFAULT_LOCAL_PART}@sandbox.penguinmails.invalid", ""
+            return SANDBOX_SENDER, ""
         raise validation_error(
-            [
-                {
-                    "field": "from",
-                    "message": "required: no sending domain is registered "
-                    "(penguinmails domains add DOMAIN --tenant NAME)",
-                }
-            ]
+            [{"field": "from", "message": f"required: there is no default sender ({HOW_TO_SET})"}]
         )
     if wanted in own:
         return sender.email, sender.name
@@ -57,11 +72,63 @@ async def resolve_sender(
     raise validation_error(
         [
             {
-                "field": "from.email",
+                "field": f"{field}.email",
                 "message": f"{wanted} is not one of your sending domains ({hint})",
             }
         ]
     )
+
+
+@API.route(
+    "GET",
+    "/settings/sender",
+    summary="The sender a message gets when it names none (this mode's)",
+    tag="Settings",
+    response=DefaultSender,
+)
+async def get_default_sender(call: Call[None, None]) -> DefaultSender:
+    return await _effective(call)
+
+
+@API.route(
+    "PUT",
+    "/settings/sender",
+    summary="Set this mode's default sender; its domain must be one of your sending domains",
+    tag="Settings",
+    body=DefaultSenderSet,
+    response=DefaultSender,
+)
+async def set_default_sender(call: Call[DefaultSenderSet, None]) -> DefaultSender:
+    email, name = await resolve_sender(call.pool, call.principal, call.body.from_)
+    await call.pool.execute(SQL["set_default_sender"], call.principal.tenant_id, email, name)
+    return await _effective(call)
+
+
+@API.route(
+    "DELETE",
+    "/settings/sender",
+    summary="Clear this mode's default sender (back to noreply@ your first sending domain)",
+    tag="Settings",
+    response=DefaultSender,
+)
+async def clear_default_sender(call: Call[None, None]) -> DefaultSender:
+    await call.pool.execute(SQL["set_default_sender"], call.principal.tenant_id, None, "")
+    return await _effective(call)
+
+
+async def _effective(call: Call) -> DefaultSender:
+    stored = await call.pool.fetchrow(SQL["default_sender"], call.principal.tenant_id)
+    if stored is not None and stored["default_from_email"] is not None:
+        return DefaultSender(
+            email=stored["default_from_email"], name=stored["default_from_name"], source="set"
+        )
+    rows = await call.pool.fetch(SQL["sender_domains"], call.principal.account_id, None)
+    own = [r["domain"] for r in rows if r["own"]]
+    if own:
+        return DefaultSender(email=f"{DEFAULT_LOCAL_PART}@{own[0]}", name="", source="domain")
+    if call.principal.sandbox:
+        return DefaultSender(email=SANDBOX_SENDER, name="", source="sandbox")
+    return DefaultSender(email=None, name="", source="none")
 
 
 _GLOBAL_FIELDS = {

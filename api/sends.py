@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 from pydantic import BaseModel
 
-from api.drafts import draft_from_row, lock_campaign
+from api.drafts import campaign_event, draft_from_row, lock_campaign
 from api.errors import ApiError, conflict, not_found, validation_error
 from api.models import (
     BulkSendRequest,
@@ -34,7 +34,7 @@ from api.models import (
     SendRequest,
     SendResult,
 )
-from api.routing import API, Call
+from api.routing import API, Call, is_public_id
 from api.senders import check_draft, refuse_template_id, resolve_sender
 from penguinmails.messages import Draft, InvalidMessage, enqueue
 from penguinmails.queries import load
@@ -143,8 +143,8 @@ async def send_email(call: Call[SendRequest, None]) -> SendResult:
             headers=body.headers,
             personalization=[body.personalization],
             settings={
-                "track_opens": body.tracking.opens,
-                "track_clicks": body.tracking.clicks,
+                "track_opens": body.tracking.track_opens,
+                "track_clicks": body.tracking.track_clicks,
             },
             send_at=body.send_at,
             sandbox=call.principal.sandbox,
@@ -156,7 +156,8 @@ async def send_email(call: Call[SendRequest, None]) -> SendResult:
                 [{"field": _single_field(exc.field), "message": exc.message}]
             ) from None
         ids = await enqueue(conn, call.principal.tenant_id, draft)
-        return SendResult(message_id=ids[0], sandbox=draft.sandbox)
+        [public] = await public_message_ids(conn, ids)
+        return SendResult(message_id=public, sandbox=draft.sandbox)
 
     return await idempotent(call, SendResult, work)
 
@@ -166,6 +167,7 @@ async def send_email(call: Call[SendRequest, None]) -> SendResult:
     "/emails/send-bulk",
     summary="Send a campaign's content to up to 10,000 recipients, in timed batches",
     tag="Sending",
+    tier="starter",
     body=BulkSendRequest,
     response=BulkSendResult,
     status=202,
@@ -176,6 +178,8 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
     body = call.body
 
     async def work(conn: asyncpg.Connection) -> BulkSendResult:
+        if not is_public_id(body.campaign_id, "campaign"):
+            raise not_found("Campaign")
         row = await lock_campaign(conn, call.principal.tenant_id, body.campaign_id)
         if row["status"] in ("paused", "cancelled"):
             raise conflict(f"The campaign is {row['status']}; nothing can be added to it")
@@ -187,7 +191,7 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
         from_email, from_name = await resolve_sender(conn, call.principal, stored)
         base = draft_from_row(row, from_email, from_name)
         check_draft(base, body.recipients)
-        base.campaign_id = body.campaign_id
+        base.campaign_id = row["id"]
         base.sandbox = row["sandbox"] or call.principal.sandbox
         size = body.batch_size or len(body.recipients)
         start = body.send_at or await conn.fetchval(SQL["now"])
@@ -205,8 +209,19 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
             )
             ids.extend(await enqueue(conn, call.principal.tenant_id, batch))
             batches += 1
-        await conn.execute(
-            SQL["add_to_campaign"], body.campaign_id, call.principal.tenant_id, len(ids)
+        await conn.execute(SQL["add_to_campaign"], row["id"], call.principal.tenant_id, len(ids))
+        await campaign_event(
+            conn,
+            call.principal.tenant_id,
+            row["id"],
+            "campaign.sent",
+            {
+                "name": row["name"],
+                "status": "sending",
+                "queued": len(ids),
+                "batches": batches,
+                "send_at": start.isoformat(),
+            },
         )
         return BulkSendResult(
             campaign_id=body.campaign_id,
@@ -214,7 +229,7 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
             batches=batches,
             first_batch_at=start,
             last_batch_at=last,
-            message_ids=ids,
+            message_ids=await public_message_ids(conn, ids),
             sandbox=base.sandbox,
         )
 
@@ -230,9 +245,14 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
     errors=(404,),
 )
 async def get_message(call: Call[None, None]) -> Message:
-    message_id = call.path_id("id", "Message")
+    message_id = call.path_id("msg", "Message")
     row = await call.pool.fetchrow(SQL["get_message"], call.principal.tenant_id, message_id)
     if row is None:
         raise not_found("Message")
-    events = await call.pool.fetch(SQL["message_events"], message_id)
-    return Message(**dict(row), events=[MessageEvent(**dict(e)) for e in events])
+    events = await call.pool.fetch(SQL["message_events"], row["pk"])
+    fields = {k: v for k, v in row.items() if k != "pk"}
+    return Message(**fields, events=[MessageEvent(**dict(e)) for e in events])
+
+
+async def public_message_ids(conn: asyncpg.Connection, ids: list[int]) -> list[str]:
+    return [r["public_id"] for r in await conn.fetch(SQL["message_public_ids"], ids)]

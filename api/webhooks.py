@@ -53,6 +53,7 @@ def _model(endpoint: endpoints.Endpoint) -> Webhook:
     "/webhooks",
     summary="Register a webhook endpoint (its secret is shown once)",
     tag="Webhooks",
+    tier="professional",
     body=WebhookCreate,
     response=WebhookCreated,
     status=201,
@@ -75,7 +76,12 @@ async def create_webhook(call: Call[WebhookCreate, None]) -> WebhookCreated:
 
 
 @API.route(
-    "GET", "/webhooks", summary="List webhook endpoints", tag="Webhooks", response=Page[Webhook]
+    "GET",
+    "/webhooks",
+    summary="List webhook endpoints",
+    tag="Webhooks",
+    tier="professional",
+    response=Page[Webhook],
 )
 async def list_webhooks(call: Call[None, None]) -> Page[Webhook]:
     found = await endpoints.list_endpoints(call.pool, call.principal.tenant_id)
@@ -87,11 +93,12 @@ async def list_webhooks(call: Call[None, None]) -> Page[Webhook]:
     "/webhooks/{id}",
     summary="Get a webhook endpoint",
     tag="Webhooks",
+    tier="professional",
     response=Webhook,
     errors=(404,),
 )
 async def get_webhook(call: Call[None, None]) -> Webhook:
-    endpoint_id = call.path_id("id", "Webhook")
+    endpoint_id = call.path_id("wh", "Webhook")
     endpoint = await endpoints.get_endpoint(call.pool, call.principal.tenant_id, endpoint_id)
     if endpoint is None:
         raise not_found("Webhook")
@@ -103,13 +110,14 @@ async def get_webhook(call: Call[None, None]) -> Webhook:
     "/webhooks/{id}",
     summary="Change a webhook endpoint",
     tag="Webhooks",
+    tier="professional",
     body=WebhookUpdate,
     response=Webhook,
     errors=(404,),
 )
 async def update_webhook(call: Call[WebhookUpdate, None]) -> Webhook:
     body = call.body
-    endpoint_id = call.path_id("id", "Webhook")
+    endpoint_id = call.path_id("wh", "Webhook")
     try:
         async with call.pool.acquire() as conn:
             endpoint = await endpoints.update_endpoint(
@@ -134,11 +142,12 @@ async def update_webhook(call: Call[WebhookUpdate, None]) -> Webhook:
     "/webhooks/{id}",
     summary="Delete a webhook endpoint",
     tag="Webhooks",
+    tier="professional",
     response=Deleted,
     errors=(404,),
 )
 async def delete_webhook(call: Call[None, None]) -> Deleted:
-    endpoint_id = call.path_id("id", "Webhook")
+    endpoint_id = call.path_id("wh", "Webhook")
     if not await endpoints.delete_endpoint(call.pool, call.principal.tenant_id, endpoint_id):
         raise not_found("Webhook")
     return Deleted(id=endpoint_id)
@@ -149,13 +158,14 @@ async def delete_webhook(call: Call[None, None]) -> Deleted:
     "/webhooks/{id}/deliveries",
     summary="Recent deliveries to an endpoint",
     tag="Webhooks",
+    tier="professional",
     query=ListQuery,
     response=Page[WebhookDelivery],
     errors=(404,),
 )
 async def list_webhook_deliveries(call: Call[None, ListQuery]) -> Page[WebhookDelivery]:
     query = call.query
-    endpoint_id = call.path_id("id", "Webhook")
+    endpoint_id = call.path_id("wh", "Webhook")
     if await endpoints.get_endpoint(call.pool, call.principal.tenant_id, endpoint_id) is None:
         raise not_found("Webhook")
     rows = await endpoints.list_deliveries(
@@ -165,10 +175,11 @@ async def list_webhook_deliveries(call: Call[None, ListQuery]) -> Page[WebhookDe
         limit=query.limit + 1,
         before=decode_cursor(query.cursor),
     )
-    items = [WebhookDelivery(**r) for r in rows[: query.limit]]
+    page = rows[: query.limit]
+    items = [WebhookDelivery(**{k: v for k, v in r.items() if k != "pk"}) for r in page]
     more = len(rows) > query.limit
     return Page[WebhookDelivery](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
+        items=items, has_more=more, next_cursor=encode_cursor(page[-1]["pk"]) if more else None
     )
 
 
@@ -177,11 +188,12 @@ async def list_webhook_deliveries(call: Call[None, ListQuery]) -> Page[WebhookDe
     "/webhooks/{id}/test",
     summary="Send a signed test ping now and report the answer",
     tag="Webhooks",
+    tier="professional",
     response=WebhookTestResult,
     errors=(404,),
 )
 async def test_webhook(call: Call[None, None]) -> WebhookTestResult:
-    endpoint_id = call.path_id("id", "Webhook")
+    endpoint_id = call.path_id("wh", "Webhook")
     tenant = call.principal.tenant_id
     endpoint = await endpoints.get_endpoint(call.pool, tenant, endpoint_id)
     row = await call.pool.fetchrow(SQL["webhook_secrets"], tenant, endpoint_id)

@@ -266,7 +266,7 @@ async def load(
 # -- the benchmark ----------------------------------------------------------------------------
 
 
-def bulk_body(campaign_id: int, batch: int) -> bytes:
+def bulk_body(campaign_id: str, batch: int) -> bytes:
     return orjson.dumps(
         {
             "campaign_id": campaign_id,

@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         "action", choices=["retry", "purge"], help="retry: due now; purge: cancel them"
     )
     queue.add_argument("--domain", help="only messages to this destination domain")
-    queue.add_argument("--campaign", type=int, help="only messages of this campaign id")
+    queue.add_argument("--campaign", help="only messages of this campaign (campaign_...)")
     queue.add_argument(
         "--status", choices=["queued", "deferred"], help="only these (default: both)"
     )

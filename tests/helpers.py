@@ -222,6 +222,14 @@ async def create_campaign(client: Client, **changes: Any) -> dict[str, Any]:
     return dict(reply.data)
 
 
+async def row_pk(pool: asyncpg.Pool, table: str, public_id: str) -> int:
+    """The integer key behind an id the API gave out, for tests that look at rows."""
+    assert table in {"campaigns", "messages", "contacts", "webhooks", "api_keys", "users"}
+    pk = await pool.fetchval(f"SELECT id FROM {table} WHERE public_id = $1", public_id)
+    assert pk is not None, public_id
+    return int(pk)
+
+
 # -- webhooks ---------------------------------------------------------------------------------
 
 

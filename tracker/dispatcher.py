@@ -95,7 +95,7 @@ def payload(row: Mapping[str, Any]) -> bytes:
         data["campaign_id"] = row["campaign_id"]
     return orjson.dumps(
         {
-            "id": f"evt_{row['event_id']}",
+            "id": row["event_id"],
             "type": row["event_type"],
             "created": _iso(row["event_created_at"]),
             "data": data,
@@ -285,7 +285,7 @@ class Dispatcher:
             self._session,
             row["url"],
             payload(row),
-            webhook_id=f"msg_{row['id']}",
+            webhook_id=row["delivery_id"],
             secrets=secrets,
             allow_private=self._allow_private,
             timeout=self._timeout,

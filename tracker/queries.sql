@@ -115,14 +115,15 @@ SET status = 'delivering', lease_owner = $2, lease_token = gen_random_uuid(),
     lease_expires_at = now() + make_interval(secs => $4::float8), updated_at = now()
 FROM picked p, webhooks w, events e
 LEFT JOIN messages m ON m.id = e.message_id
+LEFT JOIN campaigns c ON c.id = e.campaign_id
 WHERE d.id = p.id AND w.id = d.webhook_id AND e.id = d.event_id
-RETURNING d.id, d.webhook_id, d.attempts, d.created_at, d.lease_token,
-          w.url, w.secret_sealed,
+RETURNING d.id, d.public_id AS delivery_id, d.webhook_id, d.attempts, d.created_at,
+          d.lease_token, w.url, w.secret_sealed,
           CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_sealed
           END AS previous_secret_sealed,
-          e.id AS event_id, e.type AS event_type, e.data AS event_data,
-          e.created_at AS event_created_at, e.message_id AS queue_id, e.campaign_id,
-          m.message_id AS rfc_message_id, m.recipient;
+          e.public_id AS event_id, e.type AS event_type, e.data AS event_data,
+          e.created_at AS event_created_at, m.public_id AS queue_id,
+          c.public_id AS campaign_id, m.message_id AS rfc_message_id, m.recipient;
 
 -- name: delivery_succeeded
 -- A 2xx: the delivery is done, and the endpoint's run of failures (if any) is over. The
@@ -185,7 +186,7 @@ WITH off AS (
     UPDATE webhooks
     SET active = false, disabled_at = now(), disabled_reason = $2, updated_at = now()
     WHERE id = $1 AND active
-    RETURNING id, tenant_id, url
+    RETURNING id, public_id, tenant_id, url
 ), cancelled AS (
     UPDATE webhook_deliveries d
     SET status = 'cancelled', last_error = $2, lease_owner = NULL, lease_token = NULL,
@@ -195,7 +196,7 @@ WITH off AS (
 )
 INSERT INTO events (tenant_id, type, data)
 SELECT tenant_id, 'webhook.disabled',
-       jsonb_build_object('webhook_id', id, 'url', url, 'reason', $2::text)
+       jsonb_build_object('webhook_id', public_id, 'url', url, 'reason', $2::text)
 FROM off
 RETURNING id;
 

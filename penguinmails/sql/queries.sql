@@ -70,14 +70,16 @@ FROM webhook_deliveries WHERE status IN ('pending', 'delivering');
 SELECT count(*) FROM messages
 WHERE status = ANY($1::text[])
   AND ($2::text IS NULL OR recipient_domain = lower($2))
-  AND ($3::bigint IS NULL OR campaign_id = $3);
+  AND ($3::text IS NULL
+       OR campaign_id IN (SELECT id FROM campaigns WHERE public_id = $3));
 
 -- name: queue_retry
 -- Make matching queued/deferred messages due now, for example after a receiver's outage.
 UPDATE messages SET next_attempt_at = now(), updated_at = now()
 WHERE status = ANY($1::text[])
   AND ($2::text IS NULL OR recipient_domain = lower($2))
-  AND ($3::bigint IS NULL OR campaign_id = $3);
+  AND ($3::text IS NULL
+       OR campaign_id IN (SELECT id FROM campaigns WHERE public_id = $3));
 
 -- name: queue_purge
 -- Cancel matching unfinished messages, each with its event, in one statement; a message
@@ -86,7 +88,8 @@ WITH cancelled AS (
     UPDATE messages SET status = 'cancelled', updated_at = now()
     WHERE status = ANY($1::text[])
       AND ($2::text IS NULL OR recipient_domain = lower($2))
-      AND ($3::bigint IS NULL OR campaign_id = $3)
+      AND ($3::text IS NULL
+           OR campaign_id IN (SELECT id FROM campaigns WHERE public_id = $3))
     RETURNING id, tenant_id, campaign_id, recipient
 )
 INSERT INTO events (tenant_id, message_id, campaign_id, type, data)

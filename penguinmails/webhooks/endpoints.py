@@ -50,7 +50,7 @@ class Endpoint(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: int
+    id: str
     url: str
     description: str
     events: list[str]
@@ -116,7 +116,7 @@ async def list_endpoints(conn: Conn, tenant_id: int) -> list[Endpoint]:
     return [Endpoint.from_row(r) for r in await conn.fetch(SQL["list_endpoints"], tenant_id)]
 
 
-async def get_endpoint(conn: Conn, tenant_id: int, endpoint_id: int) -> Endpoint | None:
+async def get_endpoint(conn: Conn, tenant_id: int, endpoint_id: str) -> Endpoint | None:
     row = await conn.fetchrow(SQL["get_endpoint"], tenant_id, endpoint_id)
     return Endpoint.from_row(row) if row else None
 
@@ -124,7 +124,7 @@ async def get_endpoint(conn: Conn, tenant_id: int, endpoint_id: int) -> Endpoint
 async def update_endpoint(
     conn: asyncpg.Connection,
     tenant_id: int,
-    endpoint_id: int,
+    endpoint_id: str,
     *,
     settings: Settings,
     url: str | None = None,
@@ -147,11 +147,11 @@ async def update_endpoint(
             SQL["update_endpoint"], tenant_id, endpoint_id, url, subscribed, description, active
         )
         if row is not None and active is False:
-            await conn.execute(SQL["cancel_pending_deliveries"], endpoint_id, "endpoint disabled")
+            await conn.execute(SQL["cancel_pending_deliveries"], row["pk"], "endpoint disabled")
     return Endpoint.from_row(row) if row else None
 
 
-async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: int) -> bool:
+async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: str) -> bool:
     """Delete an endpoint and its outbox rows; False when there was no such endpoint."""
     return await conn.fetchval(SQL["delete_endpoint"], tenant_id, endpoint_id) is not None
 
@@ -159,7 +159,7 @@ async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: int) -> bool:
 async def rotate_secret(
     conn: Conn,
     tenant_id: int,
-    endpoint_id: int,
+    endpoint_id: str,
     *,
     settings: Settings,
     secret: str | None = None,
@@ -182,8 +182,9 @@ async def rotate_secret(
 
 
 async def list_deliveries(
-    conn: Conn, tenant_id: int, endpoint_id: int, *, limit: int = 50, before: int | None = None
+    conn: Conn, tenant_id: int, endpoint_id: str, *, limit: int = 50, before: int | None = None
 ) -> list[dict[str, Any]]:
-    """Recent deliveries of an endpoint, newest first; `before` pages on by delivery id."""
+    """Recent deliveries of an endpoint, newest first; `before` pages on by the delivery's
+    key (`pk` in each row, which the caller keeps inside its cursor)."""
     rows = await conn.fetch(SQL["list_deliveries"], tenant_id, endpoint_id, before, limit)
     return [dict(r) for r in rows]

@@ -3,20 +3,20 @@
 -- in the one response that created it.
 INSERT INTO webhooks (tenant_id, url, description, events, secret_sealed)
 VALUES ($1, $2, $3, $4, $5)
-RETURNING id, tenant_id, url, description, events, active, failing_since, disabled_at,
-          disabled_reason, created_at, updated_at;
+RETURNING id AS pk, public_id AS id, tenant_id, url, description, events, active,
+          failing_since, disabled_at, disabled_reason, created_at, updated_at;
 
 -- name: list_endpoints
 -- Every endpoint of a tenant, oldest first; secrets are not selected.
-SELECT id, tenant_id, url, description, events, active, failing_since, disabled_at,
-       disabled_reason, created_at, updated_at
-FROM webhooks WHERE tenant_id = $1 ORDER BY id;
+SELECT public_id AS id, tenant_id, url, description, events, active, failing_since,
+       disabled_at, disabled_reason, created_at, updated_at
+FROM webhooks WHERE tenant_id = $1 ORDER BY webhooks.id;
 
 -- name: get_endpoint
 -- The tenant id is part of every lookup: an id from another tenant is simply not found.
-SELECT id, tenant_id, url, description, events, active, failing_since, disabled_at,
-       disabled_reason, created_at, updated_at
-FROM webhooks WHERE tenant_id = $1 AND id = $2;
+SELECT public_id AS id, tenant_id, url, description, events, active, failing_since,
+       disabled_at, disabled_reason, created_at, updated_at
+FROM webhooks WHERE tenant_id = $1 AND public_id = $2;
 
 -- name: update_endpoint
 -- NULL leaves a field as it is. Re-activating clears the failure record, so a repaired
@@ -31,9 +31,9 @@ SET url = coalesce($3, url),
     disabled_at = CASE WHEN $6 THEN NULL ELSE disabled_at END,
     disabled_reason = CASE WHEN $6 THEN NULL ELSE disabled_reason END,
     updated_at = now()
-WHERE tenant_id = $1 AND id = $2
-RETURNING id, tenant_id, url, description, events, active, failing_since, disabled_at,
-          disabled_reason, created_at, updated_at;
+WHERE tenant_id = $1 AND public_id = $2
+RETURNING id AS pk, public_id AS id, tenant_id, url, description, events, active,
+          failing_since, disabled_at, disabled_reason, created_at, updated_at;
 
 -- name: cancel_pending_deliveries
 -- An endpoint switched off by its owner gets nothing more from its backlog.
@@ -44,7 +44,7 @@ WHERE webhook_id = $1 AND status IN ('pending', 'delivering');
 
 -- name: delete_endpoint
 -- Deliveries go with it (ON DELETE CASCADE); events stay.
-DELETE FROM webhooks WHERE tenant_id = $1 AND id = $2 RETURNING id;
+DELETE FROM webhooks WHERE tenant_id = $1 AND public_id = $2 RETURNING id;
 
 -- name: rotate_secret
 -- The old secret keeps signing (as a second signature) for $4 seconds, so receivers can
@@ -54,16 +54,17 @@ SET previous_secret_sealed = secret_sealed,
     previous_secret_expires_at = now() + make_interval(secs => $4),
     secret_sealed = $3,
     updated_at = now()
-WHERE tenant_id = $1 AND id = $2
+WHERE tenant_id = $1 AND public_id = $2
 RETURNING id;
 
 -- name: list_deliveries
 -- Recent deliveries of one endpoint, newest first, for an API that shows what was sent.
-SELECT d.id, d.event_id, e.type AS event_type, d.status, d.attempts, d.next_attempt_at,
-       d.last_status_code, d.last_error, d.created_at, d.delivered_at
+SELECT d.id AS pk, d.public_id AS id, e.public_id AS event_id, e.type AS event_type,
+       d.status, d.attempts, d.next_attempt_at, d.last_status_code, d.last_error,
+       d.created_at, d.delivered_at
 FROM webhook_deliveries d
 JOIN webhooks w ON w.id = d.webhook_id
 JOIN events e ON e.id = d.event_id
-WHERE w.tenant_id = $1 AND d.webhook_id = $2 AND ($3::bigint IS NULL OR d.id < $3)
+WHERE w.tenant_id = $1 AND w.public_id = $2 AND ($3::bigint IS NULL OR d.id < $3)
 ORDER BY d.id DESC
 LIMIT $4;

@@ -59,7 +59,7 @@ async def api(
 
 @pytest.fixture
 async def key(make_key: Callable[..., Awaitable[str]]) -> str:
-    return await make_key("acme", test=True)
+    return await make_key("acme", tier="enterprise", test=True)
 
 
 @pytest.fixture

@@ -143,9 +143,9 @@ async def test_rate_limit_headers_on_every_authenticated_response(client: Client
         if reply.status == 404 and reply.error["message"] == "No such resource":
             assert "X-RateLimit-Limit" not in reply.headers
             continue
-        # A test key: ten times the free tier's 1,000, counted apart from live.
-        assert reply.headers["X-RateLimit-Limit"] == "10000"
-        assert int(reply.headers["X-RateLimit-Remaining"]) < 10000
+        # A test key: ten times the enterprise tier's 1,000,000, counted apart from live.
+        assert reply.headers["X-RateLimit-Limit"] == "10000000"
+        assert int(reply.headers["X-RateLimit-Remaining"]) < 10000000
         assert int(reply.headers["X-RateLimit-Reset"]) > time.time()
 
 

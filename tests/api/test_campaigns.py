@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.helpers import Client, assert_error, campaign_body, create_campaign
+from tests.helpers import Client, assert_error, campaign_body, create_campaign, row_pk
 
 
 async def test_create_get_and_list(client: Client) -> None:
@@ -122,7 +122,8 @@ async def test_send_queues_one_message_per_recipient(client: Client, pool: async
     reply = await client.post(f"/campaigns/{made['id']}/send")
     assert reply.status == 202
     rows = await pool.fetch(
-        "SELECT * FROM messages WHERE campaign_id = $1 ORDER BY recipient", made["id"]
+        "SELECT * FROM messages WHERE campaign_id = $1 ORDER BY recipient",
+        await row_pk(pool, "campaigns", made["id"]),
     )
     assert [r["recipient"] for r in rows] == ["ann@dest.test", "bob@dest.test"]
     assert all(r["status"] == "queued" and r["sandbox"] for r in rows)
@@ -138,7 +139,8 @@ async def test_send_later_is_scheduled(client: Client, pool: asyncpg.Pool) -> No
     reply = await client.post(f"/campaigns/{made['id']}/send", json={"send_at": when.isoformat()})
     assert reply.data["status"] == "scheduled"
     due = await pool.fetchval(
-        "SELECT min(next_attempt_at) FROM messages WHERE campaign_id = $1", made["id"]
+        "SELECT min(next_attempt_at) FROM messages WHERE campaign_id = $1",
+        await row_pk(pool, "campaigns", made["id"]),
     )
     assert abs((due - when).total_seconds()) < 1
     assert_error(await client.post(f"/campaigns/{made['id']}/send"), 409, "CONFLICT")
@@ -170,12 +172,16 @@ async def test_pause_resume_cancel(client: Client, pool: asyncpg.Pool) -> None:
         f"{path}/send", json={"send_at": (datetime.now(UTC) + timedelta(minutes=5)).isoformat()}
     )
     before = await pool.fetch(
-        "SELECT id, next_attempt_at FROM messages WHERE campaign_id = $1 ORDER BY id", made["id"]
+        "SELECT id, next_attempt_at FROM messages WHERE campaign_id = $1 ORDER BY id",
+        await row_pk(pool, "campaigns", made["id"]),
     )
 
     paused = (await client.post(f"{path}/pause")).data
     assert paused["status"] == "paused" and paused["paused_at"]
-    statuses = await pool.fetch("SELECT status FROM messages WHERE campaign_id = $1", made["id"])
+    statuses = await pool.fetch(
+        "SELECT status FROM messages WHERE campaign_id = $1",
+        await row_pk(pool, "campaigns", made["id"]),
+    )
     assert {r["status"] for r in statuses} == {"paused"}
     assert_error(await client.post(f"{path}/pause"), 409, "CONFLICT")
 
@@ -183,7 +189,7 @@ async def test_pause_resume_cancel(client: Client, pool: asyncpg.Pool) -> None:
     assert resumed["status"] in ("scheduled", "sending") and resumed["paused_at"] is None
     after = await pool.fetch(
         "SELECT id, status, next_attempt_at FROM messages WHERE campaign_id = $1 ORDER BY id",
-        made["id"],
+        await row_pk(pool, "campaigns", made["id"]),
     )
     assert {r["status"] for r in after} == {"queued"}
     for old, new in zip(before, after, strict=True):
@@ -192,7 +198,10 @@ async def test_pause_resume_cancel(client: Client, pool: asyncpg.Pool) -> None:
 
     cancelled = (await client.post(f"{path}/cancel")).data
     assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"]
-    statuses = await pool.fetch("SELECT status FROM messages WHERE campaign_id = $1", made["id"])
+    statuses = await pool.fetch(
+        "SELECT status FROM messages WHERE campaign_id = $1",
+        await row_pk(pool, "campaigns", made["id"]),
+    )
     assert {r["status"] for r in statuses} == {"cancelled"}
     assert_error(await client.post(f"{path}/cancel"), 409, "CONFLICT")
     # Cancelling is not completing.
@@ -213,7 +222,8 @@ async def test_completed_once_when_every_message_is_final(
     ids = [
         r["id"]
         for r in await pool.fetch(
-            "SELECT id FROM messages WHERE campaign_id = $1 ORDER BY id", made["id"]
+            "SELECT id FROM messages WHERE campaign_id = $1 ORDER BY id",
+            await row_pk(pool, "campaigns", made["id"]),
         )
     ]
     await pool.execute("UPDATE messages SET status = 'sent', sent_at = now() WHERE id = $1", ids[0])
@@ -223,8 +233,15 @@ async def test_completed_once_when_every_message_is_final(
     assert done["status"] == "completed" and done["completed_at"]
     await pool.execute("UPDATE messages SET status = 'bounced' WHERE id = ANY($1)", ids)
     events = await pool.fetch("SELECT * FROM events WHERE type = 'campaign.completed'")
-    assert len(events) == 1 and events[0]["campaign_id"] == made["id"]
-    assert events[0]["data"] == {"campaign_id": made["id"], "recipients": 2}
+    assert len(events) == 1 and events[0]["campaign_id"] == await row_pk(
+        pool, "campaigns", made["id"]
+    )
+    assert events[0]["data"] == {
+        "campaign_id": made["id"],
+        "name": made["name"],
+        "status": "completed",
+        "recipients": 2,
+    }
 
 
 async def test_resume_completes_a_campaign_that_finished_while_paused(
@@ -233,9 +250,15 @@ async def test_resume_completes_a_campaign_that_finished_while_paused(
     made = await create_campaign(client)
     path = f"/campaigns/{made['id']}"
     await client.post(f"{path}/send")
-    await pool.execute("UPDATE messages SET status = 'sending' WHERE campaign_id = $1", made["id"])
+    await pool.execute(
+        "UPDATE messages SET status = 'sending' WHERE campaign_id = $1",
+        await row_pk(pool, "campaigns", made["id"]),
+    )
     await client.post(f"{path}/pause")  # nothing waiting: both are mid-conversation
-    await pool.execute("UPDATE messages SET status = 'sent' WHERE campaign_id = $1", made["id"])
+    await pool.execute(
+        "UPDATE messages SET status = 'sent' WHERE campaign_id = $1",
+        await row_pk(pool, "campaigns", made["id"]),
+    )
     assert (await client.get(path)).data["status"] == "paused"
     assert (await client.post(f"{path}/resume")).data["status"] == "completed"
     assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'campaign.completed'") == 1
@@ -243,7 +266,7 @@ async def test_resume_completes_a_campaign_that_finished_while_paused(
 
 async def test_other_tenants_campaigns_are_invisible(client: Client, make_key: Any) -> None:
     made = await create_campaign(client)
-    other = client.with_key(await make_key("rival", test=True))
+    other = client.with_key(await make_key("rival", tier="starter", test=True))
     assert_error(await other.get(f"/campaigns/{made['id']}"), 404, "NOT_FOUND")
     assert_error(await other.post(f"/campaigns/{made['id']}/send"), 404, "NOT_FOUND")
     assert (await other.get("/campaigns")).data["items"] == []

@@ -40,7 +40,7 @@ async def test_campaign_end_to_end(
     )
     # The operator's two commands: `keys create` and `domains add`.
     async with pool.acquire() as conn:
-        bootstrap = await create_key(conn, tenant="acme", tier="starter")
+        bootstrap = await create_key(conn, tenant="acme", tier="professional")
         await add_domain(conn, settings, "acme.test", tenant="acme")
 
     async with (
@@ -77,7 +77,7 @@ async def test_campaign_end_to_end(
         )
         campaign_id = made.data["id"]
         sent = await client.post(f"/campaigns/{campaign_id}/send")
-        assert sent.status == 202 and sent.headers["X-RateLimit-Limit"] == "10000"
+        assert sent.status == 202 and sent.headers["X-RateLimit-Limit"] == "100000"
 
         worker = await start_worker(settings)
         await wait_for(lambda: len(smtp_peer.received) == 2, timeout=20)
@@ -113,7 +113,9 @@ async def test_campaign_end_to_end(
         assert overview["delivered"] == 2 and overview["bounced"] == 0
         assert overview["opened"]["unique"] == 1 and overview["clicked"]["unique"] == 1
 
-        ann_id = await pool.fetchval("SELECT id FROM messages WHERE recipient = 'ann@dest.test'")
+        ann_id = await pool.fetchval(
+            "SELECT public_id FROM messages WHERE recipient = 'ann@dest.test'"
+        )
         message = (await client.get(f"/messages/{ann_id}")).data
         assert message["status"] == "sent" and message["attempts"] == 1
         assert message["last_reply_code"] == 250

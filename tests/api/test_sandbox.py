@@ -66,6 +66,11 @@ async def test_captured_messages_in_their_tenants_inbox_with_dkim(
     signed = await _queue(pool, "acme", "news@acme.test", "Signed hello")
     unsigned = await _queue(pool, "acme", "news@unsigned.test", "Unsigned hello")
     theirs = await _queue(pool, "other", "news@other.test", "Not yours")
+    public = dict(
+        await pool.fetch(
+            "SELECT id, public_id FROM messages WHERE id = ANY($1)", [signed, unsigned, theirs]
+        )
+    )
 
     # Not sandbox mode for the worker: the messages' own test-mode flag sends them to the sink.
     await start_worker(make_settings(mta={"sandbox_sink": sink}))
@@ -76,8 +81,8 @@ async def test_captured_messages_in_their_tenants_inbox_with_dkim(
     ids = [m["id"] for m in page["items"]]
     assert ids == sorted(ids, reverse=True)
     by_queue_id = {m["message_id"]: m for m in page["items"]}
-    assert set(by_queue_id) == {signed, unsigned}
-    first = by_queue_id[signed]
+    assert set(by_queue_id) == {public[signed], public[unsigned]}
+    first = by_queue_id[public[signed]]
     assert first["subject"] == "Signed hello"
     assert first["from"] == "news@acme.test" and first["to"] == "ann@dest.test"
     assert first["rcpt_tos"] == ["ann@dest.test"]
@@ -99,7 +104,9 @@ async def test_captured_messages_in_their_tenants_inbox_with_dkim(
     assert "https://acme.test/pricing" not in message["html"]
     assert "/c/" in message["html"] and "/o/" in message["html"]
 
-    unsigned_view = (await client.get(f"/sandbox/messages/{by_queue_id[unsigned]['id']}")).data
+    unsigned_view = (
+        await client.get(f"/sandbox/messages/{by_queue_id[public[unsigned]]['id']}")
+    ).data
     assert unsigned_view["dkim"] == {
         "result": "none",
         "domain": None,
@@ -110,7 +117,7 @@ async def test_captured_messages_in_their_tenants_inbox_with_dkim(
     # Another tenant sees its own message only, and not acme's even by id.
     other = client.with_key(await make_key("other", test=True))
     their_page = (await other.get("/sandbox/messages")).data
-    assert [m["message_id"] for m in their_page["items"]] == [theirs]
+    assert [m["message_id"] for m in their_page["items"]] == [public[theirs]]
     missing = await other.get(f"/sandbox/messages/{first['id']}")
     assert missing.status == 404 and missing.error["code"] == "NOT_FOUND"
 

@@ -13,7 +13,7 @@ import pytest
 from api.server import ApiServer
 from mta.domains import add_domain
 from penguinmails.config import Settings
-from tests.helpers import Client, assert_error, create_campaign
+from tests.helpers import Client, assert_error, create_campaign, row_pk
 
 
 def single(**changes: Any) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def single(**changes: Any) -> dict[str, Any]:
         "subject": "Hi {{name}}",
         "content": {"text": "Hello {{name}}", "html": "<p>Hello {{name}}</p>"},
         "personalization": {"name": "Ann"},
-        "tracking": {"opens": True, "clicks": False},
+        "tracking": {"track_opens": True, "track_clicks": False},
     }
     body.update(changes)
     return body
@@ -34,7 +34,7 @@ async def test_send_one(client: Client, pool: asyncpg.Pool) -> None:
     assert reply.status == 202
     data = reply.data
     assert data["status"] == "queued" and data["sandbox"] is True
-    row = await pool.fetchrow("SELECT * FROM messages WHERE id = $1", data["message_id"])
+    row = await pool.fetchrow("SELECT * FROM messages WHERE public_id = $1", data["message_id"])
     assert row["recipient"] == "ann@dest.test" and row["status"] == "queued"
     assert row["settings"] == {"track_opens": True, "track_clicks": False}
     assert row["personalization"] == {"name": "Ann"} and row["sandbox"] is True
@@ -42,7 +42,9 @@ async def test_send_one(client: Client, pool: asyncpg.Pool) -> None:
     status = (await client.get(f"/messages/{data['message_id']}")).data
     assert status["status"] == "queued" and status["attempts"] == 0
     assert status["recipient"] == "ann@dest.test" and status["events"] == []
-    assert_error(await client.get("/messages/987654"), 404, "NOT_FOUND")
+    assert_error(
+        await client.get("/messages/msg_0123456789abcdef0123456789abcdef"), 404, "NOT_FOUND"
+    )
 
 
 async def test_send_validation(client: Client) -> None:
@@ -52,7 +54,7 @@ async def test_send_validation(client: Client) -> None:
         "personalization": single(personalization={}),
         "subject": single(subject="Hi\nBcc: evil@x.test"),
         "from.email": single(**{"from": {"email": "bad"}}),
-        "tracking.opens": single(tracking={"opens": "sometimes"}),
+        "tracking.track_opens": single(tracking={"track_opens": "sometimes"}),
     }
     for field, body in cases.items():
         error = assert_error(await client.post("/emails/send", json=body), 422, "VALIDATION_ERROR")
@@ -127,7 +129,9 @@ async def test_live_sends_need_an_owned_domain(
     reply = await live.post("/emails/send", json=single())
     assert reply.status == 202 and reply.data["sandbox"] is False
     default = await live.post("/emails/send", json=no_from)
-    row = await pool.fetchrow("SELECT * FROM messages WHERE id = $1", default.data["message_id"])
+    row = await pool.fetchrow(
+        "SELECT * FROM messages WHERE public_id = $1", default.data["message_id"]
+    )
     assert row["from_email"] == "noreply@acme.test"
     for address in ("ceo@rival.test", "x@sub.acme.test", "x@elsewhere.test"):
         body = single(**{"from": {"email": address}})
@@ -168,7 +172,7 @@ async def test_bulk_10000_in_one_transaction(client: Client, pool: asyncpg.Pool)
         "SELECT count(*) AS n, count(DISTINCT xmin::text) AS transactions,"
         " min(next_attempt_at) AS lo, max(next_attempt_at) AS hi"
         " FROM messages WHERE campaign_id = $1",
-        made["id"],
+        await row_pk(pool, "campaigns", made["id"]),
     )
     assert rows["n"] == 10_000 and rows["transactions"] == 1 and rows["lo"] == rows["hi"]
     campaign = (await client.get(f"/campaigns/{made['id']}")).data
@@ -190,7 +194,7 @@ async def test_bulk_batches_become_due_apart(client: Client, pool: asyncpg.Pool)
     rows = await pool.fetch(
         "SELECT next_attempt_at, count(*) AS n FROM messages WHERE campaign_id = $1"
         " GROUP BY 1 ORDER BY 1",
-        made["id"],
+        await row_pk(pool, "campaigns", made["id"]),
     )
     assert [r["n"] for r in rows] == [10, 10, 5]
     assert rows[1]["next_attempt_at"] - rows[0]["next_attempt_at"] == timedelta(seconds=60)
@@ -224,7 +228,10 @@ async def test_bulk_limits_and_states(client: Client) -> None:
     assert error["details"][0]["field"] == "recipients"
     empty = {"campaign_id": made["id"], "recipients": []}
     assert_error(await client.post("/emails/send-bulk", json=empty), 422, "VALIDATION_ERROR")
-    missing = {"campaign_id": 999999, "recipients": recipients(1)}
+    missing = {
+        "campaign_id": "campaign_0123456789abcdef0123456789abcdef",
+        "recipients": recipients(1),
+    }
     assert_error(await client.post("/emails/send-bulk", json=missing), 404, "NOT_FOUND")
     await client.post(f"/campaigns/{made['id']}/cancel")
     body = {"campaign_id": made["id"], "recipients": recipients(1)}

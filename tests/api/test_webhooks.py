@@ -84,7 +84,7 @@ async def test_other_tenants_cannot_see_endpoints(
     client: Client, receiver: Receiver, make_key: Any
 ) -> None:
     hook = (await client.post("/webhooks", json={"url": receiver.url()})).data
-    rival = client.with_key(await make_key("rival", test=True))
+    rival = client.with_key(await make_key("rival", tier="professional", test=True))
     assert_error(await rival.get(f"/webhooks/{hook['id']}"), 404, "NOT_FOUND")
     assert_error(await rival.post(f"/webhooks/{hook['id']}/test"), 404, "NOT_FOUND")
     assert (await rival.get("/webhooks")).data["items"] == []

@@ -178,7 +178,9 @@ async def test_endpoint_lifecycle_is_scoped_to_the_tenant(pool, settings, tenant
     assert endpoint.events == ["email.opened", "email.*"]
     assert endpoint.active
     assert "secret" not in endpoint.model_dump()
-    stored = await pool.fetchval("SELECT secret_sealed FROM webhooks WHERE id = $1", endpoint.id)
+    stored = await pool.fetchval(
+        "SELECT secret_sealed FROM webhooks WHERE public_id = $1", endpoint.id
+    )
     assert secret.encode() not in stored
     assert unseal(stored, [b"test-key-one"]) == secret
 
@@ -194,7 +196,10 @@ async def test_endpoint_lifecycle_is_scoped_to_the_tenant(pool, settings, tenant
 
     # One event waiting in the outbox for each of the two endpoints.
     await pool.execute("INSERT INTO events (tenant_id, type) VALUES ($1, 'email.opened')", tenant)
-    outbox = "SELECT webhook_id, status, last_error FROM webhook_deliveries ORDER BY webhook_id"
+    outbox = (
+        "SELECT w.public_id, d.status, d.last_error FROM webhook_deliveries d"
+        " JOIN webhooks w ON w.id = d.webhook_id ORDER BY d.webhook_id"
+    )
     async with pool.acquire() as conn:
         updated = await update_endpoint(
             conn, tenant, endpoint.id, settings=settings, events=["*"], active=False
@@ -209,7 +214,7 @@ async def test_endpoint_lifecycle_is_scoped_to_the_tenant(pool, settings, tenant
         # a failing endpoint); the cancelled backlog stays cancelled.
         await conn.execute(
             "UPDATE webhooks SET failing_since = now(), disabled_at = now(),"
-            " disabled_reason = 'every attempt failed' WHERE id = $1",
+            " disabled_reason = 'every attempt failed' WHERE public_id = $1",
             endpoint.id,
         )
         again = await update_endpoint(conn, tenant, endpoint.id, settings=settings, active=True)
@@ -220,7 +225,7 @@ async def test_endpoint_lifecycle_is_scoped_to_the_tenant(pool, settings, tenant
 
     rotated = await rotate_secret(pool, tenant, endpoint.id, settings=settings)
     assert rotated is not None and rotated != secret
-    row = await pool.fetchrow("SELECT * FROM webhooks WHERE id = $1", endpoint.id)
+    row = await pool.fetchrow("SELECT * FROM webhooks WHERE public_id = $1", endpoint.id)
     assert unseal(row["secret_sealed"], [b"test-key-one"]) == rotated
     assert unseal(row["previous_secret_sealed"], [b"test-key-one"]) == secret
     assert await rotate_secret(pool, other, endpoint.id, settings=settings) is None

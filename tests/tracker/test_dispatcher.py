@@ -49,7 +49,7 @@ async def test_every_event_fans_out_to_each_subscribed_active_endpoint(
     opens, _ = await create_endpoint(pool, tenant, url, ["email.opened"], settings=settings)
     email, _ = await create_endpoint(pool, tenant, url, ["email.*"], settings=settings)
     inactive, _ = await create_endpoint(pool, tenant, url, [], settings=settings)
-    await pool.execute("UPDATE webhooks SET active = false WHERE id = $1", inactive.id)
+    await pool.execute("UPDATE webhooks SET active = false WHERE public_id = $1", inactive.id)
     await create_endpoint(pool, other, url, [], settings=settings)
 
     opened = await add_event(pool, tenant, message, "email.opened")
@@ -63,8 +63,11 @@ async def test_every_event_fans_out_to_each_subscribed_active_endpoint(
         ["email.sent", "email.bounced"],
     )
 
-    got: dict[int, set[int]] = {}
-    for row in await pool.fetch("SELECT webhook_id, event_id FROM webhook_deliveries"):
+    got: dict[int, set[str]] = {}
+    for row in await pool.fetch(
+        "SELECT w.public_id AS webhook_id, d.event_id FROM webhook_deliveries d"
+        " JOIN webhooks w ON w.id = d.webhook_id"
+    ):
         got.setdefault(row["event_id"], set()).add(row["webhook_id"])
     assert got[opened] == {everything.id, star.id, opens.id, email.id}
     assert got[completed] == {everything.id, star.id}
@@ -111,24 +114,26 @@ async def test_deliveries_are_signed_and_carry_the_event(
     payload = verify(secret, by_path["/hook"])
     assert verify(plain_secret, by_path["/hook/plain"]) == payload
     assert by_path["/hook"].headers["Content-Type"] == "application/json"
-    assert payload["id"] == f"evt_{clicked}"
+    assert payload["id"] == await pool.fetchval(
+        "SELECT public_id FROM events WHERE id = $1", clicked
+    )
     assert payload["type"] == "email.clicked"
     assert payload["created"].endswith("Z")
-    rfc_id, recipient = await pool.fetchrow(
-        "SELECT message_id, recipient FROM messages WHERE id = $1", message
+    rfc_id, recipient, public_id = await pool.fetchrow(
+        "SELECT message_id, recipient, public_id FROM messages WHERE id = $1", message
     )
     assert payload["data"] == {
         "url": "https://acme.test/",
         "link_index": 0,
         "message_id": rfc_id,
-        "queue_id": message,
+        "queue_id": public_id,
         "recipient": recipient,
-        "campaign_id": 7,
+        "campaign_id": None,  # the fixture's campaign key 7 has no campaign row
     }
     await wait_for(lambda: all_delivered(pool, 2))
     row = (await deliveries(pool))[0]
     assert row["attempts"] == 1 and row["last_status_code"] == 200
-    assert by_path["/hook"].webhook_id == f"msg_{row['id']}"
+    assert by_path["/hook"].webhook_id == row["public_id"]
 
 
 async def test_a_receiver_down_for_a_while_gets_every_event_once_per_delivery_id(
@@ -154,7 +159,7 @@ async def test_a_receiver_down_for_a_while_gets_every_event_once_per_delivery_id
     for request in receiver.requests:  # every attempt, failed or not, was properly signed
         verify(secret, request)
     ids = {r.webhook_id for r in receiver.requests}
-    assert ids == {f"msg_{r['id']}" for r in await deliveries(pool)}  # stable across retries
+    assert ids == {r["public_id"] for r in await deliveries(pool)}  # stable across retries
     rows = await deliveries(pool)
     assert all(r["attempts"] >= 2 for r in rows)
     assert await pool.fetchval("SELECT failing_since FROM webhooks") is None
@@ -208,10 +213,10 @@ async def test_410_disables_the_endpoint_and_says_so(
     watcher, secret = await create_endpoint(
         pool, tenant, receiver.url("/hook/watch"), ["webhook.disabled"], settings=settings
     )
-    await pool.execute("UPDATE webhooks SET active = false WHERE id = $1", watcher.id)
+    await pool.execute("UPDATE webhooks SET active = false WHERE public_id = $1", watcher.id)
     await add_event(pool, tenant, None, "campaign.completed")
     await add_event(pool, tenant, None, "campaign.completed")
-    await pool.execute("UPDATE webhooks SET active = true WHERE id = $1", watcher.id)
+    await pool.execute("UPDATE webhooks SET active = true WHERE public_id = $1", watcher.id)
     receiver.status_for["/hook/gone"] = 410
     tracker = await start_tracker(
         dispatcher={"policy": FAST, "poll_interval": 0.05, "per_endpoint": 1}
@@ -219,12 +224,14 @@ async def test_410_disables_the_endpoint_and_says_so(
     await wait_for(lambda: _disabled(pool, gone.id))
     await wait_for(lambda: any(r.path == "/hook/watch" for r in receiver.accepted()))
 
-    endpoint = await pool.fetchrow("SELECT * FROM webhooks WHERE id = $1", gone.id)
+    endpoint = await pool.fetchrow("SELECT * FROM webhooks WHERE public_id = $1", gone.id)
     assert endpoint["disabled_reason"] == "the endpoint answered 410 Gone"
     statuses = sorted(
         r["status"]
         for r in await pool.fetch(
-            "SELECT status FROM webhook_deliveries WHERE webhook_id = $1", gone.id
+            "SELECT d.status FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id"
+            " WHERE w.public_id = $1",
+            gone.id,
         )
     )
     assert statuses == ["cancelled", "failed"]  # one got its 410; the backlog is cancelled
@@ -235,8 +242,8 @@ async def test_410_disables_the_endpoint_and_says_so(
     assert tracker.metrics.webhooks_disabled._value.get() == 1
 
 
-async def _disabled(pool: asyncpg.Pool, webhook_id: int) -> bool:
-    return not await pool.fetchval("SELECT active FROM webhooks WHERE id = $1", webhook_id)
+async def _disabled(pool: asyncpg.Pool, webhook_id: str) -> bool:
+    return not await pool.fetchval("SELECT active FROM webhooks WHERE public_id = $1", webhook_id)
 
 
 async def test_an_endpoint_failing_for_days_is_disabled(
@@ -244,7 +251,8 @@ async def test_an_endpoint_failing_for_days_is_disabled(
 ):
     endpoint, _ = await create_endpoint(pool, tenant, receiver.url(), settings=settings)
     await pool.execute(
-        "UPDATE webhooks SET failing_since = now() - interval '6 days' WHERE id = $1", endpoint.id
+        "UPDATE webhooks SET failing_since = now() - interval '6 days' WHERE public_id = $1",
+        endpoint.id,
     )
     receiver.status = 500
     await start_tracker(dispatcher={"policy": FAST, "poll_interval": 0.05})

@@ -89,8 +89,9 @@ async def test_tracked_message_to_signed_webhooks(
         p["type"]: p for p, r in zip(payloads, receiver.requests, strict=True) if r.answered == 200
     }
     assert sorted(delivered) == sorted(kinds)
+    public_id = await pool.fetchval("SELECT public_id FROM messages WHERE id = $1", queue_id)
     for payload in delivered.values():
-        assert payload["data"]["queue_id"] == queue_id
+        assert payload["data"]["queue_id"] == public_id
         assert payload["data"]["recipient"] == "john@dest.test"
         assert payload["data"]["message_id"] == message["Message-ID"].strip("<>")
     assert delivered["email.clicked"]["data"]["url"] == OFFER
@@ -100,4 +101,6 @@ async def test_tracked_message_to_signed_webhooks(
     strict = make_settings()  # private targets not allowed
     with pytest.raises(InvalidEndpoint, match="refused"):
         await create_endpoint(pool, tenant, receiver.url(), settings=strict)
-    assert endpoint.id == await pool.fetchval("SELECT max(id) FROM webhooks")
+    assert endpoint.id == await pool.fetchval(
+        "SELECT public_id FROM webhooks ORDER BY id DESC LIMIT 1"
+    )
