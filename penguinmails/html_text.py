@@ -1,4 +1,8 @@
-"""The plain-text alternative of an html-only send, derived from its html."""
+"""The plain-text alternative of an html-only send, derived from its html.
+
+In the foundation because two roles need it alike: the MTA writes the text part of every
+html-only message with it, and the API's template preview shows that same text.
+"""
 
 from __future__ import annotations
 
