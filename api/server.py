@@ -20,7 +20,17 @@ import orjson
 from aiohttp import web
 
 # Route modules register their operations on import.
-from api import analytics, campaigns, contacts, health, keys, sandbox, sends, webhooks  # noqa: F401
+from api import (  # noqa: F401
+    analytics,
+    campaigns,
+    contacts,
+    health,
+    keys,
+    sandbox,
+    sends,
+    templates,
+    webhooks,
+)
 from api.auth import LoginTokens
 from api.docs import add_docs
 from api.envelope import MAX_BODY, envelope_middleware
