@@ -64,8 +64,57 @@ _INLINER = css_inline.CSSInliner(
     keep_at_rules=True, keep_link_tags=True, load_remote_stylesheets=False
 )
 _STYLE_TAG = re.compile(r"<style\b", re.IGNORECASE)
-# A template expression as penguinmails.template reads one: `{{`, then up to the first `}}`.
-_EXPRESSION = re.compile(r"\{\{.*?\}\}", re.DOTALL)
+# Inlining costs about (selectors x elements), and the inliner holds the GIL, so the API's
+# event loop waits for it. Unbounded, one crafted 1 MB template (80,000 `*{}` rules over
+# 70,000 elements) would stall it for minutes; at this bound it is well under a second.
+# Real mail stays far below: a heavy newsletter has some 300 selectors over 3,000 tags.
+MAX_INLINE_WORK = 10_000_000
+
+
+class CssError(ValueError):
+    """Html whose style sheet cannot be inlined (or would take too long to)."""
+
+
+# The scans below are linear in the html: a regular expression looking for the end of each
+# `<style` or `{{` would rescan the rest of a 1 MB body for every one that has none.
+
+
+def inline_work(source: str) -> int:
+    """An upper bound on the selector-element pairs inlining `source` would match: rules
+    and commas in what a parser takes for style sheets (from `<style...>` up to `</style`,
+    or to the end when unclosed), times the tags."""
+    lowered = source.lower()
+    selectors = 0
+    pos = 0
+    while (start := lowered.find("<style", pos)) >= 0:
+        body = lowered.find(">", start)
+        if body < 0:
+            break
+        close = lowered.find("</style", body)
+        block = lowered[body : close if close >= 0 else len(lowered)]
+        selectors += block.count("{") + block.count(",")
+        if close < 0:
+            break
+        pos = close + len("</style")
+    return selectors * source.count("<")
+
+
+def _hide_expressions(source: str, marker: str) -> tuple[str, list[str]]:
+    """`source` with each template expression (`{{`, then up to the first `}}`, as
+    penguinmails.template reads one) replaced by `marker<n>x`, and the expressions."""
+    out: list[str] = []
+    expressions: list[str] = []
+    pos = 0
+    while (start := source.find("{{", pos)) >= 0:
+        end = source.find("}}", start + 2)
+        if end < 0:
+            break
+        out.append(source[pos:start])
+        out.append(f"{marker}{len(expressions)}x")
+        expressions.append(source[start : end + 2])
+        pos = end + 2
+    out.append(source[pos:])
+    return "".join(out), expressions
 
 
 def inline_css(source: str) -> str:
@@ -76,18 +125,22 @@ def inline_css(source: str) -> str:
     what it renders. Expressions are therefore hidden behind markers (plain lowercase words,
     which the HTML parser and CSS keep as they are) and put back byte for byte afterwards.
     Spintax (`{Hi|Hello}`) is text to the parser and passes through unchanged.
-    Raises css_inline.InlineError when the inliner refuses the document.
+    Raises CssError when the inliner refuses the document or it is past MAX_INLINE_WORK.
     """
     if not _STYLE_TAG.search(source):
         return source
+    work = inline_work(source)
+    if work > MAX_INLINE_WORK:
+        raise CssError(
+            f"its style sheet is too large to inline ({work:,} selector-element pairs, "
+            f"at most {MAX_INLINE_WORK:,}): fewer rules or fewer elements"
+        )
     marker = _marker(source)
-    expressions: list[str] = []
-
-    def hide(match: re.Match[str]) -> str:
-        expressions.append(match.group())
-        return f"{marker}{len(expressions) - 1}x"
-
-    inlined = _INLINER.inline(_EXPRESSION.sub(hide, source))
+    hidden, expressions = _hide_expressions(source, marker)
+    try:
+        inlined = _INLINER.inline(hidden)
+    except css_inline.InlineError as exc:
+        raise CssError(f"its CSS cannot be inlined: {exc}") from None
     return re.sub(rf"{marker}(\d+)x", lambda m: expressions[int(m.group(1))], inlined)
 
 
@@ -166,10 +219,8 @@ def _inlined(html: str | None, field: str) -> str | None:
         return None
     try:
         return inline_css(html)
-    except css_inline.InlineError as exc:
-        raise validation_error(
-            [{"field": field, "message": f"its CSS cannot be inlined: {exc}"}]
-        ) from None
+    except CssError as exc:
+        raise validation_error([{"field": field, "message": str(exc)}]) from None
 
 
 # -- Checks --------------------------------------------------------------------------------------
@@ -197,10 +248,11 @@ def check_content(subject: str | None, html: str | None, text: str | None) -> No
         draft.validate()
     except InvalidMessage as exc:
         raise validation_error([{"field": exc.field, "message": exc.message}]) from None
-    if html is not None:
+    inlined = _inlined(html, "html")
+    if inlined is not None:
         try:
-            template.compile(inline_css(html))
-        except (css_inline.InlineError, template.TemplateError) as exc:
+            template.compile(inlined)
+        except template.TemplateError as exc:
             raise validation_error(
                 [{"field": "html", "message": f"once its CSS is inlined: {exc}"}]
             ) from None

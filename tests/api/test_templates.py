@@ -321,6 +321,35 @@ def test_inlining_leaves_html_without_style_alone_and_loads_no_stylesheet(
     assert "green" not in page and f'href="{sheet}"' in page
 
 
+async def test_a_style_sheet_too_costly_to_inline_is_refused(
+    client: Client, pool: asyncpg.Pool, tenant_id: int
+) -> None:
+    # Inlining holds the API's event loop: selectors times elements is bounded.
+    costly = "<style>" + "* { color: red }" * 2_000 + "</style>" + "<p>x</p>" * 3_000
+    reply = await client.post("/templates", json={"name": "x", "html": costly})
+    detail = assert_error(reply, 422, "VALIDATION_ERROR")["details"][0]
+    assert detail["field"] == "html" and "too large to inline" in detail["message"]
+    await _create(client, id="t", subject="S")
+    with pytest.raises(ApiError) as refused:
+        await resolve_content(
+            pool, tenant_id, template_id="t", subject=None, html=costly, text=None
+        )
+    assert refused.value.details[0]["field"] == "content.html"
+    # An unclosed <style> is a style sheet to the end of the body, and counted as one.
+    assert_error(
+        await client.post("/templates", json={"name": "x", "html": costly[: -len("</style>")]}),
+        422,
+        "VALIDATION_ERROR",
+    )
+
+
+def test_inlining_scans_once_whatever_is_left_unclosed() -> None:
+    # Regular expressions for these would rescan the rest of the body at every opener.
+    unclosed = "<style>p { color: red }</style><p>x</p>" + "{{" * 200_000
+    assert inline_css(unclosed).endswith("{{" * 200_000 + "</body></html>")
+    assert "<style" not in inline_css("<style" * 100_000)
+
+
 # -- render --------------------------------------------------------------------------------------
 
 
