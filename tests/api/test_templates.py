@@ -253,6 +253,16 @@ async def test_a_test_key_cannot_see_a_live_template(client: Client, live_key: s
     assert (await client.get(path)).data["text"] == "test words"
 
 
+async def test_another_account_cannot_see_a_template(client: Client, make_key: Any) -> None:
+    await _create(client, id="welcome_template", text="acme words")
+    other = client.with_key(await make_key("globex", test=True))
+    assert_error(await other.get("/templates/welcome_template"), 404, "NOT_FOUND")
+    assert_error(await other.delete("/templates/welcome_template"), 404, "NOT_FOUND")
+    assert (await other.get("/templates")).data["items"] == []
+    assert (await _create(other, id="welcome_template", text="globex words"))["version"] == 1
+    assert (await client.get("/templates/welcome_template")).data["text"] == "acme words"
+
+
 async def test_resolve_content_stays_in_the_callers_mode(
     client: Client, live_key: str, pool: asyncpg.Pool, tenant_id: int
 ) -> None:
