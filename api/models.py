@@ -646,6 +646,86 @@ class CampaignAnalytics(Owned):
 
 
 # ---------------------------------------------------------------------------------------------
+# Templates
+
+TemplateId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]{1,64}$")
+]
+TemplateName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+TemplateSubject = Annotated[str, StringConstraints(min_length=1, max_length=998)]
+TemplateDescription = Annotated[str, StringConstraints(max_length=1000)]
+
+
+class TemplateCreate(Request):
+    id: TemplateId | None = Field(
+        default=None,
+        description="Your own id, such as welcome_template: lowercase letters, digits, _ "
+        "and -, unique in this mode. Omitted: a generated tpl_... id.",
+    )
+    name: TemplateName
+    subject: TemplateSubject | None = Field(
+        default=None, description="Used by a send or campaign that gives no subject of its own."
+    )
+    html: Body | None = Field(
+        default=None,
+        description="Its <style> rules are inlined into style attributes when it is sent "
+        "(@media rules stay in a <style> block).",
+    )
+    text: Body | None = None
+    description: TemplateDescription | None = None
+
+
+class TemplateUpdate(Request):
+    """Only the fields given change; a change to subject, html or text makes a new version."""
+
+    name: TemplateName | None = None
+    subject: TemplateSubject | None = None
+    html: Body | None = None
+    text: Body | None = None
+    description: TemplateDescription | None = None
+
+
+class Template(Owned):
+    id: str
+    name: str
+    description: str | None
+    subject: str | None
+    html: str | None
+    text: str | None
+    version: int = Field(description="The current version: the one a send that names it uses.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplateVersion(Owned):
+    template_id: str
+    version: int
+    subject: str | None
+    html: str | None
+    text: str | None
+    created_at: datetime
+
+
+class TemplateRender(Request):
+    personalization: Personalization = Field(default_factory=dict)
+    email: Email | None = Field(
+        default=None,
+        description="The recipient address {{email}} stands for (it also picks the spintax "
+        "options, as a message id does). Omitted: recipient@example.com.",
+    )
+
+
+class RenderedTemplate(Owned):
+    template_id: str
+    version: int
+    subject: str | None
+    html: str | None = Field(description="With its CSS inlined, as a message carries it.")
+    text: str | None = Field(
+        description="The text part; for an html-only template, the one derived from its html."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Health and the envelope (for the OpenAPI document)
 
 

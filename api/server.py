@@ -29,6 +29,7 @@ from api import (  # noqa: F401
     sandbox,
     senders,
     sends,
+    templates,
     webhooks,
 )
 from api.auth import LoginTokens

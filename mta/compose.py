@@ -11,8 +11,9 @@ CR (and no `<LF>.<LF>`) reaches the wire; dot-stuffing stays the transport's job
 produced is held to the standard library's parser (no defects) and to dkimpy's verifier.
 
 The parts live beside this module: header encoding in mta.headers, open and click
-tracking in mta.tracking (opt-in: the send's settings must ask for it), the text part of
-an html-only send in mta.html_text. This module puts them together.
+tracking in mta.tracking (opt-in: the send's settings must ask for it); the text part of
+an html-only send comes from penguinmails.html_text (the API's template preview derives it
+the same way). This module puts them together.
 
 Choices:
 - List-Unsubscribe (one-click https plus mailto) is on every message: bulk senders must.
@@ -39,10 +40,10 @@ import asyncpg
 from mta import dkim
 from mta.domains import KeyCache
 from mta.headers import HeaderError, fold, format_address, header_value
-from mta.html_text import derived_text
 from mta.tracking import add_pixel, rewrite_links, tracking_requested
 from penguinmails import template
 from penguinmails.config import Settings
+from penguinmails.html_text import derived_text
 from penguinmails.links import Links
 from penguinmails.messages import InvalidMessage, address_domain, owned_header
 from penguinmails.secrets import server_keys

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from mta.headers import CONTROL
-from mta.html_text import HREF
+from penguinmails.html_text import HREF
 
 _A_TAG = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
 _NOTRACK = re.compile(r"(?<![\w-])data-pm-notrack(?![\w-])", re.IGNORECASE)
