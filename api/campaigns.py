@@ -30,7 +30,8 @@ from api.models import (
     SenderOut,
 )
 from api.routing import API, Call, decode_cursor, encode_cursor
-from api.senders import check_draft, refuse_template_id, resolve_sender
+from api.senders import check_draft, resolve_sender
+from api.templates import content_of
 from penguinmails.messages import enqueue
 from penguinmails.queries import load
 
@@ -42,6 +43,7 @@ def settings_dict(settings: CampaignSettings) -> dict[str, bool]:
     on = settings.analytics_enabled
     return {
         "analytics_enabled": on,
+        "ai_optimization": settings.ai_optimization,
         "track_opens": on and settings.track_opens,
         "track_clicks": on and settings.track_clicks,
     }
@@ -57,7 +59,12 @@ def campaign_model(row: asyncpg.Record) -> Campaign:
             **fields,
             "id": row["public_id"],
             "from": sender,
-            "content": ContentOut(html=row["html_body"], text=row["text_body"]),
+            "content": ContentOut(
+                html=row["html_body"],
+                text=row["text_body"],
+                template_id=row["template_id"],
+                template_version=row["template_version"],
+            ),
         }
     )
 
@@ -100,7 +107,7 @@ async def fetch_campaign(
 )
 async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
     body = call.body
-    refuse_template_id(body.content.template_id)
+    content = await content_of(call.pool, call.principal.tenant_id, body.content, body.subject)
     from_email, from_name = None, ""
     if body.from_ is not None:
         from_email, from_name = await resolve_sender(call.pool, call.principal, body.from_)
@@ -108,9 +115,9 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
     draft = new_draft(
         from_email=from_email,
         from_name=from_name,
-        subject=body.subject,
-        html=body.content.html,
-        text=body.content.text,
+        subject=content.subject or "",
+        html=content.html,
+        text=content.text,
         headers=body.headers,
         settings=settings,
     )
@@ -120,17 +127,19 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
             SQL["insert_campaign"],
             call.principal.tenant_id,
             body.name,
-            body.subject,
+            content.subject,
             from_email,
             from_name,
-            body.content.html,
-            body.content.text,
+            content.html,
+            content.text,
             body.headers,
             settings,
             [r.model_dump() for r in body.recipients],
             len(body.recipients),
             call.principal.sandbox,
             body.send_at,
+            content.template_id,
+            content.template_version,
         )
         campaign = await fetch_campaign(conn, call.principal.tenant_id, row["public_id"])
         await campaign_event(
@@ -197,8 +206,6 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
     body = call.body
     campaign_id = call.path_id("campaign", "Campaign")
     given = body.model_fields_set
-    if body.content is not None:
-        refuse_template_id(body.content.template_id)
     for name in ("name", "subject", "content", "recipients", "settings", "headers"):
         if name in given and getattr(body, name) is None:
             raise validation_error([{"field": name, "message": "must not be null"}])
@@ -214,11 +221,15 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
                 else (None, "")
             )
         html, text = row["html_body"], row["text_body"]
+        template = (row["template_id"], row["template_version"])
+        subject = body.subject if body.subject is not None else row["subject"]
         if body.content is not None:
-            html, text = body.content.html, body.content.text
+            content = await content_of(conn, call.principal.tenant_id, body.content, subject)
+            html, text = content.html, content.text
+            subject = content.subject or subject
+            template = (content.template_id, content.template_version)
         settings = settings_dict(body.settings) if body.settings is not None else row["settings"]
         headers = body.headers if body.headers is not None else row["headers"]
-        subject = body.subject if body.subject is not None else row["subject"]
         recipients = (
             [r.model_dump() for r in body.recipients]
             if body.recipients is not None
@@ -249,6 +260,7 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
             recipients,
             len(recipients),
             body.send_at if "send_at" in given else row["send_at"],
+            *template,
         )
         return await fetch_campaign(conn, call.principal.tenant_id, campaign_id)
 

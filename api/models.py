@@ -192,6 +192,10 @@ class DefaultSender(Owned):
 class ContentOut(Response):
     html: str | None
     text: str | None
+    template_id: str | None = Field(
+        default=None, description="The template the content was made from, if any."
+    )
+    template_version: int | None = None
 
 
 # A recipient's address is checked with the rest of its row (api.senders.check_draft), so
@@ -266,9 +270,14 @@ class Deleted(Response):
 CampaignStatus = Literal["draft", "scheduled", "sending", "paused", "completed", "cancelled"]
 
 
+Subject = Annotated[str, StringConstraints(min_length=1, max_length=998)]
+
+
 class CampaignCreate(Request):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    subject: Annotated[str, StringConstraints(min_length=1, max_length=998)]
+    subject: Subject | None = Field(
+        default=None, description="Required unless content.template_id has one."
+    )
     content: ContentIn
     recipients: list[Recipient] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
     settings: CampaignSettings = Field(default_factory=CampaignSettings)
@@ -325,7 +334,9 @@ class Campaign(Owned):
 class SendRequest(Request):
     from_: From | None = Field(default=None, alias="from")
     to: Email
-    subject: Annotated[str, StringConstraints(min_length=1, max_length=998)]
+    subject: Subject | None = Field(
+        default=None, description="Required unless content.template_id has one."
+    )
     content: ContentIn
     tracking: Tracking = Field(default_factory=Tracking)
     personalization: Personalization = Field(default_factory=dict)

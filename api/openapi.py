@@ -60,8 +60,9 @@ def _error_codes(op: Operation) -> list[int]:
 def _parameters(op: Operation) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = []
     for name in _PATH_PARAM.findall(op.path):
+        # Ids are the public ids the API gave out (`campaign_…`); a template's may be chosen.
         schema: dict[str, Any] = (
-            {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+            {"type": "string", "minLength": 1, "maxLength": 100}
             if name == "id"
             else {"type": "string", "maxLength": 254}
         )

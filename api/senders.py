@@ -185,16 +185,3 @@ def check_draft(draft: Draft, recipients: Sequence[Recipient], prefix: str = "re
             message=f"{invalid} of {len(recipients)} recipients are invalid"
             + (f" (the first {MAX_DETAILS} are listed)" if invalid > MAX_DETAILS else ""),
         )
-
-
-def refuse_template_id(template_id: str | None) -> None:
-    if template_id is not None:
-        raise validation_error(
-            [
-                {
-                    "field": "content.template_id",
-                    "message": "unknown template (there is no "
-                    "template store yet: send html and/or text)",
-                }
-            ]
-        )

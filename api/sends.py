@@ -35,7 +35,8 @@ from api.models import (
     SendResult,
 )
 from api.routing import API, Call, is_public_id
-from api.senders import check_draft, refuse_template_id, resolve_sender
+from api.senders import check_draft, resolve_sender
+from api.templates import content_of
 from penguinmails.messages import Draft, InvalidMessage, enqueue
 from penguinmails.queries import load
 
@@ -129,17 +130,17 @@ def _single_field(name: str) -> str:
 )
 async def send_email(call: Call[SendRequest, None]) -> SendResult:
     body = call.body
-    refuse_template_id(body.content.template_id)
 
     async def work(conn: asyncpg.Connection) -> SendResult:
+        content = await content_of(conn, call.principal.tenant_id, body.content, body.subject)
         from_email, from_name = await resolve_sender(conn, call.principal, body.from_)
         draft = Draft(
             from_email=from_email,
             from_name=from_name,
-            subject=body.subject,
+            subject=content.subject or "",
             recipients=[body.to],
-            text=body.content.text,
-            html=body.content.html,
+            text=content.text,
+            html=content.html,
             headers=body.headers,
             personalization=[body.personalization],
             settings={

@@ -30,6 +30,7 @@ import css_inline
 from api.drafts import PLACEHOLDER_SENDER, new_draft
 from api.errors import ApiError, not_found, validation_error
 from api.models import (
+    Content,
     Deleted,
     ListQuery,
     Page,
@@ -212,6 +213,27 @@ async def resolve_content(
     html = _inlined(html if html is not None else row["html"], "content.html")
     text = text if text is not None else row["text"]
     return ResolvedContent(subject, html, text, row["id"], row["version"])
+
+
+async def content_of(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant_id: int,
+    content: Content,
+    subject: str | None,
+) -> ResolvedContent:
+    """A request's `content` (and subject) with its template filled in; a subject is
+    required of one or the other."""
+    resolved = await resolve_content(
+        conn,
+        tenant_id,
+        template_id=content.template_id,
+        subject=subject,
+        html=content.html,
+        text=content.text,
+    )
+    if resolved.subject is None:
+        raise validation_error([{"field": "subject", "message": "Field required"}])
+    return resolved
 
 
 def _inlined(html: str | None, field: str) -> str | None:

@@ -17,6 +17,7 @@ async def test_create_get_and_list(client: Client) -> None:
     assert made["from"] == {"email": "news@acme.test", "name": "Acme"}
     assert made["settings"] == {
         "analytics_enabled": True,
+        "ai_optimization": False,
         "track_opens": True,
         "track_clicks": False,
     }
@@ -42,6 +43,7 @@ async def test_analytics_disabled_switches_tracking_off(client: Client) -> None:
     made = await create_campaign(client, settings={"analytics_enabled": False})
     assert made["settings"] == {
         "analytics_enabled": False,
+        "ai_optimization": False,
         "track_opens": False,
         "track_clicks": False,
     }
