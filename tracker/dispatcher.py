@@ -81,25 +81,78 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Keys of event data that hold integer row keys (older rows, or writers that store the
+# integer): never shown. The objects they point at appear by public id instead.
+_ROW_KEYS = ("campaign_id", "webhook_id", "inbound_id", "queue_id")
+# Event data that the payload's `email` object already says (`to`, `message_id`).
+_EMAIL_KEYS = ("recipient", "message_id")
+# Event data of opens and clicks that goes under `analytics`, by payload name.
+_ANALYTICS_KEYS = (
+    ("open_count", "open_count"),
+    ("click_count", "click_count"),
+    ("device_type", "device_type"),
+    ("location", "country"),
+    ("country_code", "country_code"),
+)
+# A campaign event's status when its data does not carry one: the status it marks.
+_CAMPAIGN_STATUS = {
+    "campaign.created": "draft",
+    "campaign.sent": "sending",
+    "campaign.completed": "completed",
+}
+
+
 def payload(row: Mapping[str, Any]) -> bytes:
-    """The request body: `{"id", "type", "created", "data"}`, the same bytes on every retry."""
-    data: dict[str, Any] = dict(row["event_data"] or {})
-    if row["queue_id"] is not None:
-        data.update(
-            message_id=row["rfc_message_id"],
-            queue_id=row["queue_id"],
-            recipient=row["recipient"],
-            campaign_id=row["campaign_id"],
-        )
-    elif row["campaign_id"] is not None:
-        data["campaign_id"] = row["campaign_id"]
-    return orjson.dumps(
-        {
-            "id": f"evt_{row['event_id']}",
-            "type": row["event_type"],
-            "created": _iso(row["event_created_at"]),
-            "data": data,
+    """The request body, `{"id", "type", "created", "data"}`, the same bytes on every retry.
+
+    `data` by what the event is about (docs/webhooks.md shows each type):
+    - a message: `email` = {id, campaign_id, to, message_id, <verb>_at} (`opened_at` for
+      email.opened), then for opens and clicks `analytics` = {open_count, click_count,
+      device_type, location, country_code}, then the event's own details (url, smtp_code...);
+    - a campaign alone: `campaign` = {id}, for campaign.* with name, status and the event's
+      details inside it; for other types (analytics.updated) the details beside it;
+    - neither (webhook.disabled): the event's details.
+    Ids are public ids (`evt_`, `msg_`, `campaign_`, `wh_`); no integer key appears.
+    """
+    kind: str = row["event_type"]
+    created = _iso(row["event_created_at"])
+    details: dict[str, Any] = {
+        key: value
+        for key, value in (row["event_data"] or {}).items()
+        if not (key in _ROW_KEYS and type(value) is int)
+    }
+    data: dict[str, Any]
+    if row["has_message"]:
+        email: dict[str, Any] = {
+            "id": row["message_public_id"],
+            "campaign_id": row["campaign_public_id"],
+            "to": row["recipient"],
+            "message_id": row["rfc_message_id"],
         }
+        if kind.startswith("email."):
+            email[kind.removeprefix("email.") + "_at"] = created
+        for key in _EMAIL_KEYS:
+            details.pop(key, None)
+        data = {"email": email}
+        if kind in ("email.opened", "email.clicked"):
+            data["analytics"] = {name: details.pop(key, None) for name, key in _ANALYTICS_KEYS}
+        details.pop("campaign_id", None)  # said by email.campaign_id
+        data.update((key, value) for key, value in details.items() if key not in data)
+    elif row["has_campaign"]:
+        campaign: dict[str, Any] = {"id": row["campaign_public_id"]}
+        details.pop("campaign_id", None)  # said by campaign.id
+        if kind.startswith("campaign."):
+            campaign["name"] = row["campaign_name"]
+            campaign["status"] = _CAMPAIGN_STATUS.get(kind)
+            campaign.update(details)  # the event's own name and status, when it has them
+            data = {"campaign": campaign}
+        else:
+            data = {"campaign": campaign}
+            data.update((key, value) for key, value in details.items() if key not in data)
+    else:
+        data = details
+    return orjson.dumps(
+        {"id": row["event_public_id"], "type": kind, "created": created, "data": data}
     )
 
 
@@ -285,7 +338,7 @@ class Dispatcher:
             self._session,
             row["url"],
             payload(row),
-            webhook_id=f"msg_{row['id']}",
+            webhook_id=row["public_id"],
             secrets=secrets,
             allow_private=self._allow_private,
             timeout=self._timeout,

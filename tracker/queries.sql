@@ -1,23 +1,38 @@
 -- name: record_hits
 -- A batch of opens and clicks in one statement (and one commit). Hits for messages that no
 -- longer exist are dropped by the join. A hit is a machine's when the request said so ($6)
--- or when it came within seconds of delivery ($9 for opens, $10 for clicks). "First" is
+-- or when it came within seconds of delivery ($12 for opens, $13 for clicks). "First" is
 -- decided by inserting into engagement_firsts, which is race-free across tracker processes;
 -- sorted, so two batches take those row locks in the same order and cannot deadlock. Only
--- the earliest hit of a batch can be the first. Inserting into events fires the webhook
--- fan-out trigger, so the deliveries commit with the hits.
+-- the earliest hit of a batch can be the first. The running open and click counts come from
+-- engagement_counts, whose row lock orders concurrent batches for a message: its total after
+-- this batch, less this batch's hits that come after the hit. Device type and country ($9-$11)
+-- were decided from the request; their keys are always present (null when unknown) because
+-- the API's breakdowns group by them. Inserting into events fires the webhook fan-out
+-- trigger, so the deliveries commit with the hits.
 WITH hit AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
-                         $6::text[], $7::int[], $8::text[]) WITH ORDINALITY
-        AS h(message_id, type, at, user_agent, ip_prefix, machine_reason, link_index, url, ord)
+                         $6::text[], $7::int[], $8::text[], $9::text[], $10::text[],
+                         $11::text[]) WITH ORDINALITY
+        AS h(message_id, type, at, user_agent, ip_prefix, machine_reason, link_index, url,
+             device_type, country, country_code, ord)
 ), known AS (
     SELECT h.*, m.tenant_id, m.campaign_id,
            coalesce(h.machine_reason,
                     CASE WHEN h.at < m.sent_at + make_interval(
-                                 secs => CASE h.type WHEN 'email.clicked' THEN $10::float8
-                                                     ELSE $9::float8 END)
+                                 secs => CASE h.type WHEN 'email.clicked' THEN $13::float8
+                                                     ELSE $12::float8 END)
                          THEN 'soon_after_delivery' END) AS reason,
-           h.ord = min(h.ord) OVER (PARTITION BY h.message_id, h.type) AS first_in_batch
+           h.ord = min(h.ord) OVER (PARTITION BY h.message_id, h.type) AS first_in_batch,
+           -- This batch's opens (clicks) of the message up to and including this hit, and in all.
+           count(*) FILTER (WHERE h.type = 'email.opened')
+               OVER (PARTITION BY h.message_id ORDER BY h.ord) AS opens_so_far,
+           count(*) FILTER (WHERE h.type = 'email.clicked')
+               OVER (PARTITION BY h.message_id ORDER BY h.ord) AS clicks_so_far,
+           count(*) FILTER (WHERE h.type = 'email.opened')
+               OVER (PARTITION BY h.message_id) AS opens_in_batch,
+           count(*) FILTER (WHERE h.type = 'email.clicked')
+               OVER (PARTITION BY h.message_id) AS clicks_in_batch
     FROM hit h
     JOIN messages m ON m.id = h.message_id
 ), firsts AS (
@@ -25,9 +40,19 @@ WITH hit AS (
     SELECT DISTINCT message_id, type FROM known ORDER BY message_id, type
     ON CONFLICT DO NOTHING
     RETURNING message_id, type
+), counted AS (
+    INSERT INTO engagement_counts AS c (message_id, opens, clicks)
+    SELECT message_id, max(opens_in_batch), max(clicks_in_batch)
+    FROM known GROUP BY message_id ORDER BY message_id
+    ON CONFLICT (message_id) DO UPDATE
+    SET opens = c.opens + EXCLUDED.opens, clicks = c.clicks + EXCLUDED.clicks
+    RETURNING message_id, opens, clicks
 ), classified AS (
-    SELECT k.*, (k.first_in_batch AND f.message_id IS NOT NULL) AS is_unique
+    SELECT k.*, (k.first_in_batch AND f.message_id IS NOT NULL) AS is_unique,
+           n.opens - k.opens_in_batch + k.opens_so_far AS open_count,
+           n.clicks - k.clicks_in_batch + k.clicks_so_far AS click_count
     FROM known k
+    JOIN counted n ON n.message_id = k.message_id
     LEFT JOIN firsts f ON f.message_id = k.message_id AND f.type = k.type
 )
 INSERT INTO events (tenant_id, message_id, campaign_id, type, data, created_at, is_unique,
@@ -40,7 +65,13 @@ SELECT tenant_id, message_id, campaign_id, type,
            'user_agent', user_agent,
            'ip_prefix', ip_prefix,
            'link_index', link_index,
-           'url', url)),
+           'url', url))
+       || jsonb_build_object(
+           'device_type', device_type,
+           'country', country,
+           'country_code', country_code,
+           'open_count', open_count,
+           'click_count', click_count),
        at, is_unique, reason IS NOT NULL
 FROM classified
 ORDER BY ord;
@@ -86,7 +117,9 @@ WHERE status = 'delivering' AND lease_expires_at <= now();
 -- endpoint (counting every dispatcher's leases), oldest first. Claiming per endpoint through
 -- the (webhook_id, next_attempt_at) partial index means an endpoint with a huge backlog gets
 -- its $3 slots and no more, so one slow receiver cannot starve the others. SKIP LOCKED lets
--- several dispatchers claim at once. The endpoint and the event ride along with the claim.
+-- several dispatchers claim at once. The endpoint and the event ride along with the claim,
+-- with the public ids and the few fields of its message and campaign that the payload shows
+-- (none of them change after the event, so a retry's body is the same bytes).
 WITH busy AS (
     SELECT webhook_id, count(*) AS n
     FROM webhook_deliveries
@@ -115,14 +148,17 @@ SET status = 'delivering', lease_owner = $2, lease_token = gen_random_uuid(),
     lease_expires_at = now() + make_interval(secs => $4::float8), updated_at = now()
 FROM picked p, webhooks w, events e
 LEFT JOIN messages m ON m.id = e.message_id
+LEFT JOIN campaigns c ON c.id = e.campaign_id
 WHERE d.id = p.id AND w.id = d.webhook_id AND e.id = d.event_id
-RETURNING d.id, d.webhook_id, d.attempts, d.created_at, d.lease_token,
+RETURNING d.id, d.public_id, d.webhook_id, d.attempts, d.created_at, d.lease_token,
           w.url, w.secret_sealed,
           CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_sealed
           END AS previous_secret_sealed,
-          e.id AS event_id, e.type AS event_type, e.data AS event_data,
-          e.created_at AS event_created_at, e.message_id AS queue_id, e.campaign_id,
-          m.message_id AS rfc_message_id, m.recipient;
+          e.public_id AS event_public_id, e.type AS event_type, e.data AS event_data,
+          e.created_at AS event_created_at, e.message_id IS NOT NULL AS has_message,
+          e.campaign_id IS NOT NULL AS has_campaign,
+          m.public_id AS message_public_id, m.message_id AS rfc_message_id, m.recipient,
+          c.public_id AS campaign_public_id, c.name AS campaign_name;
 
 -- name: delivery_succeeded
 -- A 2xx: the delivery is done, and the endpoint's run of failures (if any) is over. The
@@ -185,7 +221,7 @@ WITH off AS (
     UPDATE webhooks
     SET active = false, disabled_at = now(), disabled_reason = $2, updated_at = now()
     WHERE id = $1 AND active
-    RETURNING id, tenant_id, url
+    RETURNING id, public_id, tenant_id, url
 ), cancelled AS (
     UPDATE webhook_deliveries d
     SET status = 'cancelled', last_error = $2, lease_owner = NULL, lease_token = NULL,
@@ -195,7 +231,7 @@ WITH off AS (
 )
 INSERT INTO events (tenant_id, type, data)
 SELECT tenant_id, 'webhook.disabled',
-       jsonb_build_object('webhook_id', id, 'url', url, 'reason', $2::text)
+       jsonb_build_object('webhook_id', public_id, 'url', url, 'reason', $2::text)
 FROM off
 RETURNING id;
 

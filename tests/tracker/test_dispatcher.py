@@ -111,24 +111,33 @@ async def test_deliveries_are_signed_and_carry_the_event(
     payload = verify(secret, by_path["/hook"])
     assert verify(plain_secret, by_path["/hook/plain"]) == payload
     assert by_path["/hook"].headers["Content-Type"] == "application/json"
-    assert payload["id"] == f"evt_{clicked}"
+    event_id = await pool.fetchval("SELECT public_id FROM events WHERE id = $1", clicked)
+    assert payload["id"] == event_id and event_id.startswith("evt_")
     assert payload["type"] == "email.clicked"
     assert payload["created"].endswith("Z")
-    rfc_id, recipient = await pool.fetchrow(
-        "SELECT message_id, recipient FROM messages WHERE id = $1", message
+    public_id, rfc_id, recipient = await pool.fetchrow(
+        "SELECT public_id, message_id, recipient FROM messages WHERE id = $1", message
     )
+    # A campaign id with no campaign row (this test's 7) shows as null, never as the integer.
     assert payload["data"] == {
+        "email": {
+            "id": public_id,
+            "campaign_id": None,
+            "to": recipient,
+            "message_id": rfc_id,
+            "clicked_at": payload["created"],
+        },
+        "analytics": dict.fromkeys(
+            ["open_count", "click_count", "device_type", "location", "country_code"]
+        ),
         "url": "https://acme.test/",
         "link_index": 0,
-        "message_id": rfc_id,
-        "queue_id": message,
-        "recipient": recipient,
-        "campaign_id": 7,
     }
     await wait_for(lambda: all_delivered(pool, 2))
     row = (await deliveries(pool))[0]
     assert row["attempts"] == 1 and row["last_status_code"] == 200
-    assert by_path["/hook"].webhook_id == f"msg_{row['id']}"
+    assert by_path["/hook"].webhook_id == row["public_id"]
+    assert row["public_id"].startswith("whd_")
 
 
 async def test_a_receiver_down_for_a_while_gets_every_event_once_per_delivery_id(
@@ -154,7 +163,7 @@ async def test_a_receiver_down_for_a_while_gets_every_event_once_per_delivery_id
     for request in receiver.requests:  # every attempt, failed or not, was properly signed
         verify(secret, request)
     ids = {r.webhook_id for r in receiver.requests}
-    assert ids == {f"msg_{r['id']}" for r in await deliveries(pool)}  # stable across retries
+    assert ids == {r["public_id"] for r in await deliveries(pool)}  # stable across retries
     rows = await deliveries(pool)
     assert all(r["attempts"] >= 2 for r in rows)
     assert await pool.fetchval("SELECT failing_since FROM webhooks") is None
@@ -231,7 +240,12 @@ async def test_410_disables_the_endpoint_and_says_so(
     (notice,) = [r for r in receiver.requests if r.path == "/hook/watch"]
     payload = verify(secret, notice)
     assert payload["type"] == "webhook.disabled"
-    assert payload["data"]["webhook_id"] == gone.id
+    public_id = await pool.fetchval("SELECT public_id FROM webhooks WHERE id = $1", gone.id)
+    assert payload["data"] == {
+        "webhook_id": public_id,
+        "url": receiver.url("/hook/gone"),
+        "reason": "the endpoint answered 410 Gone",
+    }
     assert tracker.metrics.webhooks_disabled._value.get() == 1
 
 
