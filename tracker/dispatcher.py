@@ -43,6 +43,7 @@ from penguinmails.secrets import server_keys
 from penguinmails.webhooks.guard import client_session
 from penguinmails.webhooks.post import post_signed
 from penguinmails.webhooks.signing import signing_secrets
+from tracker.analytics import AnalyticsUpdates
 from tracker.metrics import TrackerMetrics
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class Dispatcher:
         poll_interval: float = 1.0,
         grace: float = 5.0,
         owner: str | None = None,
+        analytics_interval: float | None = 15.0,
     ) -> None:
         if lease_seconds <= request_timeout * 2:
             raise ValueError("the lease must comfortably outlast a request")
@@ -192,6 +194,13 @@ class Dispatcher:
         self._stopping = False
         self._next_retry = float("inf")  # loop time of the soonest retry this process set
         self._session: aiohttp.ClientSession | None = None
+        # analytics.updated runs beside the claim loop (None: not in this process).
+        self.analytics = (
+            AnalyticsUpdates(pool, interval=analytics_interval)
+            if analytics_interval is not None
+            else None
+        )
+        self._side_error: BaseException | None = None
         metrics.webhook_in_flight.set_function(lambda: len(self._inflight))
 
     def stop(self) -> None:
@@ -201,18 +210,57 @@ class Dispatcher:
         self._kick.set()
 
     async def run(self) -> None:
+        """Deliver until stop(); the analytics.updated loop runs alongside and stops with it.
+
+        If that loop dies of a bug, the dispatcher stops too and run() raises its error, so
+        the process fails visibly instead of going on without it.
+        """
         async with client_session(
             allow_private=self._allow_private, limit=self._concurrency
         ) as session:
             self._session = session
+            side = self._start_analytics()
             listener = await self._listen()
             try:
                 await self._claim_loop()
             finally:
+                deadline = asyncio.get_running_loop().time() + self._grace
                 await self._drain()
+                if side is not None:
+                    await self._stop_side(side, deadline)
                 if listener is not None:
                     await self._unlisten(listener)
         log.info("dispatcher stopped", extra={"action": "dispatcher_stopped", "owner": self.owner})
+        if self._side_error is not None:
+            raise self._side_error
+
+    def _start_analytics(self) -> asyncio.Task[None] | None:
+        if self.analytics is None:
+            return None
+        task = asyncio.create_task(
+            self.analytics.run(self._stop_requested), name="analytics-updated"
+        )
+        task.add_done_callback(self._side_done)
+        return task
+
+    def _side_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self._side_error = task.exception()
+        log.error(
+            "a dispatcher task failed; stopping",
+            exc_info=self._side_error,
+            extra={"action": "dispatcher_failed", "task": task.get_name()},
+        )
+        self.stop()
+
+    async def _stop_side(self, task: asyncio.Task[None], deadline: float) -> None:
+        """It saw stop() and is finishing its statement; cancelled if that outlasts grace."""
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        _, pending = await asyncio.wait([task], timeout=remaining)
+        for late in pending:
+            late.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     # -- waking up -----------------------------------------------------------------------------
 

@@ -239,3 +239,70 @@ RETURNING id;
 -- For /metrics: deliveries not yet done, counted through the two partial indexes.
 SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,
        (SELECT count(*) FROM webhook_deliveries WHERE status = 'delivering') AS delivering;
+
+-- name: emit_analytics_updated
+-- analytics.updated, at most once a minute per campaign and only when its numbers changed:
+-- the campaigns with rollup rows in the last $1 seconds (campaign_stats_bucket_idx) that were
+-- not announced within the minute get their totals summed from the rollup (by its primary
+-- key) and compared with what was last announced. The UPSERT on campaign_analytics_emitted
+-- is the claim: its WHERE is evaluated again on the row as another tracker process left it
+-- (ON CONFLICT waits for that process's commit), so of several processes racing for a
+-- campaign exactly one writes the row and the event. Rows are claimed in campaign order so
+-- two processes cannot deadlock. Counted by the analytics event names: `sent` accepted and
+-- queued, `delivered` answered 250 (less those that bounced afterwards, as the API counts
+-- them); opened, clicked, unsubscribed and replied count messages (the first of each kind),
+-- bounced and complained every event. The fan-out trigger sends the events.
+WITH counted(type) AS (
+    VALUES ('email.sent'), ('email.delivered'), ('email.bounced.after_delivery'),
+           ('email.opened'), ('email.clicked'), ('email.bounced'), ('email.complained'),
+           ('email.unsubscribed'), ('email.replied')
+), recent AS (
+    SELECT DISTINCT s.campaign_id
+    FROM campaign_stats s
+    WHERE s.bucket >= date_trunc('hour', now() - make_interval(secs => $1::float8))
+      AND s.type IN (SELECT type FROM counted)
+), due AS (
+    SELECT c.id, c.tenant_id
+    FROM recent r
+    JOIN campaigns c ON c.id = r.campaign_id
+    LEFT JOIN campaign_analytics_emitted a ON a.campaign_id = c.id
+    WHERE a.campaign_id IS NULL OR a.last_emitted_at < now() - interval '1 minute'
+), totals AS (
+    SELECT d.id AS campaign_id, d.tenant_id,
+           coalesce(sum(s.total) FILTER (WHERE s.type = 'email.sent'), 0)::bigint AS sent,
+           coalesce(sum(s.total) FILTER (WHERE s.type = 'email.delivered'), 0)::bigint
+             - coalesce(sum(s.total) FILTER (WHERE s.type = 'email.bounced.after_delivery'),
+                        0)::bigint AS delivered,
+           coalesce(sum(s.uniq) FILTER (WHERE s.type = 'email.opened'), 0)::bigint AS opened,
+           coalesce(sum(s.uniq) FILTER (WHERE s.type = 'email.clicked'), 0)::bigint AS clicked,
+           coalesce(sum(s.total) FILTER (WHERE s.type = 'email.bounced'), 0)::bigint AS bounced,
+           coalesce(sum(s.total) FILTER (WHERE s.type = 'email.complained'), 0)::bigint
+               AS complained,
+           coalesce(sum(s.uniq) FILTER (WHERE s.type = 'email.unsubscribed'), 0)::bigint
+               AS unsubscribed,
+           coalesce(sum(s.uniq) FILTER (WHERE s.type = 'email.replied'), 0)::bigint AS replied
+    FROM due d
+    JOIN campaign_stats s ON s.campaign_id = d.id
+    WHERE s.type IN (SELECT type FROM counted)
+    GROUP BY d.id, d.tenant_id
+), numbers AS (
+    SELECT campaign_id, tenant_id,
+           jsonb_build_object('sent', sent, 'delivered', delivered, 'opened', opened,
+                              'clicked', clicked, 'bounced', bounced, 'complained', complained,
+                              'unsubscribed', unsubscribed, 'replied', replied) AS analytics
+    FROM totals
+), claimed AS (
+    INSERT INTO campaign_analytics_emitted AS a (campaign_id, analytics, last_emitted_at)
+    SELECT campaign_id, analytics, now() FROM numbers ORDER BY campaign_id
+    ON CONFLICT (campaign_id) DO UPDATE
+    SET analytics = EXCLUDED.analytics, last_emitted_at = EXCLUDED.last_emitted_at
+    WHERE a.last_emitted_at < now() - interval '1 minute'
+      AND a.analytics IS DISTINCT FROM EXCLUDED.analytics
+    RETURNING a.campaign_id, a.analytics
+)
+INSERT INTO events (tenant_id, campaign_id, type, data)
+SELECT n.tenant_id, c.campaign_id, 'analytics.updated', jsonb_build_object('analytics', c.analytics)
+FROM claimed c
+JOIN numbers n ON n.campaign_id = c.campaign_id
+ORDER BY c.campaign_id
+RETURNING campaign_id;
