@@ -85,8 +85,9 @@ def _iso(moment: datetime) -> str:
 # Keys of event data that hold integer row keys (older rows, or writers that store the
 # integer): never shown. The objects they point at appear by public id instead.
 _ROW_KEYS = ("campaign_id", "webhook_id", "inbound_id", "queue_id")
-# Event data that the payload's `email` object already says (`to`, `message_id`).
-_EMAIL_KEYS = ("recipient", "message_id")
+# Event data that repeats what the payload's `email` object says, by its key there: left out
+# when equal (the MTA's copy); kept when it says something else (a reply's own Message-ID).
+_EMAIL_KEYS = (("recipient", "to"), ("message_id", "message_id"))
 # Event data of opens and clicks that goes under `analytics`, by payload name.
 _ANALYTICS_KEYS = (
     ("open_count", "open_count"),
@@ -132,8 +133,9 @@ def payload(row: Mapping[str, Any]) -> bytes:
         }
         if kind.startswith("email."):
             email[kind.removeprefix("email.") + "_at"] = created
-        for key in _EMAIL_KEYS:
-            details.pop(key, None)
+        for key, same in _EMAIL_KEYS:
+            if key in details and details[key] == email[same]:
+                del details[key]
         data = {"email": email}
         if kind in ("email.opened", "email.clicked"):
             data["analytics"] = {name: details.pop(key, None) for name, key in _ANALYTICS_KEYS}

@@ -294,24 +294,37 @@ async def test_no_payload_shows_a_row_key(
         _, secret = await create_endpoint(
             pool, tenant, receiver.url(), ["webhook.disabled", "email.*"], settings=settings
         )
-        await pool.execute(
-            "INSERT INTO events (tenant_id, message_id, campaign_id, type, data)"
-            " VALUES ($1, $2, $3, 'email.bounced', $4)",
-            tenant,
-            message,
-            campaign,
-            {"smtp_code": 550, "recipient": "x@dest.test", "message_id": "a@b", "inbound_id": 5},
-        )
+        _, rfc_id, recipient = await message_ids(pool, message)
+        # As the MTA and inbound write them: the MTA's copy of the recipient and Message-ID,
+        # inbound's log row key; a reply's own Message-ID.
+        for kind, data in [
+            (
+                "email.bounced",
+                {"smtp_code": 550, "recipient": recipient, "message_id": rfc_id, "inbound_id": 5},
+            ),
+            ("email.replied", {"from": "ann@dest.test", "message_id": "re-1@dest.test"}),
+        ]:
+            await pool.execute(
+                "INSERT INTO events (tenant_id, message_id, campaign_id, type, data)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                tenant,
+                message,
+                campaign,
+                kind,
+                data,
+            )
         await start_tracker()
-        await wait_for(lambda: len(receiver.accepted()) == 2)
+        await wait_for(lambda: len(receiver.accepted()) == 3)
     finally:
         await gone.down()
     by_type = {p["type"]: p for p in (verify(secret, r) for r in receiver.requests)}
     for payload in by_type.values():
         no_row_keys(payload)
     bounced = by_type["email.bounced"]["data"]
-    assert "inbound_id" not in bounced
-    assert "recipient" not in bounced  # it is email.to
-    assert bounced["smtp_code"] == 550
+    assert bounced["email"]["to"] == recipient and bounced["email"]["message_id"] == rfc_id
+    assert bounced.keys() == {"email", "smtp_code"}  # no copies, no inbound row key
     assert bounced["email"]["campaign_id"].startswith("campaign_")
+    replied = by_type["email.replied"]["data"]
+    assert replied["message_id"] == "re-1@dest.test"  # the reply's own, kept beside email
+    assert replied["email"]["message_id"] == rfc_id
     assert by_type["webhook.disabled"]["data"]["webhook_id"].startswith("wh_")
