@@ -1,15 +1,15 @@
 -- name: record_hits
 -- A batch of opens and clicks in one statement (and one commit). Hits for messages that no
 -- longer exist are dropped by the join. A hit is a machine's when the request said so ($6)
--- or when it came within seconds of delivery ($12 for opens, $13 for clicks). "First" is
--- decided by inserting into engagement_firsts, which is race-free across tracker processes;
--- sorted, so two batches take those row locks in the same order and cannot deadlock. Only
--- the earliest hit of a batch can be the first. The running open and click counts come from
--- engagement_counts, whose row lock orders concurrent batches for a message: its total after
--- this batch, less this batch's hits that come after the hit. Device type and country ($9-$11)
--- were decided from the request; their keys are always present (null when unknown) because
--- the API's breakdowns group by them. Inserting into events fires the webhook fan-out
--- trigger, so the deliveries commit with the hits.
+-- or when it came within seconds of delivery ($12 for opens, $13 for clicks). Each hit gets
+-- the message's running open and click counts from engagement_counts: its total after this
+-- batch, less this batch's hits that come after the hit. The UPSERT's row lock orders
+-- concurrent batches for a message (across tracker processes too), so the counts are exact
+-- and exactly one hit of each kind sees 1: that is the first, `unique`. Rows are upserted in
+-- message order, so two batches take those locks in the same order and cannot deadlock.
+-- Device type and country ($9-$11) were decided from the request; their keys are always
+-- present (null when unknown) because the API's breakdowns group by them. Inserting into
+-- events fires the webhook fan-out trigger, so the deliveries commit with the hits.
 WITH hit AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
                          $6::text[], $7::int[], $8::text[], $9::text[], $10::text[],
@@ -23,7 +23,6 @@ WITH hit AS (
                                  secs => CASE h.type WHEN 'email.clicked' THEN $13::float8
                                                      ELSE $12::float8 END)
                          THEN 'soon_after_delivery' END) AS reason,
-           h.ord = min(h.ord) OVER (PARTITION BY h.message_id, h.type) AS first_in_batch,
            -- This batch's opens (clicks) of the message up to and including this hit, and in all.
            count(*) FILTER (WHERE h.type = 'email.opened')
                OVER (PARTITION BY h.message_id ORDER BY h.ord) AS opens_so_far,
@@ -35,11 +34,6 @@ WITH hit AS (
                OVER (PARTITION BY h.message_id) AS clicks_in_batch
     FROM hit h
     JOIN messages m ON m.id = h.message_id
-), firsts AS (
-    INSERT INTO engagement_firsts (message_id, type)
-    SELECT DISTINCT message_id, type FROM known ORDER BY message_id, type
-    ON CONFLICT DO NOTHING
-    RETURNING message_id, type
 ), counted AS (
     INSERT INTO engagement_counts AS c (message_id, opens, clicks)
     SELECT message_id, max(opens_in_batch), max(clicks_in_batch)
@@ -48,12 +42,16 @@ WITH hit AS (
     SET opens = c.opens + EXCLUDED.opens, clicks = c.clicks + EXCLUDED.clicks
     RETURNING message_id, opens, clicks
 ), classified AS (
-    SELECT k.*, (k.first_in_batch AND f.message_id IS NOT NULL) AS is_unique,
+    SELECT k.*,
            n.opens - k.opens_in_batch + k.opens_so_far AS open_count,
            n.clicks - k.clicks_in_batch + k.clicks_so_far AS click_count
     FROM known k
     JOIN counted n ON n.message_id = k.message_id
-    LEFT JOIN firsts f ON f.message_id = k.message_id AND f.type = k.type
+), firsts AS (
+    SELECT c.*,
+           CASE c.type WHEN 'email.clicked' THEN c.click_count ELSE c.open_count END = 1
+               AS is_unique
+    FROM classified c
 )
 INSERT INTO events (tenant_id, message_id, campaign_id, type, data, created_at, is_unique,
                     is_machine)
@@ -73,7 +71,7 @@ SELECT tenant_id, message_id, campaign_id, type,
            'open_count', open_count,
            'click_count', click_count),
        at, is_unique, reason IS NOT NULL
-FROM classified
+FROM firsts
 ORDER BY ord;
 
 -- name: unsubscribe

@@ -276,6 +276,13 @@ async def test_concurrent_hits_on_one_message_get_exact_running_counts(pool, sen
     clicks = sorted(r["data"]["click_count"] for r in rows if r["type"] == "email.clicked")
     assert opens == list(range(1, 41))
     assert clicks == list(range(1, 21))
+    # The hit that counted 1 is the first of its kind, and the only one.
+    firsts = await pool.fetch("SELECT type, data FROM events WHERE is_unique ORDER BY type")
+    assert [(r["type"], r["data"]["unique"]) for r in firsts] == [
+        ("email.clicked", True),
+        ("email.opened", True),
+    ]
+    assert firsts[0]["data"]["click_count"] == 1 and firsts[1]["data"]["open_count"] == 1
     assert await pool.fetchrow(
         "SELECT opens, clicks FROM engagement_counts WHERE message_id = $1", message
     ) == (40, 20)

@@ -5,7 +5,10 @@
 -- "open_count": 3. The tracker's hit insert (record_hits) adds each batch with an UPSERT, whose
 -- row lock serialises two tracker processes counting hits of the same message, so every hit
 -- gets its exact running count (a count(*) over events could give two concurrent hits the
--- same number). Existing hits are counted once here.
+-- same number). The hit whose count is 1 is the message's first of its kind: for opens and
+-- clicks this now decides `is_unique`, in place of engagement_firsts (which unsubscribes and
+-- inbound's events still use), so the hot path pays one UPSERT per message, not two
+-- statements' worth of probes. Existing hits are counted once here.
 CREATE TABLE engagement_counts (
     message_id  bigint PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
     opens       bigint NOT NULL DEFAULT 0,
