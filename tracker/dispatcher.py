@@ -5,7 +5,9 @@ here can lose one: the dispatcher leases due rows, posts them, and writes the ou
 is the only success; anything else (including a redirect, which is never followed, and a
 timeout) is retried with exponential back-off and jitter until the delivery is `max_age`
 old (three days by default, well past the 24 hours receivers are promised). The
-`webhook-id` is the delivery's row id, the same on every retry, so receivers can dedupe.
+`webhook-id` is the delivery's public id (`whd_...`), the same on every retry, so receivers
+can dedupe; the body (`payload()`) is built from rows that do not change, so it is the same
+bytes on every retry too.
 
 At most `per_endpoint` requests are in flight to one endpoint (counted across dispatchers,
 in the claim), so a slow receiver holds a few slots rather than all of them. An endpoint
@@ -15,6 +17,9 @@ disabled and a `webhook.disabled` event recorded.
 Idle, the dispatcher waits for a NOTIFY from the fan-out trigger, a retry it scheduled
 itself coming due, a freed slot, or the poll interval. Stopping waits `grace` seconds for
 requests in flight, then cancels them and gives their rows back untried.
+
+The dispatcher also owns the analytics.updated loop (tracker.analytics), which records
+those events for the outbox; it starts and stops with the claim loop.
 """
 
 from __future__ import annotations
