@@ -7,6 +7,11 @@ from an aiohttp client when wrk is not installed. Requests cycle through the pix
 messages, so recording does real work: batched inserts, first-open checks, classification.
 With recording on, every 200 is a committed row (the handler waits for its batch), and the
 run checks that the number of rows equals the number of 200s.
+
+Each request carries one of a few real mail-client user agents and an X-Forwarded-For address
+from one of several countries' networks (the tracker believes the header from loopback, as
+from its own reverse proxy), so device and country classification do the work they do in
+production: a handful of distinct agents (the cache's case) and many distinct addresses.
 """
 
 from __future__ import annotations
@@ -35,13 +40,42 @@ from penguinmails.tokens import LinkSigner
 from penguinmails.webhooks.endpoints import create_endpoint
 from tracker.server import Tracker
 
+# What opens look like: mail clients on phones, tablets and desktops, and the image proxies.
+AGENTS = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like"
+    " Gecko) Mobile/15E148",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/124.0.6367.82 Mobile Safari/537.36",
+    "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+    " Version/16.6 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/124.0.0.0 Safari/537.36",
+    "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17328; Pro)",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+    "Mozilla/5.0",
+)
+# First octets of networks in several countries; the other three vary per request.
+NETWORKS = (8, 81, 1, 185, 41, 200, 133, 151, 62, 177, 203, 91)
+
+
+def client_address(i: int) -> str:
+    return f"{NETWORKS[i % len(NETWORKS)]}.{(i // 7) % 250 + 1}.{(i // 3) % 256}.{i % 250 + 1}"
+
+
 _WRK_SCRIPT = """
 local paths = {}
 for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
+local agents = {%(agents)s}
+local networks = {%(networks)s}
 local i = 0
 request = function()
   i = i %% #paths + 1
-  return wrk.format("GET", paths[i], {["User-Agent"] = "Mozilla/5.0 (X11) Firefox/125.0"})
+  local n = i - 1
+  local address = string.format("%%d.%%d.%%d.%%d", networks[n %% #networks + 1],
+    math.floor(n / 7) %% 250 + 1, math.floor(n / 3) %% 256, n %% 250 + 1)
+  return wrk.format("GET", paths[i], {["User-Agent"] = agents[n %% #agents + 1],
+                                      ["X-Forwarded-For"] = address})
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -93,7 +127,14 @@ async def _pixels(pool: asyncpg.Pool, settings: Settings, count: int) -> list[st
 
 def _wrk(url: str, paths: Path, seconds: float, connections: int) -> dict[str, Any]:
     script = paths.with_suffix(".lua")
-    script.write_text(_WRK_SCRIPT % {"paths": str(paths)})
+    script.write_text(
+        _WRK_SCRIPT
+        % {
+            "paths": str(paths),
+            "agents": ", ".join('"' + a.replace('"', '\\"') + '"' for a in AGENTS),
+            "networks": ", ".join(map(str, NETWORKS)),
+        }
+    )
     return run_wrk(url, script, seconds, connections)
 
 
@@ -110,8 +151,12 @@ async def _aiohttp_load(
         i = offset
         while time.perf_counter() < deadline:
             started = time.perf_counter()
+            headers = {
+                "User-Agent": AGENTS[i % len(AGENTS)],
+                "X-Forwarded-For": client_address(i),
+            }
             try:
-                async with session.get(url + paths[i % len(paths)]) as response:
+                async with session.get(url + paths[i % len(paths)], headers=headers) as response:
                     await response.read()
                     counts["non2xx" if response.status >= 300 else "requests"] += 1
             except aiohttp.ClientError:

@@ -5,7 +5,9 @@ here can lose one: the dispatcher leases due rows, posts them, and writes the ou
 is the only success; anything else (including a redirect, which is never followed, and a
 timeout) is retried with exponential back-off and jitter until the delivery is `max_age`
 old (three days by default, well past the 24 hours receivers are promised). The
-`webhook-id` is the delivery's row id, the same on every retry, so receivers can dedupe.
+`webhook-id` is the delivery's public id (`whd_...`), the same on every retry, so receivers
+can dedupe; the body (`payload()`) is built from rows that do not change, so it is the same
+bytes on every retry too.
 
 At most `per_endpoint` requests are in flight to one endpoint (counted across dispatchers,
 in the claim), so a slow receiver holds a few slots rather than all of them. An endpoint
@@ -15,6 +17,9 @@ disabled and a `webhook.disabled` event recorded.
 Idle, the dispatcher waits for a NOTIFY from the fan-out trigger, a retry it scheduled
 itself coming due, a freed slot, or the poll interval. Stopping waits `grace` seconds for
 requests in flight, then cancels them and gives their rows back untried.
+
+The dispatcher also owns the analytics.updated loop (tracker.analytics), which records
+those events for the outbox; it starts and stops with the claim loop.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from penguinmails.secrets import server_keys
 from penguinmails.webhooks.guard import client_session
 from penguinmails.webhooks.post import post_signed
 from penguinmails.webhooks.signing import signing_secrets
+from tracker.analytics import AnalyticsUpdates
 from tracker.metrics import TrackerMetrics
 
 log = logging.getLogger(__name__)
@@ -81,25 +87,80 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Keys of event data that hold integer row keys (older rows, or writers that store the
+# integer): never shown. The objects they point at appear by public id instead.
+_ROW_KEYS = ("campaign_id", "webhook_id", "inbound_id", "queue_id")
+# Event data that repeats what the payload's `email` object says, by its key there: left out
+# when equal (the MTA's copy); kept when it says something else (a reply's own Message-ID).
+_EMAIL_KEYS = (("recipient", "to"), ("message_id", "message_id"))
+# Event data of opens and clicks that goes under `analytics`, by payload name.
+_ANALYTICS_KEYS = (
+    ("open_count", "open_count"),
+    ("click_count", "click_count"),
+    ("device_type", "device_type"),
+    ("location", "country"),
+    ("country_code", "country_code"),
+)
+# A campaign event's status when its data does not carry one: the status it marks.
+_CAMPAIGN_STATUS = {
+    "campaign.created": "draft",
+    "campaign.sent": "sending",
+    "campaign.completed": "completed",
+}
+
+
 def payload(row: Mapping[str, Any]) -> bytes:
-    """The request body: `{"id", "type", "created", "data"}`, the same bytes on every retry."""
-    data: dict[str, Any] = dict(row["event_data"] or {})
-    if row["queue_id"] is not None:
-        data.update(
-            message_id=row["rfc_message_id"],
-            queue_id=row["queue_id"],
-            recipient=row["recipient"],
-            campaign_id=row["campaign_id"],
-        )
-    elif row["campaign_id"] is not None:
-        data["campaign_id"] = row["campaign_id"]
-    return orjson.dumps(
-        {
-            "id": row["event_id"],
-            "type": row["event_type"],
-            "created": _iso(row["event_created_at"]),
-            "data": data,
+    """The request body, `{"id", "type", "created", "data"}`, the same bytes on every retry.
+
+    `data` by what the event is about (docs/webhooks.md shows each type):
+    - a message: `email` = {id, campaign_id, to, message_id, <verb>_at} (`opened_at` for
+      email.opened), then for opens and clicks `analytics` = {open_count, click_count,
+      device_type, location, country_code}, then the event's own details (url, smtp_code...);
+    - a campaign alone: `campaign` = {id}, for campaign.* with name, status and the event's
+      details inside it; for other types (analytics.updated) the details beside it;
+    - neither (webhook.disabled): the event's details.
+    Ids are public ids (`evt_`, `msg_`, `campaign_`, `wh_`); no integer key appears.
+    """
+    kind: str = row["event_type"]
+    created = _iso(row["event_created_at"])
+    details: dict[str, Any] = {
+        key: value
+        for key, value in (row["event_data"] or {}).items()
+        if not (key in _ROW_KEYS and type(value) is int)
+    }
+    data: dict[str, Any]
+    if row["has_message"]:
+        email: dict[str, Any] = {
+            "id": row["message_public_id"],
+            "campaign_id": row["campaign_public_id"],
+            "to": row["recipient"],
+            "message_id": row["rfc_message_id"],
         }
+        if kind.startswith("email."):
+            email[kind.removeprefix("email.") + "_at"] = created
+        for key, same in _EMAIL_KEYS:
+            if key in details and details[key] == email[same]:
+                del details[key]
+        data = {"email": email}
+        if kind in ("email.opened", "email.clicked"):
+            data["analytics"] = {name: details.pop(key, None) for name, key in _ANALYTICS_KEYS}
+        details.pop("campaign_id", None)  # said by email.campaign_id
+        data.update((key, value) for key, value in details.items() if key not in data)
+    elif row["has_campaign"]:
+        campaign: dict[str, Any] = {"id": row["campaign_public_id"]}
+        details.pop("campaign_id", None)  # said by campaign.id
+        if kind.startswith("campaign."):
+            campaign["name"] = row["campaign_name"]
+            campaign["status"] = _CAMPAIGN_STATUS.get(kind)
+            campaign.update(details)  # the event's own name and status, when it has them
+            data = {"campaign": campaign}
+        else:
+            data = {"campaign": campaign}
+            data.update((key, value) for key, value in details.items() if key not in data)
+    else:
+        data = details
+    return orjson.dumps(
+        {"id": row["event_public_id"], "type": kind, "created": created, "data": data}
     )
 
 
@@ -118,6 +179,7 @@ class Dispatcher:
         poll_interval: float = 1.0,
         grace: float = 5.0,
         owner: str | None = None,
+        analytics_interval: float | None = 15.0,
     ) -> None:
         if lease_seconds <= request_timeout * 2:
             raise ValueError("the lease must comfortably outlast a request")
@@ -139,6 +201,13 @@ class Dispatcher:
         self._stopping = False
         self._next_retry = float("inf")  # loop time of the soonest retry this process set
         self._session: aiohttp.ClientSession | None = None
+        # analytics.updated runs beside the claim loop (None: not in this process).
+        self.analytics = (
+            AnalyticsUpdates(pool, interval=analytics_interval)
+            if analytics_interval is not None
+            else None
+        )
+        self._side_error: BaseException | None = None
         metrics.webhook_in_flight.set_function(lambda: len(self._inflight))
 
     def stop(self) -> None:
@@ -148,18 +217,57 @@ class Dispatcher:
         self._kick.set()
 
     async def run(self) -> None:
+        """Deliver until stop(); the analytics.updated loop runs alongside and stops with it.
+
+        If that loop dies of a bug, the dispatcher stops too and run() raises its error, so
+        the process fails visibly instead of going on without it.
+        """
         async with client_session(
             allow_private=self._allow_private, limit=self._concurrency
         ) as session:
             self._session = session
+            side = self._start_analytics()
             listener = await self._listen()
             try:
                 await self._claim_loop()
             finally:
+                deadline = asyncio.get_running_loop().time() + self._grace
                 await self._drain()
+                if side is not None:
+                    await self._stop_side(side, deadline)
                 if listener is not None:
                     await self._unlisten(listener)
         log.info("dispatcher stopped", extra={"action": "dispatcher_stopped", "owner": self.owner})
+        if self._side_error is not None:
+            raise self._side_error
+
+    def _start_analytics(self) -> asyncio.Task[None] | None:
+        if self.analytics is None:
+            return None
+        task = asyncio.create_task(
+            self.analytics.run(self._stop_requested), name="analytics-updated"
+        )
+        task.add_done_callback(self._side_done)
+        return task
+
+    def _side_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self._side_error = task.exception()
+        log.error(
+            "a dispatcher task failed; stopping",
+            exc_info=self._side_error,
+            extra={"action": "dispatcher_failed", "task": task.get_name()},
+        )
+        self.stop()
+
+    async def _stop_side(self, task: asyncio.Task[None], deadline: float) -> None:
+        """It saw stop() and is finishing its statement; cancelled if that outlasts grace."""
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        _, pending = await asyncio.wait([task], timeout=remaining)
+        for late in pending:
+            late.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     # -- waking up -----------------------------------------------------------------------------
 
@@ -285,7 +393,7 @@ class Dispatcher:
             self._session,
             row["url"],
             payload(row),
-            webhook_id=row["delivery_id"],
+            webhook_id=row["public_id"],
             secrets=secrets,
             allow_private=self._allow_private,
             timeout=self._timeout,

@@ -62,6 +62,9 @@ class Hit:
     machine_reason: str | None
     link_index: int | None = None
     url: str | None = None
+    device_type: str | None = None  # tracker.audience: desktop, mobile, tablet, bot, unknown
+    country: str | None = None  # English name; None for loopback, private, unlisted
+    country_code: str | None = None  # ISO 3166-1 alpha-2
 
 
 def _expire(future: asyncio.Future[bool]) -> None:
@@ -142,6 +145,9 @@ class HitRecorder:
             [h.machine_reason for h in hits],
             [h.link_index for h in hits],
             [_clean(h.url, 4096) for h in hits],
+            [h.device_type for h in hits],
+            [h.country for h in hits],
+            [h.country_code for h in hits],
             OPEN_MACHINE_WINDOW_SECONDS,
             CLICK_MACHINE_WINDOW_SECONDS,
         )

@@ -1,34 +1,57 @@
 -- name: record_hits
 -- A batch of opens and clicks in one statement (and one commit). Hits for messages that no
 -- longer exist are dropped by the join. A hit is a machine's when the request said so ($6)
--- or when it came within seconds of delivery ($9 for opens, $10 for clicks). "First" is
--- decided by inserting into engagement_firsts, which is race-free across tracker processes;
--- sorted, so two batches take those row locks in the same order and cannot deadlock. Only
--- the earliest hit of a batch can be the first. Inserting into events fires the webhook
--- fan-out trigger, so the deliveries commit with the hits.
+-- or when it came within seconds of delivery ($12 for opens, $13 for clicks). Each hit gets
+-- the message's running open and click counts from engagement_counts: its total after this
+-- batch, less this batch's hits that come after the hit. The UPSERT's row lock orders
+-- concurrent batches for a message (across tracker processes too), so the counts are exact
+-- and exactly one hit of each kind sees 1: that is the first, `unique`. Rows are upserted in
+-- message order, so two batches take those locks in the same order and cannot deadlock.
+-- Device type and country ($9-$11) were decided from the request; their keys are always
+-- present (null when unknown) because the API's breakdowns group by them. Inserting into
+-- events fires the webhook fan-out trigger, so the deliveries commit with the hits.
 WITH hit AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
-                         $6::text[], $7::int[], $8::text[]) WITH ORDINALITY
-        AS h(message_id, type, at, user_agent, ip_prefix, machine_reason, link_index, url, ord)
+                         $6::text[], $7::int[], $8::text[], $9::text[], $10::text[],
+                         $11::text[]) WITH ORDINALITY
+        AS h(message_id, type, at, user_agent, ip_prefix, machine_reason, link_index, url,
+             device_type, country, country_code, ord)
 ), known AS (
     SELECT h.*, m.tenant_id, m.campaign_id,
            coalesce(h.machine_reason,
                     CASE WHEN h.at < m.sent_at + make_interval(
-                                 secs => CASE h.type WHEN 'email.clicked' THEN $10::float8
-                                                     ELSE $9::float8 END)
+                                 secs => CASE h.type WHEN 'email.clicked' THEN $13::float8
+                                                     ELSE $12::float8 END)
                          THEN 'soon_after_delivery' END) AS reason,
-           h.ord = min(h.ord) OVER (PARTITION BY h.message_id, h.type) AS first_in_batch
+           -- This batch's opens (clicks) of the message up to and including this hit, and in all.
+           count(*) FILTER (WHERE h.type = 'email.opened')
+               OVER (PARTITION BY h.message_id ORDER BY h.ord) AS opens_so_far,
+           count(*) FILTER (WHERE h.type = 'email.clicked')
+               OVER (PARTITION BY h.message_id ORDER BY h.ord) AS clicks_so_far,
+           count(*) FILTER (WHERE h.type = 'email.opened')
+               OVER (PARTITION BY h.message_id) AS opens_in_batch,
+           count(*) FILTER (WHERE h.type = 'email.clicked')
+               OVER (PARTITION BY h.message_id) AS clicks_in_batch
     FROM hit h
     JOIN messages m ON m.id = h.message_id
-), firsts AS (
-    INSERT INTO engagement_firsts (message_id, type)
-    SELECT DISTINCT message_id, type FROM known ORDER BY message_id, type
-    ON CONFLICT DO NOTHING
-    RETURNING message_id, type
+), counted AS (
+    INSERT INTO engagement_counts AS c (message_id, opens, clicks)
+    SELECT message_id, max(opens_in_batch), max(clicks_in_batch)
+    FROM known GROUP BY message_id ORDER BY message_id
+    ON CONFLICT (message_id) DO UPDATE
+    SET opens = c.opens + EXCLUDED.opens, clicks = c.clicks + EXCLUDED.clicks
+    RETURNING message_id, opens, clicks
 ), classified AS (
-    SELECT k.*, (k.first_in_batch AND f.message_id IS NOT NULL) AS is_unique
+    SELECT k.*,
+           n.opens - k.opens_in_batch + k.opens_so_far AS open_count,
+           n.clicks - k.clicks_in_batch + k.clicks_so_far AS click_count
     FROM known k
-    LEFT JOIN firsts f ON f.message_id = k.message_id AND f.type = k.type
+    JOIN counted n ON n.message_id = k.message_id
+), firsts AS (
+    SELECT c.*,
+           CASE c.type WHEN 'email.clicked' THEN c.click_count ELSE c.open_count END = 1
+               AS is_unique
+    FROM classified c
 )
 INSERT INTO events (tenant_id, message_id, campaign_id, type, data, created_at, is_unique,
                     is_machine)
@@ -40,9 +63,15 @@ SELECT tenant_id, message_id, campaign_id, type,
            'user_agent', user_agent,
            'ip_prefix', ip_prefix,
            'link_index', link_index,
-           'url', url)),
+           'url', url))
+       || jsonb_build_object(
+           'device_type', device_type,
+           'country', country,
+           'country_code', country_code,
+           'open_count', open_count,
+           'click_count', click_count),
        at, is_unique, reason IS NOT NULL
-FROM classified
+FROM firsts
 ORDER BY ord;
 
 -- name: unsubscribe
@@ -86,7 +115,9 @@ WHERE status = 'delivering' AND lease_expires_at <= now();
 -- endpoint (counting every dispatcher's leases), oldest first. Claiming per endpoint through
 -- the (webhook_id, next_attempt_at) partial index means an endpoint with a huge backlog gets
 -- its $3 slots and no more, so one slow receiver cannot starve the others. SKIP LOCKED lets
--- several dispatchers claim at once. The endpoint and the event ride along with the claim.
+-- several dispatchers claim at once. The endpoint and the event ride along with the claim,
+-- with the public ids and the few fields of its message and campaign that the payload shows
+-- (none of them change after the event, so a retry's body is the same bytes).
 WITH busy AS (
     SELECT webhook_id, count(*) AS n
     FROM webhook_deliveries
@@ -117,13 +148,15 @@ FROM picked p, webhooks w, events e
 LEFT JOIN messages m ON m.id = e.message_id
 LEFT JOIN campaigns c ON c.id = e.campaign_id
 WHERE d.id = p.id AND w.id = d.webhook_id AND e.id = d.event_id
-RETURNING d.id, d.public_id AS delivery_id, d.webhook_id, d.attempts, d.created_at,
-          d.lease_token, w.url, w.secret_sealed,
+RETURNING d.id, d.public_id, d.webhook_id, d.attempts, d.created_at, d.lease_token,
+          w.url, w.secret_sealed,
           CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_sealed
           END AS previous_secret_sealed,
-          e.public_id AS event_id, e.type AS event_type, e.data AS event_data,
-          e.created_at AS event_created_at, m.public_id AS queue_id,
-          c.public_id AS campaign_id, m.message_id AS rfc_message_id, m.recipient;
+          e.public_id AS event_public_id, e.type AS event_type, e.data AS event_data,
+          e.created_at AS event_created_at, e.message_id IS NOT NULL AS has_message,
+          e.campaign_id IS NOT NULL AS has_campaign,
+          m.public_id AS message_public_id, m.message_id AS rfc_message_id, m.recipient,
+          c.public_id AS campaign_public_id, c.name AS campaign_name;
 
 -- name: delivery_succeeded
 -- A 2xx: the delivery is done, and the endpoint's run of failures (if any) is over. The
@@ -204,3 +237,70 @@ RETURNING id;
 -- For /metrics: deliveries not yet done, counted through the two partial indexes.
 SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,
        (SELECT count(*) FROM webhook_deliveries WHERE status = 'delivering') AS delivering;
+
+-- name: emit_analytics_updated
+-- analytics.updated, at most once a minute per campaign and only when its numbers changed:
+-- the campaigns with rollup rows in the last $1 seconds (campaign_stats_bucket_idx) that were
+-- not announced within the minute get their totals summed from the rollup (by its primary
+-- key) and compared with what was last announced. The UPSERT on campaign_analytics_emitted
+-- is the claim: its WHERE is evaluated again on the row as another tracker process left it
+-- (ON CONFLICT waits for that process's commit), so of several processes racing for a
+-- campaign exactly one writes the row and the event. Rows are claimed in campaign order so
+-- two processes cannot deadlock. Counted by the analytics event names: `sent` accepted and
+-- queued, `delivered` answered 250 (less those that bounced afterwards, as the API counts
+-- them); opened, clicked, unsubscribed and replied count messages (the first of each kind),
+-- bounced and complained every event. The fan-out trigger sends the events.
+WITH counted(type) AS (
+    VALUES ('email.sent'), ('email.delivered'), ('email.bounced.after_delivery'),
+           ('email.opened'), ('email.clicked'), ('email.bounced'), ('email.complained'),
+           ('email.unsubscribed'), ('email.replied')
+), recent AS (
+    SELECT DISTINCT s.campaign_id
+    FROM campaign_stats s
+    WHERE s.bucket >= date_trunc('hour', now() - make_interval(secs => $1::float8))
+      AND s.type IN (SELECT type FROM counted)
+), due AS (
+    SELECT c.id, c.tenant_id
+    FROM recent r
+    JOIN campaigns c ON c.id = r.campaign_id
+    LEFT JOIN campaign_analytics_emitted a ON a.campaign_id = c.id
+    WHERE a.campaign_id IS NULL OR a.last_emitted_at < now() - interval '1 minute'
+), totals AS (
+    SELECT d.id AS campaign_id, d.tenant_id,
+           coalesce(sum(s.total) FILTER (WHERE s.type = 'email.sent'), 0)::bigint AS sent,
+           coalesce(sum(s.total) FILTER (WHERE s.type = 'email.delivered'), 0)::bigint
+             - coalesce(sum(s.total) FILTER (WHERE s.type = 'email.bounced.after_delivery'),
+                        0)::bigint AS delivered,
+           coalesce(sum(s.uniq) FILTER (WHERE s.type = 'email.opened'), 0)::bigint AS opened,
+           coalesce(sum(s.uniq) FILTER (WHERE s.type = 'email.clicked'), 0)::bigint AS clicked,
+           coalesce(sum(s.total) FILTER (WHERE s.type = 'email.bounced'), 0)::bigint AS bounced,
+           coalesce(sum(s.total) FILTER (WHERE s.type = 'email.complained'), 0)::bigint
+               AS complained,
+           coalesce(sum(s.uniq) FILTER (WHERE s.type = 'email.unsubscribed'), 0)::bigint
+               AS unsubscribed,
+           coalesce(sum(s.uniq) FILTER (WHERE s.type = 'email.replied'), 0)::bigint AS replied
+    FROM due d
+    JOIN campaign_stats s ON s.campaign_id = d.id
+    WHERE s.type IN (SELECT type FROM counted)
+    GROUP BY d.id, d.tenant_id
+), numbers AS (
+    SELECT campaign_id, tenant_id,
+           jsonb_build_object('sent', sent, 'delivered', delivered, 'opened', opened,
+                              'clicked', clicked, 'bounced', bounced, 'complained', complained,
+                              'unsubscribed', unsubscribed, 'replied', replied) AS analytics
+    FROM totals
+), claimed AS (
+    INSERT INTO campaign_analytics_emitted AS a (campaign_id, analytics, last_emitted_at)
+    SELECT campaign_id, analytics, now() FROM numbers ORDER BY campaign_id
+    ON CONFLICT (campaign_id) DO UPDATE
+    SET analytics = EXCLUDED.analytics, last_emitted_at = EXCLUDED.last_emitted_at
+    WHERE a.last_emitted_at < now() - interval '1 minute'
+      AND a.analytics IS DISTINCT FROM EXCLUDED.analytics
+    RETURNING a.campaign_id, a.analytics
+)
+INSERT INTO events (tenant_id, campaign_id, type, data)
+SELECT n.tenant_id, c.campaign_id, 'analytics.updated', jsonb_build_object('analytics', c.analytics)
+FROM claimed c
+JOIN numbers n ON n.campaign_id = c.campaign_id
+ORDER BY c.campaign_id
+RETURNING campaign_id;

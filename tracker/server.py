@@ -36,7 +36,7 @@ from penguinmails.queries import load
 from penguinmails.secrets import server_keys
 from penguinmails.systemd import notify
 from penguinmails.tokens import BadToken, LinkSigner
-from tracker import pages
+from tracker import audience, pages
 from tracker.classify import client_ip, ip_prefix, machine_reason
 from tracker.dispatcher import Dispatcher
 from tracker.hits import Hit, HitRecorder
@@ -64,11 +64,12 @@ def _not_found() -> web.Response:
     return web.Response(status=404, text=pages.NOT_FOUND, headers=pages.NO_CACHE)
 
 
-def _requester(request: web.Request) -> tuple[str, str | None, str | None]:
-    """User agent, coarse network, and machine reason (if the request alone shows one)."""
+def _requester(request: web.Request) -> tuple[str, str | None, str | None, str | None]:
+    """User agent, full address, coarse network, and machine reason (if the request alone
+    shows one). The full address is for lookups in memory only: only the network is stored."""
     agent = request.headers.get("User-Agent", "")
     ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"))
-    return agent, ip_prefix(ip), machine_reason(agent, ip, request.headers)
+    return agent, ip, ip_prefix(ip), machine_reason(agent, ip, request.headers)
 
 
 async def _record(
@@ -81,9 +82,22 @@ async def _record(
 ) -> None:
     if state.recorder is None or request.method != "GET":  # HEAD probes are not views
         return
-    agent, prefix, reason = _requester(request)
+    agent, ip, prefix, reason = _requester(request)
+    code, name = audience.country(ip)  # from the full address, which goes no further
     await state.recorder.record(
-        Hit(kind, message_id, datetime.now(UTC), agent, prefix, reason, link_index, url)
+        Hit(
+            kind,
+            message_id,
+            datetime.now(UTC),
+            agent,
+            prefix,
+            reason,
+            link_index,
+            url,
+            device_type=audience.device_type(agent, reason),
+            country=name,
+            country_code=code,
+        )
     )
 
 
@@ -155,7 +169,7 @@ async def unsubscribe(request: web.Request) -> web.Response:
         form = await request.post()
         if form.get("List-Unsubscribe") == "One-Click":
             method = "one-click"
-    agent, prefix, _ = _requester(request)
+    agent, _, prefix, _ = _requester(request)
     try:
         row = await state.pool.fetchrow(SQL["unsubscribe"], message_id, method, agent[:512], prefix)
     except DATABASE_ERRORS as exc:
@@ -238,6 +252,9 @@ class Tracker:
 
     async def start(self) -> Tracker:
         if self.recorder is not None:
+            # The device and country parsers, built once per process before the first hit
+            # (a fraction of a second), in a thread so nothing else on the loop waits.
+            await asyncio.to_thread(audience.load)
             self._tasks.append(asyncio.create_task(self.recorder.run(), name="hit-recorder"))
         if self.dispatcher is not None:
             self._tasks.append(

@@ -23,20 +23,31 @@ from penguinmails.webhooks.signing import check_secret, generate_secret, seal
 
 SQL = load("penguinmails.webhooks")
 
-# Every event type the system records today; subscriptions may also name future types, a
-# prefix pattern such as "email.*", or "*" for everything.
+# Every event type a webhook may carry, each described with a sample in docs/webhooks.md
+# (tests/docs/test_webhooks.py holds the two together): the product documentation's list,
+# then the outcomes and engagement this system also records. goal.converted and
+# revenue.recorded are listed and subscribable; nothing records them yet. Subscriptions may
+# also name future types, a prefix pattern such as "email.*", or "*" for everything.
 EVENT_TYPES = (
+    "campaign.created",
+    "campaign.sent",
+    "campaign.completed",
     "email.sent",
     "email.delivered",
-    "email.deferred",
-    "email.bounced",
-    "email.suppressed",
-    "email.failed",
     "email.opened",
     "email.clicked",
-    "email.unsubscribed",
+    "analytics.updated",
+    "goal.converted",
+    "revenue.recorded",
+    "email.deferred",
+    "email.bounced",
     "email.complained",
-    "campaign.completed",
+    "email.unsubscribed",
+    "email.replied",
+    "email.auto_replied",
+    "email.suppressed",
+    "email.failed",
+    "email.cancelled",
     "webhook.disabled",
 )
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")

@@ -239,10 +239,9 @@ async def test_completed_once_when_every_message_is_final(
         pool, "campaigns", made["id"]
     )
     assert events[0]["data"] == {
-        "campaign_id": made["id"],
         "name": made["name"],
         "status": "completed",
-        "recipients": 2,
+        "recipient_count": 2,
     }
 
 

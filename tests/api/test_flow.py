@@ -132,7 +132,13 @@ async def test_campaign_end_to_end(
         completed = [
             verify(secret, r) for r in receiver.accepted() if b"campaign.completed" in r.body
         ]
-        assert len(completed) == 1 and completed[0]["data"]["campaign_id"] == campaign_id
+        # Webhooks show the campaign's public id (whether the API's id is it yet or not).
+        public_id = await pool.fetchval(
+            "SELECT public_id FROM campaigns WHERE id::text = $1 OR public_id = $1",
+            str(campaign_id),
+        )
+        assert len(completed) == 1 and completed[0]["data"]["campaign"]["id"] == public_id
+        assert completed[0]["data"]["campaign"]["status"] == "completed"
 
 
 async def _equals(value: Any, expected: Any) -> bool:

@@ -1,4 +1,6 @@
-"""The receiver examples in docs/webhooks.md verify real signatures and reject bad ones."""
+"""docs/webhooks.md: every event type we send is described with a sample body that is exactly
+what the dispatcher's payload() makes of such an event; the receiver examples verify real
+signatures and reject bad ones."""
 
 from __future__ import annotations
 
@@ -6,13 +8,17 @@ import json
 import re
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from penguinmails.webhooks.endpoints import EVENT_TYPES
 from penguinmails.webhooks.signing import generate_secret, signature_headers
 from tests.helpers import debian_tool
+from tracker.dispatcher import payload
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 BODY = b'{"id":"evt_1","type":"email.opened","created":"2026-01-01T00:00:00.000Z","data":{}}'
@@ -21,6 +27,82 @@ BODY = b'{"id":"evt_1","type":"email.opened","created":"2026-01-01T00:00:00.000Z
 def block(language: str) -> str:
     [code] = re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.S)
     return code
+
+
+def documented() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each event type's section: its heading, what it means, then its sample body."""
+    sections = re.findall(
+        r"^### `([a-z_]+\.[a-z_]+)`\n\n(.+?)\n\n```json\n(.*?)```", DOC.read_text(), re.S | re.M
+    )
+    found = {kind: (meaning, json.loads(sample)) for kind, meaning, sample in sections}
+    assert len(found) == len(sections), "a type documented twice"
+    return found
+
+
+def claim_row(sample: dict[str, Any]) -> dict[str, Any]:
+    """The claimed delivery row (tracker/queries.sql claim_deliveries) an event like the
+    sample would be: its message's and campaign's fields, and the event data as stored."""
+    data = dict(sample["data"])
+    row: dict[str, Any] = {
+        "event_public_id": sample["id"],
+        "event_type": sample["type"],
+        "event_created_at": datetime.fromisoformat(sample["created"].replace("Z", "+00:00")),
+        "has_message": False,
+        "has_campaign": False,
+        "message_public_id": None,
+        "rfc_message_id": None,
+        "recipient": None,
+        "campaign_public_id": None,
+        "campaign_name": None,
+    }
+    stored: dict[str, Any] = {}
+    if "email" in data:
+        email = data.pop("email")
+        row.update(
+            has_message=True,
+            message_public_id=email["id"],
+            rfc_message_id=email["message_id"],
+            recipient=email["to"],
+            has_campaign=email["campaign_id"] is not None,
+            campaign_public_id=email["campaign_id"],
+        )
+        analytics = data.pop("analytics", None)
+        if analytics is not None:  # stored under the keys the API's breakdowns group by
+            stored.update(
+                open_count=analytics["open_count"],
+                click_count=analytics["click_count"],
+                device_type=analytics["device_type"],
+                country=analytics["location"],
+                country_code=analytics["country_code"],
+            )
+    elif "campaign" in data:
+        campaign = dict(data.pop("campaign"))
+        row.update(has_campaign=True, campaign_public_id=campaign.pop("id"))
+        row["campaign_name"] = campaign.pop("name", None)
+        stored.update(campaign)
+    stored.update(data)
+    row["event_data"] = stored
+    return row
+
+
+def test_every_event_type_is_documented():
+    docs = documented()
+    assert sorted(docs) == sorted(EVENT_TYPES)
+    for kind, (meaning, sample) in docs.items():
+        assert sample["type"] == kind
+        assert len(meaning) > 20, kind
+
+
+@pytest.mark.parametrize("kind", EVENT_TYPES)
+def test_each_sample_is_what_the_dispatcher_sends(kind):
+    _, sample = documented()[kind]
+    assert orjson.loads(payload(claim_row(sample))) == sample
+    assert re.fullmatch(r"evt_[0-9a-f]{32}", sample["id"])
+    subject = sample["data"].get("email") or sample["data"].get("campaign")
+    if kind.startswith("email."):
+        assert sample["data"]["email"][kind.removeprefix("email.") + "_at"] == sample["created"]
+    if subject is not None:  # public ids, never a row's integer key
+        assert re.fullmatch(r"(msg|campaign)_[0-9a-f]{32}", subject["id"])
 
 
 def cases() -> list[tuple[str, str, dict[str, str], bytes, bool]]:

@@ -40,6 +40,23 @@ async def tenant(pool: asyncpg.Pool) -> int:
 
 
 @pytest.fixture
+def make_campaign(pool: asyncpg.Pool, tenant: int) -> Callable[..., Awaitable[tuple[int, str]]]:
+    """A campaign row, as the API makes one: (its key, its public id)."""
+
+    async def make(name: str = "Spring launch", status: str = "sending") -> tuple[int, str]:
+        row = await pool.fetchrow(
+            "INSERT INTO campaigns (tenant_id, name, subject, status, started_at)"
+            " VALUES ($1, $2, 'Hi', $3, now()) RETURNING id, public_id",
+            tenant,
+            name,
+            status,
+        )
+        return row["id"], row["public_id"]
+
+    return make
+
+
+@pytest.fixture
 def sent_messages(pool: asyncpg.Pool, tenant: int) -> Callable[..., Awaitable[list[int]]]:
     """Queue messages and mark them sent an hour ago (so hits are not 'too soon')."""
 

@@ -114,26 +114,33 @@ async def test_deliveries_are_signed_and_carry_the_event(
     payload = verify(secret, by_path["/hook"])
     assert verify(plain_secret, by_path["/hook/plain"]) == payload
     assert by_path["/hook"].headers["Content-Type"] == "application/json"
-    assert payload["id"] == await pool.fetchval(
-        "SELECT public_id FROM events WHERE id = $1", clicked
-    )
+    event_id = await pool.fetchval("SELECT public_id FROM events WHERE id = $1", clicked)
+    assert payload["id"] == event_id and event_id.startswith("evt_")
     assert payload["type"] == "email.clicked"
     assert payload["created"].endswith("Z")
-    rfc_id, recipient, public_id = await pool.fetchrow(
-        "SELECT message_id, recipient, public_id FROM messages WHERE id = $1", message
+    public_id, rfc_id, recipient = await pool.fetchrow(
+        "SELECT public_id, message_id, recipient FROM messages WHERE id = $1", message
     )
+    # A campaign id with no campaign row (this test's 7) shows as null, never as the integer.
     assert payload["data"] == {
+        "email": {
+            "id": public_id,
+            "campaign_id": None,
+            "to": recipient,
+            "message_id": rfc_id,
+            "clicked_at": payload["created"],
+        },
+        "analytics": dict.fromkeys(
+            ["open_count", "click_count", "device_type", "location", "country_code"]
+        ),
         "url": "https://acme.test/",
         "link_index": 0,
-        "message_id": rfc_id,
-        "queue_id": public_id,
-        "recipient": recipient,
-        "campaign_id": None,  # the fixture's campaign key 7 has no campaign row
     }
     await wait_for(lambda: all_delivered(pool, 2))
     row = (await deliveries(pool))[0]
     assert row["attempts"] == 1 and row["last_status_code"] == 200
     assert by_path["/hook"].webhook_id == row["public_id"]
+    assert row["public_id"].startswith("whd_")
 
 
 async def test_a_receiver_down_for_a_while_gets_every_event_once_per_delivery_id(
@@ -238,7 +245,12 @@ async def test_410_disables_the_endpoint_and_says_so(
     (notice,) = [r for r in receiver.requests if r.path == "/hook/watch"]
     payload = verify(secret, notice)
     assert payload["type"] == "webhook.disabled"
-    assert payload["data"]["webhook_id"] == gone.id
+    public_id = await pool.fetchval("SELECT public_id FROM webhooks WHERE public_id = $1", gone.id)
+    assert payload["data"] == {
+        "webhook_id": public_id,
+        "url": receiver.url("/hook/gone"),
+        "reason": "the endpoint answered 410 Gone",
+    }
     assert tracker.metrics.webhooks_disabled._value.get() == 1
 
 

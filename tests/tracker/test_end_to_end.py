@@ -90,12 +90,18 @@ async def test_tracked_message_to_signed_webhooks(
     }
     assert sorted(delivered) == sorted(kinds)
     public_id = await pool.fetchval("SELECT public_id FROM messages WHERE id = $1", queue_id)
-    for payload in delivered.values():
-        assert payload["data"]["queue_id"] == public_id
-        assert payload["data"]["recipient"] == "john@dest.test"
-        assert payload["data"]["message_id"] == message["Message-ID"].strip("<>")
+    for kind, payload in delivered.items():
+        assert payload["data"]["email"] == {
+            "id": public_id,
+            "campaign_id": None,
+            "to": "john@dest.test",
+            "message_id": message["Message-ID"].strip("<>"),
+            kind.removeprefix("email.") + "_at": payload["created"],
+        }
     assert delivered["email.clicked"]["data"]["url"] == OFFER
     assert delivered["email.opened"]["data"]["unique"] is True
+    assert delivered["email.opened"]["data"]["analytics"]["device_type"] == "desktop"
+    assert delivered["email.clicked"]["data"]["analytics"]["open_count"] == 1
     assert delivered["email.sent"]["data"]["smtp_code"] == 250
 
     strict = make_settings()  # private targets not allowed

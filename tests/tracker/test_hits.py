@@ -51,7 +51,8 @@ async def test_concurrent_hits_share_a_few_commits(pool, sent_messages):
     assert flushes <= 5, flushes
     unique = await pool.fetchval("SELECT count(*) FROM events WHERE is_unique")
     assert unique == 50  # one first open per message, even within one batch
-    assert await pool.fetchval("SELECT count(*) FROM engagement_firsts") == 50
+    assert await pool.fetchval("SELECT count(*) FROM engagement_counts") == 50
+    assert await pool.fetchval("SELECT sum(opens) FROM engagement_counts") == 200
 
 
 async def test_a_stalled_database_delays_recording_but_loses_nothing(pool, sent_messages):

@@ -67,8 +67,9 @@ UPDATE events SET public_id = public_id('evt', created_at);
 ALTER TABLE events ALTER COLUMN public_id SET DEFAULT public_id('evt'),
     ALTER COLUMN public_id SET NOT NULL;
 
--- campaign.completed carried the integer key in its data; it now carries what the API shows,
--- and the campaign's name and status like the other campaign.* events.
+-- campaign.completed carried the integer key in its data; it now carries the campaign's name,
+-- status and recipient count like the other campaign.* events (the webhook payload names the
+-- campaign by its public id; older rows' integer is never shown).
 CREATE OR REPLACE FUNCTION campaign_try_complete(cid bigint) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -85,11 +86,8 @@ BEGIN
     WHERE id = cid;
     INSERT INTO events (tenant_id, campaign_id, type, data)
     SELECT tenant_id, id, 'campaign.completed',
-           jsonb_build_object('campaign_id', public_id, 'name', name, 'status', 'completed',
-                              'recipients', recipient_count)
+           jsonb_build_object('name', name, 'status', 'completed',
+                              'recipient_count', recipient_count)
     FROM campaigns WHERE id = cid;
     RETURN true;
 END $$;
-UPDATE events e SET data = e.data || jsonb_build_object('campaign_id', c.public_id)
-FROM campaigns c
-WHERE e.type = 'campaign.completed' AND c.id = e.campaign_id;
