@@ -1,9 +1,10 @@
 """Campaign analytics from the hourly rollup (campaign_stats, migration 0006).
 
 Definitions:
-- delivered: messages accepted by the receiving server (`email.sent`), less those that bounced
-  afterwards (a DSN through inbound); bounced: `email.bounced`
-  (hard, or expired after retries); sent = delivered + bounced (messages with a final answer).
+- sent: messages accepted and queued for delivery (`email.sent`, recorded by the enqueue).
+- delivered: messages accepted by the receiving server (`email.delivered`), less those that
+  bounced afterwards (a DSN through inbound); bounced: `email.bounced` (hard, or expired after
+  retries).
 - opened / clicked: `total` hits, `unique` (the first hit of that kind for a message),
   `human` (hits not classified as a machine's: mail-privacy proxies, scanners, a hit within
   seconds of delivery), `unique_human` (first hits that were a human's; a message whose first
@@ -85,9 +86,9 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
         )
 
     # A message accepted and later bounced (a DSN through inbound) counts as bounced only.
-    delivered = totals["email.sent"]["total"] - totals[BOUNCED_LATER]["total"]
+    delivered = totals["email.delivered"]["total"] - totals[BOUNCED_LATER]["total"]
     bounced = totals["email.bounced"]["total"]
-    sent = delivered + bounced
+    sent = totals["email.sent"]["total"]
     opened, clicked = engagement("email.opened"), engagement("email.clicked")
     unsubscribed = totals["email.unsubscribed"]["uniq"]
     complained = totals["email.complained"]["total"]
@@ -117,7 +118,7 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
     series = [
         SeriesPoint(
             bucket=bucket,
-            delivered=kinds["email.sent"]["total"] - kinds[BOUNCED_LATER]["total"],
+            delivered=kinds["email.delivered"]["total"] - kinds[BOUNCED_LATER]["total"],
             bounced=kinds["email.bounced"]["total"],
             opened=kinds["email.opened"]["total"],
             unique_opened=kinds["email.opened"]["uniq"],

@@ -455,7 +455,7 @@ async def _measure(
     # apart from the retry schedule's tail.
     first_pass = await conn.fetchval(
         "SELECT extract(epoch FROM max(first))::float8 FROM (SELECT min(created_at) AS first"
-        " FROM events WHERE type IN ('email.sent', 'email.deferred', 'email.bounced')"
+        " FROM events WHERE type IN ('email.delivered', 'email.deferred', 'email.bounced')"
         " GROUP BY message_id) f"
     )
     sent = sorted(r["latency"] for r in rows if r["status"] == "sent")

@@ -23,8 +23,11 @@ def path_of(url: str) -> str:
 
 
 async def events(pool: asyncpg.Pool, kind: str | None = None) -> list[asyncpg.Record]:
+    """What the tracker recorded (of `kind`): not the enqueue's `email.sent`."""
     return await pool.fetch(
-        "SELECT * FROM events WHERE $1::text IS NULL OR type = $1 ORDER BY id", kind
+        "SELECT * FROM events WHERE type <> 'email.sent' AND ($1::text IS NULL OR type = $1)"
+        " ORDER BY id",
+        kind,
     )
 
 
