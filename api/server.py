@@ -20,7 +20,17 @@ import orjson
 from aiohttp import web
 
 # Route modules register their operations on import.
-from api import analytics, campaigns, contacts, health, keys, sandbox, sends, webhooks  # noqa: F401
+from api import (  # noqa: F401
+    analytics,
+    campaigns,
+    contacts,
+    conversions,
+    health,
+    keys,
+    sandbox,
+    sends,
+    webhooks,
+)
 from api.auth import LoginTokens
 from api.docs import add_docs
 from api.envelope import MAX_BODY, envelope_middleware
@@ -34,7 +44,9 @@ from penguinmails.database import DATABASE_ERRORS
 from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.observability import HEALTH, DatabaseHealth, healthz, ops_app, serving
 from penguinmails.queries import load
+from penguinmails.secrets import server_keys
 from penguinmails.systemd import notify
+from penguinmails.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
 SQL = load("api")
@@ -97,6 +109,7 @@ def create_app(
         settings=settings,
         signer=LoginTokens(settings),
         limiter=RateLimiter(pool, limits, window),
+        link_signer=LinkSigner(server_keys(settings)),
     )
     app[MAX_BODY] = max_body
     app[OPENAPI] = orjson.dumps(build(API, PREFIX))
