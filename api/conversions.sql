@@ -21,9 +21,11 @@ WHERE m.id = $1;
 -- name: record_conversion
 -- The conversion, its `goal.converted` event and (with a value above zero) its
 -- `revenue.recorded` event, in one statement and so one transaction; the events carry the
--- campaign, so the campaign rollup and the webhook fan-out follow by trigger. A token already
--- used hits the unique token_hash and inserts nothing: no row comes back (the caller's 409).
--- No row either when the message was deleted since it was looked up.
+-- campaign, so the campaign rollup and the webhook fan-out follow by trigger. They are dated
+-- when the conversion happened, as a hit is: the rollup's buckets then agree with the
+-- revenue that analytics sums by occurred_at. A token already used hits the unique
+-- token_hash and inserts nothing: no row comes back (the caller's 409). No row either when
+-- the message was deleted since it was looked up.
 WITH m AS (
     SELECT m.id, m.tenant_id, m.campaign_id, m.public_id, c.public_id AS campaign_public_id
     FROM messages m
@@ -40,7 +42,7 @@ WITH m AS (
     RETURNING id, public_id, tenant_id, message_id, campaign_id, goal, value, value_minor,
               currency, source, link_index, clicked_at, metadata, occurred_at, created_at
 ), recorded AS (
-    INSERT INTO events (tenant_id, message_id, campaign_id, type, data)
+    INSERT INTO events (tenant_id, message_id, campaign_id, type, data, created_at)
     SELECT v.tenant_id, v.message_id, v.campaign_id, kind.type,
            jsonb_strip_nulls(jsonb_build_object(
                'conversion_id', v.public_id,
@@ -55,7 +57,8 @@ WITH m AS (
                'clicked_at', v.clicked_at,
                'occurred_at', v.occurred_at))
            || CASE WHEN v.metadata = '{}' THEN '{}'::jsonb
-                   ELSE jsonb_build_object('metadata', v.metadata) END
+                   ELSE jsonb_build_object('metadata', v.metadata) END,
+           v.occurred_at
     FROM conversion v
     JOIN m ON m.id = v.message_id
     CROSS JOIN (VALUES (1, 'goal.converted'), (2, 'revenue.recorded')) AS kind(ord, type)

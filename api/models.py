@@ -533,6 +533,11 @@ class Engagement(Response):
     unique_human: int
 
 
+class EngagementDetail(Response):
+    opened: Engagement
+    clicked: Engagement
+
+
 class Rates(Response):
     delivery_rate: float
     bounce_rate: float
@@ -542,25 +547,39 @@ class Rates(Response):
     click_to_open_rate: float
     unsubscribe_rate: float
     complaint_rate: float
+    reply_rate: float
 
 
 class Overview(Response):
-    recipients: int
-    sent: int
+    sent: int = Field(description="Messages accepted and queued for delivery (email.sent).")
     delivered: int
+    opened: int = Field(description="Messages opened (unique); engagement.opened has the rest.")
+    clicked: int = Field(description="Messages clicked (unique).")
     bounced: int
+    complained: int
+    unsubscribed: int
+    replied: int
+    recipients: int
     deferred: int
     suppressed: int
     failed: int
+
+
+class DeviceEngagement(Response):
+    device_type: str
     opened: Engagement
     clicked: Engagement
-    unsubscribed: int
-    complained: int
-    rates: Rates
+
+
+class CountryEngagement(Response):
+    country: str
+    opened: Engagement
+    clicked: Engagement
 
 
 class SeriesPoint(Response):
     bucket: datetime
+    sent: int
     delivered: int
     bounced: int
     opened: int
@@ -571,15 +590,41 @@ class SeriesPoint(Response):
     human_clicked: int
     unsubscribed: int
     complained: int
+    replied: int
+    conversions: int
+
+
+class CurrencyRevenue(Response):
+    currency: str
+    total_value: str
+    conversion_value: str
+    total_value_minor: int
+    conversion_value_minor: int
+    conversions: int
+
+
+class RevenueImpact(Response):
+    total_value: str = Field(description="Value of conversions through the campaign's clicks.")
+    conversion_value: str = Field(description="Value of every conversion of its messages.")
+    currency: str
+    total_value_minor: int
+    conversion_value_minor: int
+    conversions: int
+    by_currency: list[CurrencyRevenue]
 
 
 class CampaignAnalytics(Owned):
-    campaign_id: int
+    campaign_id: str
     period: str
     interval: Literal["hour", "day"]
     since: datetime | None
     overview: Overview
+    engagement: EngagementDetail
+    rates: Rates
+    devices: list[DeviceEngagement]
+    countries: list[CountryEngagement]
     series: list[SeriesPoint]
+    revenue_impact: RevenueImpact
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
--- Sent apart from delivered, and conversions.
+-- Sent apart from delivered, opens and clicks by device and country, and conversions.
 --
 -- `email.sent` now means "accepted and queued for delivery", recorded by the enqueue with the
 -- message; `email.delivered` is the receiving server's 250, recorded by the MTA (it was
@@ -23,6 +23,85 @@ FROM messages
 WHERE status <> 'suppressed'
 ORDER BY id;
 ALTER TABLE events ENABLE TRIGGER events_fan_out;
+
+-- Opens and clicks by the device and the country the tracker finds for each hit (event data
+-- `device_type`, and `country_code` or else `country`; 'unknown' when it has neither, as
+-- every hit recorded before the tracker looked), per campaign, hour and event type, with the
+-- same counters as campaign_stats. Values are bounded, so a strange header cannot grow a row.
+CREATE FUNCTION event_dimensions(data jsonb)
+RETURNS TABLE (dimension text, value text) LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    VALUES ('device', left(coalesce(nullif(data ->> 'device_type', ''), 'unknown'), 32)),
+           ('country', left(coalesce(upper(nullif(data ->> 'country_code', '')),
+                                     nullif(data ->> 'country', ''), 'unknown'), 64))
+$$;
+
+CREATE TABLE campaign_dimension_stats (
+    campaign_id   bigint NOT NULL,
+    bucket        timestamptz NOT NULL,
+    type          text NOT NULL,
+    dimension     text NOT NULL CHECK (dimension IN ('device', 'country')),
+    value         text NOT NULL,
+    total         bigint NOT NULL DEFAULT 0,
+    uniq          bigint NOT NULL DEFAULT 0,
+    human         bigint NOT NULL DEFAULT 0,
+    human_unique  bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (campaign_id, bucket, type, dimension, value)
+);
+
+INSERT INTO campaign_dimension_stats (campaign_id, bucket, type, dimension, value, total, uniq,
+                                      human, human_unique)
+SELECT e.campaign_id, date_trunc('hour', e.created_at, 'UTC'), e.type, d.dimension, d.value,
+       count(*), count(*) FILTER (WHERE e.is_unique), count(*) FILTER (WHERE NOT e.is_machine),
+       count(*) FILTER (WHERE e.is_unique AND NOT e.is_machine)
+FROM events e CROSS JOIN LATERAL event_dimensions(e.data) d
+WHERE e.campaign_id IS NOT NULL AND e.type IN ('email.opened', 'email.clicked')
+GROUP BY 1, 2, 3, 4, 5;
+
+-- The rollup of 0010 (bounces after delivery counted apart, so analytics can take them off
+-- `email.delivered`), now also keeping the device and country rollup, in the same trigger
+-- call. Both inserts are grouped and sorted, so concurrent batches take the rollups' row
+-- locks in one order and cannot deadlock.
+CREATE OR REPLACE FUNCTION campaign_stats_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO campaign_stats AS s (campaign_id, bucket, type, total, uniq, human, human_unique)
+    SELECT campaign_id, bucket, type, count(*),
+           count(*) FILTER (WHERE is_unique), count(*) FILTER (WHERE NOT is_machine),
+           count(*) FILTER (WHERE is_unique AND NOT is_machine)
+    FROM (
+        SELECT campaign_id, date_trunc('hour', created_at, 'UTC') AS bucket, type, is_unique,
+               is_machine
+        FROM inserted_events WHERE campaign_id IS NOT NULL
+        UNION ALL
+        SELECT campaign_id, date_trunc('hour', created_at, 'UTC'),
+               'email.bounced.after_delivery', is_unique, is_machine
+        FROM inserted_events
+        WHERE campaign_id IS NOT NULL AND type = 'email.bounced'
+          AND (data ->> 'after_delivery')::boolean
+    ) rows
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (campaign_id, bucket, type) DO UPDATE
+    SET total = s.total + EXCLUDED.total,
+        uniq = s.uniq + EXCLUDED.uniq,
+        human = s.human + EXCLUDED.human,
+        human_unique = s.human_unique + EXCLUDED.human_unique;
+
+    INSERT INTO campaign_dimension_stats AS s (campaign_id, bucket, type, dimension, value,
+                                               total, uniq, human, human_unique)
+    SELECT e.campaign_id, date_trunc('hour', e.created_at, 'UTC'), e.type, d.dimension, d.value,
+           count(*), count(*) FILTER (WHERE e.is_unique), count(*) FILTER (WHERE NOT e.is_machine),
+           count(*) FILTER (WHERE e.is_unique AND NOT e.is_machine)
+    FROM inserted_events e CROSS JOIN LATERAL event_dimensions(e.data) d
+    WHERE e.campaign_id IS NOT NULL AND e.type IN ('email.opened', 'email.clicked')
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (campaign_id, bucket, type, dimension, value) DO UPDATE
+    SET total = s.total + EXCLUDED.total,
+        uniq = s.uniq + EXCLUDED.uniq,
+        human = s.human + EXCLUDED.human,
+        human_unique = s.human_unique + EXCLUDED.human_unique;
+    RETURN NULL;
+END $$;
 
 -- Conversions: a goal reached after a message, reported through the API with a secret key
 -- (naming the message) or by the landing page of a tracked click with the click's token
