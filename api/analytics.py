@@ -1,50 +1,107 @@
-"""Campaign analytics from the hourly rollup (campaign_stats, migration 0006).
+"""Campaign analytics from the rollups (campaign_stats and campaign_dimension_stats, kept by
+a trigger on events) and the campaign's conversions, for one period.
 
-Definitions:
-- delivered: messages accepted by the receiving server (`email.sent`), less those that bounced
-  afterwards (a DSN through inbound); bounced: `email.bounced`
-  (hard, or expired after retries); sent = delivered + bounced (messages with a final answer).
-- opened / clicked: `total` hits, `unique` (the first hit of that kind for a message),
-  `human` (hits not classified as a machine's: mail-privacy proxies, scanners, a hit within
-  seconds of delivery), `unique_human` (first hits that were a human's; a message whose first
-  open was a proxy's and whose second a person's counts in human but not unique_human).
-- Rates are over delivered (opens, clicks, unsubscribes, complaints) or sent (delivery,
-  bounces); click_to_open is unique clicks over unique opens. 0 when the base is 0.
+`GET /analytics/campaigns/{id}` takes the campaign's public id (`campaign_...`); an integer,
+an unknown id, or another tenant's or mode's campaign is 404. Counts are of events in the
+period (`since` is its start, rounded down to the interval; `all`: the whole lifetime).
+
+- overview: integers, as the product documentation shows them.
+  - sent: messages accepted and queued for delivery (`email.sent`, recorded with the message
+    by the enqueue; a recipient already suppressed is `suppressed` instead).
+  - delivered: messages the receiving server accepted (`email.delivered`, its 250), less
+    those that bounced afterwards (a DSN through inbound); bounced: `email.bounced` (hard, or
+    expired after retries, or after delivery).
+  - opened / clicked: messages opened / clicked (the unique count of `engagement`).
+  - complained: complaint reports; unsubscribed and replied: messages unsubscribed from and
+    replied to (first of each per message). recipients: messages queued for the campaign
+    (all its sends, whatever the period); deferred: deferrals (a message deferred twice counts
+    twice); suppressed, failed: messages.
+- engagement: opens and clicks as `total` hits, `unique` (the first hit of that kind for a
+  message), `human` (hits not classified as a machine's: mail-privacy proxies, scanners, a
+  hit within seconds of delivery), `unique_human` (first hits that were a human's; a message
+  whose first open was a proxy's and whose second a person's counts in human but not
+  unique_human).
+- rates: over delivered (opens, clicks, unsubscribes, complaints, replies) or over sent
+  (delivery, bounces); click_to_open is unique clicks over unique opens. 0 when the base is 0.
+  While a campaign is still sending, delivery_rate is what has been delivered so far.
+- devices / countries: the same four counters for opens and clicks, by the hit's
+  `device_type`, and by its `country_code` (else its `country`): "unknown" for hits the
+  tracker could not place (and every hit recorded before it looked). Most engaged first.
+- series: per hour or day, the event counts of the period.
+- revenue_impact: from the campaign's conversions (api.conversions) that happened in the
+  period.
+  - conversion_value: the value of every conversion attributed to the campaign's messages,
+    however reported (a secret key naming the message, or a click's token).
+  - total_value: the part of it reported with a click's token, i.e. conversions that came
+    through the campaign's tracked links and can be credited to the email itself; so
+    total_value <= conversion_value.
+  - Values in different currencies are never added up: `by_currency` has both figures for
+    each currency that has valued conversions, and the top-level figures are those of the
+    currency with the most conversions (ties: the larger value, then the code); USD and zero
+    when nothing has a value. Amounts are shown with the currency's symbol and thousands
+    separators ("$2,450.00", "¥1,234") and given in minor units beside (`..._minor`, cents).
+  - conversions: every conversion in the period, with a value or without.
+`ai_insights` is not served: nothing computes it yet.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal
 
+import asyncpg
+
+from api import money
 from api.errors import not_found
 from api.models import (
     AnalyticsQuery,
     CampaignAnalytics,
+    CountryEngagement,
+    CurrencyRevenue,
+    DeviceEngagement,
     Engagement,
+    EngagementDetail,
     Overview,
     Rates,
+    RevenueImpact,
     SeriesPoint,
     period_seconds,
 )
 from api.routing import API, Call
+from api.tiers import Tier, at_least
 from penguinmails.queries import load
 
-SQL = load("api")
+SQL = load("api", "analytics.sql")
 _COUNTERS = ("total", "uniq", "human", "human_unique")
-BOUNCED_LATER = "email.bounced.after_delivery"  # rolled up by migration 0010
+BOUNCED_LATER = "email.bounced.after_delivery"  # rolled up by migrations 0010 and 0016
+CAMPAIGN_ID = re.compile(r"^campaign_[0-9a-f]{32}$")
+
+Counters = dict[str, dict[str, int]]  # event type -> counter -> count
+
+
+def _counters() -> Counters:
+    return defaultdict(lambda: dict.fromkeys(_COUNTERS, 0))
 
 
 def _rate(part: int, whole: int) -> float:
     return round(part / whole, 4) if whole else 0.0
 
 
+def _engagement(counters: Counters, kind: str) -> Engagement:
+    c = counters[kind]
+    return Engagement(
+        total=c["total"], unique=c["uniq"], human=c["human"], unique_human=c["human_unique"]
+    )
+
+
 @API.route(
     "GET",
     "/analytics/campaigns/{id}",
-    summary="A campaign's overview and time series",
+    summary="A campaign's overview, engagement, rates, devices, countries, series and revenue",
     tag="Analytics",
     query=AnalyticsQuery,
     response=CampaignAnalytics,
@@ -53,11 +110,14 @@ def _rate(part: int, whole: int) -> float:
 )
 async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalytics:
     query = call.query
-    campaign_id = call.path_id("campaign", "Campaign")
-    found = await call.pool.fetchrow(SQL["campaign_exists"], call.principal.tenant_id, campaign_id)
-    if found is None:
+    public_id = call.request.match_info["id"]
+    if not CAMPAIGN_ID.match(public_id):
         raise not_found("Campaign")
-    recipients = found["recipient_count"]
+    campaign = await call.pool.fetchrow(
+        SQL["campaign_by_public_id"], public_id, call.principal.tenant_id
+    )
+    if campaign is None:
+        raise not_found("Campaign")
     seconds = None if query.period == "all" else period_seconds(query.period)
     interval: Literal["hour", "day"] = query.interval or (
         "hour" if seconds is not None and seconds <= 48 * 3600 else "day"
@@ -66,57 +126,56 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
     if seconds is not None:
         step = 3600 if interval == "hour" else 86400
         since = datetime.fromtimestamp((time.time() - seconds) // step * step, UTC)
-    rows = await call.pool.fetch(SQL["campaign_stats"], found["id"], since, interval)
+    campaign_id = campaign["id"]
+    rows = await call.pool.fetch(SQL["campaign_stats"], campaign_id, since, interval)
+    dimensions = await call.pool.fetch(SQL["campaign_dimensions"], campaign_id, since)
+    revenue = await call.pool.fetch(SQL["campaign_revenue"], campaign_id, since)
 
-    totals: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_COUNTERS, 0))
-    buckets: dict[datetime, dict[str, dict[str, int]]] = defaultdict(
-        lambda: defaultdict(lambda: dict.fromkeys(_COUNTERS, 0))
-    )
+    totals = _counters()
+    buckets: dict[datetime, Counters] = defaultdict(_counters)
     for row in rows:
         for name in _COUNTERS:
             totals[row["type"]][name] += row[name]
             buckets[row["bucket"]][row["type"]][name] += row[name]
 
-    def engagement(kind: str) -> Engagement:
-        c = totals[kind]
-        return Engagement(
-            total=c["total"], unique=c["uniq"], human=c["human"], unique_human=c["human_unique"]
-        )
-
     # A message accepted and later bounced (a DSN through inbound) counts as bounced only.
-    delivered = totals["email.sent"]["total"] - totals[BOUNCED_LATER]["total"]
+    sent = totals["email.sent"]["total"]
+    delivered = totals["email.delivered"]["total"] - totals[BOUNCED_LATER]["total"]
     bounced = totals["email.bounced"]["total"]
-    sent = delivered + bounced
-    opened, clicked = engagement("email.opened"), engagement("email.clicked")
+    opened, clicked = _engagement(totals, "email.opened"), _engagement(totals, "email.clicked")
     unsubscribed = totals["email.unsubscribed"]["uniq"]
     complained = totals["email.complained"]["total"]
+    replied = totals["email.replied"]["uniq"]
     overview = Overview(
-        recipients=recipients,
         sent=sent,
         delivered=delivered,
+        opened=opened.unique,
+        clicked=clicked.unique,
         bounced=bounced,
+        complained=complained,
+        unsubscribed=unsubscribed,
+        replied=replied,
+        recipients=campaign["recipient_count"],
         deferred=totals["email.deferred"]["total"],
         suppressed=totals["email.suppressed"]["total"],
         failed=totals["email.failed"]["total"],
-        opened=opened,
-        clicked=clicked,
-        unsubscribed=unsubscribed,
-        complained=complained,
-        rates=Rates(
-            delivery_rate=_rate(delivered, sent),
-            bounce_rate=_rate(bounced, sent),
-            open_rate=_rate(opened.unique, delivered),
-            human_open_rate=_rate(opened.unique_human, delivered),
-            click_rate=_rate(clicked.unique, delivered),
-            click_to_open_rate=_rate(clicked.unique, opened.unique),
-            unsubscribe_rate=_rate(unsubscribed, delivered),
-            complaint_rate=_rate(complained, delivered),
-        ),
+    )
+    rates = Rates(
+        delivery_rate=_rate(delivered, sent),
+        bounce_rate=_rate(bounced, sent),
+        open_rate=_rate(opened.unique, delivered),
+        human_open_rate=_rate(opened.unique_human, delivered),
+        click_rate=_rate(clicked.unique, delivered),
+        click_to_open_rate=_rate(clicked.unique, opened.unique),
+        unsubscribe_rate=_rate(unsubscribed, delivered),
+        complaint_rate=_rate(complained, delivered),
+        reply_rate=_rate(replied, delivered),
     )
     series = [
         SeriesPoint(
             bucket=bucket,
-            delivered=kinds["email.sent"]["total"] - kinds[BOUNCED_LATER]["total"],
+            sent=kinds["email.sent"]["total"],
+            delivered=kinds["email.delivered"]["total"] - kinds[BOUNCED_LATER]["total"],
             bounced=kinds["email.bounced"]["total"],
             opened=kinds["email.opened"]["total"],
             unique_opened=kinds["email.opened"]["uniq"],
@@ -126,14 +185,102 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
             human_clicked=kinds["email.clicked"]["human"],
             unsubscribed=kinds["email.unsubscribed"]["uniq"],
             complained=kinds["email.complained"]["total"],
+            replied=kinds["email.replied"]["uniq"],
+            conversions=kinds["goal.converted"]["total"],
         )
         for bucket, kinds in sorted(buckets.items())
     ]
-    return CampaignAnalytics(
-        campaign_id=campaign_id,
+    by_dimension = _by_dimension(dimensions)
+    answer = CampaignAnalytics(
+        campaign_id=campaign["public_id"],
         period=query.period,
         interval=interval,
         since=since,
         overview=overview,
+        rates=rates,
+        engagement=EngagementDetail(opened=opened, clicked=clicked),
         series=series,
+        devices=[
+            DeviceEngagement(device_type=value, opened=o, clicked=c)
+            for value, o, c in by_dimension["device"]
+        ],
+        countries=[
+            CountryEngagement(country=value, opened=o, clicked=c)
+            for value, o, c in by_dimension["country"]
+        ],
+        revenue_impact=_revenue_impact(revenue),
+    )
+    return _within_tier(answer, call.principal.tier)
+
+
+# Free has limited analytics (the overview and rates); starter basic (with the engagement
+# breakdown and the time series); professional advanced (devices, countries, revenue).
+_PARTS: dict[str, Tier] = {
+    "engagement": "starter",
+    "series": "starter",
+    "devices": "professional",
+    "countries": "professional",
+    "revenue_impact": "professional",
+}
+
+
+def _within_tier(answer: CampaignAnalytics, tier: str) -> CampaignAnalytics:
+    """The parts the plan leaves out are null and named in `left_out` with the tier that
+    includes them: absent, and said so."""
+    left_out = {part: needed for part, needed in _PARTS.items() if not at_least(tier, needed)}
+    return answer.model_copy(update=dict.fromkeys(left_out) | {"left_out": left_out})
+
+
+def _by_dimension(
+    rows: Iterable[asyncpg.Record],
+) -> dict[str, list[tuple[str, Engagement, Engagement]]]:
+    """Per dimension, (value, opens, clicks), the most engaged first (by unique opens, then
+    unique clicks, then hits), ties by value."""
+    grouped: dict[str, dict[str, Counters]] = defaultdict(lambda: defaultdict(_counters))
+    for row in rows:
+        counters = grouped[row["dimension"]][row["value"]][row["type"]]
+        for name in _COUNTERS:
+            counters[name] += row[name]
+    result: dict[str, list[tuple[str, Engagement, Engagement]]] = {"device": [], "country": []}
+    for dimension, values in grouped.items():
+        entries = [
+            (value, _engagement(kinds, "email.opened"), _engagement(kinds, "email.clicked"))
+            for value, kinds in values.items()
+        ]
+        entries.sort(key=lambda e: (-e[1].unique, -e[2].unique, -(e[1].total + e[2].total), e[0]))
+        result[dimension] = entries
+    return result
+
+
+def _revenue_impact(rows: Iterable[asyncpg.Record]) -> RevenueImpact:
+    conversions = 0
+    by_currency: list[CurrencyRevenue] = []
+    for row in rows:
+        conversions += row["conversions"]
+        currency = row["currency"]
+        if currency is None:  # conversions without a value
+            continue
+        by_currency.append(
+            CurrencyRevenue(
+                currency=currency,
+                total_value=money.shown(row["total_value_minor"], currency),
+                conversion_value=money.shown(row["conversion_value_minor"], currency),
+                total_value_minor=row["total_value_minor"],
+                conversion_value_minor=row["conversion_value_minor"],
+                conversions=row["conversions"],
+            )
+        )
+    by_currency.sort(key=lambda c: (-c.conversions, c.currency))
+    main = by_currency[0] if by_currency else None
+    currency = main.currency if main else money.DEFAULT_CURRENCY
+    total_minor = main.total_value_minor if main else 0
+    conversion_minor = main.conversion_value_minor if main else 0
+    return RevenueImpact(
+        total_value=money.shown(total_minor, currency),
+        conversion_value=money.shown(conversion_minor, currency),
+        currency=currency,
+        total_value_minor=total_minor,
+        conversion_value_minor=conversion_minor,
+        conversions=conversions,
+        by_currency=by_currency,
     )

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from api.tiers import Tier
 from penguinmails.messages import (
     MAX_PERSONALIZATION_BYTES,
     InvalidMessage,
@@ -607,6 +608,11 @@ class Engagement(Response):
     unique_human: int
 
 
+class EngagementDetail(Response):
+    opened: Engagement
+    clicked: Engagement
+
+
 class Rates(Response):
     delivery_rate: float
     bounce_rate: float
@@ -616,25 +622,39 @@ class Rates(Response):
     click_to_open_rate: float
     unsubscribe_rate: float
     complaint_rate: float
+    reply_rate: float
 
 
 class Overview(Response):
-    recipients: int
-    sent: int
+    sent: int = Field(description="Messages accepted and queued for delivery (email.sent).")
     delivered: int
+    opened: int = Field(description="Messages opened (unique); engagement.opened has the rest.")
+    clicked: int = Field(description="Messages clicked (unique).")
     bounced: int
+    complained: int
+    unsubscribed: int
+    replied: int
+    recipients: int
     deferred: int
     suppressed: int
     failed: int
+
+
+class DeviceEngagement(Response):
+    device_type: str
     opened: Engagement
     clicked: Engagement
-    unsubscribed: int
-    complained: int
-    rates: Rates
+
+
+class CountryEngagement(Response):
+    country: str
+    opened: Engagement
+    clicked: Engagement
 
 
 class SeriesPoint(Response):
     bucket: datetime
+    sent: int
     delivered: int
     bounced: int
     opened: int
@@ -645,6 +665,27 @@ class SeriesPoint(Response):
     human_clicked: int
     unsubscribed: int
     complained: int
+    replied: int
+    conversions: int
+
+
+class CurrencyRevenue(Response):
+    currency: str
+    total_value: str
+    conversion_value: str
+    total_value_minor: int
+    conversion_value_minor: int
+    conversions: int
+
+
+class RevenueImpact(Response):
+    total_value: str = Field(description="Value of conversions through the campaign's clicks.")
+    conversion_value: str = Field(description="Value of every conversion of its messages.")
+    currency: str
+    total_value_minor: int
+    conversion_value_minor: int
+    conversions: int
+    by_currency: list[CurrencyRevenue]
 
 
 class CampaignAnalytics(Owned):
@@ -653,7 +694,25 @@ class CampaignAnalytics(Owned):
     interval: Literal["hour", "day"]
     since: datetime | None
     overview: Overview
-    series: list[SeriesPoint]
+    rates: Rates
+    engagement: EngagementDetail | None = Field(
+        description="From the starter tier (basic analytics); null below it."
+    )
+    series: list[SeriesPoint] | None = Field(description="From the starter tier; null below it.")
+    devices: list[DeviceEngagement] | None = Field(
+        description="From the professional tier (advanced analytics); null below it."
+    )
+    countries: list[CountryEngagement] | None = Field(
+        description="From the professional tier; null below it."
+    )
+    revenue_impact: RevenueImpact | None = Field(
+        description="From the professional tier; null below it."
+    )
+    left_out: dict[str, Tier] = Field(
+        default_factory=dict,
+        description="The parts this account's plan tier leaves out (null above), each with the "
+        "tier that includes it.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,7 +150,8 @@ def build(registry: Registry, prefix: str = "/api/v1") -> dict[str, Any]:
             "tags": [op.tag],
             "parameters": _parameters(op),
             "responses": responses,
-            "security": [{"bearerAuth": []}] if op.auth else [],
+            # An empty requirement is OpenAPI's "or no credentials at all".
+            "security": ([{"bearerAuth": []}] if op.auth else []) + ([{}] if op.anonymous else []),
             # Whether a publishable (pk_) key, the kind meant for browsers, may call it.
             "x-publishable": op.publishable,
             # The lowest plan tier that includes it; below it the answer is 403 TIER_REQUIRED.

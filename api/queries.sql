@@ -336,21 +336,6 @@ WHERE tenant_id = $1 AND email = lower($2) AND NOT EXISTS (SELECT 1 FROM added);
 -- name: delete_suppression
 DELETE FROM suppressions WHERE tenant_id = $1 AND email = lower($2) RETURNING email;
 
--- name: campaign_exists
-SELECT id, recipient_count FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
-
--- name: campaign_stats
--- The rollup (campaign_stats, kept by a trigger on events) read by its primary key: at most
--- (hours in the period x event types) rows, whatever the campaign's size. $3 is 'hour' or
--- 'day'; buckets are UTC.
-SELECT date_trunc($3, bucket, 'UTC') AS bucket, type,
-       sum(total)::bigint AS total, sum(uniq)::bigint AS uniq, sum(human)::bigint AS human,
-       sum(human_unique)::bigint AS human_unique
-FROM campaign_stats
-WHERE campaign_id = $1 AND ($2::timestamptz IS NULL OR bucket >= $2)
-GROUP BY 1, 2
-ORDER BY 1, 2;
-
 -- name: webhook_secrets
 -- For the test ping only: the sealed secrets of one endpoint of the tenant.
 SELECT secret_sealed, previous_secret_sealed,

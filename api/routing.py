@@ -7,6 +7,11 @@ routes declared `publishable`; 403 TIER_REQUIRED below the route's plan tier), c
 the rate limit of the caller's tenant, mode and bucket (429; headers on every answer), read
 and validate the query and the JSON body (400/413/415/422), call the handler, wrap its result
 in the envelope.
+
+Two options for the routes a browser on another site calls (the conversion a landing page
+reports): `anonymous` also serves a request without an Authorization header (the handler
+gets no principal and authorizes it itself), and `cors` answers the CORS preflight and puts
+`Access-Control-Allow-Origin: *` on every answer of that operation, errors included.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from pydantic import BaseModel, ValidationError
 
 from api.auth import LoginTokens, Principal, authenticate
 from api.envelope import EXTRA_HEADERS, nul_free, pydantic_details, read_json, success
-from api.errors import forbidden, not_found, validation_error
+from api.errors import ApiError, forbidden, not_found, validation_error
 from api.models import LIVEMODE
 from api.ratelimit import RateLimiter, rate_limited
 from api.tiers import Tier, at_least, tier_required
 from penguinmails.config import Settings
+from penguinmails.tokens import LinkSigner
 
 MAX_ID = 2**63 - 1
 _PUBLIC_ID = re.compile(r"[a-z]+_[0-9a-f]{32}")
@@ -39,6 +45,7 @@ class State:
     settings: Settings
     signer: LoginTokens
     limiter: RateLimiter
+    link_signer: LinkSigner  # the tracker's link tokens' signer: conversion tokens come back here
 
 
 STATE = web.AppKey("api_state", State)
@@ -101,6 +108,8 @@ class Operation:
     status: int
     auth: bool
     publishable: bool  # a publishable (browser) key may call it
+    anonymous: bool  # may also be called without credentials (then call.principal_or_none is None)
+    cors: bool  # any origin may call it from a browser
     headers: tuple[str, ...]  # request headers worth documenting (Idempotency-Key)
     errors: tuple[int, ...]
     tier: Tier  # the lowest plan tier that includes it (api.tiers)
@@ -128,6 +137,8 @@ class Registry:
         status: int = 200,
         auth: bool = True,
         publishable: bool = False,
+        anonymous: bool = False,
+        cors: bool = False,
         headers: tuple[str, ...] = (),
         errors: tuple[int, ...] = (),
         tier: Tier = "free",
@@ -147,6 +158,8 @@ class Registry:
                     status=status,
                     auth=auth,
                     publishable=publishable,
+                    anonymous=anonymous,
+                    cors=cors,
                     headers=headers,
                     errors=errors,
                     tier=tier,
@@ -164,7 +177,7 @@ def dispatch(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         principal = None
-        if operation.auth:
+        if operation.auth and not (operation.anonymous and "Authorization" not in request.headers):
             principal = await authenticate(request, state.pool, state.signer)
             # Refused before it is counted: a request the caller may not make spends nothing.
             if principal.publishable and not operation.publishable:
@@ -206,12 +219,53 @@ def dispatch(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
             request, result, call.status or operation.status, headers=call.response_headers
         )
 
+    return _cors(handle) if operation.cors else handle
+
+
+# Credential-free requests only: Authorization is not an allowed header, so a browser on
+# another site never sends a key here (and a page cannot be made to spend one).
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
+PREFLIGHT_MAX_AGE = 86400
+
+
+def _cors(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except ApiError as exc:  # the envelope middleware writes it, with these headers
+            exc.headers.update(CORS_HEADERS)
+            raise
+        response.headers.update(CORS_HEADERS)
+        return response
+
     return handle
 
 
+def _preflight(methods: list[str]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def preflight(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=204,
+            headers={
+                **CORS_HEADERS,
+                "Access-Control-Allow-Methods": ", ".join(methods),
+                "Access-Control-Allow-Headers": "Content-Type",
+                "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE),
+            },
+        )
+
+    return preflight
+
+
 def install(app: web.Application, prefix: str = "/api/v1") -> None:
+    cors: dict[str, list[str]] = {}
     for operation in API.operations:
         app.router.add_route(operation.method, prefix + operation.path, dispatch(operation))
+        if operation.cors:
+            cors.setdefault(operation.path, []).append(operation.method)
+    for path, methods in cors.items():
+        app.router.add_route("OPTIONS", prefix + path, _preflight(methods))
 
 
 # ---------------------------------------------------------------------------------------------

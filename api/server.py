@@ -24,6 +24,7 @@ from api import (  # noqa: F401
     analytics,
     campaigns,
     contacts,
+    conversions,
     health,
     keys,
     sandbox,
@@ -45,7 +46,9 @@ from penguinmails.database import DATABASE_ERRORS
 from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.observability import HEALTH, DatabaseHealth, healthz, ops_app, serving
 from penguinmails.queries import load
+from penguinmails.secrets import server_keys
 from penguinmails.systemd import notify
+from penguinmails.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
 SQL = load("api")
@@ -108,6 +111,7 @@ def create_app(
         settings=settings,
         signer=LoginTokens(settings),
         limiter=RateLimiter(pool, limits, window),
+        link_signer=LinkSigner(server_keys(settings)),
     )
     app[MAX_BODY] = max_body
     app[OPENAPI] = orjson.dumps(build(API, PREFIX))

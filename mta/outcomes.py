@@ -1,7 +1,9 @@
 """What an SMTP reply means for a message: its next status, event and retry time.
 
-2xx sent; 4xx deferred with exponential backoff and jitter until the message is older
-than the maximum age, then bounced; 5xx bounced, and a hard bounce suppresses the address.
+2xx delivered: status 'sent', event `email.delivered` (the receiving server took it; the
+`email.sent` event was recorded when the message was queued). 4xx deferred with exponential
+backoff and jitter until the message is older than the maximum age, then bounced; 5xx
+bounced, and a hard bounce suppresses the address.
 The reply text and the RFC 3463 enhanced status code are kept for the operator and the
 customer's webhook.
 """
@@ -76,7 +78,7 @@ def decide(
     if reply.enhanced:
         data["enhanced_status"] = reply.enhanced
     if reply.accepted:
-        return Outcome("sent", "email.sent", reply=reply, data=data)
+        return Outcome("sent", "email.delivered", reply=reply, data=data)
     if reply.permanent:
         data["bounce_type"] = "hard"
         return Outcome("bounced", "email.bounced", reply=reply, suppress=True, data=data)

@@ -8,6 +8,7 @@ configuration; a bad key is reported by its dotted name and the file it came fro
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,13 +65,27 @@ class ApiSettings(Section):
     _metrics = field_validator("metrics_listen")(_check_optional_hostport)
 
 
+# A query parameter name that needs no percent-encoding anywhere in a URL.
+_PARAMETER_NAME = re.compile(r"^[A-Za-z0-9_.~-]{1,64}$")
+
+
+def _check_parameter_name(value: str) -> str:
+    if value and not _PARAMETER_NAME.match(value):
+        raise ValueError("a query parameter name: letters, digits, _ . ~ - (64 at most); or empty")
+    return value
+
+
 class TrackerSettings(Section):
     listen: str = "127.0.0.1:8081"
     base_url: str = "http://127.0.0.1:8081"
     metrics_listen: str = "127.0.0.1:9104"  # as [api] metrics_listen; empty: not served
+    # The query parameter a click's redirect adds with its conversion token, for the site it
+    # lands on to report a conversion without an API key. Empty: no token is added.
+    conversion_param: str = "pm_cv"
 
     _listen = field_validator("listen")(_check_hostport)
     _metrics = field_validator("metrics_listen")(_check_optional_hostport)
+    _conversion_param = field_validator("conversion_param")(_check_parameter_name)
 
 
 class ThrottleRule(Section):

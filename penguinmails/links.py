@@ -3,13 +3,15 @@
 Open pixel `/o/<token>.gif`, click `/c/<token>`, unsubscribe `/u/<token>`. Every token is
 signed (penguinmails.tokens) and carries what the tracker needs (the queue id of the
 message; for clicks the link's index and URL), so verifying a hit needs no lookup and a
-click can only ever redirect to a URL we signed.
+click can only ever redirect to a URL we signed. The redirect itself (`redirect_url`) adds the
+click's conversion token (penguinmails.conversions) when the tracker is configured to.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from penguinmails import conversions
 from penguinmails.tokens import BadToken, LinkSigner
 
 
@@ -21,9 +23,10 @@ class Click:
 
 
 class Links:
-    def __init__(self, signer: LinkSigner, base_url: str) -> None:
+    def __init__(self, signer: LinkSigner, base_url: str, conversion_param: str = "") -> None:
         self._signer = signer
         self._base = base_url.rstrip("/")
+        self._conversion_param = conversion_param  # empty: redirects carry no token
 
     def open_url(self, queue_id: int) -> str:
         return f"{self._base}/o/{self._signer.sign('open', queue_id)}.gif"
@@ -42,6 +45,13 @@ class Links:
         if len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit():
             raise BadToken("malformed click token")
         return Click(int(fields[0]), int(fields[1]), fields[2])
+
+    def redirect_url(self, click: Click, clicked_at: float) -> str:
+        """Where a click goes: its signed URL, with the conversion token parameter added."""
+        if not self._conversion_param:
+            return click.url
+        token = conversions.issue(self._signer, click.queue_id, click.index, clicked_at)
+        return conversions.with_parameter(click.url, self._conversion_param, token)
 
     def unsubscribe_token(self, token: str) -> int:
         return _single_id(self._signer.verify("unsub", token))

@@ -1,7 +1,9 @@
 """Putting messages on the queue: the one way in, used by the CLI and the API alike.
 
 A message is a committed row before anyone is told it was accepted; the insert is a
-single statement, so a batch is all in or all out.
+single statement, so a batch is all in or all out, and it records each message's
+`email.sent` event (accepted and queued for delivery) with it. `email.delivered` comes later,
+from the MTA, when the receiving server answers 250.
 """
 
 from __future__ import annotations
@@ -207,7 +209,8 @@ async def mode_tenant(conn: asyncpg.Connection | asyncpg.Pool, account_id: int, 
 async def enqueue(
     conn: asyncpg.Connection | asyncpg.Pool, tenant_id: int, draft: Draft
 ) -> list[int]:
-    """Validate, then insert one queued message per recipient; returns their ids."""
+    """Validate, then insert one queued message per recipient, each with its `email.sent`
+    event (not for a recipient already suppressed), in one round trip; returns their ids."""
     sender_domain, domains = draft.validate()
     personalization = list(draft.personalization or [{} for _ in draft.recipients])
     ids = [new_message_id(sender_domain) for _ in draft.recipients]

@@ -230,6 +230,17 @@ async def row_pk(pool: asyncpg.Pool, table: str, public_id: str) -> int:
     return int(pk)
 
 
+async def campaign_keys(pool: asyncpg.Pool, campaign_id: int | str) -> tuple[int, str]:
+    """A campaign's integer key and its public id (`campaign_...`), given either: the routes
+    that answer with an integer today will answer with the public id."""
+    row = await pool.fetchrow(
+        "SELECT id, public_id FROM campaigns WHERE id::text = $1 OR public_id = $1",
+        str(campaign_id),
+    )
+    assert row is not None, campaign_id
+    return row["id"], row["public_id"]
+
+
 # -- webhooks ---------------------------------------------------------------------------------
 
 

@@ -248,16 +248,16 @@ async def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
             async with http.get(pixel.group(1).replace("&amp;", "&")) as r:
                 assert r.status == 200 and r.content_type == "image/gif"
             async with http.get(link.group(1).replace("&amp;", "&"), allow_redirects=False) as r:
-                assert r.status in (302, 303) and r.headers["Location"] == (
-                    "https://example.net/pricing"
-                )
+                assert r.status in (302, 303)
+                # The page, with the click's conversion token.
+                assert r.headers["Location"].startswith("https://example.net/pricing?pm_cv=")
 
         # The README's check, until the tracker has written both events.
         async def engaged() -> bool:
             for block in last:
                 out = await shell.run(block.replace(README_API, api_url))
             overview = json.loads(out.strip().splitlines()[-1])["data"]["overview"]
-            return overview["opened"]["total"] >= 1 and overview["clicked"]["total"] >= 1
+            return overview["opened"] >= 1 and overview["clicked"] >= 1
 
         assert await _eventually(engaged), "opened/clicked never showed in the analytics"
 

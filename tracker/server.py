@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -139,9 +140,11 @@ async def click(request: web.Request) -> web.Response:
         return _not_found()
     await _record(state, request, "email.clicked", target.queue_id, target.index, target.url)
     state.metrics.hits.labels("click", "ok").inc()
+    # The signed URL, plus the click's conversion token for the site to report a conversion.
+    location = state.links.redirect_url(target, time.time())
     return web.Response(
         status=302,
-        headers={"Location": target.url, "Referrer-Policy": "no-referrer", **pages.NO_CACHE},
+        headers={"Location": location, "Referrer-Policy": "no-referrer", **pages.NO_CACHE},
     )
 
 
@@ -237,7 +240,11 @@ class Tracker:
         self.dispatcher = (
             Dispatcher(pool, settings, self.metrics, **(dispatcher or {})) if dispatch else None
         )
-        links = Links(LinkSigner(server_keys(settings)), settings.tracker.base_url)
+        links = Links(
+            LinkSigner(server_keys(settings)),
+            settings.tracker.base_url,
+            conversion_param=settings.tracker.conversion_param,
+        )
         self.pool = pool
         self.app = create_app(State(pool, links, self.metrics, self.recorder))
         self._grace = grace

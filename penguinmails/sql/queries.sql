@@ -23,15 +23,32 @@ SELECT id FROM tenants
 WHERE ($2 = 'live' AND id = $1) OR ($2 = 'test' AND live_tenant_id = $1);
 
 -- name: enqueue_messages
--- Bulk insert through unnest: one statement (and one NOTIFY) for any number of recipients.
-INSERT INTO messages (tenant_id, campaign_id, message_id, from_email, from_name, recipient,
-                      recipient_domain, subject, text_body, html_body, headers,
-                      personalization, settings, next_attempt_at, sandbox)
-SELECT $1, $2, m.message_id, $3, $4, m.recipient, m.domain, $5, $6, $7, $8, m.personalization,
-       $9, coalesce($10, now()), $15
-FROM unnest($11::text[], $12::text[], $13::text[], $14::jsonb[])
-     AS m(message_id, recipient, domain, personalization)
-RETURNING id;
+-- Bulk insert through unnest: one statement (and one NOTIFY) for any number of recipients,
+-- with each message's `email.sent` event ("accepted and queued for delivery") in the same
+-- statement, so a message is never queued without its event nor recorded without its row.
+-- A recipient already suppressed gets no `email.sent`: the MTA's claim records it
+-- `email.suppressed` instead. Ordered by id, which follows the recipients' order (identity
+-- values are drawn row by row), so callers can pair ids with recipients.
+WITH queued AS (
+    INSERT INTO messages (tenant_id, campaign_id, message_id, from_email, from_name, recipient,
+                          recipient_domain, subject, text_body, html_body, headers,
+                          personalization, settings, next_attempt_at, sandbox)
+    SELECT $1, $2, m.message_id, $3, $4, m.recipient, m.domain, $5, $6, $7, $8,
+           m.personalization, $9, coalesce($10, now()), $15
+    FROM unnest($11::text[], $12::text[], $13::text[], $14::jsonb[])
+         AS m(message_id, recipient, domain, personalization)
+    RETURNING id, tenant_id, campaign_id, recipient, next_attempt_at
+), sent AS (
+    INSERT INTO events (tenant_id, message_id, campaign_id, type, data)
+    SELECT q.tenant_id, q.id, q.campaign_id, 'email.sent',
+           CASE WHEN $10::timestamptz IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('send_at', q.next_attempt_at) END
+    FROM queued q
+    WHERE NOT EXISTS (SELECT 1 FROM suppressions s
+                      WHERE s.tenant_id = q.tenant_id AND s.email = lower(q.recipient))
+    ORDER BY q.id
+)
+SELECT id FROM queued ORDER BY id;
 
 -- name: queue_depth
 -- For `penguinmails status`: how much is where, per destination domain.

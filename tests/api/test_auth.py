@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from api.auth import JWT_AUDIENCE, JWT_ISSUER, PREFIX_LENGTH, LoginTokens, parse_key
 from api.server import ApiServer
 from penguinmails.config import Settings
-from tests.helpers import Client, assert_error
+from tests.helpers import Client, assert_error, campaign_keys
 
 PASSWORD = "correct horse battery staple"
 
@@ -93,17 +93,20 @@ async def test_revoked_key_fails_at_once(client: Client) -> None:
     assert_error(await client.delete("/api-keys/999999"), 404, "NOT_FOUND")
 
 
-async def test_publishable_keys_have_a_browser_widgets_scope(client: Client) -> None:
+async def test_publishable_keys_have_a_browser_widgets_scope(
+    client: Client, pool: asyncpg.Pool
+) -> None:
     """pk_ keys are public by design: campaign and analytics reads, nothing else."""
     campaign = await client.post(
         "/campaigns",
         json={"name": "N", "subject": "S", "content": {"text": "t"}},
     )
     cid = campaign.data["id"]
+    _, public_id = await campaign_keys(pool, cid)
     created = (await client.post("/api-keys", json={"type": "publishable"})).data
     assert created["key"].startswith("pk_test_") and created["type"] == "publishable"
     public = client.with_key(created["key"])
-    for path in ("/campaigns", f"/campaigns/{cid}", f"/analytics/campaigns/{cid}"):
+    for path in ("/campaigns", f"/campaigns/{cid}", f"/analytics/campaigns/{public_id}"):
         reply = await public.get(path)
         assert reply.status == 200, (path, reply.body)
         assert "X-RateLimit-Remaining" in reply.headers

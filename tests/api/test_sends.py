@@ -41,7 +41,8 @@ async def test_send_one(client: Client, pool: asyncpg.Pool) -> None:
 
     status = (await client.get(f"/messages/{data['message_id']}")).data
     assert status["status"] == "queued" and status["attempts"] == 0
-    assert status["recipient"] == "ann@dest.test" and status["events"] == []
+    assert status["recipient"] == "ann@dest.test"
+    assert [e["type"] for e in status["events"]] == ["email.sent"]  # accepted and queued
     assert_error(
         await client.get("/messages/msg_0123456789abcdef0123456789abcdef"), 404, "NOT_FOUND"
     )

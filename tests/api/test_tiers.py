@@ -48,6 +48,45 @@ async def test_each_tier_reaches_what_it_includes(
     assert (await free.post("/webhooks", json=hook)).status == 201
 
 
+async def test_analytics_parts_follow_the_tier(
+    api: ApiServer, http: aiohttp.ClientSession, make_key: Callable[..., Awaitable[str]]
+) -> None:
+    free = Client(http, api.url + "/api/v1", await make_key("tiny", tier="free", test=True))
+    made = (await free.post("/campaigns", json=campaign_body(**{"from": "news@tiny.test"}))).data
+    path = f"/analytics/campaigns/{made['id']}"
+
+    limited = (await free.get(path)).data
+    assert limited["overview"]["sent"] == 0 and limited["rates"]["open_rate"] == 0
+    assert limited["engagement"] is None and limited["revenue_impact"] is None
+    assert limited["left_out"] == {
+        "engagement": "starter",
+        "series": "starter",
+        "devices": "professional",
+        "countries": "professional",
+        "revenue_impact": "professional",
+    }
+    await make_key("tiny", tier="starter")
+    basic = (await free.get(path)).data
+    assert basic["engagement"] is not None and basic["series"] is not None
+    assert basic["devices"] is None and set(basic["left_out"]) == {
+        "devices",
+        "countries",
+        "revenue_impact",
+    }
+    await make_key("tiny", tier="professional")
+    advanced = (await free.get(path)).data
+    assert advanced["left_out"] == {} and advanced["revenue_impact"]["total_value"] == "$0.00"
+    conversions = await free.get("/conversions")
+    assert conversions.status == 200
+
+
+async def test_conversions_are_professional(
+    api: ApiServer, http: aiohttp.ClientSession, make_key: Callable[..., Awaitable[str]]
+) -> None:
+    starter = Client(http, api.url + "/api/v1", await make_key("mid", tier="starter", test=True))
+    assert_error(await starter.get("/conversions"), 403, "TIER_REQUIRED")
+
+
 async def test_the_openapi_document_names_each_routes_tier(client: Client) -> None:
     doc = (await client.get("/openapi.json", key=None)).body
     tiers = {

@@ -67,7 +67,8 @@ def corpus(name: str) -> str:
 async def sent_message(
     pool: asyncpg.Pool, settings: Settings, recipient: str = "someone@dest.test"
 ) -> SentMessage:
-    """A message as the MTA leaves it after a 250: status 'sent'."""
+    """A message as the MTA leaves it after a 250: status 'sent'. Its one event is the
+    enqueue's `email.sent`; the tests read what inbound records apart from it."""
     tenant = await ensure_tenant(pool, "acme")
     [queue_id] = await enqueue(
         pool,

@@ -43,7 +43,9 @@ async def test_a_nul_in_a_header_is_left_out_not_retried_forever(
         errors, reply = await send(server.port, data, "ours@dest.test", [REPLY_ADDRESS])
         assert errors == {} and reply.startswith("2.0.0"), reply
 
-    [event] = await pool.fetch("SELECT type, message_id, data FROM events")
+    [event] = await pool.fetch(
+        "SELECT type, message_id, data FROM events WHERE type <> 'email.sent'"
+    )
     assert (event["type"], event["message_id"]) == ("email.replied", original.queue_id)
     assert "\x00" not in event["data"]["subject"]
     assert event["data"]["subject"].startswith("Re: H")
@@ -67,7 +69,7 @@ async def test_a_nul_in_a_bounce_s_fields_is_left_out(pool, inbound_settings, st
     errors, reply = await send(server.port, dsn, "", [original.return_path])
 
     assert errors == {} and reply.startswith("2.0.0"), reply
-    [event] = await pool.fetch("SELECT type, data FROM events")
+    [event] = await pool.fetch("SELECT type, data FROM events WHERE type <> 'email.sent'")
     assert event["type"] == "email.bounced"
     assert event["data"]["smtp_message"] == "smtp; 550 5.1.1 no such user"
     assert event["data"]["reporting_mta"] == "mx.dest.test"

@@ -222,7 +222,9 @@ async def test_the_same_report_twice_counts_once(pool, inbound_settings, start_i
         errors, _ = await send(server.port, data, sender, [rcpt])
         assert errors == {}
 
-    events = await pool.fetch("SELECT type, is_unique FROM events ORDER BY id")
+    events = await pool.fetch(
+        "SELECT type, is_unique FROM events WHERE type <> 'email.sent' ORDER BY id"
+    )
     assert [(e["type"], e["is_unique"]) for e in events] == [
         ("email.bounced", True),
         ("email.replied", True),

@@ -99,7 +99,9 @@ async def test_an_expired_lease_is_taken_again_and_marked_possible_duplicate(
     row = await pool.fetchrow("SELECT * FROM messages WHERE id = $1", queue_id)
     assert row["possible_duplicate"] is True
     assert len(smtp_peer.received) == 1
-    event = await pool.fetchrow("SELECT data FROM events WHERE message_id = $1", queue_id)
+    event = await pool.fetchrow(
+        "SELECT data FROM events WHERE message_id = $1 AND type = 'email.delivered'", queue_id
+    )
     assert event["data"]["possible_duplicate"] is True
 
 
@@ -110,7 +112,7 @@ async def test_a_late_result_from_a_worker_that_lost_its_lease_changes_nothing(p
     [fast] = await queue.claim(pool, 1, "fast-worker", 60)
     assert fast["id"] == slow["id"] == queue_id
 
-    sent = Outcome("sent", "email.sent", reply=Reply(250, "2.0.0 ok"), data={})
+    sent = Outcome("sent", "email.delivered", reply=Reply(250, "2.0.0 ok"), data={})
     bounced = Outcome("bounced", "email.bounced", reply=Reply(550, "5.1.1 unknown"), data={})
     assert await queue.record(pool, [queue.Result(queue_id, fast["lease_token"], sent)]) == {
         queue_id
@@ -119,8 +121,8 @@ async def test_a_late_result_from_a_worker_that_lost_its_lease_changes_nothing(p
 
     row = await pool.fetchrow("SELECT status, attempts FROM messages WHERE id = $1", queue_id)
     assert (row["status"], row["attempts"]) == ("sent", 1)
-    types = await pool.fetch("SELECT type FROM events WHERE message_id = $1", queue_id)
-    assert [t["type"] for t in types] == ["email.sent"]
+    types = await pool.fetch("SELECT type FROM events WHERE message_id = $1 ORDER BY id", queue_id)
+    assert [t["type"] for t in types] == ["email.sent", "email.delivered"]  # queued, 250
     assert await pool.fetchval("SELECT count(*) FROM suppressions") == 0
 
 
@@ -150,11 +152,14 @@ async def test_a_hard_bounce_suppresses_later_messages_to_that_address(
     worker = await start_worker(make_settings(mta={"routes": {"dest.test": smtp_peer.hop}}))
     await wait_for(lambda: _count_is(pool, "bounced", 1))
 
-    await queue_messages(pool, ["gone@dest.test"])
+    [later] = await queue_messages(pool, ["gone@dest.test"])
     await wait_for(lambda: _count_is(pool, "suppressed", 1))
     await worker.stop()
 
     assert smtp_peer.received == []
+    # Queued to an address already suppressed: never "sent", only suppressed.
+    types = await pool.fetch("SELECT type FROM events WHERE message_id = $1 ORDER BY id", later)
+    assert [t["type"] for t in types] == ["email.suppressed"]
 
 
 async def test_an_unreadable_dkim_key_gives_the_message_back_untried(
@@ -182,7 +187,8 @@ async def test_an_unreadable_dkim_key_gives_the_message_back_untried(
     assert smtp_peer.received == []  # never sent unsigned
     assert row["attempts"] == 0
     assert row["lease_token"] is None
-    assert await pool.fetchval("SELECT count(*) FROM events") == 0
+    # Only the enqueue's event: no attempt was recorded.
+    assert await pool.fetchval("SELECT array_agg(type) FROM events") == ["email.sent"]
 
 
 async def _claimed_once(pool, queue_id: int) -> bool:

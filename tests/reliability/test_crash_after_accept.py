@@ -39,7 +39,9 @@ async def test_kill_after_250_before_commit(pool, database_url, smtp_peer, tmp_p
         "SELECT attempts, possible_duplicate FROM messages WHERE id = $1", queue_id
     )
     assert row["possible_duplicate"] is True
-    event = await pool.fetchrow("SELECT data FROM events WHERE message_id = $1", queue_id)
+    event = await pool.fetchrow(
+        "SELECT data FROM events WHERE message_id = $1 AND type = 'email.delivered'", queue_id
+    )
     assert event["data"]["possible_duplicate"] is True
 
 

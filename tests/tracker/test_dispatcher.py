@@ -60,7 +60,7 @@ async def test_every_event_fans_out_to_each_subscribed_active_endpoint(
         " SELECT $1, $2, t FROM unnest($3::text[]) t",
         tenant,
         message,
-        ["email.sent", "email.bounced"],
+        ["email.delivered", "email.bounced"],
     )
 
     got: dict[int, set[str]] = {}
@@ -71,13 +71,13 @@ async def test_every_event_fans_out_to_each_subscribed_active_endpoint(
         got.setdefault(row["event_id"], set()).add(row["webhook_id"])
     assert got[opened] == {everything.id, star.id, opens.id, email.id}
     assert got[completed] == {everything.id, star.id}
-    sent, bounced = [
+    delivered, bounced = [
         r["id"]
         for r in await pool.fetch(
-            "SELECT id FROM events WHERE type IN ('email.sent', 'email.bounced') ORDER BY id"
+            "SELECT id FROM events WHERE type IN ('email.delivered', 'email.bounced') ORDER BY id"
         )
     ]
-    assert got[sent] == got[bounced] == {everything.id, star.id, email.id}
+    assert got[delivered] == got[bounced] == {everything.id, star.id, email.id}
 
 
 async def test_the_fan_out_rolls_back_with_its_event(pool, settings, tenant):

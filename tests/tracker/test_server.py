@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import asyncpg
 import pytest
 
+from penguinmails import conversions
 from penguinmails.links import Links
 from penguinmails.observability import start_ops_server
+from penguinmails.secrets import server_keys
 from penguinmails.tokens import LinkSigner
 from tracker.pages import PIXEL
 
@@ -23,8 +26,11 @@ def path_of(url: str) -> str:
 
 
 async def events(pool: asyncpg.Pool, kind: str | None = None) -> list[asyncpg.Record]:
+    """What the tracker recorded (of `kind`): not the enqueue's `email.sent`."""
     return await pool.fetch(
-        "SELECT * FROM events WHERE $1::text IS NULL OR type = $1 ORDER BY id", kind
+        "SELECT * FROM events WHERE type <> 'email.sent' AND ($1::text IS NULL OR type = $1)"
+        " ORDER BY id",
+        kind,
     )
 
 
@@ -101,22 +107,44 @@ async def test_head_requests_are_served_but_not_counted(
 
 
 async def test_click_redirects_to_the_signed_url_and_records_it(
-    pool, links, sent_messages, start_tracker, http
+    pool, links, settings, sent_messages, start_tracker, http
 ):
     (message,) = await sent_messages()
     tracker = await start_tracker()
     target = "https://acme.test/pricing?utm_source=mail&x=%C3%A9"
     url = tracker.url + path_of(links.click_url(message, 3, target))
 
+    before = time.time()
     async with http.get(url, allow_redirects=False, headers={"User-Agent": CHROME}) as response:
         assert response.status == 302
-        assert response.headers["Location"] == target
+        location = response.headers["Location"]
         assert "no-store" in response.headers["Cache-Control"]
+    # The signed URL as it was, plus the click's conversion token for the landing page.
+    assert location.startswith(target + "&pm_cv=")
+    token = location.removeprefix(target + "&pm_cv=")
+    named = conversions.verify(LinkSigner(server_keys(settings)), token, time.time())
+    assert (named.queue_id, named.link_index) == (message, 3)
+    assert before - 1 <= named.clicked_at <= time.time()
     (clicked,) = await events(pool, "email.clicked")
     assert clicked["message_id"] == message
     assert clicked["data"]["url"] == target
     assert clicked["data"]["link_index"] == 3
     assert clicked["is_unique"] and not clicked["is_machine"]
+
+
+async def test_without_a_conversion_parameter_the_redirect_is_the_signed_url(
+    pool, links, sent_messages, start_tracker, http, make_settings
+):
+    (message,) = await sent_messages()
+    off = make_settings(
+        tracker={"listen": "127.0.0.1:0", "base_url": "http://tracker.test", "conversion_param": ""}
+    )
+    tracker = await start_tracker(off)
+    target = "https://acme.test/pricing#plans"
+    async with http.get(
+        tracker.url + path_of(links.click_url(message, 0, target)), allow_redirects=False
+    ) as response:
+        assert response.status == 302 and response.headers["Location"] == target
 
 
 async def test_scanner_clicks_soon_after_delivery_are_machine(
