@@ -3,7 +3,8 @@
 Start: connect (the configured URL, or the embedded Postgres), refuse to run on a schema
 with pending migrations, tell systemd when serving. Stop: the first SIGTERM or SIGINT asks
 the role to drain within its bound (and tells systemd it is stopping); a second one cancels
-the main task at once.
+the main task at once, and should cleanup still be waiting on something after
+FORCE_EXIT_SECONDS (a connection a cancelled task still holds, say), ends the process then.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
@@ -49,6 +52,16 @@ async def role_pool(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, str
         await pool.close()
 
 
+FORCE_EXIT_SECONDS = 5.0
+
+
+def _force_exit() -> None:
+    # The cancelled main task did not finish: nothing more is worth waiting for (leased
+    # messages go back to the queue when their leases expire).
+    print("penguinmails: stopped at once", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def install_stop_signals(stop: Callable[[], object]) -> None:
     """First SIGTERM/SIGINT calls `stop` (drain gracefully); a second cancels the main task."""
     loop = asyncio.get_running_loop()
@@ -66,6 +79,7 @@ def install_stop_signals(stop: Callable[[], object]) -> None:
             stop()
         elif main is not None:
             main.cancel()
+            loop.call_later(FORCE_EXIT_SECONDS, _force_exit)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, handler, signum)
