@@ -12,60 +12,34 @@ RETURNS text LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
 $$;
 
 -- Existing rows get ids from their own creation time, so the order of old and new holds.
-ALTER TABLE campaigns ADD COLUMN public_id text;
-UPDATE campaigns SET public_id = public_id('campaign', created_at);
-ALTER TABLE campaigns ALTER COLUMN public_id SET DEFAULT public_id('campaign'),
-    ALTER COLUMN public_id SET NOT NULL;
-CREATE UNIQUE INDEX campaigns_public_id_idx ON campaigns (tenant_id, public_id);
-
-ALTER TABLE messages ADD COLUMN public_id text;
-UPDATE messages SET public_id = public_id('msg', created_at);
-ALTER TABLE messages ALTER COLUMN public_id SET DEFAULT public_id('msg'),
-    ALTER COLUMN public_id SET NOT NULL;
-CREATE UNIQUE INDEX messages_public_id_idx ON messages (tenant_id, public_id);
-
-ALTER TABLE contacts ADD COLUMN public_id text;
-UPDATE contacts SET public_id = public_id('contact', created_at);
-ALTER TABLE contacts ALTER COLUMN public_id SET DEFAULT public_id('contact'),
-    ALTER COLUMN public_id SET NOT NULL;
-CREATE UNIQUE INDEX contacts_public_id_idx ON contacts (tenant_id, public_id);
-
-ALTER TABLE webhooks ADD COLUMN public_id text;
-UPDATE webhooks SET public_id = public_id('wh', created_at);
-ALTER TABLE webhooks ALTER COLUMN public_id SET DEFAULT public_id('wh'),
-    ALTER COLUMN public_id SET NOT NULL;
-CREATE UNIQUE INDEX webhooks_public_id_idx ON webhooks (tenant_id, public_id);
-
-ALTER TABLE api_keys ADD COLUMN public_id text;
-UPDATE api_keys SET public_id = public_id('key', created_at);
-ALTER TABLE api_keys ALTER COLUMN public_id SET DEFAULT public_id('key'),
-    ALTER COLUMN public_id SET NOT NULL;
-CREATE UNIQUE INDEX api_keys_public_id_idx ON api_keys (tenant_id, public_id);
-
-ALTER TABLE users ADD COLUMN public_id text;
-UPDATE users SET public_id = public_id('user', created_at);
-ALTER TABLE users ALTER COLUMN public_id SET DEFAULT public_id('user'),
-    ALTER COLUMN public_id SET NOT NULL;
-CREATE UNIQUE INDEX users_public_id_idx ON users (tenant_id, public_id);
-
-ALTER TABLE webhook_deliveries ADD COLUMN public_id text;
-UPDATE webhook_deliveries SET public_id = public_id('whd', created_at);
-ALTER TABLE webhook_deliveries ALTER COLUMN public_id SET DEFAULT public_id('whd'),
-    ALTER COLUMN public_id SET NOT NULL;
-CREATE UNIQUE INDEX webhook_deliveries_public_id_idx ON webhook_deliveries (tenant_id, public_id);
-
-ALTER TABLE sandbox_messages ADD COLUMN public_id text;
-UPDATE sandbox_messages SET public_id = public_id('cap', received_at);
-ALTER TABLE sandbox_messages ALTER COLUMN public_id SET DEFAULT public_id('cap'),
-    ALTER COLUMN public_id SET NOT NULL;
-CREATE UNIQUE INDEX sandbox_messages_public_id_idx ON sandbox_messages (tenant_id, public_id);
-
--- Events are never looked up by id (a receiver dedupes on it), so no index: the hot path
--- writes two or three events a message and pays only for the column.
-ALTER TABLE events ADD COLUMN public_id text;
-UPDATE events SET public_id = public_id('evt', created_at);
-ALTER TABLE events ALTER COLUMN public_id SET DEFAULT public_id('evt'),
-    ALTER COLUMN public_id SET NOT NULL;
+-- Events are never looked up by id (a receiver dedupes on it), so they get no index: the hot
+-- path writes two or three events a message and pays only for the column.
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT * FROM (VALUES
+        ('campaigns', 'campaign', 'created_at'),
+        ('messages', 'msg', 'created_at'),
+        ('contacts', 'contact', 'created_at'),
+        ('webhooks', 'wh', 'created_at'),
+        ('api_keys', 'key', 'created_at'),
+        ('users', 'user', 'created_at'),
+        ('webhook_deliveries', 'whd', 'created_at'),
+        ('sandbox_messages', 'cap', 'received_at'),
+        ('events', 'evt', 'created_at')
+    ) AS v (tbl, prefix, born)
+    LOOP
+        EXECUTE format('ALTER TABLE %I ADD COLUMN public_id text', t.tbl);
+        EXECUTE format('UPDATE %I SET public_id = public_id(%L, %I)', t.tbl, t.prefix, t.born);
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN public_id SET DEFAULT public_id(%L), '
+                       'ALTER COLUMN public_id SET NOT NULL', t.tbl, t.prefix);
+        IF t.tbl <> 'events' THEN
+            EXECUTE format('CREATE UNIQUE INDEX %I ON %I (tenant_id, public_id)',
+                           t.tbl || '_public_id_idx', t.tbl);
+        END IF;
+    END LOOP;
+END $$;
 
 -- campaign.completed carried the integer key in its data; it now carries the campaign's name,
 -- status and recipient count like the other campaign.* events (the webhook payload names the
