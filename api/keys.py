@@ -20,6 +20,7 @@ from api.models import (
     ApiKey,
     ApiKeyCreate,
     ApiKeyCreated,
+    ListQuery,
     LoggedOut,
     LoginRequest,
     Page,
@@ -29,7 +30,7 @@ from api.models import (
     UserCreate,
 )
 from api.ratelimit import source_network
-from api.routing import API, Call
+from api.routing import API, Call, decode_cursor, encode_cursor
 from api.tiers import TIERS
 from penguinmails.messages import ensure_tenant, mode_tenant
 from penguinmails.queries import load
@@ -111,13 +112,22 @@ async def create_api_key(call: Call[ApiKeyCreate, None]) -> ApiKeyCreated:
 @API.route(
     "GET",
     "/api-keys",
-    summary="List API keys (prefixes only)",
+    summary="List API keys (prefixes only), newest first",
     tag="Keys",
+    query=ListQuery,
     response=Page[ApiKey],
 )
-async def list_api_keys(call: Call[None, None]) -> Page[ApiKey]:
-    rows = await call.pool.fetch(SQL["list_api_keys"], call.principal.tenant_id)
-    return Page[ApiKey](items=[_key_model(r) for r in rows], has_more=False, next_cursor=None)
+async def list_api_keys(call: Call[None, ListQuery]) -> Page[ApiKey]:
+    query = call.query
+    after = decode_cursor(query.cursor, numeric=False)
+    rows = await call.pool.fetch(
+        SQL["list_api_keys"], call.principal.tenant_id, after, query.limit + 1
+    )
+    items = [_key_model(r) for r in rows[: query.limit]]
+    more = len(rows) > query.limit
+    return Page[ApiKey](
+        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
+    )
 
 
 @API.route(
@@ -178,10 +188,25 @@ async def create_user(call: Call[UserCreate, None]) -> User:
     return User(**dict(row))
 
 
-@API.route("GET", "/users", summary="List the users of this mode", tag="Auth", response=Page[User])
-async def list_users(call: Call[None, None]) -> Page[User]:
-    rows = await call.pool.fetch(SQL["list_users"], call.principal.tenant_id)
-    return Page[User](items=[User(**dict(r)) for r in rows], has_more=False, next_cursor=None)
+@API.route(
+    "GET",
+    "/users",
+    summary="List the users of this mode, newest first",
+    tag="Auth",
+    query=ListQuery,
+    response=Page[User],
+)
+async def list_users(call: Call[None, ListQuery]) -> Page[User]:
+    query = call.query
+    after = decode_cursor(query.cursor, numeric=False)
+    rows = await call.pool.fetch(
+        SQL["list_users"], call.principal.tenant_id, after, query.limit + 1
+    )
+    items = [User(**dict(r)) for r in rows[: query.limit]]
+    more = len(rows) > query.limit
+    return Page[User](
+        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
+    )
 
 
 @API.route(

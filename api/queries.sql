@@ -29,9 +29,14 @@ RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at;
 UPDATE tenants SET tier = $2 WHERE id = $1 OR live_tenant_id = $1;
 
 -- name: list_api_keys
--- Prefixes only: nothing here can be used to authenticate.
+-- Prefixes only: nothing here can be used to authenticate. Newest first, keyset-paginated on
+-- the public id through the (tenant_id, public_id) index; $2 is the last id of the page
+-- before, $3 the page size.
 SELECT public_id AS id, prefix, kind, mode, name, created_at, revoked_at
-FROM api_keys WHERE tenant_id = $1 ORDER BY api_keys.id;
+FROM api_keys
+WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
+ORDER BY public_id DESC
+LIMIT $3;
 
 -- name: revoke_api_key
 -- Takes effect at the next request: keys are looked up every time, never cached.
@@ -58,7 +63,12 @@ ORDER BY u.id
 LIMIT 5;
 
 -- name: list_users
-SELECT public_id AS id, email, created_at FROM users WHERE tenant_id = $1 ORDER BY users.id;
+-- Newest first, keyset-paginated on the public id as list_api_keys is.
+SELECT public_id AS id, email, created_at
+FROM users
+WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
+ORDER BY public_id DESC
+LIMIT $3;
 
 -- name: delete_user
 -- Deleting the row ends its tokens too: find_user no longer finds their subject.

@@ -309,3 +309,52 @@ async def test_no_key_in_any_log(
         text = record.getMessage() + " " + str(vars(record))
         for secret in (key, created, key[PREFIX_LENGTH:], created[PREFIX_LENGTH:], PASSWORD):
             assert secret not in text, record
+
+
+async def _every_page(client: Client, path: str, limit: int) -> list[list[dict[str, Any]]]:
+    """Follow next_cursor from the first page to the last."""
+    pages: list[list[dict[str, Any]]] = []
+    params = {"limit": str(limit)}
+    while True:
+        reply = await client.get(path, params=params)
+        assert reply.status == 200, reply.body
+        pages.append(reply.data["items"])
+        if not reply.data["has_more"]:
+            assert reply.data["next_cursor"] is None
+            return pages
+        params = {"limit": str(limit), "cursor": reply.data["next_cursor"]}
+
+
+async def test_keys_and_users_are_listed_a_page_at_a_time(
+    client: Client, make_key: Callable[..., Awaitable[str]]
+) -> None:
+    made = [(await client.post("/api-keys", json={"name": f"k{i}"})).data for i in range(4)]
+    await make_key("rival", tier="professional", test=True)  # another tenant's: never listed
+    pages = await _every_page(client, "/api-keys", 2)
+    assert [len(p) for p in pages] == [2, 2, 1]  # the four and the fixture's own key
+    listed = [k["id"] for page in pages for k in page]
+    assert listed == sorted(listed, reverse=True)  # newest first, nothing twice
+    assert listed[:4] == [k["id"] for k in reversed(made)]
+    assert [k["name"] for page in pages for k in page][-1] == "cli"
+
+    for email in ("ann@acme.test", "bo@acme.test", "cy@acme.test"):
+        reply = await client.post("/users", json={"email": email, "password": PASSWORD})
+        assert reply.status == 201, reply.body
+    users = await _every_page(client, "/users", 2)
+    assert [[u["email"] for u in page] for page in users] == [
+        ["cy@acme.test", "bo@acme.test"],
+        ["ann@acme.test"],
+    ]
+    everyone = (await client.get("/users")).data
+    assert len(everyone["items"]) == 3 and everyone["has_more"] is False
+
+
+async def test_list_paging_refuses_bad_input(client: Client) -> None:
+    for path in ("/api-keys", "/users"):
+        for params, field in (
+            ({"limit": "0"}, "limit"),
+            ({"limit": "101"}, "limit"),
+            ({"cursor": "not a cursor!"}, "cursor"),
+        ):
+            error = assert_error(await client.get(path, params=params), 422, "VALIDATION_ERROR")
+            assert error["details"][0]["field"] == field, (path, params, error)
