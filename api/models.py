@@ -34,7 +34,11 @@ from penguinmails.messages import (
     address_domain,
     owned_header,
 )
-from penguinmails.webhooks.endpoints import Endpoint
+from penguinmails.webhooks.endpoints import (
+    MAX_ROTATION_OVERLAP_SECONDS,
+    ROTATION_OVERLAP_SECONDS,
+    Endpoint,
+)
 
 MAX_RECIPIENTS = 10_000
 MAX_BODY_CHARS = 1_000_000
@@ -557,6 +561,26 @@ class WebhookCreated(Webhook):
     secret: str = Field(description="Signs every request; shown this once.")
 
 
+class WebhookRotate(Request):
+    secret: str | None = Field(
+        default=None, description="Omitted: a whsec_ secret is generated and shown once."
+    )
+    overlap_seconds: int = Field(
+        default=int(ROTATION_OVERLAP_SECONDS),
+        ge=0,
+        le=int(MAX_ROTATION_OVERLAP_SECONDS),
+        description="How long the old secret keeps signing as a second signature; "
+        "0 retires it at once.",
+    )
+
+
+class WebhookSecretRotated(Webhook):
+    secret: str = Field(description="The new secret; shown this once.")
+    previous_secret_expires_at: datetime = Field(
+        description="Until then each request also carries a signature under the old secret."
+    )
+
+
 class WebhookTestResult(Owned):
     delivered: bool
     status_code: int | None
@@ -565,11 +589,18 @@ class WebhookTestResult(Owned):
     webhook_id: str = Field(description="The webhook-id header the ping was sent with.")
 
 
+DeliveryStatus = Literal["pending", "delivering", "delivered", "failed", "cancelled"]
+
+
+class WebhookDeliveryQuery(ListQuery):
+    status: DeliveryStatus | None = Field(default=None, description="Omitted: every status.")
+
+
 class WebhookDelivery(Owned):
     id: str
     event_id: str
     event_type: str
-    status: str
+    status: DeliveryStatus
     attempts: int
     next_attempt_at: datetime
     last_status_code: int | None

@@ -25,6 +25,9 @@ from api.models import (
     WebhookCreate,
     WebhookCreated,
     WebhookDelivery,
+    WebhookDeliveryQuery,
+    WebhookRotate,
+    WebhookSecretRotated,
     WebhookTestResult,
     WebhookUpdate,
 )
@@ -81,11 +84,22 @@ async def create_webhook(call: Call[WebhookCreate, None]) -> WebhookCreated:
     summary="List webhook endpoints",
     tag="Webhooks",
     tier="professional",
+    query=ListQuery,
     response=Page[Webhook],
 )
-async def list_webhooks(call: Call[None, None]) -> Page[Webhook]:
-    found = await endpoints.list_endpoints(call.pool, call.principal.tenant_id)
-    return Page[Webhook](items=[_model(e) for e in found], has_more=False, next_cursor=None)
+async def list_webhooks(call: Call[None, ListQuery]) -> Page[Webhook]:
+    query = call.query
+    found = await endpoints.list_endpoints(
+        call.pool,
+        call.principal.tenant_id,
+        limit=query.limit + 1,
+        after=decode_cursor(query.cursor, numeric=False),
+    )
+    items = [_model(e) for e in found[: query.limit]]
+    more = len(found) > query.limit
+    return Page[Webhook](
+        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
+    )
 
 
 @API.route(
@@ -137,6 +151,79 @@ async def update_webhook(call: Call[WebhookUpdate, None]) -> Webhook:
     return _model(endpoint)
 
 
+async def _set_active(call: Call[None, None], active: bool) -> Webhook:
+    endpoint_id = call.path_id("wh", "Webhook")
+    async with call.pool.acquire() as conn:
+        endpoint = await endpoints.update_endpoint(
+            conn, call.principal.tenant_id, endpoint_id, settings=call.state.settings, active=active
+        )
+    if endpoint is None:
+        raise not_found("Webhook")
+    return _model(endpoint)
+
+
+# PATCH {"active": ...} does the same; these say what they do in a log line or a button's
+# handler, and enabling is what the disabled-endpoint notice tells an owner to do.
+@API.route(
+    "POST",
+    "/webhooks/{id}/enable",
+    summary="Re-enable an endpoint; its failure record is cleared",
+    tag="Webhooks",
+    tier="professional",
+    response=Webhook,
+    errors=(404,),
+)
+async def enable_webhook(call: Call[None, None]) -> Webhook:
+    return await _set_active(call, True)
+
+
+@API.route(
+    "POST",
+    "/webhooks/{id}/disable",
+    summary="Disable an endpoint; its pending deliveries are cancelled",
+    tag="Webhooks",
+    tier="professional",
+    response=Webhook,
+    errors=(404,),
+)
+async def disable_webhook(call: Call[None, None]) -> Webhook:
+    return await _set_active(call, False)
+
+
+@API.route(
+    "POST",
+    "/webhooks/{id}/rotate-secret",
+    summary="Give an endpoint a new secret (shown once); the old one signs too for a while",
+    tag="Webhooks",
+    tier="professional",
+    body=WebhookRotate,
+    body_optional=True,
+    response=WebhookSecretRotated,
+    errors=(404,),
+)
+async def rotate_webhook_secret(call: Call[WebhookRotate, None]) -> WebhookSecretRotated:
+    body = call.body
+    endpoint_id = call.path_id("wh", "Webhook")
+    try:
+        done = await endpoints.rotate(
+            call.pool,
+            call.principal.tenant_id,
+            endpoint_id,
+            settings=call.state.settings,
+            secret=body.secret,
+            overlap_seconds=body.overlap_seconds,
+        )
+    except InvalidEndpoint as exc:
+        raise _invalid(exc) from None
+    if done is None:
+        raise not_found("Webhook")
+    return WebhookSecretRotated(
+        **_model(done.endpoint).model_dump(),
+        secret=done.secret,
+        previous_secret_expires_at=done.previous_secret_expires_at,
+    )
+
+
 @API.route(
     "DELETE",
     "/webhooks/{id}",
@@ -156,14 +243,16 @@ async def delete_webhook(call: Call[None, None]) -> Deleted:
 @API.route(
     "GET",
     "/webhooks/{id}/deliveries",
-    summary="Recent deliveries to an endpoint",
+    summary="Recent deliveries to an endpoint, newest first, optionally of one status",
     tag="Webhooks",
     tier="professional",
-    query=ListQuery,
+    query=WebhookDeliveryQuery,
     response=Page[WebhookDelivery],
     errors=(404,),
 )
-async def list_webhook_deliveries(call: Call[None, ListQuery]) -> Page[WebhookDelivery]:
+async def list_webhook_deliveries(
+    call: Call[None, WebhookDeliveryQuery],
+) -> Page[WebhookDelivery]:
     query = call.query
     endpoint_id = call.path_id("wh", "Webhook")
     if await endpoints.get_endpoint(call.pool, call.principal.tenant_id, endpoint_id) is None:
@@ -174,6 +263,7 @@ async def list_webhook_deliveries(call: Call[None, ListQuery]) -> Page[WebhookDe
         endpoint_id,
         limit=query.limit + 1,
         before=decode_cursor(query.cursor),
+        status=query.status,
     )
     page = rows[: query.limit]
     items = [WebhookDelivery(**{k: v for k, v in r.items() if k != "pk"}) for r in page]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict
@@ -52,6 +52,7 @@ EVENT_TYPES = (
 )
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
 ROTATION_OVERLAP_SECONDS = 24 * 3600.0
+MAX_ROTATION_OVERLAP_SECONDS = 7 * 24 * 3600.0
 
 
 class Endpoint(BaseModel):
@@ -123,8 +124,13 @@ async def create_endpoint(
     return Endpoint.from_row(row), secret
 
 
-async def list_endpoints(conn: Conn, tenant_id: int) -> list[Endpoint]:
-    return [Endpoint.from_row(r) for r in await conn.fetch(SQL["list_endpoints"], tenant_id)]
+async def list_endpoints(
+    conn: Conn, tenant_id: int, *, limit: int | None = None, after: str | None = None
+) -> list[Endpoint]:
+    """A tenant's endpoints, newest first; `after` (an endpoint id) pages on past it, and a
+    None `limit` gives all of them."""
+    rows = await conn.fetch(SQL["list_endpoints"], tenant_id, after, limit)
+    return [Endpoint.from_row(r) for r in rows]
 
 
 async def get_endpoint(conn: Conn, tenant_id: int, endpoint_id: str) -> Endpoint | None:
@@ -167,6 +173,46 @@ async def delete_endpoint(conn: Conn, tenant_id: int, endpoint_id: str) -> bool:
     return await conn.fetchval(SQL["delete_endpoint"], tenant_id, endpoint_id) is not None
 
 
+class Rotation(NamedTuple):
+    endpoint: Endpoint
+    secret: str
+    # Until then the old secret signs too; at once (now) for an overlap of 0.
+    previous_secret_expires_at: datetime
+
+
+async def rotate(
+    conn: Conn,
+    tenant_id: int,
+    endpoint_id: str,
+    *,
+    settings: Settings,
+    secret: str | None = None,
+    overlap_seconds: float = ROTATION_OVERLAP_SECONDS,
+) -> Rotation | None:
+    """Give an endpoint a new secret (returned, shown once); None when there is no such endpoint.
+
+    For `overlap_seconds` requests carry a signature under the old secret too, so a receiver
+    can deploy the new one without rejecting anything in between. 0 ends the old secret at
+    once (it leaked); more than a week would keep a secret meant to be retired alive for too
+    long.
+    """
+    if not 0 <= overlap_seconds <= MAX_ROTATION_OVERLAP_SECONDS:
+        raise InvalidEndpoint(
+            "overlap_seconds", f"must be between 0 and {MAX_ROTATION_OVERLAP_SECONDS:g}"
+        )
+    secret = generate_secret() if secret is None else check_secret(secret)
+    row = await conn.fetchrow(
+        SQL["rotate_secret"],
+        tenant_id,
+        endpoint_id,
+        seal(secret, server_keys(settings)),
+        overlap_seconds,
+    )
+    if row is None:
+        return None
+    return Rotation(Endpoint.from_row(row), secret, row["previous_secret_expires_at"])
+
+
 async def rotate_secret(
     conn: Conn,
     tenant_id: int,
@@ -176,26 +222,29 @@ async def rotate_secret(
     secret: str | None = None,
     overlap_seconds: float = ROTATION_OVERLAP_SECONDS,
 ) -> str | None:
-    """Give an endpoint a new secret (returned, shown once); None when there is no such endpoint.
-
-    For `overlap_seconds` requests carry a signature under the old secret too, so a receiver
-    can deploy the new one without rejecting anything in between.
-    """
-    secret = generate_secret() if secret is None else check_secret(secret)
-    found = await conn.fetchval(
-        SQL["rotate_secret"],
+    """`rotate`, for a caller that wants only the new secret."""
+    done = await rotate(
+        conn,
         tenant_id,
         endpoint_id,
-        seal(secret, server_keys(settings)),
-        overlap_seconds,
+        settings=settings,
+        secret=secret,
+        overlap_seconds=overlap_seconds,
     )
-    return secret if found is not None else None
+    return done.secret if done is not None else None
 
 
 async def list_deliveries(
-    conn: Conn, tenant_id: int, endpoint_id: str, *, limit: int = 50, before: int | None = None
+    conn: Conn,
+    tenant_id: int,
+    endpoint_id: str,
+    *,
+    limit: int = 50,
+    before: int | None = None,
+    status: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Recent deliveries of an endpoint, newest first; `before` pages on by the delivery's
-    key (`pk` in each row, which the caller keeps inside its cursor)."""
-    rows = await conn.fetch(SQL["list_deliveries"], tenant_id, endpoint_id, before, limit)
+    """Recent deliveries of an endpoint, newest first, of one `status` if given; `before`
+    pages on by the delivery's key (`pk` in each row, which the caller keeps inside its
+    cursor)."""
+    rows = await conn.fetch(SQL["list_deliveries"], tenant_id, endpoint_id, before, limit, status)
     return [dict(r) for r in rows]

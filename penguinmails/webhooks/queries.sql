@@ -7,10 +7,15 @@ RETURNING id AS pk, public_id AS id, tenant_id, url, description, events, active
           failing_since, disabled_at, disabled_reason, created_at, updated_at;
 
 -- name: list_endpoints
--- Every endpoint of a tenant, oldest first; secrets are not selected.
+-- A tenant's endpoints newest first, keyset-paginated on the public id (which sorts by
+-- creation) through the (tenant_id, public_id) index; $2 is the last id of the page before,
+-- $3 the page size. Secrets are not selected.
 SELECT public_id AS id, tenant_id, url, description, events, active, failing_since,
        disabled_at, disabled_reason, created_at, updated_at
-FROM webhooks WHERE tenant_id = $1 ORDER BY webhooks.id;
+FROM webhooks
+WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
+ORDER BY public_id DESC
+LIMIT $3;
 
 -- name: get_endpoint
 -- The tenant id is part of every lookup: an id from another tenant is simply not found.
@@ -55,10 +60,13 @@ SET previous_secret_sealed = secret_sealed,
     secret_sealed = $3,
     updated_at = now()
 WHERE tenant_id = $1 AND public_id = $2
-RETURNING id;
+RETURNING id AS pk, public_id AS id, tenant_id, url, description, events, active,
+          failing_since, disabled_at, disabled_reason, created_at, updated_at,
+          previous_secret_expires_at;
 
 -- name: list_deliveries
--- Recent deliveries of one endpoint, newest first, for an API that shows what was sent.
+-- Recent deliveries of one endpoint, newest first, for an API that shows what was sent;
+-- $5 keeps only one status (the failed ones, say), NULL all of them.
 SELECT d.id AS pk, d.public_id AS id, e.public_id AS event_id, e.type AS event_type,
        d.status, d.attempts, d.next_attempt_at, d.last_status_code, d.last_error,
        d.created_at, d.delivered_at
@@ -66,5 +74,6 @@ FROM webhook_deliveries d
 JOIN webhooks w ON w.id = d.webhook_id
 JOIN events e ON e.id = d.event_id
 WHERE w.tenant_id = $1 AND w.public_id = $2 AND ($3::bigint IS NULL OR d.id < $3)
+  AND ($5::text IS NULL OR d.status = $5)
 ORDER BY d.id DESC
 LIMIT $4;

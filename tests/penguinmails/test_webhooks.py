@@ -229,6 +229,16 @@ async def test_endpoint_lifecycle_is_scoped_to_the_tenant(pool, settings, tenant
     assert unseal(row["secret_sealed"], [b"test-key-one"]) == rotated
     assert unseal(row["previous_secret_sealed"], [b"test-key-one"]) == secret
     assert await rotate_secret(pool, other, endpoint.id, settings=settings) is None
+    # An overlap out of bounds (negative, or keeping a retired secret alive past a week) is
+    # refused before anything changes: the secret in use stays.
+    for overlap in (-1.0, 7 * 86400 + 1.0):
+        with pytest.raises(InvalidEndpoint, match="between") as refused:
+            await rotate_secret(
+                pool, tenant, endpoint.id, settings=settings, overlap_seconds=overlap
+            )
+        assert refused.value.field == "overlap_seconds"
+    row = await pool.fetchrow("SELECT * FROM webhooks WHERE public_id = $1", endpoint.id)
+    assert unseal(row["secret_sealed"], [b"test-key-one"]) == rotated
 
     assert await delete_endpoint(pool, tenant, endpoint.id)
     assert await get_endpoint(pool, tenant, endpoint.id) is None
