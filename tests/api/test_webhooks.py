@@ -330,3 +330,15 @@ async def test_endpoints_are_listed_a_page_at_a_time(
     for params, field in (({"limit": "0"}, "limit"), ({"cursor": "%%%"}, "cursor")):
         error = assert_error(await client.get("/webhooks", params=params), 422, "VALIDATION_ERROR")
         assert error["details"][0]["field"] == field
+
+
+async def test_the_new_webhook_routes_are_professional(
+    client: Client, receiver: Receiver, make_key: Any
+) -> None:
+    hook = (await client.post("/webhooks", json={"url": receiver.url()})).data
+    starter = client.with_key(await make_key("smallco", tier="starter", test=True))
+    for path in ("rotate-secret", "enable", "disable"):
+        refused = await starter.post(f"/webhooks/{hook['id']}/{path}")
+        assert "professional" in assert_error(refused, 403, "TIER_REQUIRED")["message"]
+    refused = await starter.get(f"/webhooks/{hook['id']}/deliveries", params={"status": "failed"})
+    assert_error(refused, 403, "TIER_REQUIRED")
