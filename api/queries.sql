@@ -260,9 +260,13 @@ SELECT now();
 
 -- name: get_message
 -- By the public id through (tenant_id, public_id); the campaign is shown by its public id.
+-- A row without a To list (a campaign's) shows To: its recipient, as its message does.
 SELECT m.id AS pk, m.public_id AS id, m.message_id, c.public_id AS campaign_id, m.from_email,
        m.recipient, m.subject, m.status, m.attempts, m.next_attempt_at, m.last_reply_code,
-       m.last_reply, m.enhanced_status, m.sandbox, m.created_at, m.sent_at
+       m.last_reply, m.enhanced_status, m.sandbox, m.created_at, m.sent_at,
+       coalesce(m.to_header, jsonb_build_array(jsonb_build_object('email', m.recipient))) AS "to",
+       coalesce(m.cc_header, '[]') AS cc, coalesce(m.reply_to, '[]') AS reply_to,
+       m.tags, m.metadata
 FROM messages m
 LEFT JOIN campaigns c ON c.id = m.campaign_id
 WHERE m.tenant_id = $1 AND m.public_id = $2;
