@@ -162,16 +162,29 @@ class PreparedSend:
     kinds: list[tuple[Kind, int]]
 
 
+SenderCache = dict[tuple[str, str] | None, tuple[str, str]]
+
+
 async def prepare_send(
-    conn: asyncpg.Connection, principal: Principal, body: SendRequest
+    conn: asyncpg.Connection,
+    principal: Principal,
+    body: SendRequest,
+    senders: SenderCache | None = None,
 ) -> PreparedSend:
     """The checked Draft of one send request (one recipient per to, cc and bcc address), or
-    a 422 naming the request's fields; writes nothing."""
+    a 422 naming the request's fields; writes nothing. `senders` keeps resolved senders
+    across a batch, whose messages mostly share one `from` (a query saved per message)."""
     errors = _envelope_errors(body)
     if errors:
         raise validation_error(errors)
     content = await content_of(conn, principal.tenant_id, body.content, body.subject)
-    from_email, from_name = await resolve_sender(conn, principal, body.from_)
+    key = None if body.from_ is None else (body.from_.email, body.from_.name)
+    if senders is not None and key in senders:
+        from_email, from_name = senders[key]
+    else:
+        from_email, from_name = await resolve_sender(conn, principal, body.from_)
+        if senders is not None:
+            senders[key] = (from_email, from_name)
     kinds: list[tuple[Kind, int]] = [
         *(("to", i) for i in range(len(body.to))),
         *(("cc", i) for i in range(len(body.cc))),
@@ -264,9 +277,10 @@ async def send_batch(call: Call[BatchSendRequest, None]) -> BatchSendResult:
     async def work(conn: asyncpg.Connection) -> BatchSendResult:
         prepared: list[PreparedSend] = []
         errors: list[dict[str, str]] = []
+        senders: SenderCache = {}
         for i, body in enumerate(call.body.messages):
             try:
-                prepared.append(await prepare_send(conn, call.principal, body))
+                prepared.append(await prepare_send(conn, call.principal, body, senders))
             except ApiError as exc:
                 if exc.status != 422:
                     raise
