@@ -355,6 +355,10 @@ class CampaignCreate(Request):
     settings: CampaignSettings = Field(default_factory=CampaignSettings)
     from_: From | None = Field(default=None, alias="from")
     headers: Headers = Field(default_factory=dict)
+    tags: list[MessageTag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="Given to each of its messages."
+    )
+    metadata: Metadata = Field(default_factory=dict, description="Given to each of its messages.")
     send_at: AwareDatetime | None = Field(
         default=None, description="The schedule `send` uses when it is given no send_at."
     )
@@ -370,6 +374,8 @@ class CampaignUpdate(Request):
     settings: CampaignSettings | None = None
     from_: From | None = Field(default=None, alias="from")
     headers: Headers | None = None
+    tags: list[MessageTag] | None = Field(default=None, max_length=MAX_TAGS)
+    metadata: Metadata | None = None
     send_at: AwareDatetime | None = None
 
 
@@ -387,6 +393,8 @@ class Campaign(Owned):
     content: ContentOut
     settings: dict[str, Any]
     headers: dict[str, str]
+    tags: list[str]
+    metadata: dict[str, Any]
     recipient_count: int
     status: CampaignStatus
     sandbox: bool

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.helpers import Client, assert_error
+from tests.helpers import Client, assert_error, create_campaign
 
 
 def send(**changes: Any) -> dict[str, Any]:
@@ -190,3 +190,34 @@ async def test_batch_reports_invalid_items_by_index_and_writes_nothing(
     too_many = {"messages": [item(i) for i in range(501)]}
     error = assert_error(await client.post("/emails/batch", json=too_many), 422, "VALIDATION_ERROR")
     assert error["details"][0]["field"] == "messages"
+
+
+async def test_a_campaigns_tags_and_metadata_go_to_each_of_its_messages(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    made = await create_campaign(client, tags=["spring"], metadata={"batch": 1})
+    assert made["tags"] == ["spring"] and made["metadata"] == {"batch": 1}
+    changed = await client.patch(f"/campaigns/{made['id']}", json={"tags": ["spring", "eu"]})
+    assert changed.data["tags"] == ["spring", "eu"] and changed.data["metadata"] == {"batch": 1}
+    error = assert_error(
+        await client.patch(f"/campaigns/{made['id']}", json={"metadata": {"x": [1]}}),
+        422,
+        "VALIDATION_ERROR",
+    )
+    assert error["details"][0]["field"].startswith("metadata")
+    assert (await client.post(f"/campaigns/{made['id']}/send")).status == 202
+    bulk = await client.post(
+        "/emails/send-bulk",
+        json={
+            "campaign_id": made["id"],
+            "recipients": [{"email": "cy@dest.test", "personalization": {"first_name": "Cy"}}],
+        },
+    )
+    assert bulk.status == 202, bulk.body
+    rows = await pool.fetch("SELECT recipient, tags, metadata FROM messages ORDER BY id")
+    assert [r["recipient"] for r in rows] == ["ann@dest.test", "bob@dest.test", "cy@dest.test"]
+    assert all(r["tags"] == ["spring", "eu"] and r["metadata"] == {"batch": 1} for r in rows)
+    shown = (await client.get(f"/messages/{bulk.data['message_ids'][0]}")).data
+    assert shown["tags"] == ["spring", "eu"] and shown["to"] == [
+        {"email": "cy@dest.test", "name": ""}
+    ]

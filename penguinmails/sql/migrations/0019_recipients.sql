@@ -12,5 +12,10 @@ ALTER TABLE messages
     ADD COLUMN tags text[] NOT NULL DEFAULT '{}',
     ADD COLUMN metadata jsonb NOT NULL DEFAULT '{}';
 
+-- A campaign's tags and metadata, given to each message it queues.
+ALTER TABLE campaigns
+    ADD COLUMN tags text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN metadata jsonb NOT NULL DEFAULT '{}';
+
 -- For the message search (tags @> ARRAY[...]) built on top of this.
 CREATE INDEX messages_tags_idx ON messages USING gin (tags);
