@@ -74,6 +74,8 @@ _CAMPAIGN_COLUMNS = (
     "subject",
     "settings",
     "headers",
+    "tags",
+    "metadata",
     "recipient_count",
     "status",
     "sandbox",
@@ -140,6 +142,8 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
             body.send_at,
             content.template_id,
             content.template_version,
+            body.tags,
+            body.metadata,
         )
         campaign = await fetch_campaign(conn, call.principal.tenant_id, row["public_id"])
         await campaign_event(
@@ -206,7 +210,16 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
     body = call.body
     campaign_id = call.path_id("campaign", "Campaign")
     given = body.model_fields_set
-    for name in ("name", "subject", "content", "recipients", "settings", "headers"):
+    for name in (
+        "name",
+        "subject",
+        "content",
+        "recipients",
+        "settings",
+        "headers",
+        "tags",
+        "metadata",
+    ):
         if name in given and getattr(body, name) is None:
             raise validation_error([{"field": name, "message": "must not be null"}])
     async with call.pool.acquire() as conn, conn.transaction():
@@ -261,6 +274,8 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
             len(recipients),
             body.send_at if "send_at" in given else row["send_at"],
             *template,
+            body.tags if body.tags is not None else row["tags"],
+            body.metadata if body.metadata is not None else row["metadata"],
         )
         return await fetch_campaign(conn, call.principal.tenant_id, campaign_id)
 

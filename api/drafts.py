@@ -3,6 +3,7 @@ route module imports the other."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -25,6 +26,8 @@ def new_draft(
     text: str | None,
     headers: dict[str, str],
     settings: dict[str, Any],
+    tags: Sequence[str] = (),
+    metadata: Mapping[str, Any] | None = None,
 ) -> Draft:
     return Draft(
         from_email=from_email or PLACEHOLDER_SENDER,
@@ -35,6 +38,8 @@ def new_draft(
         html=html,
         headers=headers,
         settings=settings,
+        tags=tags,
+        metadata=metadata or {},
     )
 
 
@@ -47,6 +52,8 @@ def draft_from_row(row: asyncpg.Record, from_email: str, from_name: str) -> Draf
         text=row["text_body"],
         headers=row["headers"],
         settings=row["settings"],
+        tags=row["tags"],
+        metadata=row["metadata"],
     )
 
 

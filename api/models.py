@@ -21,6 +21,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     StringConstraints,
     WithJsonSchema,
     model_validator,
@@ -29,7 +33,12 @@ from pydantic_core import PydanticCustomError
 
 from api.tiers import Tier
 from penguinmails.messages import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_KEYS,
     MAX_PERSONALIZATION_BYTES,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
     InvalidMessage,
     address_domain,
     owned_header,
@@ -41,6 +50,11 @@ from penguinmails.webhooks.endpoints import (
 )
 
 MAX_RECIPIENTS = 10_000
+# Envelope recipients of one send (to + cc + bcc): each becomes its own message row, and the
+# visible To and Cc lists are repeated in every one of them.
+MAX_SEND_RECIPIENTS = 50
+MAX_REPLY_TO = 10
+MAX_BATCH = 500
 MAX_BODY_CHARS = 1_000_000
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,75}$")
 
@@ -141,6 +155,63 @@ def _sender(value: Any) -> Any:
             "sender", 'must be "address", "Name <address>" or {"email", "name"}'
         )
     return value
+
+
+def _one_or_many(value: Any) -> Any:
+    """One address (any form) is a list of one."""
+    return [value] if isinstance(value, str | dict) else value
+
+
+Address = Annotated[Sender, BeforeValidator(_sender, json_schema_input_type=str | Sender)]
+
+
+def _addresses(limit: int, what: str, min_length: int = 0) -> Any:
+    return Field(
+        default_factory=list,
+        min_length=min_length,
+        max_length=limit,
+        description=f'{what}: an address, "Name <address>" or {{email, name}}, or a list of '
+        f"them (at most {limit}).",
+    )
+
+
+AddressList = Annotated[
+    list[Address],
+    BeforeValidator(_one_or_many, json_schema_input_type=str | Sender | list[str | Sender]),
+]
+
+
+def _no_controls(value: str) -> str:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise PydanticCustomError("control", "must not contain control characters")
+    return value
+
+
+MessageTag = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TAG_CHARS), AfterValidator(_no_controls)
+]
+MetadataKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS),
+    AfterValidator(_no_controls),
+]
+
+
+def _metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise PydanticCustomError("metadata", "at most {n} keys", {"n": MAX_METADATA_KEYS})
+    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        raise PydanticCustomError(
+            "metadata", "at most {size} bytes of JSON", {"size": MAX_METADATA_BYTES}
+        )
+    return value
+
+
+# Flat: a value is a string, number or bool (strict, so "1" stays a string and 1 a number).
+Metadata = Annotated[
+    dict[MetadataKey, StrictStr | StrictBool | StrictInt | StrictFloat],
+    AfterValidator(_metadata),
+]
 
 
 From = Annotated[
@@ -288,6 +359,10 @@ class CampaignCreate(Request):
     settings: CampaignSettings = Field(default_factory=CampaignSettings)
     from_: From | None = Field(default=None, alias="from")
     headers: Headers = Field(default_factory=dict)
+    tags: list[MessageTag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="Given to each of its messages."
+    )
+    metadata: Metadata = Field(default_factory=dict, description="Given to each of its messages.")
     send_at: AwareDatetime | None = Field(
         default=None, description="The schedule `send` uses when it is given no send_at."
     )
@@ -303,6 +378,8 @@ class CampaignUpdate(Request):
     settings: CampaignSettings | None = None
     from_: From | None = Field(default=None, alias="from")
     headers: Headers | None = None
+    tags: list[MessageTag] | None = Field(default=None, max_length=MAX_TAGS)
+    metadata: Metadata | None = None
     send_at: AwareDatetime | None = None
 
 
@@ -320,6 +397,8 @@ class Campaign(Owned):
     content: ContentOut
     settings: dict[str, Any]
     headers: dict[str, str]
+    tags: list[str]
+    metadata: dict[str, Any]
     recipient_count: int
     status: CampaignStatus
     sandbox: bool
@@ -338,7 +417,21 @@ class Campaign(Owned):
 
 class SendRequest(Request):
     from_: From | None = Field(default=None, alias="from")
-    to: Email
+    to: AddressList = _addresses(MAX_SEND_RECIPIENTS, "Shown in To", min_length=1)
+    cc: AddressList = _addresses(MAX_SEND_RECIPIENTS, "Shown in Cc")
+    bcc: AddressList = _addresses(MAX_SEND_RECIPIENTS, "Sent the same message, shown in no header")
+    reply_to: AddressList = _addresses(MAX_REPLY_TO, "Written as Reply-To")
+    tags: list[MessageTag] = Field(
+        default_factory=list,
+        max_length=MAX_TAGS,
+        description="Your labels: shown on the message and in every webhook of it.",
+    )
+    metadata: Metadata = Field(
+        default_factory=dict,
+        description=f"Your data, a flat object of at most {MAX_METADATA_KEYS} keys (strings, "
+        f"numbers, booleans; {MAX_METADATA_BYTES} bytes of JSON): shown on the message and "
+        "in every webhook of it.",
+    )
     subject: Subject | None = Field(
         default=None, description="Required unless content.template_id has one."
     )
@@ -349,10 +442,36 @@ class SendRequest(Request):
     send_at: AwareDatetime | None = None
 
 
+class SentMessage(Response):
+    id: str = Field(description="The message to this recipient: GET /api/v1/messages/{id}.")
+    email: str
+    kind: Literal["to", "cc", "bcc"]
+
+
 class SendResult(Owned):
-    message_id: str = Field(description="The message: GET /api/v1/messages/{message_id}.")
+    message_id: str = Field(
+        description="The first `to` recipient's message: GET /api/v1/messages/{message_id}."
+    )
     status: Literal["queued"] = "queued"
     sandbox: bool
+    messages: list[SentMessage] = Field(
+        default_factory=list,
+        description="One message per recipient (to, then cc, then bcc), each with its own "
+        "status and events.",
+    )
+    suppressed: list[str] = Field(
+        default_factory=list,
+        description="Recipients on the suppression list: their messages are recorded "
+        "email.suppressed instead of being sent.",
+    )
+
+
+class BatchSendRequest(Request):
+    messages: list[SendRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchSendResult(Owned):
+    data: list[SendResult] = Field(description="One result per message, in the request's order.")
 
 
 class BulkSendRequest(Request):
@@ -400,6 +519,11 @@ class Message(Owned):
     last_reply: str | None
     enhanced_status: str | None
     sandbox: bool
+    to: list[SenderOut] = Field(description="The To list the message shows.")
+    cc: list[SenderOut]
+    reply_to: list[SenderOut]
+    tags: list[str]
+    metadata: dict[str, Any]
     created_at: datetime
     sent_at: datetime | None
     events: list[MessageEvent]

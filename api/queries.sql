@@ -156,8 +156,8 @@ DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours';
 -- name: insert_campaign
 INSERT INTO campaigns (tenant_id, name, subject, from_email, from_name, html_body, text_body,
                        headers, settings, recipients, recipient_count, sandbox, send_at,
-                       template_id, template_version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                       template_id, template_version, tags, metadata)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 RETURNING id, public_id;
 
 -- name: insert_campaign_event
@@ -170,7 +170,7 @@ INSERT INTO events (tenant_id, campaign_id, type, data) VALUES ($1, $2, $3, $4);
 -- already, due at send_at, so there is no state change to record when that moment comes.
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
-       cancelled_at, created_at, updated_at, template_id, template_version,
+       cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
@@ -181,7 +181,7 @@ FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
 -- fetched to know whether there is a next page.
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
-       cancelled_at, created_at, updated_at, template_id, template_version,
+       cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns
@@ -194,7 +194,7 @@ LIMIT $3;
 -- completion trigger's callers end up in, so the two serialise rather than race.
 SELECT id, public_id, tenant_id, name, subject, from_email, from_name, html_body, text_body,
        headers, settings, recipients, status, sandbox, send_at, paused_at, template_id,
-       template_version
+       template_version, tags, metadata
 FROM campaigns WHERE tenant_id = $1 AND public_id = $2
 FOR UPDATE;
 
@@ -203,7 +203,7 @@ FOR UPDATE;
 UPDATE campaigns
 SET name = $3, subject = $4, from_email = $5, from_name = $6, html_body = $7, text_body = $8,
     headers = $9, settings = $10, recipients = $11, recipient_count = $12, send_at = $13,
-    template_id = $14, template_version = $15, updated_at = now()
+    template_id = $14, template_version = $15, tags = $16, metadata = $17, updated_at = now()
 WHERE tenant_id = $1 AND id = $2 AND status = 'draft';
 
 -- name: start_campaign
@@ -270,9 +270,13 @@ SELECT now();
 
 -- name: get_message
 -- By the public id through (tenant_id, public_id); the campaign is shown by its public id.
+-- A row without a To list (a campaign's) shows To: its recipient, as its message does.
 SELECT m.id AS pk, m.public_id AS id, m.message_id, c.public_id AS campaign_id, m.from_email,
        m.recipient, m.subject, m.status, m.attempts, m.next_attempt_at, m.last_reply_code,
-       m.last_reply, m.enhanced_status, m.sandbox, m.created_at, m.sent_at
+       m.last_reply, m.enhanced_status, m.sandbox, m.created_at, m.sent_at,
+       coalesce(m.to_header, jsonb_build_array(jsonb_build_object('email', m.recipient))) AS "to",
+       coalesce(m.cc_header, '[]') AS cc, coalesce(m.reply_to, '[]') AS reply_to,
+       m.tags, m.metadata
 FROM messages m
 LEFT JOIN campaigns c ON c.id = m.campaign_id
 WHERE m.tenant_id = $1 AND m.public_id = $2;

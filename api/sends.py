@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import asyncpg
 import orjson
 from pydantic import BaseModel
 
+from api.auth import Principal
 from api.drafts import campaign_event, draft_from_row, lock_campaign
 from api.errors import ApiError, conflict, not_found, validation_error
 from api.models import (
+    MAX_SEND_RECIPIENTS,
+    BatchSendRequest,
+    BatchSendResult,
     BulkSendRequest,
     BulkSendResult,
     Message,
@@ -33,11 +38,12 @@ from api.models import (
     Sender,
     SendRequest,
     SendResult,
+    SentMessage,
 )
 from api.routing import API, Call, is_public_id
-from api.senders import check_draft, resolve_sender
+from api.senders import MAX_DETAILS, check_draft, resolve_sender
 from api.templates import content_of
-from penguinmails.messages import Draft, InvalidMessage, enqueue
+from penguinmails.messages import Address, Draft, InvalidMessage, enqueue, enqueue_draft
 from penguinmails.queries import load
 
 SQL = load("api")
@@ -107,20 +113,134 @@ _SINGLE_FIELDS = {
     "from_name": "from.name",
     "text": "content.text",
     "html": "content.html",
-    "recipients[0]": "to",
 }
+Kind = Literal["to", "cc", "bcc"]
 
 
-def _single_field(name: str) -> str:
-    if name.startswith("personalization[0]"):
-        return "personalization" + name[len("personalization[0]") :]
+def _single_field(name: str, kinds: Sequence[tuple[Kind, int]]) -> str:
+    """The request's name for a field the Draft names: recipients[i] is to/cc/bcc[j], and
+    the one personalization is every recipient's."""
+    match = re.match(r"^(recipients|personalization)\[(\d+)\](.*)$", name)
+    if match is not None:
+        root, index, rest = match.group(1), int(match.group(2)), match.group(3)
+        if root == "personalization":
+            return "personalization" + rest
+        kind, position = kinds[index]
+        return f"{kind}[{position}].email{rest}"
     return _SINGLE_FIELDS.get(name, name)
+
+
+def _envelope_errors(body: SendRequest) -> list[dict[str, str]]:
+    """What pydantic cannot see field by field: the total, duplicates, a Reply-To header."""
+    errors = []
+    for name in body.headers:
+        if name.lower() == "reply-to":
+            errors.append({"field": f"headers.{name}", "message": "is given as reply_to"})
+    total = len(body.to) + len(body.cc) + len(body.bcc)
+    if total > MAX_SEND_RECIPIENTS:
+        errors.append(
+            {
+                "field": "bcc" if body.bcc else "cc" if body.cc else "to",
+                "message": f"at most {MAX_SEND_RECIPIENTS} recipients in to, cc and bcc "
+                f"together ({total} given)",
+            }
+        )
+    seen: dict[str, str] = {}
+    for kind in ("to", "cc", "bcc"):
+        for i, address in enumerate(getattr(body, kind)):
+            where = f"{kind}[{i}]"
+            first = seen.setdefault(address.email.lower(), where)
+            if first != where:
+                # Two rows for one address would send it the message twice.
+                errors.append({"field": f"{where}.email", "message": f"already in {first}"})
+    return errors
+
+
+@dataclasses.dataclass
+class PreparedSend:
+    draft: Draft
+    kinds: list[tuple[Kind, int]]
+
+
+SenderCache = dict[tuple[str, str] | None, tuple[str, str]]
+
+
+async def prepare_send(
+    conn: asyncpg.Connection,
+    principal: Principal,
+    body: SendRequest,
+    senders: SenderCache | None = None,
+) -> PreparedSend:
+    """The checked Draft of one send request (one recipient per to, cc and bcc address), or
+    a 422 naming the request's fields; writes nothing. `senders` keeps resolved senders
+    across a batch, whose messages mostly share one `from` (a query saved per message)."""
+    errors = _envelope_errors(body)
+    if errors:
+        raise validation_error(errors)
+    content = await content_of(conn, principal.tenant_id, body.content, body.subject)
+    key = None if body.from_ is None else (body.from_.email, body.from_.name)
+    if senders is not None and key in senders:
+        from_email, from_name = senders[key]
+    else:
+        from_email, from_name = await resolve_sender(conn, principal, body.from_)
+        if senders is not None:
+            senders[key] = (from_email, from_name)
+    kinds: list[tuple[Kind, int]] = [
+        *(("to", i) for i in range(len(body.to))),
+        *(("cc", i) for i in range(len(body.cc))),
+        *(("bcc", i) for i in range(len(body.bcc))),
+    ]
+    envelope = [*body.to, *body.cc, *body.bcc]
+    draft = Draft(
+        from_email=from_email,
+        from_name=from_name,
+        subject=content.subject or "",
+        recipients=[a.email for a in envelope],
+        text=content.text,
+        html=content.html,
+        headers=body.headers,
+        personalization=[body.personalization] * len(envelope),
+        settings={
+            "track_opens": body.tracking.track_opens,
+            "track_clicks": body.tracking.track_clicks,
+        },
+        send_at=body.send_at,
+        sandbox=principal.sandbox,
+        to_header=[Address(a.email, a.name) for a in body.to],
+        cc_header=[Address(a.email, a.name) for a in body.cc],
+        reply_to=[Address(a.email, a.name) for a in body.reply_to],
+        tags=body.tags,
+        metadata=body.metadata,
+    )
+    try:
+        draft.validate()
+    except InvalidMessage as exc:
+        raise validation_error(
+            [{"field": _single_field(exc.field, kinds), "message": exc.message}]
+        ) from None
+    return PreparedSend(draft, kinds)
+
+
+async def queue_send(
+    conn: asyncpg.Connection, tenant_id: int, prepared: PreparedSend
+) -> SendResult:
+    queued = await enqueue_draft(conn, tenant_id, prepared.draft)
+    messages = [
+        SentMessage(id=q.public_id, email=q.recipient, kind=kind)
+        for q, (kind, _) in zip(queued, prepared.kinds, strict=True)
+    ]
+    return SendResult(
+        message_id=messages[0].id,
+        sandbox=prepared.draft.sandbox,
+        messages=messages,
+        suppressed=[q.recipient for q in queued if q.suppressed],
+    )
 
 
 @API.route(
     "POST",
     "/emails/send",
-    summary="Send one message",
+    summary="Send one message to its to, cc and bcc recipients",
     tag="Sending",
     body=SendRequest,
     response=SendResult,
@@ -129,38 +249,57 @@ def _single_field(name: str) -> str:
     errors=(409,),
 )
 async def send_email(call: Call[SendRequest, None]) -> SendResult:
-    body = call.body
+    """Each of to, cc and bcc (at most 50 in all) gets its own message row, with its own
+    status and events; all show the same To and Cc, and no copy shows a Bcc."""
 
     async def work(conn: asyncpg.Connection) -> SendResult:
-        content = await content_of(conn, call.principal.tenant_id, body.content, body.subject)
-        from_email, from_name = await resolve_sender(conn, call.principal, body.from_)
-        draft = Draft(
-            from_email=from_email,
-            from_name=from_name,
-            subject=content.subject or "",
-            recipients=[body.to],
-            text=content.text,
-            html=content.html,
-            headers=body.headers,
-            personalization=[body.personalization],
-            settings={
-                "track_opens": body.tracking.track_opens,
-                "track_clicks": body.tracking.track_clicks,
-            },
-            send_at=body.send_at,
-            sandbox=call.principal.sandbox,
-        )
-        try:
-            draft.validate()
-        except InvalidMessage as exc:
-            raise validation_error(
-                [{"field": _single_field(exc.field), "message": exc.message}]
-            ) from None
-        ids = await enqueue(conn, call.principal.tenant_id, draft)
-        [public] = await public_message_ids(conn, ids)
-        return SendResult(message_id=public, sandbox=draft.sandbox)
+        prepared = await prepare_send(conn, call.principal, call.body)
+        return await queue_send(conn, call.principal.tenant_id, prepared)
 
     return await idempotent(call, SendResult, work)
+
+
+@API.route(
+    "POST",
+    "/emails/batch",
+    summary="Send up to 500 different messages in one all-or-nothing request",
+    tag="Sending",
+    body=BatchSendRequest,
+    response=BatchSendResult,
+    status=202,
+    headers=(IDEMPOTENCY_HEADER,),
+    errors=(409,),
+)
+async def send_batch(call: Call[BatchSendRequest, None]) -> BatchSendResult:
+    """Every message is checked before any is written (errors named `messages[3].to`), then
+    all are queued in one transaction; one Idempotency-Key covers the whole batch."""
+
+    async def work(conn: asyncpg.Connection) -> BatchSendResult:
+        prepared: list[PreparedSend] = []
+        errors: list[dict[str, str]] = []
+        senders: SenderCache = {}
+        for i, body in enumerate(call.body.messages):
+            try:
+                prepared.append(await prepare_send(conn, call.principal, body, senders))
+            except ApiError as exc:
+                if exc.status != 422:
+                    raise
+                for detail in exc.details:
+                    field = detail.get("field", "")
+                    errors.append(
+                        {
+                            "field": f"messages[{i}].{field}" if field else f"messages[{i}]",
+                            "message": detail.get("message", ""),
+                        }
+                    )
+                if len(errors) >= MAX_DETAILS:
+                    break
+        if errors:
+            raise validation_error(errors[:MAX_DETAILS])
+        tenant = call.principal.tenant_id
+        return BatchSendResult(data=[await queue_send(conn, tenant, p) for p in prepared])
+
+    return await idempotent(call, BatchSendResult, work)
 
 
 @API.route(

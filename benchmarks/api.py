@@ -10,6 +10,10 @@ so the rate limit is not what is measured; every request still pays the limiter'
   Each 202 means 10,000 committed rows. Baseline in the same run: the same 10,000 rows
   queued by `penguinmails.messages.enqueue` directly on one connection (what the route does
   inside its transaction, without HTTP, JSON and validation).
+- Batch: POST /api/v1/emails/batch with 500 different messages per request (the maximum),
+  each its own subject, tags and metadata, one request at a time; each 202 means 500
+  committed rows in one transaction. Baseline in the same run: the same 500 Drafts queued by
+  `enqueue` directly, 500 calls in one transaction on one connection.
 - Single send under load: POST /api/v1/emails/send from N concurrent connections (default
   20) for a few seconds, p50/p99 latency and requests/second; every 202 must be a row.
   Baselines in the same run with the same client and concurrency: GET /api/v1/health on the
@@ -50,11 +54,12 @@ from benchmarks.mta import (
 from benchmarks.report import Table, machine, write_json
 from benchmarks.wrk import run_wrk
 from penguinmails.database import connect
-from penguinmails.messages import Draft, enqueue, ensure_tenant
+from penguinmails.messages import Address, Draft, enqueue, ensure_tenant
 
 PREFIX = "/api/v1"
 TENANT = "bench"
 BULK_RECIPIENTS = 10_000
+BATCH_MESSAGES = 500
 SUBJECT = "Hello {{name}}"
 HTML = (
     "<p>Hi {{name}},</p>"
@@ -357,6 +362,82 @@ async def enqueue_baseline(url: str, requests: int) -> dict[str, Any]:
     }
 
 
+def batch_item(batch: int, i: int) -> dict[str, Any]:
+    return {
+        "from": {"email": "news@bench.test"},
+        "to": f"b{batch}-{i}@sink.test",
+        "subject": f"Order {batch}-{i} is on its way, {{{{name}}}}",
+        "content": {"html": HTML},
+        "personalization": {"name": f"User {i}", "company": f"Company {i % 97}"},
+        "tags": ["order", "shipping"],
+        "metadata": {"order": f"{batch}-{i}", "total": i * 1.5},
+    }
+
+
+async def batch(
+    session: aiohttp.ClientSession, base: str, auth: dict[str, str], requests: int
+) -> dict[str, Any]:
+    seconds: list[float] = []
+    queued = 0
+    body = b""
+    for n in range(requests):
+        body = orjson.dumps({"messages": [batch_item(n, i) for i in range(BATCH_MESSAGES)]})
+        started = time.perf_counter()
+        async with session.post(
+            f"{base}{PREFIX}/emails/batch",
+            data=body,
+            headers={**auth, "Content-Type": "application/json"},
+        ) as response:
+            answer = await response.read()
+            if response.status != 202:
+                raise RuntimeError(f"batch answered {response.status}: {answer[:500]!r}")
+        seconds.append(time.perf_counter() - started)
+        queued += len(orjson.loads(answer)["data"]["data"])
+    return {
+        "requests": requests,
+        "messages_per_request": BATCH_MESSAGES,
+        "request_bytes": len(body),
+        "queued": queued,
+        "request_seconds_p50": statistics.median(seconds),
+        "messages_per_second": queued / sum(seconds),
+    }
+
+
+async def batch_enqueue_baseline(url: str, requests: int) -> dict[str, Any]:
+    """The same 500 messages through enqueue(), one call each, in one transaction."""
+    conn = await connect(url)
+    try:
+        tenant = await ensure_tenant(conn, TENANT, mode="test")
+        seconds: list[float] = []
+        for n in range(requests):
+            drafts = [
+                Draft(
+                    from_email="news@bench.test",
+                    subject=item["subject"],
+                    html=HTML,
+                    recipients=[item["to"].replace("@", "-direct@")],
+                    personalization=[item["personalization"]],
+                    to_header=[Address(item["to"].replace("@", "-direct@"))],
+                    tags=item["tags"],
+                    metadata=item["metadata"],
+                    sandbox=True,
+                )
+                for item in (batch_item(n, i) for i in range(BATCH_MESSAGES))
+            ]
+            started = time.perf_counter()
+            async with conn.transaction():
+                for draft in drafts:
+                    await enqueue(conn, tenant, draft)
+            seconds.append(time.perf_counter() - started)
+    finally:
+        await conn.close()
+    return {
+        "requests": requests,
+        "request_seconds_p50": statistics.median(seconds),
+        "messages_per_second": requests * BATCH_MESSAGES / sum(seconds),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     requests = args.requests or (2 if args.quick else 5)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -386,6 +467,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
             results["bulk"] = await bulk(session, base, auth, requests)
         results["bulk_baseline_enqueue"] = await enqueue_baseline(url, requests)
+        batches = args.requests or (3 if args.quick else 10)
+        async with aiohttp.ClientSession() as session:
+            results["batch"] = await batch(session, base, auth, batches)
+        results["batch_baseline_enqueue"] = await batch_enqueue_baseline(url, batches)
 
         single = orjson.dumps(
             {
@@ -474,6 +559,33 @@ def report(results: dict[str, Any]) -> None:
     )
     print(f"\nAPI bulk ingest, {BULK_RECIPIENTS:,} recipients per request, one at a time")
     print(table.render())
+    if "batch" in results:
+        b, e = results["batch"], results["batch_baseline_enqueue"]
+        table = Table(
+            ["path", "requests", "messages", "s per request p50", "messages/s", "vs enqueue"]
+        )
+        table.add(
+            [
+                "POST batch (HTTP)",
+                b["requests"],
+                b["queued"],
+                b["request_seconds_p50"],
+                b["messages_per_second"],
+                b["messages_per_second"] / e["messages_per_second"],
+            ]
+        )
+        table.add(
+            [
+                "enqueue() x500 direct (baseline)",
+                e["requests"],
+                e["requests"] * BATCH_MESSAGES,
+                e["request_seconds_p50"],
+                e["messages_per_second"],
+                1.0,
+            ]
+        )
+        print(f"\nAPI batch ingest, {BATCH_MESSAGES} different messages per request")
+        print(table.render())
     phases = results["single"]
     table = Table(
         [

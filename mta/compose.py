@@ -196,7 +196,17 @@ def _compose(row: Mapping[str, Any], *, links: Links, verp: Verp, now: datetime 
 
     headers: list[tuple[str, str]] = [
         ("From", fold("From", format_address(row["from_name"] or "", row["from_email"]))),
-        ("To", row["recipient"]),
+        ("To", _address_list("To", row.get("to_header")) or row["recipient"]),
+    ]
+    cc = _address_list("Cc", row.get("cc_header"))
+    if cc:
+        headers.append(("Cc", cc))
+    reply_to = _address_list("Reply-To", row.get("reply_to"))
+    if reply_to:
+        headers.append(("Reply-To", reply_to))
+    # No Bcc header, ever: a Bcc recipient's row is the same message, and nobody else's copy
+    # (nor its own) may show it.
+    headers += [
         ("Subject", header_value("Subject", subject)),
         ("Date", format_datetime(now or datetime.now(UTC))),
         ("Message-ID", f"<{rfc_message_id}>"),
@@ -213,8 +223,23 @@ def _compose(row: Mapping[str, Any], *, links: Links, verp: Verp, now: datetime 
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
         ("Feedback-ID", _feedback_id(row)),
     ]
-    headers += _custom_headers(row["headers"] or {})
+    headers += _custom_headers(row["headers"] or {}, skip=("reply-to",) if reply_to else ())
     return Composed(headers, body, from_domain)
+
+
+def _address_list(name: str, addresses: Sequence[Mapping[str, str]] | None) -> str:
+    """A folded address-list header value ("" for none); checks each address again, since
+    the row is what goes on the wire."""
+    if not addresses:
+        return ""
+    out = []
+    for entry in addresses:
+        try:
+            address_domain(entry["email"], name)
+        except InvalidMessage as exc:
+            raise ComposeError(str(exc)) from None
+        out.append(format_address(entry.get("name") or "", entry["email"]))
+    return fold(name, ", ".join(out))
 
 
 def _render(
@@ -234,10 +259,10 @@ def _feedback_id(row: Mapping[str, Any]) -> str:
     return f"{campaign or 0}:{row['tenant_id']}:{kind}:{FEEDBACK_SENDER}"
 
 
-def _custom_headers(custom: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _custom_headers(custom: Mapping[str, Any], skip: Sequence[str] = ()) -> list[tuple[str, str]]:
     out = []
     for name, raw in custom.items():
-        if owned_header(name):
+        if owned_header(name) or name.lower() in skip:
             continue  # the API refuses these; a row that has them anyway loses them
         if not _HEADER_NAME.match(name):
             raise ComposeError(f"headers: not a header name: {name!r}")

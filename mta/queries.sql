@@ -32,7 +32,7 @@ WHERE m.id = picked.id
 RETURNING m.id, m.tenant_id, m.campaign_id, m.message_id, m.from_email, m.from_name,
           m.recipient, m.recipient_domain, m.subject, m.text_body, m.html_body, m.headers,
           m.personalization, m.settings, m.attempts, m.created_at, m.lease_token,
-          m.possible_duplicate, m.sandbox,
+          m.possible_duplicate, m.sandbox, m.to_header, m.cc_header, m.reply_to,
           EXISTS (SELECT 1 FROM suppressions s
                   WHERE s.tenant_id = m.tenant_id AND s.email = lower(m.recipient)) AS suppressed;
 

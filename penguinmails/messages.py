@@ -87,6 +87,13 @@ _VALUE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # server recurse or allocate without limit.
 MAX_PERSONALIZATION_DEPTH = 8
 MAX_PERSONALIZATION_BYTES = 64 * 1024
+# Tags and metadata ride along in every webhook of the message: small, so they cannot bloat
+# a payload that is signed and sent many times.
+MAX_TAGS = 10
+MAX_TAG_CHARS = 64
+MAX_METADATA_KEYS = 20
+MAX_METADATA_KEY_CHARS = 40
+MAX_METADATA_BYTES = 2048
 
 
 def _no_controls(value: str, field_name: str, controls: re.Pattern[str]) -> None:
@@ -118,6 +125,32 @@ def check_personalization(values: Any, field_name: str, depth: int = 0) -> None:
             check_personalization(value, f"{field_name}[{index}]", depth + 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A header address: what a To, Cc or Reply-To list shows, with its display name."""
+
+    email: str
+    name: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {"email": self.email, "name": self.name}
+
+
+def _check_addresses(addresses: Sequence[Address], field_name: str) -> None:
+    for i, address in enumerate(addresses):
+        address_domain(address.email, f"{field_name}[{i}].email")
+        _no_line_breaks(address.name, f"{field_name}[{i}].name")
+
+
+def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
+    if len(tags) > MAX_TAGS:
+        raise InvalidMessage(field_name, f"at most {MAX_TAGS} tags")
+    for i, tag in enumerate(tags):
+        if not 1 <= len(tag) <= MAX_TAG_CHARS:
+            raise InvalidMessage(f"{field_name}[{i}]", f"1 to {MAX_TAG_CHARS} characters")
+        _no_line_breaks(tag, f"{field_name}[{i}]")
+
+
 @dataclass
 class Draft:
     from_email: str
@@ -132,6 +165,13 @@ class Draft:
     campaign_id: int | None = None
     send_at: datetime | None = None
     sandbox: bool = False  # test mode: delivered to the capture sink, never to real MX hosts
+    # The visible To and Cc lists every recipient's copy shows; None: To is the recipient
+    # (a campaign's one-recipient-per-message form). Bcc recipients are in `recipients` only.
+    to_header: Sequence[Address] | None = None
+    cc_header: Sequence[Address] = ()
+    reply_to: Sequence[Address] = ()
+    tags: Sequence[str] = ()
+    metadata: Mapping[str, str | int | float | bool] = field(default_factory=dict)
 
     def validate(self) -> tuple[str, list[str]]:
         sender_domain = address_domain(self.from_email, "from")
@@ -145,6 +185,10 @@ class Draft:
                 raise InvalidMessage(
                     f"headers.{name}", "is set by PenguinMails and cannot be given"
                 )
+        _check_addresses(self.to_header or (), "to")
+        _check_addresses(self.cc_header, "cc")
+        _check_addresses(self.reply_to, "reply_to")
+        check_tags(self.tags)
         if self.text is None and self.html is None:
             raise InvalidMessage("content", "text or html is required")
         if self.html is not None:
@@ -206,11 +250,27 @@ async def mode_tenant(conn: asyncpg.Connection | asyncpg.Pool, account_id: int, 
     return tenant_id
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    id: int
+    public_id: str
+    recipient: str
+    suppressed: bool  # on the suppression list now: the MTA will record it email.suppressed
+
+
 async def enqueue(
     conn: asyncpg.Connection | asyncpg.Pool, tenant_id: int, draft: Draft
 ) -> list[int]:
     """Validate, then insert one queued message per recipient, each with its `email.sent`
     event (not for a recipient already suppressed), in one round trip; returns their ids."""
+    return [q.id for q in await enqueue_draft(conn, tenant_id, draft)]
+
+
+async def enqueue_draft(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant_id: int, draft: Draft
+) -> list[Queued]:
+    """enqueue(), answering each row's public id and whether its recipient is suppressed,
+    in the recipients' order."""
     sender_domain, domains = draft.validate()
     personalization = list(draft.personalization or [{} for _ in draft.recipients])
     ids = [new_message_id(sender_domain) for _ in draft.recipients]
@@ -231,5 +291,10 @@ async def enqueue(
         domains,
         personalization,
         draft.sandbox,
+        None if draft.to_header is None else [a.as_json() for a in draft.to_header],
+        [a.as_json() for a in draft.cc_header] or None,
+        [a.as_json() for a in draft.reply_to] or None,
+        list(draft.tags),
+        dict(draft.metadata),
     )
-    return [row["id"] for row in rows]
+    return [Queued(r["id"], r["public_id"], r["recipient"], r["suppressed"]) for r in rows]

@@ -113,9 +113,10 @@ def payload(row: Mapping[str, Any]) -> bytes:
     """The request body, `{"id", "type", "created", "data"}`, the same bytes on every retry.
 
     `data` by what the event is about (docs/webhooks.md shows each type):
-    - a message: `email` = {id, campaign_id, to, message_id, <verb>_at} (`opened_at` for
-      email.opened), then for opens and clicks `analytics` = {open_count, click_count,
-      device_type, location, country_code}, then the event's own details (url, smtp_code...);
+    - a message: `email` = {id, campaign_id, to, message_id, <verb>_at, tags, metadata}
+      (`opened_at` for email.opened; tags and metadata as the send gave them), then for
+      opens and clicks `analytics` = {open_count, click_count, device_type, location,
+      country_code}, then the event's own details (url, smtp_code...);
     - a campaign alone: `campaign` = {id}, for campaign.* with name, status and the event's
       details inside it; for other types (analytics.updated) the details beside it;
     - neither (webhook.disabled): the event's details.
@@ -138,6 +139,10 @@ def payload(row: Mapping[str, Any]) -> bytes:
         }
         if kind.startswith("email."):
             email[kind.removeprefix("email.") + "_at"] = created
+        # The sender's own labels, on every event of the message, so a receiver can route
+        # it without a lookup of its own.
+        email["tags"] = list(row["message_tags"] or [])
+        email["metadata"] = dict(row["message_metadata"] or {})
         for key, same in _EMAIL_KEYS:
             if key in details and details[key] == email[same]:
                 del details[key]

@@ -156,6 +156,7 @@ RETURNING d.id, d.public_id, d.webhook_id, d.attempts, d.created_at, d.lease_tok
           e.created_at AS event_created_at, e.message_id IS NOT NULL AS has_message,
           e.campaign_id IS NOT NULL AS has_campaign,
           m.public_id AS message_public_id, m.message_id AS rfc_message_id, m.recipient,
+          m.tags AS message_tags, m.metadata AS message_metadata,
           c.public_id AS campaign_public_id, c.name AS campaign_name;
 
 -- name: delivery_succeeded

@@ -28,27 +28,33 @@ WHERE ($2 = 'live' AND id = $1) OR ($2 = 'test' AND live_tenant_id = $1);
 -- statement, so a message is never queued without its event nor recorded without its row.
 -- A recipient already suppressed gets no `email.sent`: the MTA's claim records it
 -- `email.suppressed` instead. Ordered by id, which follows the recipients' order (identity
--- values are drawn row by row), so callers can pair ids with recipients.
+-- values are drawn row by row), so callers can pair ids with recipients; each says whether
+-- its recipient is suppressed, so a send can report it instead of dropping it silently.
+-- Every row of one send shares the visible To/Cc lists ($16, $17), Reply-To, tags, metadata.
 WITH queued AS (
     INSERT INTO messages (tenant_id, campaign_id, message_id, from_email, from_name, recipient,
                           recipient_domain, subject, text_body, html_body, headers,
-                          personalization, settings, next_attempt_at, sandbox)
+                          personalization, settings, next_attempt_at, sandbox,
+                          to_header, cc_header, reply_to, tags, metadata)
     SELECT $1, $2, m.message_id, $3, $4, m.recipient, m.domain, $5, $6, $7, $8,
-           m.personalization, $9, coalesce($10, now()), $15
+           m.personalization, $9, coalesce($10, now()), $15,
+           $16::jsonb, $17::jsonb, $18::jsonb, $19::text[], $20::jsonb
     FROM unnest($11::text[], $12::text[], $13::text[], $14::jsonb[])
          AS m(message_id, recipient, domain, personalization)
-    RETURNING id, tenant_id, campaign_id, recipient, next_attempt_at
+    RETURNING id, public_id, tenant_id, campaign_id, recipient, next_attempt_at,
+              EXISTS (SELECT 1 FROM suppressions s
+                      WHERE s.tenant_id = messages.tenant_id
+                        AND s.email = lower(messages.recipient)) AS suppressed
 ), sent AS (
     INSERT INTO events (tenant_id, message_id, campaign_id, type, data)
     SELECT q.tenant_id, q.id, q.campaign_id, 'email.sent',
            CASE WHEN $10::timestamptz IS NULL THEN '{}'::jsonb
                 ELSE jsonb_build_object('send_at', q.next_attempt_at) END
     FROM queued q
-    WHERE NOT EXISTS (SELECT 1 FROM suppressions s
-                      WHERE s.tenant_id = q.tenant_id AND s.email = lower(q.recipient))
+    WHERE NOT q.suppressed
     ORDER BY q.id
 )
-SELECT id FROM queued ORDER BY id;
+SELECT id, public_id, recipient, suppressed FROM queued ORDER BY id;
 
 -- name: queue_depth
 -- For `penguinmails status`: how much is where, per destination domain.

@@ -52,6 +52,8 @@ def claim_row(sample: dict[str, Any]) -> dict[str, Any]:
         "message_public_id": None,
         "rfc_message_id": None,
         "recipient": None,
+        "message_tags": None,
+        "message_metadata": None,
         "campaign_public_id": None,
         "campaign_name": None,
     }
@@ -63,6 +65,8 @@ def claim_row(sample: dict[str, Any]) -> dict[str, Any]:
             message_public_id=email["id"],
             rfc_message_id=email["message_id"],
             recipient=email["to"],
+            message_tags=email["tags"],
+            message_metadata=email["metadata"],
             has_campaign=email["campaign_id"] is not None,
             campaign_public_id=email["campaign_id"],
         )

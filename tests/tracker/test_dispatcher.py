@@ -129,6 +129,8 @@ async def test_deliveries_are_signed_and_carry_the_event(
             "to": recipient,
             "message_id": rfc_id,
             "clicked_at": payload["created"],
+            "tags": [],
+            "metadata": {},
         },
         "analytics": dict.fromkeys(
             ["open_count", "click_count", "device_type", "location", "country_code"]

@@ -40,6 +40,8 @@ async def test_tracked_message_to_signed_webhooks(
             html=f'<html><body><p>Hi</p><p><a href="{OFFER.replace("&", "&amp;")}">Offer</a>'
             "</p></body></html>",
             settings={"track_opens": True, "track_clicks": True},
+            tags=["launch", "q3"],
+            metadata={"customer_id": "cus_42", "vip": True},
         ),
     )
     worker = await start_worker(mta_settings)
@@ -99,6 +101,9 @@ async def test_tracked_message_to_signed_webhooks(
             "to": "john@dest.test",
             "message_id": message["Message-ID"].strip("<>"),
             kind.removeprefix("email.") + "_at": payload["created"],
+            # The send's own labels ride along on every event of the message.
+            "tags": ["launch", "q3"],
+            "metadata": {"customer_id": "cus_42", "vip": True},
         }
     assert delivered["email.clicked"]["data"]["url"] == OFFER
     assert delivered["email.opened"]["data"]["unique"] is True

@@ -90,6 +90,8 @@ async def test_open_and_click_payloads_carry_the_email_and_its_analytics(
             "to": recipient,
             "message_id": rfc_id,
             at: when,
+            "tags": [],
+            "metadata": {},
         }
 
     first, second, click = payloads
