@@ -8,17 +8,21 @@ from the MTA, when the receiving server answers 250.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from penguinmails import template
 from penguinmails.queries import load
+
+if TYPE_CHECKING:
+    from penguinmails.attachments import Attachment
 
 SQL = load("penguinmails", "sql/queries.sql")
 
@@ -132,6 +136,7 @@ class Draft:
     campaign_id: int | None = None
     send_at: datetime | None = None
     sandbox: bool = False  # test mode: delivered to the capture sink, never to real MX hosts
+    attachments: Sequence[Attachment] = ()
 
     def validate(self) -> tuple[str, list[str]]:
         sender_domain = address_domain(self.from_email, "from")
@@ -152,6 +157,10 @@ class Draft:
         if self.personalization is not None and len(self.personalization) != len(self.recipients):
             raise InvalidMessage("personalization", "one entry per recipient")
         self._check_templates()
+        if self.attachments:
+            from penguinmails import attachments  # it imports this module
+
+            attachments.check(self.attachments)
         return sender_domain, domains
 
     def _check_templates(self) -> None:
@@ -212,6 +221,19 @@ async def enqueue(
     """Validate, then insert one queued message per recipient, each with its `email.sent`
     event (not for a recipient already suppressed), in one round trip; returns their ids."""
     sender_domain, domains = draft.validate()
+    if draft.attachments:
+        async with _transaction(conn) as tx:
+            return await _enqueue_with_attachments(tx, tenant_id, draft, sender_domain, domains)
+    return await _enqueue(conn, tenant_id, draft, sender_domain, domains)
+
+
+async def _enqueue(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant_id: int,
+    draft: Draft,
+    sender_domain: str,
+    domains: list[str],
+) -> list[int]:
     personalization = list(draft.personalization or [{} for _ in draft.recipients])
     ids = [new_message_id(sender_domain) for _ in draft.recipients]
     rows = await conn.fetch(
@@ -233,3 +255,33 @@ async def enqueue(
         draft.sandbox,
     )
     return [row["id"] for row in rows]
+
+
+async def _enqueue_with_attachments(
+    conn: asyncpg.Connection,
+    tenant_id: int,
+    draft: Draft,
+    sender_domain: str,
+    domains: list[str],
+) -> list[int]:
+    """The bytes (once), the messages, and the link between them: all or nothing."""
+    from penguinmails import attachments  # it imports this module
+
+    await attachments.check_executables(conn, tenant_id, draft.attachments)
+    refs = await attachments.store(conn, tenant_id, draft.attachments)
+    ids = await _enqueue(conn, tenant_id, draft, sender_domain, domains)
+    await conn.execute(SQL["link_attachments"], ids, refs)
+    return ids
+
+
+@contextlib.asynccontextmanager
+async def _transaction(
+    conn: asyncpg.Connection | asyncpg.Pool,
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on `conn` (a savepoint inside the caller's), or on one from the pool."""
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as acquired, acquired.transaction():
+            yield acquired
+    else:
+        async with conn.transaction():
+            yield conn
