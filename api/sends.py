@@ -37,6 +37,7 @@ from api.models import (
 from api.routing import API, Call, is_public_id
 from api.senders import check_draft, resolve_sender
 from api.templates import content_of
+from penguinmails.attachments import Attachment, decode_content
 from penguinmails.messages import Draft, InvalidMessage, enqueue
 from penguinmails.queries import load
 
@@ -151,16 +152,30 @@ async def send_email(call: Call[SendRequest, None]) -> SendResult:
             sandbox=call.principal.sandbox,
         )
         try:
+            draft.attachments = _attachments(body)
             draft.validate()
+            ids = await enqueue(conn, call.principal.tenant_id, draft)
         except InvalidMessage as exc:
             raise validation_error(
                 [{"field": _single_field(exc.field), "message": exc.message}]
             ) from None
-        ids = await enqueue(conn, call.principal.tenant_id, draft)
         [public] = await public_message_ids(conn, ids)
         return SendResult(message_id=public, sandbox=draft.sandbox)
 
     return await idempotent(call, SendResult, work)
+
+
+def _attachments(body: SendRequest) -> list[Attachment]:
+    return [
+        Attachment(
+            filename=a.filename,
+            content=decode_content(a.content, f"attachments[{i}].content"),
+            content_type=a.content_type,
+            disposition=a.disposition,
+            content_id=a.content_id,
+        )
+        for i, a in enumerate(body.attachments)
+    ]
 
 
 @API.route(
