@@ -16,7 +16,7 @@ import dkim as dkimpy
 import pytest
 
 from mta import compose as composing
-from mta import dkim
+from mta import dkim, queue
 from mta.compose import ComposeError
 from mta.domains import add_domain, show_domain
 from penguinmails.attachments import Attachment
@@ -256,3 +256,24 @@ async def test_a_send_that_fails_leaves_no_attachment_behind(pool):
     await enqueue(pool, tenant, draft)
     await enqueue(pool, tenant, draft)
     assert await pool.fetchval("SELECT count(*) FROM attachments WHERE tenant_id = $1", tenant) == 1
+
+
+async def test_a_claimed_batch_loads_each_attachment_once(pool):
+    tenant = await ensure_tenant(pool, "batchy")
+    shared = b"%PDF-" + os.urandom(1000)
+    ids = await enqueue(
+        pool,
+        tenant,
+        Draft(
+            from_email="news@acme.test",
+            subject="x",
+            recipients=[f"r{i}@dest.test" for i in range(5)],
+            text="x",
+            attachments=[Attachment("a.pdf", shared, "application/pdf")],
+        ),
+    )
+    rows = await queue.claim(pool, 10, "test-owner", 60)
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    contents = await queue.attachment_contents(pool, rows)
+    assert list(contents.values()) == [shared]  # one entry for the five messages
+    assert await queue.attachment_contents(pool, [dict(r, attachments=None) for r in rows]) == {}
