@@ -415,6 +415,29 @@ class Campaign(Owned):
 # Sends
 
 
+class AttachmentIn(Request):
+    filename: str = Field(
+        min_length=1,
+        max_length=255,
+        description="Shown to the recipient; no path separators or control characters.",
+    )
+    content: str = Field(
+        description="The file, base64. At most 10 MB decoded each, 25 MB per message."
+    )
+    content_type: str = Field(
+        max_length=255,
+        description="type/subtype, checked against the bytes where the type has a signature "
+        "(a declared image/png must be a PNG).",
+    )
+    disposition: Literal["attachment", "inline"] = Field(
+        default="attachment",
+        description="inline: shown in the html where it says cid:<content_id>.",
+    )
+    content_id: str | None = Field(
+        default=None, max_length=250, description="Required for an inline attachment."
+    )
+
+
 class SendRequest(Request):
     from_: From | None = Field(default=None, alias="from")
     to: AddressList = _addresses(MAX_SEND_RECIPIENTS, "Shown in To", min_length=1)
@@ -440,6 +463,12 @@ class SendRequest(Request):
     personalization: Personalization = Field(default_factory=dict)
     headers: Headers = Field(default_factory=dict)
     send_at: AwareDatetime | None = None
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Files sent with the message. Executables are refused unless the account "
+        "allows them.",
+    )
 
 
 class SentMessage(Response):

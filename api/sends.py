@@ -43,6 +43,7 @@ from api.models import (
 from api.routing import API, Call, is_public_id
 from api.senders import MAX_DETAILS, check_draft, resolve_sender
 from api.templates import content_of
+from penguinmails.attachments import Attachment, decode_content
 from penguinmails.messages import Address, Draft, InvalidMessage, enqueue, enqueue_draft
 from penguinmails.queries import load
 
@@ -213,6 +214,7 @@ async def prepare_send(
         metadata=body.metadata,
     )
     try:
+        draft.attachments = _attachments(body)
         draft.validate()
     except InvalidMessage as exc:
         raise validation_error(
@@ -224,7 +226,13 @@ async def prepare_send(
 async def queue_send(
     conn: asyncpg.Connection, tenant_id: int, prepared: PreparedSend
 ) -> SendResult:
-    queued = await enqueue_draft(conn, tenant_id, prepared.draft)
+    try:
+        # The executable check needs the tenant's setting, so it runs with the insert.
+        queued = await enqueue_draft(conn, tenant_id, prepared.draft)
+    except InvalidMessage as exc:
+        raise validation_error(
+            [{"field": _single_field(exc.field, prepared.kinds), "message": exc.message}]
+        ) from None
     messages = [
         SentMessage(id=q.public_id, email=q.recipient, kind=kind)
         for q, (kind, _) in zip(queued, prepared.kinds, strict=True)
@@ -257,6 +265,19 @@ async def send_email(call: Call[SendRequest, None]) -> SendResult:
         return await queue_send(conn, call.principal.tenant_id, prepared)
 
     return await idempotent(call, SendResult, work)
+
+
+def _attachments(body: SendRequest) -> list[Attachment]:
+    return [
+        Attachment(
+            filename=a.filename,
+            content=decode_content(a.content, f"attachments[{i}].content"),
+            content_type=a.content_type,
+            disposition=a.disposition,
+            content_id=a.content_id,
+        )
+        for i, a in enumerate(body.attachments)
+    ]
 
 
 @API.route(

@@ -33,6 +33,7 @@ RETURNING m.id, m.tenant_id, m.campaign_id, m.message_id, m.from_email, m.from_n
           m.recipient, m.recipient_domain, m.subject, m.text_body, m.html_body, m.headers,
           m.personalization, m.settings, m.attempts, m.created_at, m.lease_token,
           m.possible_duplicate, m.sandbox, m.to_header, m.cc_header, m.reply_to,
+          m.attachments,
           EXISTS (SELECT 1 FROM suppressions s
                   WHERE s.tenant_id = m.tenant_id AND s.email = lower(m.recipient)) AS suppressed;
 
@@ -196,3 +197,8 @@ SELECT count(*) FROM mta_processes WHERE seen_at > now() - make_interval(secs =>
 
 -- name: forget_process
 DELETE FROM mta_processes WHERE owner = $1 OR seen_at < now() - interval '1 day';
+
+-- name: attachment_contents
+-- The bytes of every attachment a claimed batch carries, each once however many of the
+-- batch's messages share it: one query per batch, not one per message.
+SELECT id, content FROM attachments WHERE id = ANY($1::bigint[]);

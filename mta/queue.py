@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +31,17 @@ async def claim(
 ) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(SQL["claim_batch"], limit, owner, lease_seconds)
     return rows
+
+
+async def attachment_contents(
+    conn: asyncpg.Pool | asyncpg.Connection, rows: Sequence[Mapping[str, Any]]
+) -> dict[int, bytes]:
+    """The bytes of the attachments `rows` carry, by id (empty, and no query, for none)."""
+    ids = {ref["id"] for row in rows for ref in row["attachments"] or ()}
+    if not ids:
+        return {}
+    found = await conn.fetch(SQL["attachment_contents"], list(ids))
+    return {r["id"]: r["content"] for r in found}
 
 
 async def extend_leases(

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -40,6 +41,17 @@ KEY_RETRY_SECONDS = 30.0
 BUSY_RETRY_SECONDS = 1.0
 PRESENCE_SECONDS = 2.0  # how often a worker says it is alive; 3 missed beats and it is gone
 SANDBOX_POOL = "(sandbox)"  # not a valid domain name, so never a real destination's pool
+
+
+@dataclasses.dataclass(frozen=True)
+class Attachments:
+    """A claimed batch's attachment bytes by id, loaded once for all of its messages."""
+
+    by_id: Mapping[int, bytes]
+    unavailable: bool = False
+
+
+NO_ATTACHMENTS = Attachments({})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -164,19 +176,31 @@ class Worker:
             except DATABASE_ERRORS as exc:
                 log.warning("claim failed", extra={"action": "claim", "error": str(exc)})
                 rows = []
+            contents = await self._attachment_contents(rows)
             self.metrics.claim_batch.observe(len(rows))
             for row in rows:
-                self._start(row)
+                self._start(row, contents)
             self.metrics.in_flight.set(len(self._inflight))
             if len(rows) < want and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), self._mta.poll_interval)
 
-    def _start(self, row: asyncpg.Record) -> None:
+    async def _attachment_contents(self, rows: list[asyncpg.Record]) -> Attachments:
+        """The batch's attachment bytes, shared by its messages. Unreadable now: the messages
+        that need them go back untried (like an unreadable DKIM key), the others go on."""
+        try:
+            return Attachments(await queue.attachment_contents(self._pool, rows))
+        except DATABASE_ERRORS as exc:
+            log.warning("attachments unreadable", extra={"action": "claim", "error": str(exc)})
+            return Attachments({}, unavailable=True)
+
+    def _start(self, row: asyncpg.Record, contents: Attachments | None = None) -> None:
         queue_id: int = row["id"]
         self._leases[queue_id] = row["lease_token"]
         self._unwritten.add(queue_id)
-        task = asyncio.create_task(self._deliver(row), name=f"deliver-{queue_id}")
+        task = asyncio.create_task(
+            self._deliver(row, contents or NO_ATTACHMENTS), name=f"deliver-{queue_id}"
+        )
         self._inflight[queue_id] = task
 
         def done(_: asyncio.Task[None]) -> None:
@@ -193,9 +217,9 @@ class Worker:
 
         task.add_done_callback(done)
 
-    async def _deliver(self, row: asyncpg.Record) -> None:
+    async def _deliver(self, row: asyncpg.Record, contents: Attachments) -> None:
         queue_id: int = row["id"]
-        outcome = await self._attempt(row)
+        outcome = await self._attempt(row, contents)
         if isinstance(outcome, GiveBack):
             await queue.release(self._pool, [(queue_id, row["lease_token"])], outcome.due_at)
             return
@@ -213,7 +237,7 @@ class Worker:
                 extra={"action": "record_outcome", "queue_id": queue_id},
             )
 
-    async def _attempt(self, row: asyncpg.Record) -> Outcome | GiveBack:
+    async def _attempt(self, row: asyncpg.Record, contents: Attachments) -> Outcome | GiveBack:
         """Try one delivery: its outcome, or GiveBack when the message goes back untried."""
         queue_id: int = row["id"]
         if row["suppressed"]:
@@ -230,7 +254,9 @@ class Worker:
         except RouteError as exc:
             return self._decide(row, Reply(exc.code, str(exc)))
         try:
-            sender, data = await self._composer.render(row)
+            if contents.unavailable and row["attachments"]:
+                return GiveBack(datetime.now(UTC) + timedelta(seconds=KEY_RETRY_SECONDS))
+            sender, data = await self._composer.render(row, contents.by_id)
         except ComposeError as exc:
             return Outcome(
                 "failed",

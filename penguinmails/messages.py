@@ -8,17 +8,21 @@ from the MTA, when the receiving server answers 250.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from penguinmails import template
 from penguinmails.queries import load
+
+if TYPE_CHECKING:
+    from penguinmails.attachments import Attachment
 
 SQL = load("penguinmails", "sql/queries.sql")
 
@@ -172,6 +176,7 @@ class Draft:
     reply_to: Sequence[Address] = ()
     tags: Sequence[str] = ()
     metadata: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    attachments: Sequence[Attachment] = ()
 
     def validate(self) -> tuple[str, list[str]]:
         sender_domain = address_domain(self.from_email, "from")
@@ -196,6 +201,10 @@ class Draft:
         if self.personalization is not None and len(self.personalization) != len(self.recipients):
             raise InvalidMessage("personalization", "one entry per recipient")
         self._check_templates()
+        if self.attachments:
+            from penguinmails import attachments  # it imports this module
+
+            attachments.check(self.attachments)
         return sender_domain, domains
 
     def _check_templates(self) -> None:
@@ -272,6 +281,19 @@ async def enqueue_draft(
     """enqueue(), answering each row's public id and whether its recipient is suppressed,
     in the recipients' order."""
     sender_domain, domains = draft.validate()
+    if draft.attachments:
+        async with _transaction(conn) as tx:
+            return await _enqueue_with_attachments(tx, tenant_id, draft, sender_domain, domains)
+    return await _enqueue(conn, tenant_id, draft, sender_domain, domains)
+
+
+async def _enqueue(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant_id: int,
+    draft: Draft,
+    sender_domain: str,
+    domains: list[str],
+) -> list[Queued]:
     personalization = list(draft.personalization or [{} for _ in draft.recipients])
     ids = [new_message_id(sender_domain) for _ in draft.recipients]
     rows = await conn.fetch(
@@ -298,3 +320,33 @@ async def enqueue_draft(
         dict(draft.metadata),
     )
     return [Queued(r["id"], r["public_id"], r["recipient"], r["suppressed"]) for r in rows]
+
+
+async def _enqueue_with_attachments(
+    conn: asyncpg.Connection,
+    tenant_id: int,
+    draft: Draft,
+    sender_domain: str,
+    domains: list[str],
+) -> list[Queued]:
+    """The bytes (once), the messages, and the link between them: all or nothing."""
+    from penguinmails import attachments  # it imports this module
+
+    await attachments.check_executables(conn, tenant_id, draft.attachments)
+    refs = await attachments.store(conn, tenant_id, draft.attachments)
+    queued = await _enqueue(conn, tenant_id, draft, sender_domain, domains)
+    await conn.execute(SQL["link_attachments"], [q.id for q in queued], refs)
+    return queued
+
+
+@contextlib.asynccontextmanager
+async def _transaction(
+    conn: asyncpg.Connection | asyncpg.Pool,
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on `conn` (a savepoint inside the caller's), or on one from the pool."""
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as acquired, acquired.transaction():
+            yield acquired
+    else:
+        async with conn.transaction():
+            yield conn

@@ -119,3 +119,33 @@ INSERT INTO events (tenant_id, message_id, campaign_id, type, data)
 SELECT tenant_id, id, campaign_id, 'email.cancelled',
        jsonb_build_object('recipient', recipient, 'reason', 'purged by operator')
 FROM cancelled;
+
+-- name: allows_executable_attachments
+-- The account's choice (held on its live row) for both of its modes: test mode sends what
+-- live mode would.
+SELECT l.allow_executable_attachments
+FROM tenants t JOIN tenants l ON l.id = coalesce(t.live_tenant_id, t.id)
+WHERE t.id = $1;
+
+-- name: store_attachments
+-- Bytes already stored for this tenant are not written again: DO NOTHING keeps the row (an
+-- upsert would rewrite megabytes to return its id), and the second SELECT finds its id in the
+-- statement's snapshot. Bytes another transaction commits meanwhile are in neither; the
+-- caller asks again for those.
+WITH given AS (
+    SELECT * FROM unnest($2::bytea[], $3::int[], $4::bytea[]) AS g(sha256, size, content)
+), inserted AS (
+    INSERT INTO attachments (tenant_id, sha256, size, content)
+    SELECT $1, sha256, size, content FROM given
+    ON CONFLICT (tenant_id, sha256) DO NOTHING
+    RETURNING id, sha256
+)
+SELECT id, sha256 FROM inserted
+UNION ALL
+SELECT a.id, a.sha256 FROM attachments a JOIN given g ON g.sha256 = a.sha256
+WHERE a.tenant_id = $1;
+
+-- name: link_attachments
+-- Done after enqueue_messages, in its transaction, so that query stays as it is: the rows
+-- are not visible to the MTA before the commit, when they already carry their attachments.
+UPDATE messages SET attachments = $2 WHERE id = ANY($1::bigint[]);
