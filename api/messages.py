@@ -182,8 +182,8 @@ async def cancel_message(call: Call[None, None]) -> Message:
         row = await _lock(conn, tenant, message_id)
         if row["status"] == "sending":
             raise conflict(
-                "This message is being handed to a receiving server now and can no longer be "
-                "cancelled"
+                "This message is sending: it is being handed to a receiving server now and can "
+                "no longer be cancelled"
             )
         if row["status"] not in CANCELLABLE:
             raise conflict(
