@@ -15,7 +15,7 @@ deferred (a due queued message may be claimed any moment). Each change records i
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -70,7 +70,11 @@ def _range(
     if since is not None and until is not None and since >= until:
         raise validation_error([{"field": "until", "message": "must be after since"}])
     low = id_bound(prefix, since) if since is not None else None
-    high = id_bound(prefix, until + UNTIL_MARGIN, upper=True) if until is not None else None
+    high = None
+    if until is not None:
+        latest = datetime.max.replace(tzinfo=UTC)  # past it the margin would overflow
+        edge = until + UNTIL_MARGIN if until <= latest - UNTIL_MARGIN else latest
+        high = id_bound(prefix, edge, upper=True)
     return low, high
 
 
