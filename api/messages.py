@@ -111,7 +111,8 @@ async def list_messages(call: Call[None, MessageListQuery]) -> Page[MessageSumma
     )
 
 
-def _event_data(data: dict[str, Any]) -> dict[str, Any]:
+def event_data(data: dict[str, Any]) -> dict[str, Any]:
+    """What the API shows of an event's data: all but integer row keys."""
     return {k: v for k, v in data.items() if not (k in _ROW_KEYS and type(v) is int)}
 
 
@@ -148,7 +149,7 @@ async def list_events(call: Call[None, EventListQuery]) -> Page[LogEvent]:
         high,
     )
     items = [
-        LogEvent(**{**dict(r), "data": _event_data(r["data"] or {})}) for r in rows[: query.limit]
+        LogEvent(**{**dict(r), "data": event_data(r["data"] or {})}) for r in rows[: query.limit]
     ]
     more = len(rows) > query.limit
     return Page[LogEvent](
@@ -161,7 +162,10 @@ async def _message(conn: asyncpg.Connection, tenant_id: int, message_id: str) ->
     assert row is not None  # locked by this transaction
     events = await conn.fetch(DETAIL_SQL["message_events"], row["pk"])
     fields = {k: v for k, v in row.items() if k != "pk"}
-    return Message(**fields, events=[MessageEvent(**dict(e)) for e in events])
+    return Message(
+        **fields,
+        events=[MessageEvent(**{**dict(e), "data": event_data(e["data"])}) for e in events],
+    )
 
 
 async def _lock(conn: asyncpg.Connection, tenant_id: int, message_id: str) -> asyncpg.Record:

@@ -256,6 +256,25 @@ async def test_event_log_filters_and_pages(
     ]
 
 
+async def test_a_message_s_events_show_no_integer_keys(
+    client: Client, pool: asyncpg.Pool, tenant_id: int
+) -> None:
+    """The inbound server records a bounce with its inbound_messages row's integer key."""
+    message = await send(client, "ann@dest.test")
+    await pool.execute(
+        """INSERT INTO events (tenant_id, message_id, type, data)
+           VALUES ($1, $2, 'email.bounced', '{"inbound_id": 12, "smtp_code": 550}')""",
+        tenant_id,
+        await row_pk(pool, "messages", message),
+    )
+    events = (await client.get(f"/messages/{message}")).data["events"]
+    assert events[-1]["data"] == {"smtp_code": 550}
+    [logged] = await every_page(client, "/events", {"type": "email.bounced"})
+    assert logged["data"] == {"smtp_code": 550} and logged["message_id"] == message
+    cancelled = (await client.delete(f"/messages/{message}")).data["events"]
+    assert [e["data"] for e in cancelled if e["type"] == "email.bounced"] == [{"smtp_code": 550}]
+
+
 async def test_event_log_refuses_bad_filters(client: Client) -> None:
     cases = {
         "type": {"type": "email.*.opened"},
