@@ -50,9 +50,9 @@ _ROW_KEYS = ("campaign_id", "webhook_id", "inbound_id", "queue_id")
 
 
 def id_bound(prefix: str, moment: datetime, *, upper: bool = False) -> str:
-    """The smallest public id of `prefix` made at `moment` (migration 0013's public_id(): the
-    prefix, then 12 hex digits of epoch milliseconds, which it rounds). Lower bounds round
-    down; an upper bound rounds up past the rounding."""
+    """A bound on the public ids of `prefix` made at `moment` (migration 0013's public_id():
+    the prefix, then 12 hex digits of epoch milliseconds, rounded): a millisecond below it, or
+    with `upper` a millisecond above, so the rounding never leaves an id outside the range."""
     millis = moment.timestamp() * 1000
     value = math.ceil(millis) + 1 if upper else math.floor(millis) - 1
     return f"{prefix}_{max(value, 0):012x}"
