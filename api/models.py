@@ -558,6 +558,75 @@ class Message(Owned):
     events: list[MessageEvent]
 
 
+MessageStatus = Literal[
+    "queued",
+    "sending",
+    "sent",
+    "deferred",
+    "bounced",
+    "failed",
+    "suppressed",
+    "cancelled",
+    "paused",
+]
+
+
+class MessageListQuery(ListQuery):
+    recipient: Annotated[str, StringConstraints(min_length=1, max_length=254)] | None = Field(
+        default=None, description="Exact address, compared case-insensitively."
+    )
+    status: MessageStatus | None = None
+    campaign_id: PublicId | None = None
+    tag: Tag | None = None
+    since: AwareDatetime | None = Field(default=None, description="Created at or after.")
+    until: AwareDatetime | None = Field(default=None, description="Created before.")
+
+
+class MessageSummary(Owned):
+    id: str
+    campaign_id: str | None
+    recipient: str
+    subject: str
+    status: str
+    attempts: int
+    tags: list[str]
+    created_at: datetime
+    sent_at: datetime | None
+    last_reply_code: int | None
+
+
+class MessageReschedule(Request):
+    send_at: AwareDatetime = Field(
+        description="When the message is due; an earlier time makes it due at once."
+    )
+
+
+# `email.opened`, `email.*` (every type under email.), or `*`-less exact names only.
+EventTypeFilter = Annotated[
+    str,
+    StringConstraints(max_length=64, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?$"),
+]
+
+
+class EventListQuery(ListQuery):
+    type: EventTypeFilter | None = Field(
+        default=None, description="An event type (`email.opened`) or a prefix (`email.*`)."
+    )
+    message_id: PublicId | None = None
+    campaign_id: PublicId | None = None
+    since: AwareDatetime | None = Field(default=None, description="Created at or after.")
+    until: AwareDatetime | None = Field(default=None, description="Created before.")
+
+
+class LogEvent(Owned):
+    id: str
+    type: str
+    created_at: datetime
+    message_id: str | None
+    campaign_id: str | None
+    data: dict[str, Any]
+
+
 # ---------------------------------------------------------------------------------------------
 # Contacts and suppressions
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from api.auth import Principal
 from api.drafts import campaign_event, draft_from_row, lock_campaign
 from api.errors import ApiError, conflict, not_found, validation_error
+from api.messages import event_data
 from api.models import (
     MAX_SEND_RECIPIENTS,
     BatchSendRequest,
@@ -412,7 +413,10 @@ async def get_message(call: Call[None, None]) -> Message:
         raise not_found("Message")
     events = await call.pool.fetch(SQL["message_events"], row["pk"])
     fields = {k: v for k, v in row.items() if k != "pk"}
-    return Message(**fields, events=[MessageEvent(**dict(e)) for e in events])
+    return Message(
+        **fields,
+        events=[MessageEvent(**{**dict(e), "data": event_data(e["data"])}) for e in events],
+    )
 
 
 async def public_message_ids(conn: asyncpg.Connection, ids: list[int]) -> list[str]:

@@ -27,6 +27,7 @@ from api import (  # noqa: F401
     conversions,
     health,
     keys,
+    messages,
     sandbox,
     senders,
     sends,

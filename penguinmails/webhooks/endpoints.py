@@ -48,6 +48,7 @@ EVENT_TYPES = (
     "email.suppressed",
     "email.failed",
     "email.cancelled",
+    "email.rescheduled",
     "webhook.disabled",
 )
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
