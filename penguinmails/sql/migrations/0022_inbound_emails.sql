@@ -42,3 +42,7 @@ CREATE TABLE inbound_attachments (
     PRIMARY KEY (inbound_email_id, ordinal)
 );
 ALTER TABLE inbound_attachments ALTER COLUMN content SET STORAGE EXTERNAL;
+
+-- A download link names the mail by public id alone (the signed token stands in for the
+-- tenant and its key), so the lookup needs the id without the tenant.
+CREATE INDEX inbound_emails_public_id_lookup_idx ON inbound_emails (public_id);
