@@ -1049,6 +1049,55 @@ class RenderedTemplate(Owned):
 
 
 # ---------------------------------------------------------------------------------------------
+# Inbound
+
+
+class InboundListQuery(ListQuery):
+    message_id: PublicId | None = Field(
+        default=None, description="Only the replies to this message (msg_...)."
+    )
+
+
+class InboundAttachment(Response):
+    index: int = Field(description="Its place among the mail's attachments, from 0.")
+    filename: str
+    content_type: str = Field(description="As the sender declared it.")
+    size: int = Field(description="Bytes, decoded.")
+    sha256: str = Field(description="Of the decoded bytes, hex.")
+    url: str = Field(
+        description="Download link. It is the credential (no API key needed): share it as "
+        "you would the file. Good until url_expires_at; read the mail again for a fresh one."
+    )
+    url_expires_at: datetime
+
+
+class InboundEmailSummary(Owned):
+    id: str
+    message_id: str = Field(description="The message of ours it answers (msg_...).")
+    from_: str = Field(alias="from")
+    subject: str
+    auto: bool = Field(description="An automatic reply (out of office...), not a person's.")
+    attachment_count: int
+    received_at: datetime
+
+
+class InboundEmail(InboundEmailSummary):
+    to: list[str]
+    cc: list[str]
+    text: str | None = Field(description="The text/plain body; null when it has none.")
+    html: str | None = Field(
+        description="The text/html body as the sender wrote it: untrusted, sanitise before "
+        "showing it."
+    )
+    headers: list[tuple[str, str]] = Field(description="[name, value] in order, decoded.")
+    attachments: list[InboundAttachment]
+    raw_url: str = Field(
+        description="The mail as it arrived (message/rfc822), a link like an attachment's."
+    )
+    raw_url_expires_at: datetime
+
+
+# ---------------------------------------------------------------------------------------------
 # Health and the envelope (for the OpenAPI document)
 
 

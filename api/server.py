@@ -26,6 +26,7 @@ from api import (  # noqa: F401
     contacts,
     conversions,
     health,
+    inbound,
     keys,
     messages,
     sandbox,
@@ -124,6 +125,7 @@ def create_app(
         app.router.add_get(f"{prefix}/openapi.json", openapi_document)
         add_docs(app, prefix)
         install(app, prefix)
+        inbound.add_downloads(app, prefix)
     sandbox.add_page(app)
     add_index(app, PREFIX)
     add_index(app, ALIAS, page=False)

@@ -24,6 +24,10 @@ LIMIT 1;
 -- failed DSN the move from 'sent' to 'bounced'. $11 (first_only) writes the event only for
 -- the first of its type for the message, as the tracker does for unsubscribes; otherwise
 -- is_unique still marks the first.
+-- $19 (a reply or automatic reply) keeps the mail whole in inbound_emails ($20..$29: from, to,
+-- cc, subject, text, html, headers, raw, attachment metadata, attachment bytes in the same
+-- order) with an `email.received` event naming it: behind the log row, so a retried delivery
+-- stores nothing twice, and in this statement, so the 250 still follows the commit.
 WITH m AS (
     SELECT id, tenant_id, campaign_id, recipient, status FROM messages WHERE id = $1
 ), logged AS (
@@ -59,6 +63,29 @@ WITH m AS (
     WHERE $13::text IS NOT NULL
     ON CONFLICT DO NOTHING
     RETURNING email
+), stored AS (
+    INSERT INTO inbound_emails (tenant_id, inbound_message_id, message_id, auto, from_email,
+                                to_emails, cc_emails, subject, text_body, html_body, headers,
+                                raw, attachments)
+    SELECT m.tenant_id, logged.id, m.id, $2 = 'auto_reply', $20, $21, $22, $23, $24, $25,
+           $26::jsonb, $27, $28::jsonb
+    FROM m JOIN logged ON logged.message_id = m.id
+    WHERE $19::bool
+    RETURNING id, public_id, message_id
+), stored_attachments AS (
+    INSERT INTO inbound_attachments (inbound_email_id, ordinal, content)
+    SELECT stored.id, part.ordinal - 1, part.content
+    FROM stored, unnest($29::bytea[]) WITH ORDINALITY AS part (content, ordinal)
+    RETURNING ordinal
+), received AS (
+    INSERT INTO events (tenant_id, message_id, campaign_id, type, data, is_unique)
+    SELECT m.tenant_id, m.id, m.campaign_id, 'email.received',
+           jsonb_build_object('inbound_id', stored.public_id, 'from', $20::text,
+                              'subject', $23::text, 'auto', $2 = 'auto_reply'),
+           NOT EXISTS (SELECT 1 FROM events e
+                       WHERE e.message_id = m.id AND e.type = 'email.received')
+    FROM m JOIN stored ON stored.message_id = m.id
+    RETURNING id
 ), bounced AS (
     UPDATE messages
     SET status = 'bounced',
@@ -72,4 +99,5 @@ WITH m AS (
 SELECT (SELECT count(*) FROM logged) AS logged,
        (SELECT count(*) FROM recorded) AS events,
        (SELECT count(*) FROM suppressed) AS suppressed,
-       (SELECT count(*) FROM bounced) AS bounced;
+       (SELECT count(*) FROM bounced) AS bounced,
+       (SELECT public_id FROM stored) AS inbound_id;

@@ -42,6 +42,11 @@ Choices made here, and why:
   `email.deferred` with bounce_type soft, changes nothing else.
 - The suppressed address is always the original's stored recipient, never one the report
   names: a forwarded or crafted report cannot suppress someone we did not mail.
+- A reply or automatic reply is kept whole for the original's tenant (its mode row): fields,
+  text and html bodies, headers, the raw bytes and each attachment (inbound/mail.py), in
+  inbound_emails, with an `email.received` event naming it (`inbound_id`: inb_...), in the
+  same statement as its log row, so behind the same idempotency and before the 250. Reports
+  (DSN, ARF) are not kept: what they say is recorded, and the mail only as a sha256.
 - Idempotency per (message, kind): one bounce, one delay, one complaint, one unsubscribe per
   message; replies per their own Message-ID, so each distinct reply counts once.
 """
@@ -63,6 +68,7 @@ import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from inbound.classify import Inbound, Verdict, classify, unsubscribe_verdict
+from inbound.mail import WholeMail, read_mail
 from inbound.metrics import InboundMetrics
 from penguinmails.config import InboundSettings, Settings, split_hostport
 from penguinmails.database import DATABASE_ERRORS
@@ -76,6 +82,9 @@ MAX_RECIPIENTS = 100
 SESSION_TIMEOUT = 120.0  # seconds of silence before a session is dropped
 _SIGNED_SHAPE = re.compile(r"^[bu]-[0-9]+-", re.IGNORECASE)
 _DB_ERRORS = DATABASE_ERRORS
+# Replies and automatic replies are kept whole for the tenant (inbound_emails); reports are
+# ours to act on, and stay a log row with a sha256.
+KEPT_WHOLE = frozenset({"reply", "auto_reply"})
 
 
 @dataclass(frozen=True)
@@ -120,9 +129,17 @@ class InboundHandler:
         raw = envelope.original_content or b""
         mail_from = (envelope.mail_from or "").strip().strip("<>")
         inbound = await asyncio.to_thread(classify, raw, mail_from)
+        mail = None
+        if inbound.kind in KEPT_WHOLE:
+            try:
+                mail = await asyncio.to_thread(read_mail, raw)
+            except Exception:  # a parser bug: the reply still counts, without its copy
+                log.exception(
+                    "inbound reply could not be read whole", extra={"action": "inbound_parse"}
+                )
         try:
             for rcpt in dict.fromkeys(r.lower() for r in envelope.rcpt_tos):
-                await self._server.receive(rcpt, mail_from, inbound)
+                await self._server.receive(rcpt, mail_from, inbound, mail)
         except asyncpg.DataError as exc:
             # The database refuses these values (SQL class 22): it would refuse them on every
             # retry too, so a 4xx would only bring the same mail back for days.
@@ -364,8 +381,11 @@ class InboundServer:
             await asyncio.wait_for(self._idle.wait(), 1.0)  # connection_lost of what was cut
         self._server = None
 
-    async def receive(self, rcpt: str, mail_from: str, inbound: Inbound) -> None:
-        """Record what `inbound` means for the message `rcpt` (and the mail) names."""
+    async def receive(
+        self, rcpt: str, mail_from: str, inbound: Inbound, mail: WholeMail | None = None
+    ) -> None:
+        """Record what `inbound` means for the message `rcpt` (and the mail) names; a reply
+        or automatic reply read whole (`mail`) is kept for the message's tenant too."""
         try:
             match = await self._match(rcpt, inbound)
             verdict = _verdict(inbound, match)
@@ -384,6 +404,7 @@ class InboundServer:
             )
             return
         detail = _storable_data({**verdict.data, "matched_by": match.matched_by})
+        kept = mail if verdict.classification in KEPT_WHOLE else None
         row = await self.pool.fetchrow(
             SQL["inbound_record"],
             match.message_id,
@@ -404,6 +425,7 @@ class InboundServer:
             verdict.enhanced_status,
             verdict.smtp_code,
             _storable(verdict.diagnostic or "")[:1000] or None,
+            *_whole_mail_arguments(kept),
         )
         result = "recorded" if row["logged"] else "duplicate"
         self.metrics.messages.labels(verdict.classification, result).inc()
@@ -418,6 +440,7 @@ class InboundServer:
                 "events": row["events"],
                 "suppressed": row["suppressed"],
                 "bounced": row["bounced"],
+                "inbound_id": row["inbound_id"],
             },
         )
 
@@ -498,6 +521,25 @@ def _storable_data(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_storable_data(v) for v in value]
     return value
+
+
+def _whole_mail_arguments(mail: WholeMail | None) -> list[Any]:
+    """$19..$29 of inbound_record: whether to keep the mail, then its parts, storable."""
+    if mail is None:
+        return [False, "", [], [], "", None, None, [], b"", [], []]
+    return [
+        True,
+        _storable(mail.from_email)[:320],
+        [_storable(a)[:320] for a in mail.to[:MAX_RECIPIENTS]],
+        [_storable(a)[:320] for a in mail.cc[:MAX_RECIPIENTS]],
+        _storable(mail.subject),
+        None if mail.text is None else _storable(mail.text),
+        None if mail.html is None else _storable(mail.html),
+        [[_storable(name), _storable(value)] for name, value in mail.headers],
+        mail.raw,
+        _storable_data([a.metadata(i) for i, a in enumerate(mail.attachments)]),
+        [a.content for a in mail.attachments],
+    ]
 
 
 def _suppression_detail(verdict: Verdict) -> str | None:

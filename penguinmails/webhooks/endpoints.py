@@ -45,6 +45,7 @@ EVENT_TYPES = (
     "email.unsubscribed",
     "email.replied",
     "email.auto_replied",
+    "email.received",
     "email.suppressed",
     "email.failed",
     "email.cancelled",

@@ -147,8 +147,18 @@ async def test_corpus_sample_is_classified_as_labelled(
         assert logged["matched_by"] == label.matched_by
 
     events = await pool.fetch(
-        "SELECT type, message_id, data FROM events WHERE type <> 'email.sent' ORDER BY id"
+        "SELECT type, message_id, data FROM events "
+        "WHERE type NOT IN ('email.sent', 'email.received') ORDER BY id"
     )
+    # A reply or automatic reply is kept whole, announced by one email.received; nothing else is.
+    kept = await pool.fetch("SELECT public_id, auto FROM inbound_emails")
+    received = await pool.fetch("SELECT data FROM events WHERE type = 'email.received'")
+    if label.classification in ("reply", "auto_reply"):
+        [email] = kept
+        assert email["auto"] is (label.classification == "auto_reply")
+        assert [r["data"]["inbound_id"] for r in received] == [email["public_id"]]
+    else:
+        assert kept == [] and received == []
     if label.event is None:
         assert events == []
     else:

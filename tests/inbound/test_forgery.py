@@ -189,9 +189,11 @@ async def test_a_reply_matched_by_in_reply_to_is_a_reply_and_nothing_more(
     errors, _ = await send(server.port, reply, "someone@else.test", [REPLY_ADDRESS])
 
     assert errors == {}
-    [event] = await pool.fetch("SELECT type, data FROM events WHERE type <> 'email.sent'")
-    assert event["type"] == "email.replied"
-    assert event["data"]["matched_by"] == "message_id"
+    replied, received = await pool.fetch(
+        "SELECT type, data FROM events WHERE type <> 'email.sent' ORDER BY id"
+    )
+    assert (replied["type"], received["type"]) == ("email.replied", "email.received")
+    assert replied["data"]["matched_by"] == "message_id"
     assert await pool.fetch("SELECT * FROM suppressions") == []
     assert await pool.fetchval("SELECT status FROM messages WHERE id = $1", original.queue_id) == (
         "sent"

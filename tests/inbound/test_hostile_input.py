@@ -43,12 +43,17 @@ async def test_a_nul_in_a_header_is_left_out_not_retried_forever(
         errors, reply = await send(server.port, data, "ours@dest.test", [REPLY_ADDRESS])
         assert errors == {} and reply.startswith("2.0.0"), reply
 
-    [event] = await pool.fetch(
-        "SELECT type, message_id, data FROM events WHERE type <> 'email.sent'"
+    event, received = await pool.fetch(
+        "SELECT type, message_id, data FROM events WHERE type <> 'email.sent' ORDER BY id"
     )
     assert (event["type"], event["message_id"]) == ("email.replied", original.queue_id)
     assert "\x00" not in event["data"]["subject"]
     assert event["data"]["subject"].startswith("Re: H")
+    # Kept whole once, its text storable too; the raw bytes are as they arrived.
+    assert received["type"] == "email.received"
+    [kept] = await pool.fetch("SELECT subject, headers, raw FROM inbound_emails")
+    assert kept["subject"] == received["data"]["subject"] == event["data"]["subject"]
+    assert "\x00" not in str(kept["headers"])
     [logged] = await pool.fetch("SELECT header_message_id FROM inbound_messages")
     assert logged["header_message_id"] == "r-1@dest.test"
 

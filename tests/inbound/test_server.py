@@ -228,8 +228,11 @@ async def test_the_same_report_twice_counts_once(pool, inbound_settings, start_i
     assert [(e["type"], e["is_unique"]) for e in events] == [
         ("email.bounced", True),
         ("email.replied", True),
+        ("email.received", True),  # the reply kept whole, once
         ("email.replied", False),  # a second, different reply counts; not unique
+        ("email.received", False),
     ]
+    assert await pool.fetchval("SELECT count(*) FROM inbound_emails") == 2
     assert await pool.fetchval("SELECT count(*) FROM suppressions") == 1
     m = server.metrics.messages
     assert m.labels("hard_bounce", "recorded")._value.get() == 1
