@@ -56,7 +56,7 @@ from typing import Literal
 import asyncpg
 
 from api import money
-from api.errors import not_found
+from api.errors import not_found, validation_error
 from api.models import (
     AnalyticsQuery,
     CampaignAnalytics,
@@ -69,6 +69,7 @@ from api.models import (
     Rates,
     RevenueImpact,
     SeriesPoint,
+    TagAnalytics,
     period_seconds,
 )
 from api.routing import API, Call
@@ -138,39 +139,7 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
             totals[row["type"]][name] += row[name]
             buckets[row["bucket"]][row["type"]][name] += row[name]
 
-    # A message accepted and later bounced (a DSN through inbound) counts as bounced only.
-    sent = totals["email.sent"]["total"]
-    delivered = totals["email.delivered"]["total"] - totals[BOUNCED_LATER]["total"]
-    bounced = totals["email.bounced"]["total"]
-    opened, clicked = _engagement(totals, "email.opened"), _engagement(totals, "email.clicked")
-    unsubscribed = totals["email.unsubscribed"]["uniq"]
-    complained = totals["email.complained"]["total"]
-    replied = totals["email.replied"]["uniq"]
-    overview = Overview(
-        sent=sent,
-        delivered=delivered,
-        opened=opened.unique,
-        clicked=clicked.unique,
-        bounced=bounced,
-        complained=complained,
-        unsubscribed=unsubscribed,
-        replied=replied,
-        recipients=campaign["recipient_count"],
-        deferred=totals["email.deferred"]["total"],
-        suppressed=totals["email.suppressed"]["total"],
-        failed=totals["email.failed"]["total"],
-    )
-    rates = Rates(
-        delivery_rate=_rate(delivered, sent),
-        bounce_rate=_rate(bounced, sent),
-        open_rate=_rate(opened.unique, delivered),
-        human_open_rate=_rate(opened.unique_human, delivered),
-        click_rate=_rate(clicked.unique, delivered),
-        click_to_open_rate=_rate(clicked.unique, opened.unique),
-        unsubscribe_rate=_rate(unsubscribed, delivered),
-        complaint_rate=_rate(complained, delivered),
-        reply_rate=_rate(replied, delivered),
-    )
+    overview, rates, opened, clicked = _summary(totals, campaign["recipient_count"])
     series = [
         SeriesPoint(
             bucket=bucket,
@@ -222,6 +191,82 @@ _PARTS: dict[str, Tier] = {
     "countries": "professional",
     "revenue_impact": "professional",
 }
+
+
+@API.route(
+    "GET",
+    "/analytics/tags/{tag}",
+    summary="Analytics of the messages carrying a tag (queued in the period)",
+    tag="Analytics",
+    query=AnalyticsQuery,
+    response=TagAnalytics,
+    errors=(404,),  # a tag with a "/" in it reaches no route
+    publishable=True,
+)
+async def tag_analytics(call: Call[None, AnalyticsQuery]) -> TagAnalytics:
+    tag = call.request.match_info["tag"]
+    if not 1 <= len(tag) <= 64 or not tag.isprintable():
+        raise validation_error([{"field": "tag", "message": "1 to 64 printable characters"}])
+    seconds = None if call.query.period == "all" else period_seconds(call.query.period)
+    since = None if seconds is None else datetime.fromtimestamp(time.time() - seconds, UTC)
+    tenant = call.principal.tenant_id
+    rows = await call.pool.fetch(SQL["tag_stats"], tenant, tag, since)
+    recipients = await call.pool.fetchval(SQL["tag_recipients"], tenant, tag, since)
+    totals = _counters()
+    for row in rows:
+        for name in _COUNTERS:
+            totals[row["type"]][name] += row[name]
+    overview, rates, opened, clicked = _summary(totals, recipients)
+    left_out: dict[str, Tier] = (
+        {} if at_least(call.principal.tier, "starter") else {"engagement": "starter"}
+    )
+    return TagAnalytics(
+        tag=tag,
+        period=call.query.period,
+        since=since,
+        overview=overview,
+        rates=rates,
+        engagement=None if left_out else EngagementDetail(opened=opened, clicked=clicked),
+        left_out=left_out,
+    )
+
+
+def _summary(totals: Counters, recipients: int) -> tuple[Overview, Rates, Engagement, Engagement]:
+    """The overview and rates from counts by event type (a campaign's rollup, or a tag's)."""
+    # A message accepted and later bounced (a DSN through inbound) counts as bounced only.
+    sent = totals["email.sent"]["total"]
+    delivered = totals["email.delivered"]["total"] - totals[BOUNCED_LATER]["total"]
+    bounced = totals["email.bounced"]["total"]
+    opened, clicked = _engagement(totals, "email.opened"), _engagement(totals, "email.clicked")
+    unsubscribed = totals["email.unsubscribed"]["uniq"]
+    complained = totals["email.complained"]["total"]
+    replied = totals["email.replied"]["uniq"]
+    overview = Overview(
+        sent=sent,
+        delivered=delivered,
+        opened=opened.unique,
+        clicked=clicked.unique,
+        bounced=bounced,
+        complained=complained,
+        unsubscribed=unsubscribed,
+        replied=replied,
+        recipients=recipients,
+        deferred=totals["email.deferred"]["total"],
+        suppressed=totals["email.suppressed"]["total"],
+        failed=totals["email.failed"]["total"],
+    )
+    rates = Rates(
+        delivery_rate=_rate(delivered, sent),
+        bounce_rate=_rate(bounced, sent),
+        open_rate=_rate(opened.unique, delivered),
+        human_open_rate=_rate(opened.unique_human, delivered),
+        click_rate=_rate(clicked.unique, delivered),
+        click_to_open_rate=_rate(clicked.unique, opened.unique),
+        unsubscribe_rate=_rate(unsubscribed, delivered),
+        complaint_rate=_rate(complained, delivered),
+        reply_rate=_rate(replied, delivered),
+    )
+    return overview, rates, opened, clicked
 
 
 def _within_tier(answer: CampaignAnalytics, tier: str) -> CampaignAnalytics:

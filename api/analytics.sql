@@ -1,5 +1,5 @@
--- Campaign analytics (api/analytics.py): every read is of a rollup or of the campaign's
--- conversions, never of its events.
+-- Analytics (api/analytics.py). A campaign's reads are of its rollups or its conversions,
+-- never of its events; a tag has no rollup, so its reads go through the tagged messages.
 
 -- name: campaign_by_public_id
 -- The campaign a path names, within the caller's tenant row (another tenant's, or the other
@@ -43,3 +43,32 @@ FROM conversions
 WHERE campaign_id = $1 AND ($2::timestamptz IS NULL OR occurred_at >= $2)
 GROUP BY currency
 ORDER BY currency;
+
+-- name: tag_stats
+-- Analytics by tag: the events of the tenant row's messages carrying tag $2, queued since $3,
+-- counted by type as the rollup counts them (bounces after delivery apart). Unlike a
+-- campaign, a tag has no rollup: the messages come from the GIN index on tags and their
+-- events from events_message_idx, so the cost grows with the tagged messages in the period.
+SELECT e.type, count(*) AS total, count(*) FILTER (WHERE e.is_unique) AS uniq,
+       count(*) FILTER (WHERE NOT e.is_machine) AS human,
+       count(*) FILTER (WHERE e.is_unique AND NOT e.is_machine) AS human_unique
+FROM messages m
+JOIN events e ON e.message_id = m.id
+WHERE m.tenant_id = $1 AND m.tags @> ARRAY[$2::text]
+  AND ($3::timestamptz IS NULL OR m.created_at >= $3)
+GROUP BY e.type
+UNION ALL
+SELECT 'email.bounced.after_delivery', count(*), count(*) FILTER (WHERE e.is_unique),
+       count(*) FILTER (WHERE NOT e.is_machine),
+       count(*) FILTER (WHERE e.is_unique AND NOT e.is_machine)
+FROM messages m
+JOIN events e ON e.message_id = m.id
+WHERE m.tenant_id = $1 AND m.tags @> ARRAY[$2::text]
+  AND ($3::timestamptz IS NULL OR m.created_at >= $3)
+  AND e.type = 'email.bounced' AND (e.data ->> 'after_delivery')::boolean;
+
+-- name: tag_recipients
+-- How many messages (one per envelope recipient) carry the tag in the period.
+SELECT count(*) FROM messages
+WHERE tenant_id = $1 AND tags @> ARRAY[$2::text]
+  AND ($3::timestamptz IS NULL OR created_at >= $3);

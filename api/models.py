@@ -968,6 +968,24 @@ class CampaignAnalytics(Owned):
     )
 
 
+class TagAnalytics(Owned):
+    """The messages carrying one tag, queued in the period, whatever their campaign."""
+
+    tag: str
+    period: str
+    since: datetime | None
+    overview: Overview
+    rates: Rates
+    engagement: EngagementDetail | None = Field(
+        description="From the starter tier (basic analytics); null below it."
+    )
+    left_out: dict[str, Tier] = Field(
+        default_factory=dict,
+        description="The parts this account's plan tier leaves out, each with the tier that "
+        "includes it.",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Templates
 
