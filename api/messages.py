@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 
@@ -32,6 +31,7 @@ from api.models import (
     Page,
 )
 from api.routing import API, Call, decode_cursor, encode_cursor, is_public_id
+from penguinmails.events import public_data
 from penguinmails.queries import load
 
 SQL = load("api", "messages.sql")
@@ -44,9 +44,6 @@ DETAIL_SQL = load("api")
 # inserting it is missed by `until`. Sends insert at once; an hour is far beyond them.
 UNTIL_MARGIN = timedelta(hours=1)
 CANCELLABLE = ("queued", "deferred", "paused")
-# Event data keys that hold integer row keys (older rows, or writers that store the integer):
-# never shown, as the webhook dispatcher (tracker/dispatcher.py _ROW_KEYS) leaves them out.
-_ROW_KEYS = ("campaign_id", "webhook_id", "inbound_id", "queue_id")
 
 
 def id_bound(prefix: str, moment: datetime, *, upper: bool = False) -> str:
@@ -111,11 +108,6 @@ async def list_messages(call: Call[None, MessageListQuery]) -> Page[MessageSumma
     )
 
 
-def event_data(data: dict[str, Any]) -> dict[str, Any]:
-    """What the API shows of an event's data: all but integer row keys."""
-    return {k: v for k, v in data.items() if not (k in _ROW_KEYS and type(v) is int)}
-
-
 @API.route(
     "GET",
     "/events",
@@ -148,24 +140,32 @@ async def list_events(call: Call[None, EventListQuery]) -> Page[LogEvent]:
         low,
         high,
     )
-    items = [
-        LogEvent(**{**dict(r), "data": event_data(r["data"] or {})}) for r in rows[: query.limit]
-    ]
+    items = [LogEvent(**{**dict(r), "data": public_data(r["data"])}) for r in rows[: query.limit]]
     more = len(rows) > query.limit
     return Page[LogEvent](
         items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
     )
 
 
-async def _message(conn: asyncpg.Connection, tenant_id: int, message_id: str) -> Message:
+async def fetch_message(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant_id: int, message_id: str
+) -> Message | None:
+    """A message of the tenant row with its events (what GET /messages/{id} answers)."""
     row = await conn.fetchrow(DETAIL_SQL["get_message"], tenant_id, message_id)
-    assert row is not None  # locked by this transaction
+    if row is None:
+        return None
     events = await conn.fetch(DETAIL_SQL["message_events"], row["pk"])
     fields = {k: v for k, v in row.items() if k != "pk"}
     return Message(
         **fields,
-        events=[MessageEvent(**{**dict(e), "data": event_data(e["data"])}) for e in events],
+        events=[MessageEvent(**{**dict(e), "data": public_data(e["data"])}) for e in events],
     )
+
+
+async def _locked_message(conn: asyncpg.Connection, tenant_id: int, message_id: str) -> Message:
+    message = await fetch_message(conn, tenant_id, message_id)
+    assert message is not None  # locked by this transaction
+    return message
 
 
 async def _lock(conn: asyncpg.Connection, tenant_id: int, message_id: str) -> asyncpg.Record:
@@ -199,7 +199,7 @@ async def cancel_message(call: Call[None, None]) -> Message:
                 "queued, deferred or paused can be cancelled"
             )
         await conn.execute(SQL["cancel_message"], row["id"])
-        return await _message(conn, tenant, message_id)
+        return await _locked_message(conn, tenant, message_id)
 
 
 @API.route(
@@ -224,4 +224,4 @@ async def reschedule_message(call: Call[MessageReschedule, None]) -> Message:
                 "rescheduled"
             )
         await conn.execute(SQL["reschedule_message"], row["id"], call.body.send_at)
-        return await _message(conn, tenant, message_id)
+        return await _locked_message(conn, tenant, message_id)

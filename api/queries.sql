@@ -281,10 +281,6 @@ FROM messages m
 LEFT JOIN campaigns c ON c.id = m.campaign_id
 WHERE m.tenant_id = $1 AND m.public_id = $2;
 
--- name: message_public_ids
--- What a send answers: the public ids of the rows it just inserted, in insertion order.
-SELECT public_id FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id;
-
 -- name: message_events
 -- The message's history, oldest first (events_message_idx); capped for pathological cases
 -- such as a pixel fetched by a crawler thousands of times.

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from api.auth import Principal
 from api.drafts import campaign_event, draft_from_row, lock_campaign
 from api.errors import ApiError, conflict, not_found, validation_error
-from api.messages import event_data
+from api.messages import fetch_message
 from api.models import (
     MAX_SEND_RECIPIENTS,
     BatchSendRequest,
@@ -35,7 +35,6 @@ from api.models import (
     BulkSendRequest,
     BulkSendResult,
     Message,
-    MessageEvent,
     Sender,
     SendRequest,
     SendResult,
@@ -45,7 +44,7 @@ from api.routing import API, Call, is_public_id
 from api.senders import MAX_DETAILS, check_draft, resolve_sender
 from api.templates import content_of
 from penguinmails.attachments import Attachment, decode_content
-from penguinmails.messages import Address, Draft, InvalidMessage, enqueue, enqueue_draft
+from penguinmails.messages import Address, Draft, InvalidMessage, enqueue_draft
 from penguinmails.queries import load
 
 SQL = load("api")
@@ -342,7 +341,8 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
     async def work(conn: asyncpg.Connection) -> BulkSendResult:
         if not is_public_id(body.campaign_id, "campaign"):
             raise not_found("Campaign")
-        row = await lock_campaign(conn, call.principal.tenant_id, body.campaign_id)
+        tenant = call.principal.tenant_id
+        row = await lock_campaign(conn, tenant, body.campaign_id)
         if row["status"] in ("paused", "cancelled"):
             raise conflict(f"The campaign is {row['status']}; nothing can be added to it")
         stored = (
@@ -357,7 +357,7 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
         base.sandbox = row["sandbox"] or call.principal.sandbox
         size = body.batch_size or len(body.recipients)
         start = body.send_at or await conn.fetchval(SQL["now"])
-        ids: list[int] = []
+        queued: list[str] = []
         batches = 0
         last = start
         for offset in range(0, len(body.recipients), size):
@@ -369,9 +369,9 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
                 personalization=[r.personalization for r in chunk],
                 send_at=last if (batches or body.send_at) else None,
             )
-            ids.extend(await enqueue(conn, call.principal.tenant_id, batch))
+            queued += [q.public_id for q in await enqueue_draft(conn, tenant, batch)]
             batches += 1
-        await conn.execute(SQL["add_to_campaign"], row["id"], call.principal.tenant_id, len(ids))
+        await conn.execute(SQL["add_to_campaign"], row["id"], tenant, len(queued))
         await campaign_event(
             conn,
             call.principal.tenant_id,
@@ -380,18 +380,18 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
             {
                 "name": row["name"],
                 "status": "sending",
-                "queued": len(ids),
+                "queued": len(queued),
                 "batches": batches,
                 "send_at": start.isoformat(),
             },
         )
         return BulkSendResult(
             campaign_id=body.campaign_id,
-            queued=len(ids),
+            queued=len(queued),
             batches=batches,
             first_batch_at=start,
             last_batch_at=last,
-            message_ids=await public_message_ids(conn, ids),
+            message_ids=queued,
             sandbox=base.sandbox,
         )
 
@@ -407,17 +407,9 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
     errors=(404,),
 )
 async def get_message(call: Call[None, None]) -> Message:
-    message_id = call.path_id("msg", "Message")
-    row = await call.pool.fetchrow(SQL["get_message"], call.principal.tenant_id, message_id)
-    if row is None:
-        raise not_found("Message")
-    events = await call.pool.fetch(SQL["message_events"], row["pk"])
-    fields = {k: v for k, v in row.items() if k != "pk"}
-    return Message(
-        **fields,
-        events=[MessageEvent(**{**dict(e), "data": event_data(e["data"])}) for e in events],
+    message = await fetch_message(
+        call.pool, call.principal.tenant_id, call.path_id("msg", "Message")
     )
-
-
-async def public_message_ids(conn: asyncpg.Connection, ids: list[int]) -> list[str]:
-    return [r["public_id"] for r in await conn.fetch(SQL["message_public_ids"], ids)]
+    if message is None:
+        raise not_found("Message")
+    return message

@@ -43,6 +43,7 @@ import orjson
 
 from penguinmails.config import Settings
 from penguinmails.database import DATABASE_ERRORS
+from penguinmails.events import public_data
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
 from penguinmails.webhooks.guard import client_session
@@ -87,9 +88,6 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# Keys of event data that hold integer row keys (older rows, or writers that store the
-# integer): never shown. The objects they point at appear by public id instead.
-_ROW_KEYS = ("campaign_id", "webhook_id", "inbound_id", "queue_id")
 # Event data that repeats what the payload's `email` object says, by its key there: left out
 # when equal (the MTA's copy); kept when it says something else (a reply's own Message-ID).
 _EMAIL_KEYS = (("recipient", "to"), ("message_id", "message_id"))
@@ -124,11 +122,7 @@ def payload(row: Mapping[str, Any]) -> bytes:
     """
     kind: str = row["event_type"]
     created = _iso(row["event_created_at"])
-    details: dict[str, Any] = {
-        key: value
-        for key, value in (row["event_data"] or {}).items()
-        if not (key in _ROW_KEYS and type(value) is int)
-    }
+    details = public_data(row["event_data"])
     data: dict[str, Any]
     if row["has_message"]:
         email: dict[str, Any] = {
