@@ -29,7 +29,7 @@ from api.models import (
     Sender,
     SenderOut,
 )
-from api.routing import API, Call, decode_cursor, encode_cursor
+from api.routing import API, Call, decode_cursor, keyset_page
 from api.senders import check_draft, resolve_sender
 from api.templates import content_of
 from penguinmails.messages import enqueue
@@ -190,11 +190,7 @@ async def list_campaigns(call: Call[None, ListQuery]) -> Page[Campaign]:
     rows = await call.pool.fetch(
         SQL["list_campaigns"], call.principal.tenant_id, after, query.limit + 1
     )
-    items = [campaign_model(r) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[Campaign](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
-    )
+    return keyset_page(Page[Campaign], rows, query.limit, campaign_model)
 
 
 @API.route(

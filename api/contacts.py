@@ -21,7 +21,7 @@ from api.models import (
     Suppression,
     SuppressionCreate,
 )
-from api.routing import API, Call, decode_cursor, encode_cursor
+from api.routing import API, Call, decode_cursor, encode_cursor, keyset_page
 from penguinmails.queries import load
 
 SQL = load("api")
@@ -97,11 +97,7 @@ async def list_contacts(call: Call[None, ContactListQuery]) -> Page[Contact]:
         query.limit + 1,
         query.tag,
     )
-    items = [Contact(**dict(r)) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[Contact](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
-    )
+    return keyset_page(Page[Contact], rows, query.limit, lambda r: Contact(**dict(r)))
 
 
 @API.route(
@@ -178,10 +174,12 @@ async def list_suppressions(call: Call[None, ListQuery]) -> Page[Suppression]:
     rows = await call.pool.fetch(
         SQL["list_suppressions"], call.principal.tenant_id, after, query.limit + 1
     )
-    items = [Suppression(**dict(r)) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[Suppression](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].email) if more else None
+    return keyset_page(
+        Page[Suppression],
+        rows,
+        query.limit,
+        lambda r: Suppression(**dict(r)),
+        lambda _row, item: encode_cursor(item.email),
     )
 
 

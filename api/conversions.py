@@ -36,7 +36,7 @@ from api.envelope import EXTRA_HEADERS
 from api.errors import ApiError, conflict, not_found, unauthorized, validation_error
 from api.models import LIVEMODE, ListQuery, Owned, Page, Request
 from api.ratelimit import rate_limited
-from api.routing import API, Call, decode_cursor, encode_cursor
+from api.routing import API, Call, decode_cursor, keyset_page
 from api.tiers import at_least, tier_required
 from penguinmails import conversions
 from penguinmails.queries import load
@@ -241,8 +241,4 @@ async def list_conversions(call: Call[None, ConversionListQuery]) -> Page[Conver
         query.limit + 1,
         query.campaign_id,
     )
-    items = [_conversion(r) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[Conversion](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
-    )
+    return keyset_page(Page[Conversion], rows, query.limit, _conversion)

@@ -33,7 +33,7 @@ from api.models import (
     InboundListQuery,
     Page,
 )
-from api.routing import API, STATE, Call, decode_cursor, encode_cursor, is_public_id
+from api.routing import API, STATE, Call, decode_cursor, is_public_id, keyset_page
 from penguinmails.queries import load
 from penguinmails.tokens import BadToken, LinkSigner
 
@@ -105,11 +105,7 @@ async def list_inbound(call: Call[None, InboundListQuery]) -> Page[InboundEmailS
         query.limit + 1,
         query.message_id,
     )
-    items = [_summary(r) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[InboundEmailSummary](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
-    )
+    return keyset_page(Page[InboundEmailSummary], rows, query.limit, _summary)
 
 
 @API.route(

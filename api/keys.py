@@ -30,7 +30,7 @@ from api.models import (
     UserCreate,
 )
 from api.ratelimit import source_network
-from api.routing import API, Call, decode_cursor, encode_cursor
+from api.routing import API, Call, decode_cursor, keyset_page
 from api.tiers import TIERS
 from penguinmails.messages import ensure_tenant, mode_tenant
 from penguinmails.queries import load
@@ -123,11 +123,7 @@ async def list_api_keys(call: Call[None, ListQuery]) -> Page[ApiKey]:
     rows = await call.pool.fetch(
         SQL["list_api_keys"], call.principal.tenant_id, after, query.limit + 1
     )
-    items = [_key_model(r) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[ApiKey](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
-    )
+    return keyset_page(Page[ApiKey], rows, query.limit, _key_model)
 
 
 @API.route(
@@ -202,11 +198,7 @@ async def list_users(call: Call[None, ListQuery]) -> Page[User]:
     rows = await call.pool.fetch(
         SQL["list_users"], call.principal.tenant_id, after, query.limit + 1
     )
-    items = [User(**dict(r)) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[User](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
-    )
+    return keyset_page(Page[User], rows, query.limit, lambda r: User(**dict(r)))
 
 
 @API.route(

@@ -30,7 +30,7 @@ from api.models import (
     MessageSummary,
     Page,
 )
-from api.routing import API, Call, decode_cursor, encode_cursor, is_public_id
+from api.routing import API, Call, decode_cursor, is_public_id, keyset_page
 from penguinmails.events import public_data
 from penguinmails.queries import load
 
@@ -101,11 +101,7 @@ async def list_messages(call: Call[None, MessageListQuery]) -> Page[MessageSumma
         low,
         high,
     )
-    items = [MessageSummary(**dict(r)) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[MessageSummary](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
-    )
+    return keyset_page(Page[MessageSummary], rows, query.limit, lambda r: MessageSummary(**dict(r)))
 
 
 @API.route(
@@ -140,10 +136,11 @@ async def list_events(call: Call[None, EventListQuery]) -> Page[LogEvent]:
         low,
         high,
     )
-    items = [LogEvent(**{**dict(r), "data": public_data(r["data"])}) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[LogEvent](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
+    return keyset_page(
+        Page[LogEvent],
+        rows,
+        query.limit,
+        lambda r: LogEvent(**{**dict(r), "data": public_data(r["data"])}),
     )
 
 

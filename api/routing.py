@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -270,6 +270,31 @@ def install(app: web.Application, prefix: str = "/api/v1") -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Cursors: opaque to clients, so the ordering key can change without breaking them.
+
+
+PageT = TypeVar("PageT", bound=BaseModel)
+Row = TypeVar("Row")
+Item = TypeVar("Item")
+
+
+def keyset_page(
+    page: type[PageT],
+    rows: Sequence[Row],
+    limit: int,
+    item: Callable[[Row], Item],
+    cursor: Callable[[Row, Item], str] | None = None,
+) -> PageT:
+    """One page of a keyset query that fetched `limit + 1` rows: the extra row only says
+    there is a next page. The cursor is the last item's id unless `cursor` derives it (from
+    the last row and its item)."""
+    shown = rows[:limit]
+    items = [item(r) for r in shown]
+    more = len(rows) > limit
+    next_cursor = None
+    if more:
+        last: Any = items[-1]
+        next_cursor = cursor(shown[-1], last) if cursor else encode_cursor(last.id)
+    return page(items=items, has_more=more, next_cursor=next_cursor)
 
 
 def encode_cursor(value: int | str) -> str:

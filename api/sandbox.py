@@ -33,7 +33,7 @@ from pydantic import Field
 
 from api.errors import not_found
 from api.models import ListQuery, Owned, Page, Response
-from api.routing import API, Call, decode_cursor, encode_cursor
+from api.routing import API, Call, decode_cursor, keyset_page
 from penguinmails.queries import load
 
 SQL = load("api", "sandbox.sql")
@@ -113,13 +113,11 @@ async def list_sandbox_messages(call: Call[None, ListQuery]) -> Page[SandboxMess
         query.limit + 1,
     )
     parser = BytesHeaderParser(policy=email.policy.default)
-    items = [
-        SandboxMessageSummary.model_validate(_summary(r, parser.parsebytes(r["head"])))
-        for r in rows[: query.limit]
-    ]
-    more = len(rows) > query.limit
-    return Page[SandboxMessageSummary](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
+    return keyset_page(
+        Page[SandboxMessageSummary],
+        rows,
+        query.limit,
+        lambda r: SandboxMessageSummary.model_validate(_summary(r, parser.parsebytes(r["head"]))),
     )
 
 

@@ -41,7 +41,7 @@ from api.models import (
     TemplateUpdate,
     TemplateVersion,
 )
-from api.routing import API, Call, decode_cursor, encode_cursor
+from api.routing import API, Call, decode_cursor, encode_cursor, keyset_page
 from penguinmails import template
 from penguinmails.html_text import derived_text
 from penguinmails.messages import Draft, InvalidMessage
@@ -349,12 +349,12 @@ async def list_templates(call: Call[None, ListQuery]) -> Page[Template]:
     rows = await call.pool.fetch(
         SQL["list_templates"], call.principal.tenant_id, after_time, after_id, query.limit + 1
     )
-    items = [Template(**dict(r)) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[Template](
-        items=items,
-        has_more=more,
-        next_cursor=_encode_position(items[-1]) if more else None,
+    return keyset_page(
+        Page[Template],
+        rows,
+        query.limit,
+        lambda r: Template(**dict(r)),
+        lambda _row, item: _encode_position(item),
     )
 
 
@@ -476,12 +476,12 @@ async def list_template_versions(call: Call[None, ListQuery]) -> Page[TemplateVe
     rows = await call.pool.fetch(
         SQL["list_template_versions"], found["id"], before, query.limit + 1
     )
-    items = [TemplateVersion(template_id=template_id, **dict(r)) for r in rows[: query.limit]]
-    more = len(rows) > query.limit
-    return Page[TemplateVersion](
-        items=items,
-        has_more=more,
-        next_cursor=encode_cursor(items[-1].version) if more else None,
+    return keyset_page(
+        Page[TemplateVersion],
+        rows,
+        query.limit,
+        lambda r: TemplateVersion(template_id=template_id, **dict(r)),
+        lambda _row, item: encode_cursor(item.version),
     )
 
 

@@ -31,7 +31,7 @@ from api.models import (
     WebhookTestResult,
     WebhookUpdate,
 )
-from api.routing import API, Call, decode_cursor, encode_cursor
+from api.routing import API, Call, decode_cursor, encode_cursor, keyset_page
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
 from penguinmails.webhooks import InvalidEndpoint, endpoints
@@ -95,11 +95,7 @@ async def list_webhooks(call: Call[None, ListQuery]) -> Page[Webhook]:
         limit=query.limit + 1,
         after=decode_cursor(query.cursor, numeric=False),
     )
-    items = [_model(e) for e in found[: query.limit]]
-    more = len(found) > query.limit
-    return Page[Webhook](
-        items=items, has_more=more, next_cursor=encode_cursor(items[-1].id) if more else None
-    )
+    return keyset_page(Page[Webhook], found, query.limit, _model)
 
 
 @API.route(
@@ -265,11 +261,12 @@ async def list_webhook_deliveries(
         before=decode_cursor(query.cursor),
         status=query.status,
     )
-    page = rows[: query.limit]
-    items = [WebhookDelivery(**{k: v for k, v in r.items() if k != "pk"}) for r in page]
-    more = len(rows) > query.limit
-    return Page[WebhookDelivery](
-        items=items, has_more=more, next_cursor=encode_cursor(page[-1]["pk"]) if more else None
+    return keyset_page(
+        Page[WebhookDelivery],
+        rows,
+        query.limit,
+        lambda r: WebhookDelivery(**{k: v for k, v in r.items() if k != "pk"}),
+        lambda row, _item: encode_cursor(row["pk"]),
     )
 
 
