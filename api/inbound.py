@@ -1,7 +1,12 @@
-"""Inbound: the replies and automatic replies to the tenant's messages, kept whole.
+"""Inbound: the replies and automatic replies to the tenant's messages, and any mail to the
+tenant's own inbound address, kept whole.
 
 `penguinmails inbound` stores a reply to one of our messages (inbound/server.py) for the
-message's tenant row, so a test-mode message's replies are test-mode objects. Here:
+message's tenant row, so a test-mode message's replies are test-mode objects; mail to a
+mode's inbound address (`in-<token>@<bounce domain>`) is stored for that mode with no
+message when it answers none. Here:
+- `GET /api/v1/settings/inbound` gives this mode's address; `POST .../rotate` replaces it
+  (mail to the old one is dropped from then on, as to any unknown address);
 - `GET /api/v1/inbound` lists them newest first (optionally the replies to one message);
 - `GET /api/v1/inbound/{id}` reads one: fields, bodies, headers, and for each attachment and
   for the raw mail a download link;
@@ -27,6 +32,7 @@ from aiohttp import web
 
 from api.errors import not_found, validation_error
 from api.models import (
+    InboundAddress,
     InboundAttachment,
     InboundEmail,
     InboundEmailSummary,
@@ -87,8 +93,41 @@ def _links(call: Call[Any, Any], inbound_id: str) -> tuple[str, int]:
 
 @API.route(
     "GET",
+    "/settings/inbound",
+    summary="This mode's inbound address: mail sent there arrives as email.received",
+    tag="Inbound",
+    response=InboundAddress,
+    tier="starter",
+)
+async def get_inbound_address(call: Call[None, None]) -> InboundAddress:
+    token = await call.pool.fetchval(SQL["inbound_token"], call.principal.tenant_id)
+    return _address(call, token)
+
+
+@API.route(
+    "POST",
+    "/settings/inbound/rotate",
+    summary="Replace this mode's inbound address; mail to the old one is no longer accepted",
+    tag="Inbound",
+    response=InboundAddress,
+    tier="starter",
+)
+async def rotate_inbound_address(call: Call[None, None]) -> InboundAddress:
+    token = await call.pool.fetchval(SQL["rotate_inbound_token"], call.principal.tenant_id)
+    return _address(call, token)
+
+
+def _address(call: Call[Any, Any], token: str) -> InboundAddress:
+    # The first domain the inbound server accepts mail for, as it computes them.
+    settings = call.state.settings
+    domain = (settings.inbound.bounce_domains or [settings.mta.bounce_domain])[0]
+    return InboundAddress(address=f"in-{token}@{domain}", domain=domain)
+
+
+@API.route(
+    "GET",
     "/inbound",
-    summary="List replies and automatic replies, newest first",
+    summary="List replies, automatic replies and mail to your inbound address, newest first",
     tag="Inbound",
     query=InboundListQuery,
     response=Page[InboundEmailSummary],

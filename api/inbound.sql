@@ -1,5 +1,6 @@
 -- Replies and automatic replies kept whole by `penguinmails inbound` (inbound_emails, migration
--- 0022), read through GET /api/v1/inbound. Every lookup by a caller names its tenant row.
+-- 0022), and mail to the tenant's inbound address (no message: migration 0023), read through
+-- GET /api/v1/inbound. Every lookup by a caller names its tenant row.
 
 -- name: list_inbound
 -- A page of the tenant's inbound mail, newest first by public id ($2: the last id of the
@@ -9,7 +10,7 @@
 SELECT e.public_id AS id, m.public_id AS message_id, e.from_email, e.subject, e.auto,
        jsonb_array_length(e.attachments) AS attachment_count, e.received_at
 FROM inbound_emails e
-JOIN messages m ON m.id = e.message_id
+LEFT JOIN messages m ON m.id = e.message_id
 WHERE e.tenant_id = $1
   AND ($2::text IS NULL OR e.public_id < $2)
   AND ($4::text IS NULL
@@ -23,7 +24,7 @@ SELECT e.public_id AS id, m.public_id AS message_id, e.from_email, e.subject, e.
        jsonb_array_length(e.attachments) AS attachment_count, e.received_at, e.to_emails,
        e.cc_emails, e.text_body, e.html_body, e.headers, e.attachments
 FROM inbound_emails e
-JOIN messages m ON m.id = e.message_id
+LEFT JOIN messages m ON m.id = e.message_id
 WHERE e.tenant_id = $1 AND e.public_id = $2;
 
 -- name: inbound_attachment
@@ -37,3 +38,13 @@ WHERE e.public_id = $1;
 -- name: inbound_raw
 -- The mail as it arrived, for a raw download link (as inbound_attachment).
 SELECT raw FROM inbound_emails WHERE public_id = $1;
+
+-- name: inbound_token
+-- The token of this mode's inbound address, `in-<token>@<bounce domain>`.
+SELECT inbound_token FROM tenants WHERE id = $1;
+
+-- name: rotate_inbound_token
+-- A new address for this mode; mail to the old one is dropped from now on.
+UPDATE tenants SET inbound_token = substr(md5(gen_random_uuid()::text), 1, 20)
+WHERE id = $1
+RETURNING inbound_token;

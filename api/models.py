@@ -1089,9 +1089,19 @@ class InboundAttachment(Response):
     url_expires_at: datetime
 
 
+class InboundAddress(Owned):
+    address: str = Field(
+        description="Mail sent here reaches you as email.received and in GET /inbound."
+    )
+    domain: str
+
+
 class InboundEmailSummary(Owned):
     id: str
-    message_id: str = Field(description="The message of ours it answers (msg_...).")
+    message_id: str | None = Field(
+        description="The message of ours it answers (msg_...); null for mail to your inbound "
+        "address that answers none of them."
+    )
     from_: str = Field(alias="from")
     subject: str
     auto: bool = Field(description="An automatic reply (out of office...), not a person's.")

@@ -101,3 +101,45 @@ SELECT (SELECT count(*) FROM logged) AS logged,
        (SELECT count(*) FROM suppressed) AS suppressed,
        (SELECT count(*) FROM bounced) AS bounced,
        (SELECT public_id FROM stored) AS inbound_id;
+
+-- name: inbound_tenant
+-- The tenant row whose inbound address is `in-<$1>@...` (tenants_inbound_token_idx).
+SELECT id FROM tenants WHERE inbound_token = $1;
+
+-- name: inbound_record_tenant_mail
+-- Mail to a tenant's inbound address that answers none of its messages, kept whole for the
+-- tenant: the log row with no message (its partial unique index on (tenant_id, dedupe_key)
+-- makes a second delivery of the same mail a no-op), the mail and its attachments, and an
+-- `email.received` event with no message, all in one statement so the 250 follows the
+-- commit. $8..$17 are inbound_record's $20..$29 (from, to, cc, subject, text, html, headers,
+-- raw, attachment metadata, attachment bytes).
+WITH logged AS (
+    INSERT INTO inbound_messages (message_id, tenant_id, classification, dedupe_key, reason,
+                                  matched_by, mail_from, rcpt_to, header_message_id, sha256)
+    VALUES (NULL, $1, 'inbound', $2, $3, 'inbound_address', $4, $5, $6, $7)
+    ON CONFLICT (tenant_id, dedupe_key) WHERE message_id IS NULL DO NOTHING
+    RETURNING id
+), stored AS (
+    INSERT INTO inbound_emails (tenant_id, inbound_message_id, message_id, auto, from_email,
+                                to_emails, cc_emails, subject, text_body, html_body, headers,
+                                raw, attachments)
+    SELECT $1, logged.id, NULL, $18, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16::jsonb
+    FROM logged
+    RETURNING id, public_id
+), stored_attachments AS (
+    INSERT INTO inbound_attachments (inbound_email_id, ordinal, content)
+    SELECT stored.id, part.ordinal - 1, part.content
+    FROM stored, unnest($17::bytea[]) WITH ORDINALITY AS part (content, ordinal)
+    RETURNING ordinal
+), received AS (
+    INSERT INTO events (tenant_id, message_id, campaign_id, type, data, is_unique)
+    SELECT $1, NULL, NULL, 'email.received',
+           jsonb_build_object('inbound_id', stored.public_id, 'from', $8::text,
+                              'subject', $11::text, 'auto', $18::bool, 'to', $5::text),
+           true
+    FROM stored
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM logged) AS logged,
+       (SELECT count(*) FROM stored_attachments) AS attachments,
+       (SELECT public_id FROM stored) AS inbound_id;

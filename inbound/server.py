@@ -30,6 +30,12 @@ Matching, per envelope recipient, strongest evidence first:
    changes no status, writes no event, suppresses no one. A reply or automatic reply so
    matched counts as one (its event says matched_by), since replies reach the Reply-To and
    cannot carry the signed address; a reply changes no state and suppresses no one.
+A tenant's own inbound address (`in-<token>@<bounce domain>`, GET /api/v1/settings/inbound)
+is matched the same way, for that tenant's messages only: a reply to one of them sent there
+counts as the reply it is. Any other mail to the address (a first contact, a forward, a
+reply quoting another tenant's message) is the tenant's all the same: kept whole with no
+message and announced as `email.received`, never dropped. An address with an unknown or
+rotated token is like any other unmatched address.
 Only 1 and 2, our signed address, bounce, suppress or unsubscribe. A `b-`/`u-` address whose
 MAC does not verify is forged: the mail is accepted and dropped with a logged reason, without
 falling back to Message-IDs. Unmatched mail is dropped the same way. Accepting rather than
@@ -81,6 +87,8 @@ log = logging.getLogger(__name__)
 MAX_RECIPIENTS = 100
 SESSION_TIMEOUT = 120.0  # seconds of silence before a session is dropped
 _SIGNED_SHAPE = re.compile(r"^[bu]-[0-9]+-", re.IGNORECASE)
+# A tenant's own inbound address (tenants.inbound_token, 20 hex characters).
+_TENANT_ADDRESS = re.compile(r"^in-([0-9a-f]{20})@", re.IGNORECASE)
 _DB_ERRORS = DATABASE_ERRORS
 # Replies and automatic replies are kept whole for the tenant (inbound_emails); reports are
 # ours to act on, and stay a log row with a sha256.
@@ -90,6 +98,7 @@ KEPT_WHOLE = frozenset({"reply", "auto_reply"})
 @dataclass(frozen=True)
 class Match:
     message_id: int  # queue id
+    tenant_id: int  # the original's tenant row
     recipient: str  # the original's recipient
     matched_by: str
     unsubscribe: bool = False
@@ -130,7 +139,9 @@ class InboundHandler:
         mail_from = (envelope.mail_from or "").strip().strip("<>")
         inbound = await asyncio.to_thread(classify, raw, mail_from)
         mail = None
-        if inbound.kind in KEPT_WHOLE:
+        if inbound.kind in KEPT_WHOLE or any(
+            _TENANT_ADDRESS.match(r.strip().strip("<>")) for r in envelope.rcpt_tos
+        ):
             try:
                 mail = await asyncio.to_thread(read_mail, raw)
             except Exception:  # a parser bug: the reply still counts, without its copy
@@ -385,11 +396,21 @@ class InboundServer:
         self, rcpt: str, mail_from: str, inbound: Inbound, mail: WholeMail | None = None
     ) -> None:
         """Record what `inbound` means for the message `rcpt` (and the mail) names; a reply
-        or automatic reply read whole (`mail`) is kept for the message's tenant too."""
+        or automatic reply read whole (`mail`) is kept for the message's tenant too. Mail to
+        a tenant's inbound address that answers none of that tenant's messages is kept whole
+        for the tenant."""
+        tenant_id = await self._tenant_of(rcpt)
         try:
             match = await self._match(rcpt, inbound)
+            if tenant_id is not None and match.tenant_id != tenant_id:
+                # Addressed to one tenant, quoting another's message: it is the addressee's
+                # mail, and proves nothing about the other tenant's recipient.
+                raise _Dropped("unmatched", "answers another tenant's message")
             verdict = _verdict(inbound, match)
         except _Dropped as dropped:
+            if tenant_id is not None and mail is not None:
+                await self._keep_for_tenant(tenant_id, rcpt, mail_from, inbound, mail)
+                return
             self.metrics.messages.labels(dropped.classification, "dropped").inc()
             log.info(
                 "inbound mail dropped",
@@ -444,6 +465,46 @@ class InboundServer:
             },
         )
 
+    async def _tenant_of(self, rcpt: str) -> int | None:
+        """The tenant row whose inbound address `rcpt` is, if it is one."""
+        shape = _TENANT_ADDRESS.match(rcpt.strip().strip("<>"))
+        if shape is None:
+            return None
+        tenant_id: int | None = await self.pool.fetchval(
+            SQL["inbound_tenant"], shape.group(1).lower()
+        )
+        return tenant_id
+
+    async def _keep_for_tenant(
+        self, tenant_id: int, rcpt: str, mail_from: str, inbound: Inbound, mail: WholeMail
+    ) -> None:
+        # The mail's own Message-ID names it across deliveries; without one, its bytes do.
+        dedupe = inbound.header_message_id or inbound.sha256.hex()
+        row = await self.pool.fetchrow(
+            SQL["inbound_record_tenant_mail"],
+            tenant_id,
+            _storable(f"inbound:{dedupe}")[:600],
+            "mail to the tenant's inbound address",
+            _storable(mail_from)[:320],
+            _storable(rcpt)[:320],
+            _storable(inbound.header_message_id) or None,
+            inbound.sha256,
+            *_whole_mail_arguments(mail)[1:],
+            inbound.kind == "auto_reply",
+        )
+        result = "recorded" if row["logged"] else "duplicate"
+        self.metrics.messages.labels("inbound", result).inc()
+        log.info(
+            "inbound mail kept for its tenant" if row["logged"] else "inbound mail already kept",
+            extra={
+                "action": "inbound_record",
+                "classification": "inbound",
+                "tenant_id": tenant_id,
+                "rcpt": rcpt,
+                "inbound_id": row["inbound_id"],
+            },
+        )
+
     async def _match(self, rcpt: str, inbound: Inbound) -> Match:
         # The envelope recipient, or where the mail was addressed before it reached us.
         for address, source in [(rcpt, "verp"), *((a, "alias") for a in inbound.aliases)]:
@@ -462,7 +523,7 @@ class InboundServer:
                 SQL["inbound_message_by_header_id"], [_storable(i) for i in inbound.message_ids]
             )
             if row is not None:
-                return Match(row["id"], row["recipient"], "message_id")
+                return Match(row["id"], row["tenant_id"], row["recipient"], "message_id")
             raise _Dropped("unmatched", "no message of ours has the Message-ID(s) it quotes")
         raise _Dropped("unmatched", "no signed address and no Message-ID of ours")
 
@@ -483,7 +544,7 @@ class InboundServer:
         row = await self.pool.fetchrow(SQL["inbound_message"], queue_id)
         if row is None:
             raise _Dropped("unmatched", f"message {queue_id} no longer exists")
-        return Match(queue_id, row["recipient"], how, unsubscribe)
+        return Match(queue_id, row["tenant_id"], row["recipient"], how, unsubscribe)
 
 
 def _verdict(inbound: Inbound, match: Match) -> Verdict:

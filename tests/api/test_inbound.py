@@ -194,3 +194,101 @@ async def test_a_reply_belongs_to_its_message_s_mode(
 
     free = client.with_key(await make_key("tiny", tier="free", test=True))
     assert_error(await free.get("/inbound"), 403, "TIER_REQUIRED")
+
+
+def _first_contact(to: str, message_id: str = "first-contact@elsewhere.test") -> bytes:
+    return (
+        "From: Lee <lee@elsewhere.test>\r\n"
+        f"To: Support <{to}>\r\n"
+        "Subject: A question about pricing\r\n"
+        f"Message-ID: <{message_id}>\r\n"
+        "\r\n"
+        "Do you have a plan for nonprofits?\r\n"
+    ).encode()
+
+
+async def test_mail_to_the_tenant_s_inbound_address_is_kept_whatever_it_answers(
+    client: Client,
+    live_key: str,
+    tenant_id: int,
+    replied: Sent,
+    inbound: InboundServer,
+    pool: asyncpg.Pool,
+    make_key: Callable[..., Awaitable[str]],
+) -> None:
+    got = await client.get("/settings/inbound")
+    assert got.status == 200 and got.data["livemode"] is False
+    address = got.data["address"]
+    assert address.startswith("in-") and address.endswith(f"@{got.data['domain']}")
+    live = client.with_key(await make_key("acme", tier="enterprise"))
+    live_address = (await live.get("/settings/inbound")).data["address"]
+    assert live_address != address  # each mode has its own
+
+    # A first contact, delivered twice (a retried delivery), is one mail with no message.
+    for _ in range(2):
+        errors, _answer = await send(
+            inbound.port, _first_contact(address), "lee@elsewhere.test", [address]
+        )
+        assert errors == {}
+    [item] = (await client.get("/inbound")).data["items"]
+    assert item["message_id"] is None and item["subject"] == "A question about pricing"
+    email = (await client.get(f"/inbound/{item['id']}")).data
+    assert email["text"] == "Do you have a plan for nonprofits?\r\n" and email["to"] == [address]
+    [event] = (await client.get("/events", params={"type": "email.received"})).data["items"]
+    assert event["data"]["inbound_id"] == item["id"] and event["data"]["to"] == address
+    assert (await live.get("/inbound")).data["items"] == []  # the test-mode address's mail
+
+    # A reply to one of the tenant's messages sent to the address is that message's reply.
+    message_id, _ = await replied(tenant_id, "answer@dest.test")
+    row = await pool.fetchrow("SELECT message_id FROM messages WHERE public_id = $1", message_id)
+    reply = reply_with_attachment(row["message_id"], "sam@dest.test").replace(
+        b"reply-with-file@dest.test", b"sent-to-the-address@dest.test"
+    )
+    errors, _answer = await send(inbound.port, reply, "sam@dest.test", [address])
+    assert errors == {}
+    answers = (await client.get("/inbound", params={"message_id": message_id})).data["items"]
+    assert len(answers) == 2  # the one to the reply address and the one to the inbound address
+
+    # Quoting another tenant's message, it is still this tenant's mail and not the other's.
+    other = await ensure_tenant(pool, "globex", mode="test")
+    [other_queue_id] = await enqueue(
+        pool,
+        other,
+        Draft(
+            sandbox=True,
+            from_email="a@globex.test",
+            subject="S",
+            text="T",
+            recipients=["sam@dest.test"],
+        ),
+    )
+    other_rfc_id = await pool.fetchval(
+        "UPDATE messages SET status = 'sent' WHERE id = $1 RETURNING message_id", other_queue_id
+    )
+    quoting = reply_with_attachment(other_rfc_id, "sam@dest.test").replace(
+        b"reply-with-file@dest.test", b"quotes-globex@dest.test"
+    )
+    assert (await send(inbound.port, quoting, "sam@dest.test", [address]))[0] == {}
+    newest = (await client.get("/inbound", params={"limit": "1"})).data["items"][0]
+    assert newest["message_id"] is None and newest["subject"] == "Re: Hellö"
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM inbound_messages WHERE message_id = $1", other_queue_id
+        )
+        == 0
+    )
+
+    # Rotated: the old address takes nothing more; the new one does.
+    rotated = await client.post("/settings/inbound/rotate")
+    assert rotated.status == 200 and rotated.data["address"] != address
+    before = await pool.fetchval("SELECT count(*) FROM inbound_emails")
+    await send(
+        inbound.port, _first_contact(address, "late@elsewhere.test"), "lee@x.test", [address]
+    )
+    assert await pool.fetchval("SELECT count(*) FROM inbound_emails") == before
+    new = rotated.data["address"]
+    await send(inbound.port, _first_contact(new, "new@elsewhere.test"), "lee@x.test", [new])
+    assert await pool.fetchval("SELECT count(*) FROM inbound_emails") == before + 1
+
+    free = client.with_key(await make_key("tiny", tier="free", test=True))
+    assert_error(await free.get("/settings/inbound"), 403, "TIER_REQUIRED")
