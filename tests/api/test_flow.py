@@ -16,7 +16,15 @@ from api.keys import create_key
 from api.server import ApiServer
 from mta.domains import add_domain, show_domain
 from penguinmails.config import Settings
-from tests.helpers import Client, Receiver, campaign_keys, dnsfunc_for, verify, wait_for
+from tests.helpers import (
+    Client,
+    Receiver,
+    assert_error,
+    campaign_keys,
+    dnsfunc_for,
+    verify,
+    wait_for,
+)
 from tests.mta.test_compose import parse
 from tests.smtp_peer import SMTPPeer
 from tracker.server import Tracker
@@ -248,3 +256,62 @@ async def test_a_send_with_everything_an_application_sends(
         for request in receiver.accepted():
             email = verify(secret, request)["data"]["email"]
             assert email["tags"] == ["orders"] and email["metadata"] == {"order_id": "A-17"}
+
+
+async def test_a_batch_of_500_distinct_messages_is_accepted_at_once_and_delivered(
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    smtp_peer: SMTPPeer,
+    start_worker: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    """POST /emails/batch with 500 different messages: one transaction, then each reaches the
+    SMTP peer once, as itself; a batch with one bad item is refused by index, writing nothing."""
+    settings = make_settings(
+        api={"listen": "127.0.0.1:0"}, mta={"routes": {"dest.test": smtp_peer.hop}}
+    )
+    async with pool.acquire() as conn:
+        key = await create_key(conn, tenant="acme", tier="starter")
+        await add_domain(conn, settings, "acme.test", tenant="acme")
+
+    def item(i: int) -> dict[str, Any]:
+        return {
+            "from": "news@acme.test",
+            "to": f"user{i}@dest.test",
+            "subject": f"Order {i} shipped",
+            "content": {"text": f"Parcel {i} is on its way."},
+            "metadata": {"order": i},
+            "tracking": {"track_opens": False, "track_clicks": False},
+        }
+
+    async with ApiServer(pool, settings) as api:
+        client = Client(http, api.url + "/api/v1", key)
+        bad = [item(i) for i in range(500)]
+        bad[137]["to"] = "not an address"
+        error = assert_error(
+            await client.post("/emails/batch", json={"messages": bad}), 422, "VALIDATION_ERROR"
+        )
+        assert [d["field"] for d in error["details"]] == ["messages[137].to[0]"]
+        assert await pool.fetchval("SELECT count(*) FROM messages") == 0
+
+        reply = await client.post("/emails/batch", json={"messages": [item(i) for i in range(500)]})
+        assert reply.status == 202, reply.body
+        assert await pool.fetchval("SELECT count(DISTINCT xmin::text) FROM messages") == 1
+
+    worker = await start_worker(settings)
+    await wait_for(lambda: len(smtp_peer.received) >= 500, timeout=90)
+    await wait_for(
+        lambda: pool.fetchval("SELECT count(*) = 500 FROM messages WHERE status = 'sent'"),
+        timeout=15,
+    )
+    await worker.stop()
+    got = {}
+    for received in smtp_peer.received:
+        [rcpt] = received.rcpt_tos
+        message = parse(received.data)
+        got[rcpt] = (str(message["Subject"]), message.get_content().strip())
+    assert len(smtp_peer.received) == 500  # each once
+    assert got == {
+        f"user{i}@dest.test": (f"Order {i} shipped", f"Parcel {i} is on its way.")
+        for i in range(500)
+    }
