@@ -463,6 +463,11 @@ class SendRequest(Request):
     personalization: Personalization = Field(default_factory=dict)
     headers: Headers = Field(default_factory=dict)
     send_at: AwareDatetime | None = None
+    priority: Literal["transactional", "bulk"] = Field(
+        default="transactional",
+        description="transactional (a receipt, a password reset) is delivered before bulk "
+        "(campaigns; or a send that is one of many) whatever else is queued.",
+    )
     attachments: list[AttachmentIn] = Field(
         default_factory=list,
         max_length=20,

@@ -212,6 +212,7 @@ async def prepare_send(
         reply_to=[Address(a.email, a.name) for a in body.reply_to],
         tags=body.tags,
         metadata=body.metadata,
+        priority=body.priority,
     )
     try:
         draft.attachments = _attachments(body)

@@ -123,7 +123,7 @@ async def time_claims(bench: Bench, claims: int, drain: int) -> dict[str, Any]:
     rolled.sort()
     committed.sort()
     return {
-        "plan_uses_due_index": "messages_due_idx" in plan_text,
+        "plan_uses_due_index": "messages_fair_due_idx" in plan_text,
         "claims_rolled_back": claims,
         "claim_ms_p50": statistics.median(rolled) * 1000,
         "claim_ms_p99": rolled[min(len(rolled) - 1, int(len(rolled) * 0.99))] * 1000,

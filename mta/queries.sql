@@ -5,12 +5,43 @@
 -- held across an SMTP conversation. A re-taken lease marks the message possible_duplicate:
 -- the dead worker may have had its 250 before it could commit. The suppression check rides
 -- along so a suppressed address costs no extra round trip.
-WITH due AS (
-    SELECT id FROM messages
-    WHERE status IN ('queued', 'deferred') AND next_attempt_at <= now()
-    ORDER BY next_attempt_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
+-- Fairness: the batch is shared between the tenants with queued messages, found by a loose
+-- index scan (one probe of messages_fair_due_idx per tenant, however many messages each
+-- has); each offers at most twice its even share, its transactional messages (priority 0)
+-- first, and the batch takes them round robin, every tenant's transactional turns before
+-- anyone's bulk. A tenant with a million queued therefore cannot delay another's fresh
+-- message by more than one claim. Offered rows not taken stay locked only until this
+-- statement commits.
+WITH RECURSIVE queued_tenants AS (
+    (SELECT tenant_id FROM messages
+     WHERE status IN ('queued', 'deferred')
+     ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.tenant_id FROM messages m
+            WHERE m.status IN ('queued', 'deferred') AND m.tenant_id > t.tenant_id
+            ORDER BY m.tenant_id LIMIT 1)
+    FROM queued_tenants t
+    WHERE t.tenant_id IS NOT NULL
+), share AS (
+    SELECT least($1, ceil(2.0 * $1 / greatest(count(*), 1)))::int AS per_tenant
+    FROM queued_tenants WHERE tenant_id IS NOT NULL
+), offered AS (
+    SELECT o.id, o.priority, o.next_attempt_at,
+           row_number() OVER (PARTITION BY t.tenant_id
+                              ORDER BY o.priority, o.next_attempt_at) AS turn
+    FROM queued_tenants t
+    CROSS JOIN share
+    CROSS JOIN LATERAL (
+        SELECT m.id, m.priority, m.next_attempt_at FROM messages m
+        WHERE m.tenant_id = t.tenant_id AND m.status IN ('queued', 'deferred')
+          AND m.next_attempt_at <= now()
+        ORDER BY m.priority, m.next_attempt_at
+        LIMIT share.per_tenant
+        FOR UPDATE SKIP LOCKED
+    ) o
+    WHERE t.tenant_id IS NOT NULL
+), due AS (
+    SELECT id FROM offered ORDER BY priority, turn, next_attempt_at LIMIT $1
 ), stale AS (
     SELECT id FROM messages
     WHERE status = 'sending' AND lease_expires_at <= now()

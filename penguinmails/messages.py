@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
@@ -129,6 +129,10 @@ def check_personalization(values: Any, field_name: str, depth: int = 0) -> None:
             check_personalization(value, f"{field_name}[{index}]", depth + 1)
 
 
+Priority = Literal["transactional", "bulk"]
+PRIORITIES: dict[str, int] = {"transactional": 0, "bulk": 1}  # messages.priority
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A header address: what a To, Cc or Reply-To list shows, with its display name."""
@@ -177,6 +181,9 @@ class Draft:
     tags: Sequence[str] = ()
     metadata: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     attachments: Sequence[Attachment] = ()
+    # Which goes first when the MTA claims: transactional (single sends, batches) before bulk
+    # (campaigns); see mta/queries.sql claim_batch.
+    priority: Priority = "bulk"
 
     def validate(self) -> tuple[str, list[str]]:
         sender_domain = address_domain(self.from_email, "from")
@@ -318,6 +325,7 @@ async def _enqueue(
         [a.as_json() for a in draft.reply_to] or None,
         list(draft.tags),
         dict(draft.metadata),
+        PRIORITIES[draft.priority],
     )
     return [Queued(r["id"], r["public_id"], r["recipient"], r["suppressed"]) for r in rows]
 

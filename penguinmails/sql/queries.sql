@@ -30,15 +30,16 @@ WHERE ($2 = 'live' AND id = $1) OR ($2 = 'test' AND live_tenant_id = $1);
 -- `email.suppressed` instead. Ordered by id, which follows the recipients' order (identity
 -- values are drawn row by row), so callers can pair ids with recipients; each says whether
 -- its recipient is suppressed, so a send can report it instead of dropping it silently.
--- Every row of one send shares the visible To/Cc lists ($16, $17), Reply-To, tags, metadata.
+-- Every row of one send shares the visible To/Cc lists ($16, $17), Reply-To, tags, metadata
+-- and its priority class ($21: 0 transactional, 1 bulk).
 WITH queued AS (
     INSERT INTO messages (tenant_id, campaign_id, message_id, from_email, from_name, recipient,
                           recipient_domain, subject, text_body, html_body, headers,
                           personalization, settings, next_attempt_at, sandbox,
-                          to_header, cc_header, reply_to, tags, metadata)
+                          to_header, cc_header, reply_to, tags, metadata, priority)
     SELECT $1, $2, m.message_id, $3, $4, m.recipient, m.domain, $5, $6, $7, $8,
            m.personalization, $9, coalesce($10, now()), $15,
-           $16::jsonb, $17::jsonb, $18::jsonb, $19::text[], $20::jsonb
+           $16::jsonb, $17::jsonb, $18::jsonb, $19::text[], $20::jsonb, $21
     FROM unnest($11::text[], $12::text[], $13::text[], $14::jsonb[])
          AS m(message_id, recipient, domain, personalization)
     RETURNING id, public_id, tenant_id, campaign_id, recipient, next_attempt_at,

@@ -56,6 +56,7 @@ async def test_send_validation(client: Client) -> None:
         "subject": single(subject="Hi\nBcc: evil@x.test"),
         "from.email": single(**{"from": {"email": "bad"}}),
         "tracking.track_opens": single(tracking={"track_opens": "sometimes"}),
+        "priority": single(priority="urgent"),
     }
     for field, body in cases.items():
         error = assert_error(await client.post("/emails/send", json=body), 422, "VALIDATION_ERROR")
@@ -159,6 +160,26 @@ def recipients(count: int, start: int = 0) -> list[dict[str, Any]]:
         {"email": f"r{i}@dest{i % 50}.test", "personalization": {"first_name": f"R{i}"}}
         for i in range(start, start + count)
     ]
+
+
+async def test_a_send_is_transactional_unless_it_says_bulk_and_campaigns_are_bulk(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    plain = (await client.post("/emails/send", json=single())).data["message_id"]
+    bulk = (await client.post("/emails/send", json=single(priority="bulk"))).data["message_id"]
+    made = await create_campaign(client, recipients=[])
+    sent = await client.post(
+        "/emails/send-bulk", json={"campaign_id": made["id"], "recipients": recipients(2)}
+    )
+    priorities = await pool.fetch(
+        "SELECT public_id, priority FROM messages WHERE public_id = ANY($1)",
+        [plain, bulk, *sent.data["message_ids"]],
+    )
+    assert {r["public_id"]: r["priority"] for r in priorities} == {
+        plain: 0,
+        bulk: 1,
+        **{m: 1 for m in sent.data["message_ids"]},
+    }
 
 
 async def test_bulk_10000_in_one_transaction(client: Client, pool: asyncpg.Pool) -> None:
