@@ -233,3 +233,17 @@ DELETE FROM mta_processes WHERE owner = $1 OR seen_at < now() - interval '1 day'
 -- The bytes of every attachment a claimed batch carries, each once however many of the
 -- batch's messages share it: one query per batch, not one per message.
 SELECT id, content FROM attachments WHERE id = ANY($1::bigint[]);
+
+-- name: mta_sts_policy
+-- A receiver's cached MTA-STS policy (mta/mtasts.py), read when the process has none in
+-- memory. Primary-key probe.
+SELECT policy_id, mode, mx, max_age, expires_at FROM mta_sts_policies WHERE domain = $1;
+
+-- name: store_mta_sts_policy
+-- A policy fetched successfully replaces the cached one (never a failed fetch).
+INSERT INTO mta_sts_policies (domain, policy_id, mode, mx, max_age, fetched_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (domain) DO UPDATE
+SET policy_id = EXCLUDED.policy_id, mode = EXCLUDED.mode, mx = EXCLUDED.mx,
+    max_age = EXCLUDED.max_age, fetched_at = EXCLUDED.fetched_at,
+    expires_at = EXCLUDED.expires_at;

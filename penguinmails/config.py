@@ -137,6 +137,12 @@ class MtaSettings(Section):
     dns_servers: list[str] = Field(default_factory=list)  # HOST:PORT; empty uses resolv.conf
     dns_timeout: float = Field(default=10.0, gt=0)
     mx_port: int = Field(default=25, ge=1, le=65535)  # only a lab setup would change this
+    # MTA-STS (RFC 8461): honour receivers' published TLS policies (mta/mtasts.py).
+    mta_sts: bool = True
+    mta_sts_port: int = Field(default=443, ge=1, le=65535)  # only a lab setup would change this
+    # Extra CA certificates (PEM) trusted when verifying receivers: MTA-STS policy hosts and
+    # MX certificates under an enforced policy. Empty: the system's CAs alone.
+    tls_ca_file: str = ""
 
     retry_base_seconds: float = Field(default=60.0, gt=0)
     retry_max_seconds: float = Field(default=4 * 3600.0, gt=0)
