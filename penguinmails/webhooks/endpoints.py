@@ -50,6 +50,7 @@ EVENT_TYPES = (
     "email.failed",
     "email.cancelled",
     "email.rescheduled",
+    "delivery.throttled",
     "webhook.disabled",
 )
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")

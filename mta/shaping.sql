@@ -1,0 +1,83 @@
+-- Shaping state shared by every MTA process (mta/shared.py, migration 0026).
+
+-- name: reserve_tokens
+-- Reserve $4 messages of key $1's budget ($2 a second, at most $3 saved up): refill by the
+-- time since the last reservation, then take, going below zero if need be. The caller waits
+-- -tokens / rate seconds when the result is negative. Primary-key upsert, one row lock.
+INSERT INTO shaping_rates AS r (key, tokens, stamp)
+VALUES ($1, $3::float8 - $4, clock_timestamp())
+ON CONFLICT (key) DO UPDATE
+SET tokens = least($3::float8,
+                   r.tokens + extract(epoch FROM clock_timestamp() - r.stamp) * $2::float8)
+             - $4,
+    stamp = clock_timestamp()
+RETURNING tokens;
+
+-- name: refund_tokens
+-- Give back a reservation the caller will not use (it gives the message back instead of
+-- waiting that long).
+UPDATE shaping_rates SET tokens = tokens + $2 WHERE key = $1;
+
+-- name: active_suspensions
+-- What holds now, read by every process about once a second (a handful of rows).
+SELECT key, action, until, rule, reply, max_connections, rate_per_second
+FROM shaping_suspensions
+WHERE until > now();
+
+-- name: suspend
+-- An automation rule fired: hold scope $1 until now + $3 seconds (never shortening one in
+-- force), and when no suspension of it was in force before, write `delivery.throttled` for
+-- the message whose reply fired it ($8) - once per episode however many processes and
+-- messages see the same reply.
+WITH prior AS (
+    SELECT until FROM shaping_suspensions WHERE key = $1 AND until > now()
+), saved AS (
+    INSERT INTO shaping_suspensions AS s (key, action, until, rule, reply, max_connections,
+                                          rate_per_second, created_at)
+    VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6, $7, now())
+    ON CONFLICT (key) DO UPDATE
+    SET action = EXCLUDED.action, until = greatest(s.until, EXCLUDED.until),
+        rule = EXCLUDED.rule, reply = EXCLUDED.reply,
+        max_connections = EXCLUDED.max_connections,
+        rate_per_second = EXCLUDED.rate_per_second,
+        created_at = CASE WHEN s.until > now() THEN s.created_at ELSE now() END
+    RETURNING until
+), announced AS (
+    INSERT INTO events (tenant_id, message_id, campaign_id, type, data)
+    SELECT m.tenant_id, m.id, m.campaign_id, 'delivery.throttled',
+           jsonb_build_object('scope', $1::text, 'action', $2::text, 'rule', $4::text,
+                              'reply', $5::text,
+                              'until', to_char((SELECT until FROM saved) AT TIME ZONE 'UTC',
+                                               'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
+           || $9::jsonb
+    FROM messages m
+    WHERE m.id = $8 AND NOT EXISTS (SELECT 1 FROM prior)
+    RETURNING id
+)
+SELECT (SELECT until FROM saved) AS until, EXISTS (SELECT 1 FROM announced) AS announced;
+
+-- name: lift_suspension
+-- An operator ends a suspension or throttle early (`penguinmails shaping lift KEY`).
+DELETE FROM shaping_suspensions WHERE key = $1 RETURNING key;
+
+-- name: note_domain_site
+-- Which site and provider a destination domain resolved to, written when it changes (the
+-- process remembers what it wrote), for status and metrics by site and provider.
+INSERT INTO domain_sites (domain, site, provider, seen_at)
+VALUES ($1, $2, $3, now())
+ON CONFLICT (domain) DO UPDATE
+SET site = EXCLUDED.site, provider = EXCLUDED.provider, seen_at = now();
+
+-- name: depth_by_site
+-- For `penguinmails status`: queued, deferred and sending messages by site and provider
+-- (domains not yet resolved are their own line), with the suspension that holds each.
+SELECT coalesce(d.site, 'domain:' || m.recipient_domain) AS site, d.provider,
+       count(*) FILTER (WHERE m.status = 'queued') AS queued,
+       count(*) FILTER (WHERE m.status = 'deferred') AS deferred,
+       count(*) FILTER (WHERE m.status = 'sending') AS sending
+FROM messages m
+LEFT JOIN domain_sites d ON d.domain = m.recipient_domain
+WHERE m.status IN ('queued', 'deferred', 'sending')
+GROUP BY 1, 2
+ORDER BY count(*) DESC
+LIMIT $1;

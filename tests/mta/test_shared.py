@@ -1,0 +1,113 @@
+"""Shaping state shared through Postgres: two processes' reservations form one line at a
+level's rate, and what an automation rule decides holds for every process, announced once."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from mta.shaping import Automation, Level, Scope
+from mta.shared import MAX_WAIT, SharedShaping, scope_key
+from tests.helpers import queue_messages
+
+PROVIDER = Level("provider:yahoo", max_connections=5, rate_per_second=10.0, burst=5)
+
+
+async def test_two_processes_share_one_rate_rather_than_taking_it_each(pool: asyncpg.Pool) -> None:
+    one, two = SharedShaping(pool), SharedShaping(pool)
+    waits = []
+    for i in range(25):  # alternating, as two processes' deliveries would
+        waits.append(await (one if i % 2 else two).reserve([PROVIDER]))
+    assert waits[:5] == [0.0] * 5  # the burst
+    # Then one place in line each, 0.1 s apart at 10 a second, whichever process asks.
+    later = waits[5:]
+    assert all(b > a for a, b in zip(later, later[1:], strict=False))
+    assert 1.9 < later[-1] < 2.1
+    unrated = Level("site:x", max_connections=10, rate_per_second=None, burst=1)
+    assert await one.reserve([unrated]) == 0.0
+    assert await pool.fetchval("SELECT count(*) FROM shaping_rates") == 1
+
+
+async def test_a_wait_beyond_the_bound_is_refunded_for_the_next_in_line(pool: asyncpg.Pool) -> None:
+    shaping = SharedShaping(pool)
+    slow = Level("provider:slow", max_connections=None, rate_per_second=1.0, burst=1)
+    waits = [await shaping.reserve([slow]) for _ in range(int(MAX_WAIT) + 3)]
+    assert waits[-1] > MAX_WAIT
+    tokens = await pool.fetchval("SELECT tokens FROM shaping_rates WHERE key = 'provider:slow'")
+    # The refunded reservations left no debt: the next one waits no longer than the last kept.
+    assert tokens > -(MAX_WAIT + 1)
+
+
+async def test_a_fired_rule_holds_every_process_and_is_announced_once(pool: asyncpg.Pool) -> None:
+    [message] = await queue_messages(pool, ["ann@yahoo.test"])
+    rule = Automation(
+        name="yahoo-deferred",
+        provider="yahoo",
+        text=r"\[TSS04\]",
+        action="suspend",
+        scope="provider",
+        duration=600,
+    )
+    scope = Scope("yahoo.test", "site:mta5.am0.yahoodns.net", "yahoo")
+    key = scope_key(rule.scope, scope, tenant_id=1, campaign_id=None)
+    assert key == "provider:yahoo"
+    one, two = SharedShaping(pool), SharedShaping(pool)
+    reply = "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred"
+    first = await one.fire(rule, key, message, reply, {"domain": "yahoo.test"})
+    again = await two.fire(rule, key, message, reply, {"domain": "yahoo.test"})
+    assert again.until >= first.until
+    events = await pool.fetch("SELECT data FROM events WHERE type = 'delivery.throttled'")
+    assert len(events) == 1
+    assert events[0]["data"]["scope"] == "provider:yahoo"
+    assert events[0]["data"]["rule"] == "yahoo-deferred"
+    assert events[0]["data"]["domain"] == "yahoo.test"
+    assert events[0]["data"]["until"] == first.until.isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+    other = SharedShaping(pool)
+    assert other.holding([scope.site, "provider:yahoo"]) is None  # not read yet
+    await other.refresh(force=True)
+    held = other.holding([scope.site, "provider:yahoo"])
+    assert held is not None and held.rule == "yahoo-deferred"
+    assert other.holding(["provider:google"]) is None
+
+    # Ended early by an operator: every process sees it within a refresh.
+    await pool.execute("DELETE FROM shaping_suspensions")
+    await other.refresh(force=True)
+    assert other.holding(["provider:yahoo"]) is None
+
+
+async def test_a_throttle_lowers_a_level_s_rate_and_connections_for_its_duration(
+    pool: asyncpg.Pool,
+) -> None:
+    [message] = await queue_messages(pool, ["ann@outlook.test"])
+    rule = Automation(
+        name="microsoft-rate-limited",
+        action="throttle",
+        scope="provider",
+        duration=60,
+        rate_per_second=1.0,
+        max_connections=2,
+    )
+    shaping = SharedShaping(pool)
+    await shaping.fire(rule, "provider:microsoft", message, "451 4.7.650 rate limited", {})
+    level = Level("provider:microsoft", max_connections=10, rate_per_second=20.0, burst=1)
+    assert shaping.max_connections("provider:microsoft", 10) == 2
+    assert shaping.max_connections("provider:other", 10) == 10
+    assert shaping.holding(["provider:microsoft"]) is None  # throttled, not suspended
+    waits = [await shaping.reserve([level]) for _ in range(3)]
+    assert waits[0] == 0.0 and waits[2] == pytest.approx(2.0, abs=0.1)  # 1 a second now
+
+
+async def test_sites_are_noted_once_and_status_counts_by_them(pool: asyncpg.Pool) -> None:
+    await queue_messages(pool, ["a@acme.test", "b@acme.test", "c@globex.test"])
+    shaping = SharedShaping(pool)
+    google = "site:aspmx.l.google.com"
+    await shaping.note_site(Scope("acme.test", google, "google"))
+    await shaping.note_site(Scope("globex.test", google, "google"))
+    await shaping.note_site(Scope("globex.test", google, "google"))  # no write: unchanged
+    from mta.shared import SQL
+
+    rows = await pool.fetch(SQL["depth_by_site"], 10)
+    assert [(r["site"], r["provider"], r["queued"]) for r in rows] == [(google, "google", 3)]
