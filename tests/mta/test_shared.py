@@ -3,11 +3,13 @@ level's rate, and what an automation rule decides holds for every process, annou
 
 from __future__ import annotations
 
+import itertools
+
 import asyncpg
 import pytest
 
 from mta.shaping import Automation, Level, Scope
-from mta.shared import MAX_WAIT, SharedShaping, scope_key
+from mta.shared import MAX_WAIT, SQL, SharedShaping, scope_key
 from tests.helpers import queue_messages
 
 PROVIDER = Level("provider:yahoo", max_connections=5, rate_per_second=10.0, burst=5)
@@ -21,7 +23,7 @@ async def test_two_processes_share_one_rate_rather_than_taking_it_each(pool: asy
     assert waits[:5] == [0.0] * 5  # the burst
     # Then one place in line each, 0.1 s apart at 10 a second, whichever process asks.
     later = waits[5:]
-    assert all(b > a for a, b in zip(later, later[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(later))
     assert 1.9 < later[-1] < 2.1
     unrated = Level("site:x", max_connections=10, rate_per_second=None, burst=1)
     assert await one.reserve([unrated]) == 0.0
@@ -107,7 +109,5 @@ async def test_sites_are_noted_once_and_status_counts_by_them(pool: asyncpg.Pool
     await shaping.note_site(Scope("acme.test", google, "google"))
     await shaping.note_site(Scope("globex.test", google, "google"))
     await shaping.note_site(Scope("globex.test", google, "google"))  # no write: unchanged
-    from mta.shared import SQL
-
     rows = await pool.fetch(SQL["depth_by_site"], 10)
     assert [(r["site"], r["provider"], r["queued"]) for r in rows] == [(google, "google", 3)]
