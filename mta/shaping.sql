@@ -81,3 +81,13 @@ WHERE m.status IN ('queued', 'deferred', 'sending')
 GROUP BY 1, 2
 ORDER BY count(*) DESC
 LIMIT $1;
+
+-- name: count_source_volume
+-- Count one delivery of warming source $1 toward $2 on day $3, only while under cap $4: no
+-- row back means the day's volume is spent. One primary-key upsert, atomic across processes.
+INSERT INTO source_volume AS v (source, bucket, day, sent)
+VALUES ($1, $2, $3, 1)
+ON CONFLICT (source, bucket, day) DO UPDATE
+SET sent = v.sent + 1
+WHERE v.sent < $4
+RETURNING sent;

@@ -11,11 +11,19 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "PENGUINMAILS_"
 
@@ -109,6 +117,43 @@ class SmarthostSettings(Section):
     starttls: bool = True
 
 
+class WarmupSettings(Section):
+    """A new source's daily volume, per provider (or per site of no provider), rising day
+    by day from `start`: `daily[0]` on the first day, `daily[1]` on the second... After the
+    last day the source is warm. Past a day's volume, mail spills to the pool's warm sources,
+    or waits for the next day when there are none."""
+
+    start: date
+    daily: list[int] = Field(min_length=1)
+
+    @field_validator("daily")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("every day's volume must be at least 1")
+        return value
+
+
+class SourceSettings(Section):
+    """An egress source: the local address deliveries leave from, and the name they EHLO
+    with (which should be that address's reverse DNS name, checked at start)."""
+
+    address: str = ""  # "" : the system's choice
+    ehlo: str = ""  # "" : [mta] hostname
+    warmup: WarmupSettings | None = None
+
+
+class EgressPool(Section):
+    sources: dict[str, float] = Field(min_length=1)  # source name -> weight
+
+    @field_validator("sources")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(w <= 0 for w in value.values()):
+            raise ValueError("weights must be positive")
+        return value
+
+
 class MtaSettings(Section):
     hostname: str = "localhost"
     bounce_domain: str = "bounces.localhost"
@@ -143,6 +188,14 @@ class MtaSettings(Section):
     # Extra CA certificates (PEM) trusted when verifying receivers: MTA-STS policy hosts and
     # MX certificates under an enforced policy. Empty: the system's CAs alone.
     tls_ca_file: str = ""
+    # Traffic shaping by site and provider (mta/shaping.py); configs/shaping.toml ships rules
+    # for the big providers. "" : per-domain throttles only.
+    shaping_file: str = ""
+    # Egress sources and their weighted pools (mta/sources.py). No sources: one default
+    # source, the system's address and [mta] hostname.
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+    pools: dict[str, EgressPool] = Field(default_factory=dict)
+    default_pool: str = ""  # "" : every source, equal weights
 
     retry_base_seconds: float = Field(default=60.0, gt=0)
     retry_max_seconds: float = Field(default=4 * 3600.0, gt=0)
@@ -166,6 +219,16 @@ class MtaSettings(Section):
         return _check_hostport(value)
 
     _metrics = field_validator("metrics_listen")(_check_optional_hostport)
+
+    @model_validator(mode="after")
+    def _egress(self) -> MtaSettings:
+        for name, pool in self.pools.items():
+            unknown = sorted(set(pool.sources) - set(self.sources))
+            if unknown:
+                raise ValueError(f"pools.{name} names unknown sources: {unknown}")
+        if self.default_pool and self.default_pool not in self.pools:
+            raise ValueError(f"default_pool {self.default_pool!r} is not one of [mta.pools]")
+        return self
 
     def rule_for(self, domain: str) -> ThrottleRule:
         return self.throttle.get(domain, self.default_throttle)

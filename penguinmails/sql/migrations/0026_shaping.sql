@@ -33,3 +33,13 @@ CREATE TABLE domain_sites (
     provider  text,
     seen_at   timestamptz NOT NULL DEFAULT now()
 );
+
+-- A warming source's deliveries per day and provider (or site), counted only while under the
+-- day's cap (mta/sources.py). Warm sources write nothing here.
+CREATE TABLE source_volume (
+    source  text NOT NULL,
+    bucket  text NOT NULL,
+    day     date NOT NULL,
+    sent    integer NOT NULL,
+    PRIMARY KEY (source, bucket, day)
+);
