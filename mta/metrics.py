@@ -11,7 +11,10 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mta.queue import SQL
+from mta.shared import SQL as SHAPING_SQL
 from penguinmails.config import MtaSettings
+
+SITES_SHOWN = 20  # the deepest sites get a series each; a site is a label only while deep
 
 
 class MtaMetrics:
@@ -50,6 +53,28 @@ class MtaMetrics:
             registry=r,
         )
 
+        self.site_depth = Gauge(
+            "penguinmails_mta_site_queue_depth",
+            f"Messages waiting (queued, deferred, sending) toward each of the {SITES_SHOWN} "
+            "deepest sites (MX sets), with their provider (all processes).",
+            ["site", "provider"],
+            registry=r,
+        )
+        self.provider_depth = Gauge(
+            "penguinmails_mta_provider_queue_depth",
+            "Messages waiting toward each provider of the shaping rules ('none': sites of no "
+            "provider, and domains not yet resolved).",
+            ["provider"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "penguinmails_mta_shaping_held_seconds",
+            "Seconds left of each suspension or throttle an automation rule set, by scope "
+            "key (site:, provider:, tenant:, campaign:) and action.",
+            ["key", "action", "rule"],
+            registry=r,
+        )
+
     def domain_label(self, domain: str) -> str:
         return domain if domain in self._named else "other"
 
@@ -59,3 +84,19 @@ class MtaMetrics:
             self.queue_depth.labels(status).set(0)
         for row in rows:
             self.queue_depth.labels(row["status"]).set(row["messages"])
+        sites = await pool.fetch(SHAPING_SQL["depth_by_site"], 10_000)
+        self.site_depth.clear()
+        self.provider_depth.clear()
+        providers: dict[str, int] = {}
+        for index, site in enumerate(sites):
+            waiting = site["queued"] + site["deferred"] + site["sending"]
+            provider = site["provider"] or "none"
+            providers[provider] = providers.get(provider, 0) + waiting
+            if index < SITES_SHOWN:
+                self.site_depth.labels(site["site"], provider).set(waiting)
+        for provider, waiting in providers.items():
+            self.provider_depth.labels(provider).set(waiting)
+        held = await pool.fetch(SHAPING_SQL["held_seconds"])
+        self.held.clear()
+        for row in held:
+            self.held.labels(row["key"], row["action"], row["rule"]).set(row["seconds"])

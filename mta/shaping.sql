@@ -91,3 +91,10 @@ ON CONFLICT (source, bucket, day) DO UPDATE
 SET sent = v.sent + 1
 WHERE v.sent < $4
 RETURNING sent;
+
+-- name: held_seconds
+-- For /metrics and status: what automation rules hold now, and for how long yet.
+SELECT key, action, rule, until, reply, extract(epoch FROM until - now())::float8 AS seconds
+FROM shaping_suspensions
+WHERE until > now()
+ORDER BY until DESC;
