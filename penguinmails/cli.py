@@ -187,6 +187,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from penguinmails.queries import load
 
     sql = load("penguinmails", "sql/queries.sql")
+    shaping = load("mta", "shaping.sql")
     conn = await _connect_migrated(settings)
     try:
         totals = await conn.fetch(sql["status_totals"])
@@ -194,6 +195,8 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         oldest = await conn.fetchrow(sql["oldest_deferred"])
         reasons = await conn.fetch(sql["deferral_reasons"], 10)
         webhooks = await conn.fetchrow(sql["webhook_backlog_summary"])
+        sites = await conn.fetch(shaping["depth_by_site"], 20)
+        held = await conn.fetch(shaping["held_seconds"])
     finally:
         await conn.close()
     print(_table(["status", "messages"], [[r["status"], r["messages"]] for r in totals]))
@@ -210,6 +213,34 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                         f"{r['oldest_due']:%Y-%m-%d %H:%M:%S}",
                     ]
                     for r in depth
+                ],
+            )
+        )
+    if sites:
+        print("\nqueue by site (MX set) and provider")
+        print(
+            _table(
+                ["site", "provider", "queued", "deferred", "sending"],
+                [
+                    [r["site"], r["provider"] or "-", r["queued"], r["deferred"], r["sending"]]
+                    for r in sites
+                ],
+            )
+        )
+    if held:
+        print("\nheld by shaping rules (penguinmails shaping lift KEY ends one early)")
+        print(
+            _table(
+                ["scope", "action", "rule", "until", "reply"],
+                [
+                    [
+                        r["key"],
+                        r["action"],
+                        r["rule"],
+                        f"{r['until']:%Y-%m-%d %H:%M:%S}",
+                        r["reply"][:60],
+                    ]
+                    for r in held
                 ],
             )
         )
@@ -230,6 +261,20 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     oldest_hook = webhooks["oldest"]
     since = f", oldest since {oldest_hook:%Y-%m-%d %H:%M:%S}" if oldest_hook else ""
     print(f"\nwebhook backlog: {webhooks['pending']} deliveries{since}")
+    return 0
+
+
+async def cmd_shaping(settings: Settings, args: argparse.Namespace) -> int:
+    from penguinmails.queries import load
+
+    conn = await _connect_migrated(settings)
+    try:
+        lifted = await conn.fetchval(load("mta", "shaping.sql")["lift_suspension"], args.key)
+    finally:
+        await conn.close()
+    if lifted is None:
+        raise CommandError(f"nothing holds {args.key!r} (see `penguinmails status`)")
+    print(f"lifted {lifted}: every MTA process resumes it within a second")
     return 0
 
 
@@ -388,6 +433,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--status", choices=["queued", "deferred"], help="only these (default: both)"
     )
     queue.add_argument("--yes", action="store_true", help="purge without asking first")
+
+    shaping = sub.add_parser(
+        "shaping",
+        help="end a suspension or throttle a shaping rule set",
+        description="end a suspension or throttle a shaping rule set, before its time",
+    )
+    shaping_actions = shaping.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lift = shaping_actions.add_parser(
+        "lift",
+        help="end one now (its scope key, as `status` lists it)",
+        description="end one now (its scope key, as `status` lists it)",
+    )
+    lift.add_argument("key", help="site:..., provider:NAME, tenant:ID or campaign:ID")
+    lift.set_defaults(func=cmd_shaping)
 
     send = command("send", "queue one message and print its queue id", cmd_send)
     send.add_argument("--from", dest="from_email", required=True, help="the sender address")

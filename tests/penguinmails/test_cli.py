@@ -58,6 +58,36 @@ async def test_status_shows_depth_oldest_deferral_and_reasons(pool, database_url
     assert "webhook backlog: 0 deliveries" in out
 
 
+async def test_status_shows_sites_providers_and_what_shaping_holds_which_lift_ends(
+    pool, database_url, tmp_path
+):
+    await queue_messages(pool, ["a@acme.test", "b@globex.test", "c@plain.test"])
+    google = "site:alt1.aspmx.l.google.com,aspmx.l.google.com"
+    for domain in ("acme.test", "globex.test"):
+        await pool.execute(
+            "INSERT INTO domain_sites (domain, site, provider) VALUES ($1, $2, 'google')",
+            domain,
+            google,
+        )
+    await pool.execute(
+        "INSERT INTO shaping_suspensions (key, action, until, rule, reply)"
+        " VALUES ('provider:google', 'suspend', now() + interval '1 hour', 'google-blocked',"
+        " '550 5.7.1 likely unsolicited mail')"
+    )
+
+    code, out, err = await _cli(database_url, tmp_path, "status")
+    assert code == 0, err
+    assert f"{google}  google    2" in out
+    assert "domain:plain.test" in out
+    assert "provider:google  suspend  google-blocked" in out
+
+    code, out, err = await _cli(database_url, tmp_path, "shaping", "lift", "provider:google")
+    assert code == 0 and "lifted provider:google" in out, err
+    assert await pool.fetchval("SELECT count(*) FROM shaping_suspensions") == 0
+    code, _, err = await _cli(database_url, tmp_path, "shaping", "lift", "provider:google")
+    assert code == 1 and "nothing holds 'provider:google'" in err
+
+
 async def test_queue_retry_makes_only_the_matching_messages_due(pool, database_url, tmp_path):
     ids = await queue_messages(pool, ["a@slow.test", "b@other.test"])
     await _defer(pool, ids, "4.4.1 timeout")
