@@ -12,6 +12,9 @@ database trigger when the last message becomes final (migration 0006).
 
 from __future__ import annotations
 
+from collections.abc import Container
+from typing import Any
+
 import asyncpg
 
 from api.drafts import campaign_event, draft_from_row, lock_campaign, new_draft
@@ -38,15 +41,28 @@ from penguinmails.queries import load
 SQL = load("api")
 
 
-def settings_dict(settings: CampaignSettings) -> dict[str, bool]:
-    """What the MTA reads: tracking is written out explicitly, off when analytics is off."""
+def settings_dict(settings: CampaignSettings, pools: Container[str] = ()) -> dict[str, Any]:
+    """What the MTA reads: tracking is written out explicitly, off when analytics is off;
+    an egress pool only when one is asked for, and only one the MTA has (`pools`)."""
     on = settings.analytics_enabled
-    return {
+    written: dict[str, Any] = {
         "analytics_enabled": on,
         "ai_optimization": settings.ai_optimization,
         "track_opens": on and settings.track_opens,
         "track_clicks": on and settings.track_clicks,
     }
+    if settings.egress_pool is not None:
+        if settings.egress_pool not in pools:
+            raise validation_error(
+                [
+                    {
+                        "field": "settings.egress_pool",
+                        "message": "is not one of this server's egress pools",
+                    }
+                ]
+            )
+        written["egress_pool"] = settings.egress_pool
+    return written
 
 
 def campaign_model(row: asyncpg.Record) -> Campaign:
@@ -113,7 +129,7 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
     from_email, from_name = None, ""
     if body.from_ is not None:
         from_email, from_name = await resolve_sender(call.pool, call.principal, body.from_)
-    settings = settings_dict(body.settings)
+    settings = settings_dict(body.settings, call.state.settings.mta.pools)
     draft = new_draft(
         from_email=from_email,
         from_name=from_name,
@@ -237,7 +253,11 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
             html, text = content.html, content.text
             subject = content.subject or subject
             template = (content.template_id, content.template_version)
-        settings = settings_dict(body.settings) if body.settings is not None else row["settings"]
+        settings = (
+            settings_dict(body.settings, call.state.settings.mta.pools)
+            if body.settings is not None
+            else row["settings"]
+        )
         headers = body.headers if body.headers is not None else row["headers"]
         recipients = (
             [r.model_dump() for r in body.recipients]

@@ -310,6 +310,12 @@ class CampaignSettings(Request):
         description="Stored and shown; content optimisation itself is not built yet, so it "
         "changes nothing and no optimisation result is returned.",
     )
+    egress_pool: str | None = Field(
+        default=None,
+        max_length=100,
+        description="The operator's pool of sending IPs its messages leave from ([mta.pools] "
+        "of the server's configuration); unset: your account's pool, else the default.",
+    )
 
 
 class Tracking(Request):

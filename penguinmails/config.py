@@ -196,6 +196,9 @@ class MtaSettings(Section):
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
     pools: dict[str, EgressPool] = Field(default_factory=dict)
     default_pool: str = ""  # "" : every source, equal weights
+    # Which pool each tenant's messages leave from, by tenant name (a campaign's
+    # settings.egress_pool comes first); others use default_pool.
+    tenant_pools: dict[str, str] = Field(default_factory=dict)
 
     retry_base_seconds: float = Field(default=60.0, gt=0)
     retry_max_seconds: float = Field(default=4 * 3600.0, gt=0)
@@ -228,6 +231,9 @@ class MtaSettings(Section):
                 raise ValueError(f"pools.{name} names unknown sources: {unknown}")
         if self.default_pool and self.default_pool not in self.pools:
             raise ValueError(f"default_pool {self.default_pool!r} is not one of [mta.pools]")
+        for tenant, pool_name in self.tenant_pools.items():
+            if pool_name not in self.pools:
+                raise ValueError(f"tenant_pools.{tenant}: {pool_name!r} is not one of [mta.pools]")
         return self
 
     def rule_for(self, domain: str) -> ThrottleRule:

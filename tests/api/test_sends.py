@@ -13,7 +13,7 @@ import pytest
 from api.server import ApiServer
 from mta.domains import add_domain
 from penguinmails.config import Settings
-from tests.helpers import Client, assert_error, create_campaign, row_pk
+from tests.helpers import Client, assert_error, campaign_body, create_campaign, row_pk
 
 
 def single(**changes: Any) -> dict[str, Any]:
@@ -268,3 +268,35 @@ async def test_bulk_idempotency(client: Client, pool: asyncpg.Pool) -> None:
     second = await client.post("/emails/send-bulk", json=body, headers=headers)
     assert first.data == second.data
     assert await pool.fetchval("SELECT count(*) FROM messages") == 50
+
+
+async def test_a_campaign_may_choose_one_of_the_server_s_egress_pools(
+    start_api: Callable[..., Awaitable[ApiServer]],
+    make_settings: Callable[..., Settings],
+    key: str,
+    http: Any,
+    pool: asyncpg.Pool,
+) -> None:
+    settings = make_settings(
+        mta={
+            "sources": {"ip2": {"address": "127.0.0.2"}},
+            "pools": {"dedicated": {"sources": {"ip2": 1}}},
+        }
+    )
+    api = await start_api(settings)
+    client = Client(http, api.url + "/api/v1", key)
+    error = assert_error(
+        await client.post("/campaigns", json=campaign_body(settings={"egress_pool": "nope"})),
+        422,
+        "VALIDATION_ERROR",
+    )
+    assert error["details"][0]["field"] == "settings.egress_pool"
+    made = await create_campaign(client, settings={"egress_pool": "dedicated"})
+    assert made["settings"]["egress_pool"] == "dedicated"
+    sent = await client.post(
+        "/emails/send-bulk", json={"campaign_id": made["id"], "recipients": recipients(2)}
+    )
+    stored = await pool.fetch(
+        "SELECT settings FROM messages WHERE public_id = ANY($1)", sent.data["message_ids"]
+    )
+    assert [r["settings"]["egress_pool"] for r in stored] == ["dedicated", "dedicated"]
