@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -68,6 +69,8 @@ class Received:
     data: bytes
     connection: int
     tls: bool
+    peer: str = ""  # the client's address, as this peer saw it
+    helo: str = ""  # the name the client greeted with
 
     @property
     def message(self) -> EmailMessage:
@@ -83,6 +86,7 @@ class PeerState:
     open_now: int = 0
     max_open: int = 0
     transports: set[asyncio.BaseTransport] = field(default_factory=set)
+    mail_at: list[float] = field(default_factory=list)  # monotonic time of each MAIL FROM
 
     def take(self, stage: str, recipient: str | None = None) -> Fault | None:
         for fault in self.faults:
@@ -155,6 +159,7 @@ class _Handler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        self._state.mail_at.append(time.monotonic())
         reply = await self._fault(server, "MAIL", None)
         if reply:
             return reply
@@ -188,6 +193,8 @@ class _Handler:
                 data=envelope.original_content or b"",
                 connection=server.number,  # type: ignore[attr-defined]
                 tls=server._tls_protocol is not None,
+                peer=str(session.peer[0]) if session.peer else "",
+                helo=session.host_name or "",
             )
         )
         return "250 2.0.0 OK queued"
