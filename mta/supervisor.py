@@ -149,14 +149,14 @@ class Supervisor:
                 done, _ = await asyncio.wait([*watchers, stop], return_when="FIRST_COMPLETED")
                 gave_up = next((t for t in done if t is not stop and t.exception()), None)
                 stop.cancel()
+                self._stop.set()  # no more restarts, whatever ended the wait
+                if gave_up is not None:
+                    log.error(str(gave_up.exception()), extra={"action": "supervisor_gave_up"})
                 code = await self._stop_workers()
                 for task in watchers:
                     task.cancel()
                 await asyncio.gather(*watchers, return_exceptions=True)
-                if gave_up is not None:
-                    log.error(str(gave_up.exception()), extra={"action": "supervisor_gave_up"})
-                    return 1
-                return code
+                return 1 if gave_up is not None else code
         finally:
             for worker in self._workers:
                 loop.remove_reader(worker.notify_sock)

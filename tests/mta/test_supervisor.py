@@ -208,6 +208,19 @@ async def test_workers_that_keep_crashing_make_it_give_up(tmp_path):
     code, stderr = await _stop_when_done(proc)
     assert code == 1
     assert "giving up" in stderr
+    started = [line["pid"] for line in _log_lines(stderr) if line.get("action") == "worker_start"]
+    assert len(started) >= 5  # restarted, with back-off, before giving up
+    assert not [pid for pid in started if _alive(pid)]
+
+
+def _log_lines(stderr: str) -> list[dict]:
+    lines = []
+    for text in stderr.splitlines():
+        try:
+            lines.append(orjson.loads(text))
+        except orjson.JSONDecodeError:
+            continue  # a worker's traceback
+    return lines
 
 
 async def _stop_when_done(proc: asyncio.subprocess.Process) -> tuple[int, str]:
