@@ -47,6 +47,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -250,6 +251,9 @@ class Supervisor:
             **os.environ,
             "NOTIFY_SOCKET": "@" + worker.notify_name,
             "PENGUINMAILS_MTA__METRICS_LISTEN": worker_metrics_listen(self._settings),
+            "PYTHONPATH": os.pathsep.join(
+                [CODE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
         }
         worker.proc = await asyncio.create_subprocess_exec(
             *self._command,
@@ -361,9 +365,14 @@ def merge_metrics(texts: dict[int, str], *, workers: int, restarts: int) -> byte
     return generate_latest(registry)
 
 
+# Where this code was imported from: the workers import theirs from the same place, not
+# from whatever the working directory or the environment would put first (-P below).
+CODE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
 def worker_command(config: str | None) -> list[str]:
-    """One worker: this same Python and package, the single-process MTA."""
-    command = [sys.executable, "-m", "penguinmails.cli"]
+    """One worker: this same Python and code, the single-process MTA."""
+    command = [sys.executable, "-P", "-m", "penguinmails.cli"]
     if config:
         command += ["--config", config]
     return [*command, "mta", "--processes", "1", "--supervisor", str(os.getpid())]
