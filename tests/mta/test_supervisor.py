@@ -15,23 +15,22 @@ import psutil
 import pytest
 
 from mta.supervisor import merge_metrics
+from penguinmails.lifecycle import FORCE_EXIT_SECONDS
 from tests.helpers import free_port, queue_messages, role_env, wait_for
 
 CAP = 3  # the peer domain's connection cap, held across both workers
 
 
 def _env(database_url: str, hop: str, tmp_path, **extra: str) -> dict[str, str]:
-    return role_env(
-        database_url,
-        tmp_path / "var",
-        PENGUINMAILS_MTA__ROUTES=f'{{"dest.test": "{hop}"}}',
-        PENGUINMAILS_MTA__DEFAULT_THROTTLE__MAX_CONNECTIONS=str(CAP),
-        PENGUINMAILS_MTA__SHUTDOWN_GRACE="3",
+    settings = {
+        "PENGUINMAILS_MTA__ROUTES": f'{{"dest.test": "{hop}"}}',
+        "PENGUINMAILS_MTA__DEFAULT_THROTTLE__MAX_CONNECTIONS": str(CAP),
+        "PENGUINMAILS_MTA__SHUTDOWN_GRACE": "3",
         # An idle connection keeps its slot of the cap until reaped: the first worker to
         # start can hold them all while the other's messages wait (DomainBusy).
-        PENGUINMAILS_MTA__IDLE_TIMEOUT="0.5",
-        **extra,
-    )
+        "PENGUINMAILS_MTA__IDLE_TIMEOUT": "0.5",
+    }
+    return role_env(database_url, tmp_path / "var", **{**settings, **extra})
 
 
 async def _spawn(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
@@ -185,6 +184,28 @@ async def test_a_killed_worker_is_restarted_and_nothing_is_lost(
     assert duplicates <= 20
     flagged = await pool.fetchval("SELECT count(*) FROM messages WHERE possible_duplicate")
     assert flagged >= duplicates
+
+
+async def test_a_second_sigterm_stops_every_worker_at_once(pool, database_url, smtp_peer, tmp_path):
+    gate = smtp_peer.hold("DATA")  # every transaction hangs: a drain would take the full grace
+    await queue_messages(pool, [f"u{i}@dest.test" for i in range(6)])
+    env = _env(database_url, smtp_peer.hop, tmp_path, PENGUINMAILS_MTA__SHUTDOWN_GRACE="30")
+    proc = await _spawn(env, "--processes", "2")
+    try:
+        await wait_for(lambda: len(gate.held) >= 2, timeout=30)
+        workers = _workers(proc)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None  # draining, held up by the peer
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), FORCE_EXIT_SECONDS + 5)
+    finally:
+        gate.release(100)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 130
+    assert not [pid for pid in workers if _alive(pid)]
 
 
 async def test_sigkill_to_the_supervisor_leaves_no_worker(pool, database_url, smtp_peer, tmp_path):
