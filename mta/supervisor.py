@@ -26,11 +26,12 @@ checks it was not orphaned before asking; a supervisor killed with SIGKILL there
 workers that drain and exit on their own, not workers that run on unsupervised.
 
 Readiness and metrics: each worker gets a notification socket of the supervisor's own as its
-`NOTIFY_SOCKET` (the sd_notify protocol), says READY=1 there with the address of its metrics
-server (127.0.0.1 on a port of its choosing), and the supervisor tells systemd READY=1 once
-every worker has. The supervisor alone serves `[mta] metrics_listen`: `/metrics` merges the
-workers' metrics with a `worker` label (one scrape target, no port per worker to collide with
-the other roles' ports), `/healthz` is ok when every worker answers ok.
+`NOTIFY_SOCKET` (the sd_notify protocol; only datagrams the kernel says the worker sent are
+believed), says READY=1 there with the address of its metrics server (127.0.0.1 on a port of
+its choosing), and the supervisor tells systemd READY=1 once every worker has. The supervisor
+alone serves `[mta] metrics_listen`: `/metrics` merges the workers' metrics with a `worker`
+label (one scrape target, no port per worker to collide with the other roles' ports),
+`/healthz` is ok when every worker answers ok.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -89,6 +91,19 @@ def worker_metrics_listen(settings: Settings) -> str:
     return "127.0.0.1:0" if settings.mta.metrics_listen else ""
 
 
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
+
+
+def _sender(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The sending pid of a datagram received with SO_PASSCRED."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid: int = _UCRED.unpack(data[: _UCRED.size])[0]
+            return pid
+    return None
+
+
 @dataclasses.dataclass
 class _Worker:
     index: int
@@ -118,6 +133,7 @@ class Supervisor:
         for index in range(count):
             name = f"penguinmails-mta-{os.getpid()}-{secrets.token_hex(4)}-{index}"
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.bind("\0" + name)  # abstract: nothing on disk to clean up
             sock.setblocking(False)
             self._workers.append(_Worker(index, name, sock))
@@ -270,7 +286,12 @@ class Supervisor:
     def _on_notify(self, worker: _Worker) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while True:
-                data = worker.notify_sock.recv(4096)
+                data, ancillary, _, _ = worker.notify_sock.recvmsg(4096, _CREDENTIALS_SPACE)
+                # An abstract socket has no file permissions: any local process could write
+                # to it. Only the worker's own datagrams count (the kernel vouches for the
+                # sender's pid), as systemd's NotifyAccess=main does.
+                if worker.proc is None or _sender(ancillary) != worker.proc.pid:
+                    continue
                 for line in data.decode("utf-8", "replace").splitlines():
                     key, _, value = line.partition("=")
                     if key == "READY" and value == "1":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections import Counter
 
@@ -288,3 +289,27 @@ def test_merged_metrics_label_each_worker():
     assert 'penguinmails_mta_smtp_seconds_bucket{le="+Inf",worker="1"} 3.0' in text
     assert text.count("# TYPE penguinmails_mta_smtp_seconds histogram") == 1
     assert "penguinmails_mta_worker_restarts_total 1.0" in text
+
+
+async def test_only_a_workers_own_notifications_count():
+    from mta.supervisor import Supervisor
+    from penguinmails.config import Settings
+
+    script = (
+        "import time\nfrom penguinmails.systemd import notify\nnotify('READY=1')\ntime.sleep(60)\n"
+    )
+    settings = Settings.model_validate({"mta": {"metrics_listen": ""}})
+    supervisor = Supervisor(settings, 1, [sys.executable, "-c", script])
+    worker = supervisor._workers[0]
+    # Any local process can write to an abstract socket: a stranger claims to be the worker.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stranger:
+        stranger.sendto(
+            b"READY=1\nPENGUINMAILS_METRICS=http://198.51.100.1", "\0" + worker.notify_name
+        )
+    running = asyncio.create_task(supervisor.run())
+    try:
+        await wait_for(lambda: worker.ready, timeout=20)
+        assert worker.metrics_url is None  # the stranger's line was dropped, not just READY
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's own handler: stop
+        assert await asyncio.wait_for(running, 20) == 0
