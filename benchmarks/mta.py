@@ -17,7 +17,11 @@ them.
 run lasts until every message is final, and is read against the same MTA sending to the
 same sink accepting everything. The full run includes it; `--smart` runs it alone.
 
-    python -m benchmarks mta [--quick] [--smart] [--messages N]
+`--processes 1,auto` (the default of a full run): the counts to compare in the same run; a
+count above 1, or "auto" (one per core of this machine), runs one `penguinmails mta
+--processes N` supervisor and its workers, as a unit would.
+
+    python -m benchmarks mta [--quick] [--smart] [--messages N] [--processes 1,auto]
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from benchmarks.report import Table, machine, write_json
 from mta.domains import add_domain
-from penguinmails.config import Settings
+from mta.worker import PRESENCE_SECONDS
+from penguinmails.config import Settings, cores
 from penguinmails.database import connect
 from penguinmails.messages import Draft, enqueue, ensure_tenant
 from penguinmails.migrations import migrate
@@ -250,7 +255,8 @@ async def aiosmtplib_rate(port: int, messages: int, size: int) -> float:
 
 
 class Sampler:
-    """CPU seconds and peak RSS of a set of processes, sampled while they run."""
+    """CPU seconds and peak RSS of a set of processes and their children (a supervisor's
+    workers), sampled while they run."""
 
     def __init__(self, pids: list[int]) -> None:
         self.procs = []
@@ -262,9 +268,18 @@ class Sampler:
         self.peak_rss = 0
         self.cpu = 0.0
 
+    def _with_children(self) -> list[psutil.Process]:
+        found = list(self.procs)
+        for proc in self.procs:
+            try:
+                found += proc.children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
     def sample(self) -> None:
         rss, cpu = 0, 0.0
-        for proc in self.procs:
+        for proc in self._with_children():
             try:
                 rss += proc.memory_info().rss
                 times = proc.cpu_times()
@@ -337,7 +352,7 @@ def mta_env(bench: Bench, port: int, extra: dict[str, str]) -> dict[str, str]:
             "PENGUINMAILS_MTA__ROUTES": f'{{"{DOMAIN}": "127.0.0.1:{port}"}}',
             "PENGUINMAILS_MTA__DEFAULT_THROTTLE__MAX_CONNECTIONS": str(SESSIONS),
             "PENGUINMAILS_MTA__DEFAULT_THROTTLE__MESSAGES_PER_CONNECTION": "1000",
-            "PENGUINMAILS_MTA__METRICS_LISTEN": "",  # no port clash between processes
+            "PENGUINMAILS_MTA__METRICS_LISTEN": "",  # not read here
             "PENGUINMAILS_SECURITY__SECRET_KEYS": orjson.dumps(SECRET_KEYS).decode(),
             "PENGUINMAILS_TRACKER__BASE_URL": TRACKER_URL,
             "PENGUINMAILS_LOGGING__LEVEL": "WARNING",
@@ -351,21 +366,26 @@ async def mta_run(
     bench: Bench,
     port: int,
     draft: Draft,
-    processes: int,
+    processes: int | str,
     *,
     final: tuple[str, ...] = ("sent", "bounced", "failed", "deferred"),
     extra_env: dict[str, str] | None = None,
     profile: bool = False,
 ) -> dict[str, Any]:
-    """Start `processes` MTAs, queue `draft`, wait until every message has a `final` status."""
+    """Start an MTA of `processes` workers, queue `draft`, wait until every message has a
+    `final` status."""
     conn = await connect(bench.url)
     await conn.execute("TRUNCATE messages, events, suppressions RESTART IDENTITY CASCADE")
     env = mta_env(bench, port, extra_env or {})
-    logs = [bench.workdir / f"mta-{i}.log" for i in range(processes)]
-    procs = start_mtas(env, logs)
+    logs = [bench.workdir / "mta.log"]
+    procs = start_mtas(env, logs, processes)
     database_before = postgres_cpu(bench.workdir)
     try:
-        result = await _measure(conn, bench.tenant, procs, logs, draft, final, profile)
+        result = await _measure(
+            conn, bench.tenant, worker_count(processes), procs, logs, draft, final, profile
+        )
+        result["processes"] = worker_count(processes)
+        result["processes_asked"] = processes
         result["postgres_cpu_seconds"] = cpu_between(database_before, postgres_cpu(bench.workdir))
     finally:
         for proc in procs:
@@ -385,14 +405,37 @@ async def mta_run(
     return result
 
 
-def start_mtas(env: dict[str, str], logs: list[Path]) -> list[subprocess.Popen[bytes]]:
-    """One `penguinmails mta` per log file, its stderr (JSON log lines) into that file."""
+def worker_count(processes: int | str) -> int:
+    return cores() if processes == "auto" else int(processes)
+
+
+def procs_label(run: dict[str, Any]) -> str:
+    """ "1", or "2 (auto)" for one worker per core."""
+    return (
+        f"{run['processes']} (auto)"
+        if run.get("processes_asked") == "auto"
+        else str(run["processes"])
+    )
+
+
+def start_mtas(
+    env: dict[str, str], logs: list[Path], processes: int | str = 1
+) -> list[subprocess.Popen[bytes]]:
+    """One `penguinmails mta --processes N` per log file, its stderr (JSON log lines, its
+    workers' too) into that file."""
     procs = []
     for log_path in logs:
         with log_path.open("wb") as log_file:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "penguinmails.cli", "mta"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "penguinmails.cli",
+                        "mta",
+                        "--processes",
+                        str(processes),
+                    ],
                     env=env,
                     stderr=log_file,
                     stdout=subprocess.DEVNULL,
@@ -405,19 +448,39 @@ def _log_tail(logs: list[Path]) -> str:
     return "\n".join(p.read_text(errors="replace")[-2000:] for p in logs)
 
 
+async def workers_live(
+    conn: Any, workers: int, procs: list[subprocess.Popen[bytes]], logs: list[Path]
+) -> None:
+    """Wait until every worker has said it is alive in the database: each then takes its
+    share of the connection cap from the start, rather than the first one up taking all."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        live = await conn.fetchval(
+            "SELECT count(*) FROM mta_processes WHERE seen_at > now() - interval '6 seconds'"
+        )
+        if live >= workers:
+            await asyncio.sleep(PRESENCE_SECONDS)  # one more beat: each has counted the rest
+            return
+        if any(p.poll() is not None for p in procs):
+            break
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{workers} MTA workers did not start:\n{_log_tail(logs)}")
+
+
 async def _measure(
     conn: Any,
     tenant: int,
+    workers: int,
     procs: list[subprocess.Popen[bytes]],
     logs: list[Path],
     draft: Draft,
     final: tuple[str, ...],
     profile: bool,
 ) -> dict[str, Any]:
-    processes = len(procs)
     messages = len(draft.recipients)
     sampler = Sampler([p.pid for p in procs])
     spies = start_profilers(procs) if profile else []
+    await workers_live(conn, workers, procs, logs)
     await asyncio.sleep(1.5)  # let the workers start and go idle on LISTEN
     sampler.sample()
     cpu_before = sampler.cpu
@@ -462,7 +525,6 @@ async def _measure(
     finished = sorted(r["latency"] for r in rows)
     elapsed = max(r["at"] for r in rows) - start
     return {
-        "processes": processes,
         "messages": messages,
         "sent": statuses.get("sent", 0),
         "statuses": statuses,
@@ -502,6 +564,7 @@ def start_profilers(procs: list[subprocess.Popen[bytes]]) -> list[subprocess.Pop
                 "250",
                 "-o",
                 str(RESULTS / f"mta-profile-{i}.txt"),
+                "--subprocesses",  # a supervisor's workers
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -588,7 +651,7 @@ async def plain_runs(
     bench: Bench, args: argparse.Namespace, messages: int, checked: dict[int, dict[str, Any]]
 ) -> tuple[str, list[dict[str, Any]]]:
     sizes = [5_000] if args.quick else [5_000, 100_000]
-    process_counts = [1] if args.quick else [1, 2]
+    process_counts = args.processes or ([1] if args.quick else [1, "auto"])
     # --quick (CI) never installs anything: it falls back to the project's sink.
     postfix = ensure_postfix_tools(install=not args.quick)
     if not postfix:
@@ -627,7 +690,7 @@ async def smart_runs(
     bench: Bench, args: argparse.Namespace, messages: int, checked: dict[int, dict[str, Any]]
 ) -> list[dict[str, Any]]:
     size = 5_000
-    process_counts = [1] if args.quick else [1, 2]
+    process_counts = args.processes or ([1] if args.quick else [1, "auto"])
     checked.setdefault(size, await check_message(bench, size))
     env = {
         "PENGUINMAILS_MTA__RETRY_BASE_SECONDS": str(RETRY_BASE_SECONDS),
@@ -649,7 +712,8 @@ async def smart_runs(
             pair[label]["sink"] = sink.kind
         runs.append(
             {
-                "processes": count,
+                "processes": worker_count(count),
+                "processes_asked": count,
                 "size_bytes": size,
                 "soft_share": args.soft,
                 "hard_share": args.hard,
@@ -721,7 +785,7 @@ def report(results: dict[str, Any]) -> None:
                 [
                     f"{r['size_bytes'] // 1000} KB",
                     r["wire_bytes"],
-                    r["processes"],
+                    procs_label(r),
                     r["messages"],
                     r["messages_per_second"],
                     source,
@@ -766,7 +830,7 @@ def report(results: dict[str, Any]) -> None:
             for label, m in (("accept all", r["baseline_accept_all"]), ("smart", r["smart"])):
                 table.add(
                     [
-                        r["processes"],
+                        procs_label(r),
                         label,
                         m["messages"],
                         m["messages_per_second"],
@@ -792,6 +856,19 @@ def report(results: dict[str, Any]) -> None:
         print(table.render())
 
 
+def _process_counts(text: str) -> list[int | str]:
+    counts: list[int | str] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "auto":
+            counts.append(part)
+        elif part.isdigit() and int(part) >= 1:
+            counts.append(int(part))
+        else:
+            raise argparse.ArgumentTypeError(f"not a process count: {part!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="benchmarks mta",
@@ -808,6 +885,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soft", type=float, default=SOFT_SHARE, help="share answered 4xx")
     parser.add_argument("--hard", type=float, default=HARD_SHARE, help="share answered 5xx")
     parser.add_argument("--messages", type=int, default=0)
+    parser.add_argument(
+        "--processes",
+        type=_process_counts,
+        default=None,
+        help='MTA process counts to compare, e.g. "1,auto" (full default) or "1,2"',
+    )
     parser.add_argument(
         "--profile",
         action="store_true",

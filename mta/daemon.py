@@ -22,7 +22,12 @@ def metrics_app(worker: Worker, pool: asyncpg.Pool) -> web.Application:
     return ops_app(pool, worker.metrics.registry, lambda: worker.metrics.refresh(pool), role="mta")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, supervisor: int | None = None) -> None:
+    """One MTA process; `supervisor`: the pid of the `mta --processes N` that started it."""
+    if supervisor is not None:
+        from mta.supervisor import follow_parent
+
+        follow_parent(supervisor)
     async with role_pool(settings) as (pool, url):
         worker = Worker(pool, settings, database_url=url)
         install_stop_signals(worker.stop)
@@ -32,5 +37,11 @@ async def serve(settings: Settings) -> None:
                 extra={"action": "mta_start", "owner": worker.owner, "metrics": metrics},
             )
             running = asyncio.create_task(worker.run(), name="mta-worker")
-            notify("READY=1")
+            if supervisor is not None and metrics:
+                from mta.supervisor import METRICS_KEY
+
+                # The supervisor serves every worker's metrics on the configured address.
+                notify(f"READY=1\n{METRICS_KEY}={metrics}")
+            else:
+                notify("READY=1")
             await running

@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from penguinmails import logs
-from penguinmails.config import ConfigError, Settings, load_settings
+from penguinmails.config import ConfigError, Settings, load_settings, parse_processes
 from penguinmails.lifecycle import PendingMigrations
 from penguinmails.up import SANDBOX_TENANT
 
@@ -71,10 +71,25 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_mta(settings: Settings, args: argparse.Namespace) -> int:
+    if args.processes is not None:
+        mta = settings.mta.model_copy(update={"processes": args.processes})
+        settings = settings.model_copy(update={"mta": mta})
+    count = settings.mta.worker_count()
+    if count > 1 and args.supervisor is None:
+        from mta.supervisor import supervise
+
+        return await supervise(settings, count, args.config)
     from mta.daemon import serve
 
-    await serve(settings)
+    await serve(settings, supervisor=args.supervisor)
     return 0
+
+
+def _processes(value: str) -> int | str:
+    try:
+        return parse_processes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
@@ -366,7 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
         return made
 
     command("up", "try it locally: every role in one process, mail only to a capture sink", cmd_up)
-    command("mta", "run the delivery daemon (sends the queue)", cmd_mta)
+    mta = command("mta", "run the delivery daemon (sends the queue)", cmd_mta)
+    mta.add_argument(
+        "--processes",
+        type=_processes,
+        metavar="N|auto",
+        help="worker processes under one supervisor; auto: one per core "
+        "(default: [mta] processes, 1)",
+    )
+    # Set by the supervisor on the workers it starts (its pid): not for people.
+    mta.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     command("api", "run the control API (/api/v1)", cmd_api)
     command("tracker", "run the open/click/unsubscribe server and the webhook sender", cmd_tracker)
     command(

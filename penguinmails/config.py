@@ -154,6 +154,29 @@ class EgressPool(Section):
         return value
 
 
+def parse_processes(value: object) -> int | Literal["auto"]:
+    """`[mta] processes`: a positive number of worker processes, or "auto" (one per core)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit():
+            value = int(text)
+    # bool is an int to Python, but `processes = true` is a mistake, not one process.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f'expected a positive whole number or "auto", got {value!r}')
+
+
+def cores() -> int:
+    """The cores this process may run on: its CPU affinity (a unit's CPUAffinity=, taskset),
+    which can be fewer than the machine has."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
 class MtaSettings(Section):
     hostname: str = "localhost"
     bounce_domain: str = "bounces.localhost"
@@ -165,6 +188,9 @@ class MtaSettings(Section):
     default_throttle: ThrottleRule = Field(default_factory=ThrottleRule)
 
     metrics_listen: str = "127.0.0.1:9101"  # /metrics and /healthz; empty: not served
+    # Worker processes under one `penguinmails mta` (a supervisor starts them when above 1);
+    # "auto": one per core. They share every domain's connection cap through the database.
+    processes: int | Literal["auto"] = 1
     batch_size: int = Field(default=200, ge=1)
     # Outcomes are written in batches gathered for this long: fewer commits under load. A
     # crash inside the window resends (at-least-once), never loses.
@@ -235,6 +261,15 @@ class MtaSettings(Section):
             if pool_name not in self.pools:
                 raise ValueError(f"tenant_pools.{tenant}: {pool_name!r} is not one of [mta.pools]")
         return self
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, value: object) -> int | Literal["auto"]:
+        return parse_processes(value)
+
+    def worker_count(self) -> int:
+        """How many worker processes `processes` means on this machine."""
+        return cores() if self.processes == "auto" else self.processes
 
     def rule_for(self, domain: str) -> ThrottleRule:
         return self.throttle.get(domain, self.default_throttle)

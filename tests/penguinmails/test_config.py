@@ -54,6 +54,10 @@ def test_file_values_and_environment_overrides(tmp_path):
             "mta.throttle.gmail.com.max_connections",
         ),
         ("[nosuchsection]\nx = 1\n", "nosuchsection: unknown key"),
+        ("[mta]\nprocesses = 0\n", "mta.processes: Value error"),
+        ("[mta]\nprocesses = 'many'\n", "mta.processes: Value error"),
+        ("[mta]\nprocesses = true\n", "mta.processes: Value error"),
+        ("[mta]\nprocesses = 2.5\n", "mta.processes: Value error"),
     ],
 )
 def test_a_bad_key_is_named_with_its_file(tmp_path, text, named):
@@ -122,6 +126,7 @@ def test_metrics_can_be_switched_off_per_role():
         "api.metrics_listen",
         "tracker.metrics_listen",
         "mta.metrics_listen",
+        "mta.processes",
         "security.secret_keys",
         "security.key_file",
     ],
@@ -132,3 +137,20 @@ def test_the_default_config_documents_the_key_with_its_default(dotted):
     assert key in documented, dotted
     default = getattr(getattr(Settings(), section), key)
     assert documented[key] == ("" if default is None else default), dotted
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("'auto'", "auto"), ("'AUTO'", "auto"), ("3", 3), ("'2'", 2)]
+)
+def test_mta_processes_is_a_count_or_auto(tmp_path, value, expected):
+    settings = load_settings(write(tmp_path, f"[mta]\nprocesses = {value}\n"), environ={})
+    assert settings.mta.processes == expected
+
+
+def test_auto_processes_is_one_per_core_this_process_may_use():
+    import os
+
+    auto = load_settings(None, environ={"PENGUINMAILS_MTA__PROCESSES": "auto"})
+    assert auto.mta.worker_count() == len(os.sched_getaffinity(0))
+    assert load_settings(None, environ={"PENGUINMAILS_MTA__PROCESSES": "2"}).mta.worker_count() == 2
+    assert Settings().mta.worker_count() == 1  # the default: one process, no supervisor

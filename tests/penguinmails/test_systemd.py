@@ -19,6 +19,7 @@ import pytest
 
 from api.server import REQUEST_GRACE
 from penguinmails.config import load_settings
+from penguinmails.lifecycle import FORCE_EXIT_SECONDS
 from penguinmails.systemd import notify
 from tests.helpers import ROOT, debian_tool, free_listen
 from tracker.server import SHUTDOWN_GRACE
@@ -91,6 +92,11 @@ def test_unit_is_hardened_restarts_and_stops_in_time(path: Path):
     }[role]
     assert float(first["TimeoutStopSec"]) > grace
     assert first["Type"] == "notify"
+    if role == "mta":
+        # The supervisor forwards SIGTERM to its workers once; systemd must not send a second.
+        assert first["KillMode"] == "mixed"
+        assert first["NotifyAccess"] == "main"
+        assert float(first["TimeoutStopSec"]) > grace + FORCE_EXIT_SECONDS
 
 
 @pytest.fixture(scope="session")
@@ -208,10 +214,14 @@ def test_notify_reads_the_process_environment(short_dir: Path, monkeypatch):
         assert sock.recv(4096) == b"READY=1"
 
 
-@pytest.mark.parametrize("role", ["mta", "api", "tracker", "inbound"])
+@pytest.mark.parametrize(
+    "role", ["mta", "mta --processes 2", "api", "tracker", "inbound"], ids=str.split
+)
 async def test_a_role_process_notifies_ready_then_stopping(
     role: str, database_url: str, tmp_path: Path, short_dir: Path
 ):
+    """A supervisor (`mta --processes 2`) speaks for its workers: one READY=1 once all of
+    them are, nothing from the workers themselves."""
     path = str(short_dir / "notify")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
@@ -237,7 +247,7 @@ async def test_a_role_process_notifies_ready_then_stopping(
         sys.executable,
         "-m",
         "penguinmails.cli",
-        role,
+        *role.split(),
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -251,6 +261,8 @@ async def test_a_role_process_notifies_ready_then_stopping(
         assert stopping == b"STOPPING=1"
         _, stderr = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, stderr.decode()
+        with pytest.raises(BlockingIOError):
+            sock.recv(4096)  # nothing more
     finally:
         if proc.returncode is None:
             proc.kill()
