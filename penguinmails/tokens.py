@@ -11,7 +11,6 @@ needs a case-insensitive encoding.)
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from collections.abc import Sequence
 
@@ -58,7 +57,9 @@ class LinkSigner:
         if any(_SEP in t for t in texts):
             raise ValueError("token fields may not contain the separator character")
         payload = _SEP.join(texts).encode("utf-8")
-        mac = hmac.new(self._keys_for(purpose)[0], payload, hashlib.sha256).digest()[:MAC_BYTES]
+        # hmac.digest: OpenSSL's one-shot HMAC, several times cheaper than an hmac.new object,
+        # and the composer signs seven tokens a message.
+        mac = hmac.digest(self._keys_for(purpose)[0], payload, "sha256")[:MAC_BYTES]
         return f"{_b64(payload)}.{_b64(mac)}"
 
     def verify(self, purpose: str, token: str) -> list[str]:
@@ -70,7 +71,7 @@ class LinkSigner:
         if len(mac) != MAC_BYTES:
             raise BadToken("malformed token")
         for key in self._keys_for(purpose):
-            expected = hmac.new(key, payload, hashlib.sha256).digest()[:MAC_BYTES]
+            expected = hmac.digest(key, payload, "sha256")[:MAC_BYTES]
             if hmac.compare_digest(expected, mac):
                 try:
                     return payload.decode("utf-8").split(_SEP)
