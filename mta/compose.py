@@ -15,6 +15,18 @@ tracking in mta.tracking (opt-in: the send's settings must ask for it); the text
 an html-only send comes from penguinmails.html_text (the API's template preview derives it
 the same way). This module puts them together.
 
+Speed: every body goes through several whole-body steps (rendering, tracking, transfer
+encoding, DKIM canonicalisation and hashing), so each step is a C method over the whole
+body (str.join, replace, encode, translate + isascii, rfind, binascii's quoted-printable and
+base64, hashlib), never a Python loop over its lines. What is the same for every recipient
+of a campaign is done once and cached where it is made: parsed templates
+(penguinmails.template.compile, keyed by the source), the text template derived from an
+html one (penguinmails.html_text), the parse of each link tag (mta.tracking), the base64 of
+each attachment (encode_attachment, below), the parsed DKIM keys (mta.domains.KeyCache) and
+the per-purpose token keys (penguinmails.tokens). Left per recipient: the personalised text
+itself, its tokens, and the RSA signature, the floor that benchmarks/compose.py measures
+compose and signing against.
+
 Choices:
 - List-Unsubscribe (one-click https plus mailto) is on every message: bulk senders must.
 - A From domain without a sending_domains row (or owned by another tenant) is sent
