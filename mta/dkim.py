@@ -18,6 +18,7 @@ Choices that matter to receivers:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import time
@@ -197,7 +198,7 @@ def sign(
         # SMTP ends the data with CRLF anyway; signing anything else would leave verifiers
         # to disagree about the last line's trailing whitespace.
         raise DkimError("the body must end with CRLF, as it will on the wire")
-    names = signed_names(n.strip(b" \t").decode("ascii", "replace") for n, _ in headers)
+    names = _signed_names(tuple(n for n, _ in headers))
     canonical: dict[bytes, list[bytes]] = {}
     for name, value in headers:
         line = relaxed_header(name, value)
@@ -220,8 +221,18 @@ def sign(
     return lines
 
 
-def _signature_value(key: DkimKey, names: Sequence[str], bh: str, t: int) -> bytes:
-    """The tag list up to and including an empty `b=`, folded to short lines."""
+# The composer writes the same header names in the same order for every message of a kind,
+# so h= and its folding are worked out once per distinct header list, not per message.
+
+
+@functools.lru_cache(maxsize=256)
+def _signed_names(header_names: tuple[bytes, ...]) -> tuple[str, ...]:
+    return tuple(signed_names(n.strip(b" \t").decode("ascii", "replace") for n in header_names))
+
+
+@functools.lru_cache(maxsize=256)
+def _h_tag(names: tuple[str, ...]) -> str:
+    """`h=a:b:...;` folded to short lines, continuation lines tab-indented."""
     h_lines, line = [], "h="
     for i, name in enumerate(names):
         piece = name + (":" if i < len(names) - 1 else ";")
@@ -230,9 +241,14 @@ def _signature_value(key: DkimKey, names: Sequence[str], bh: str, t: int) -> byt
             line = ""
         line += piece
     h_lines.append(line)
+    return "\r\n\t".join(h_lines)
+
+
+def _signature_value(key: DkimKey, names: tuple[str, ...], bh: str, t: int) -> bytes:
+    """The tag list up to and including an empty `b=`, folded to short lines."""
     value = (
         f"v=1; a={key.algorithm}; c=relaxed/relaxed; d={key.domain}; s={key.selector};\r\n"
-        f"\tt={t};\r\n\t" + "\r\n\t".join(h_lines) + f"\r\n\tbh={bh};\r\n\tb="
+        f"\tt={t};\r\n\t{_h_tag(names)}\r\n\tbh={bh};\r\n\tb="
     )
     return value.encode("ascii")
 

@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 # Values the composer supplies for every message; a template may use them without the
@@ -231,11 +232,14 @@ def _text(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Run:
-    """Text between spintax groups, compiled for rendering: with variables, a str.format
-    string with one field per distinct expression; without, the text itself."""
+    """Text between spintax groups, compiled for rendering: the literal pieces around each
+    variable occurrence (`pieces[i]`, then variable `slots[i]`, ..., then `pieces[-1]`), one
+    entry in `variables` per distinct expression; without variables, the text itself."""
 
     text: str
     variables: tuple[Var, ...]
+    pieces: tuple[str, ...] = ()
+    slots: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,28 +250,31 @@ class _Choice:
 
 def _compile_runs(nodes: Iterable[Node]) -> tuple[_Run | _Choice, ...]:
     chunks: list[_Run | _Choice] = []
-    raw: list[str] = []
-    pattern: list[str] = []
+    pieces: list[list[str]] = [[]]
+    slots: list[int] = []
     fields: dict[str, int] = {}
     variables: list[Var] = []
 
     def flush() -> None:
-        if raw or pattern:
-            text = "".join(pattern) if variables else "".join(raw)
-            chunks.append(_Run(text, tuple(variables)))
-        for parts in (raw, pattern, variables):
+        texts = tuple("".join(piece) for piece in pieces)
+        if variables:
+            chunks.append(_Run("", tuple(variables), texts, tuple(slots)))
+        elif texts[0]:
+            chunks.append(_Run(texts[0], ()))
+        pieces[:] = [[]]
+        for parts in (slots, variables):
             parts.clear()
         fields.clear()
 
     for node in nodes:
         if isinstance(node, str):
-            raw.append(node)
-            pattern.append(node.replace("{", "{{").replace("}", "}}"))
+            pieces[-1].append(node)
         elif isinstance(node, Var):
             index = fields.setdefault(node.key, len(variables))
             if index == len(variables):
                 variables.append(node)
-            pattern.append(f"{{{index}}}")
+            slots.append(index)
+            pieces.append([])
         else:
             flush()
             chunks.append(_Choice(node.source, tuple(_compile_runs(o) for o in node.options)))
@@ -291,7 +298,7 @@ class Template:
         self.required: tuple[str, ...] = tuple(dict.fromkeys(_required(self.nodes)))
         self.names: tuple[str, ...] = tuple(dict.fromkeys(_names(self.nodes)))
         # Rendering works on runs, so a body that says {{first_name}} forty times looks the
-        # value up once and splices it in at C speed (str.format).
+        # value up once and splices it in at C speed (str.join).
         self.chunks = _compile_runs(self.nodes)
 
     @property
@@ -340,7 +347,15 @@ def _emit(
                         text = escape(text)
                     done[var.key] = text
                 texts.append(text)
-            out.append(chunk.text.format(*texts))
+            # Joins rather than str.format: format parses its pattern on every call (about
+            # 40x slower for a 50 KB body that names the recipient in each paragraph).
+            if len(texts) == 1:
+                out.append(texts[0].join(chunk.pieces))
+            else:
+                # One piece more than slots: zip pairs all but the last, which follows.
+                values_in_order = map(texts.__getitem__, chunk.slots)
+                out.extend(chain.from_iterable(zip(chunk.pieces, values_in_order, strict=False)))
+                out.append(chunk.pieces[-1])
         else:
             key = f"{seed}\x00{chunk.source}".encode("utf-8", "surrogatepass")
             digest = hashlib.blake2b(key, digest_size=8)

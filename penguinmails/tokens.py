@@ -11,7 +11,7 @@ needs a case-insensitive encoding.)
 from __future__ import annotations
 
 import base64
-import hashlib
+import binascii
 import hmac
 from collections.abc import Sequence
 
@@ -25,8 +25,13 @@ class BadToken(ValueError):
     """The token is malformed, or no server key signed it."""
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """base64url without padding: binascii directly, since base64.urlsafe_b64encode's layers
+    of Python cost more than the encoding (two per token, seven tokens per message)."""
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE).decode()
 
 
 def _unb64(text: str) -> bytes:
@@ -54,11 +59,13 @@ class LinkSigner:
 
     def sign(self, purpose: str, *fields: str | int) -> str:
         """`<payload>.<mac>`, both base64url; the first server key signs."""
-        texts = [str(f) for f in fields]
-        if any(_SEP in t for t in texts):
+        text = _SEP.join([str(f) for f in fields])
+        if text.count(_SEP) > max(len(fields) - 1, 0):
             raise ValueError("token fields may not contain the separator character")
-        payload = _SEP.join(texts).encode("utf-8")
-        mac = hmac.new(self._keys_for(purpose)[0], payload, hashlib.sha256).digest()[:MAC_BYTES]
+        payload = text.encode("utf-8")
+        # hmac.digest: OpenSSL's one-shot HMAC, several times cheaper than an hmac.new object,
+        # and the composer signs seven tokens a message.
+        mac = hmac.digest(self._keys_for(purpose)[0], payload, "sha256")[:MAC_BYTES]
         return f"{_b64(payload)}.{_b64(mac)}"
 
     def verify(self, purpose: str, token: str) -> list[str]:
@@ -70,7 +77,7 @@ class LinkSigner:
         if len(mac) != MAC_BYTES:
             raise BadToken("malformed token")
         for key in self._keys_for(purpose):
-            expected = hmac.new(key, payload, hashlib.sha256).digest()[:MAC_BYTES]
+            expected = hmac.digest(key, payload, "sha256")[:MAC_BYTES]
             if hmac.compare_digest(expected, mac):
                 try:
                     return payload.decode("utf-8").split(_SEP)

@@ -277,3 +277,16 @@ async def test_a_claimed_batch_loads_each_attachment_once(pool):
     contents = await queue.attachment_contents(pool, rows)
     assert list(contents.values()) == [shared]  # one entry for the five messages
     assert await queue.attachment_contents(pool, [dict(r, attachments=None) for r in rows]) == {}
+
+
+def test_attachments_beside_awkward_bodies_are_byte_exact_and_verify():
+    pdf = b"%PDF-1.7\n" + bytes(range(256)) * 400
+    row = make_row(
+        text_body="long " + "w" * 1200 + " line, trailing space \n\tZoë\n\n\n",
+        html_body="<p>{{name}}  \t</p>" + "<br>" * 400,
+        attachments=[ref(1, "a.pdf", "application/pdf")],
+        settings={"track_opens": True, "track_clicks": True},
+    )
+    message = parse(signed(row, {1: pdf}))
+    [file] = list(message.iter_attachments())
+    assert file.get_content() == pdf

@@ -273,6 +273,21 @@ def test_tracking_is_off_unless_asked_for(settings_):
     assert TRACKER + "/c/" not in page and "<img" not in page
 
 
+@pytest.mark.parametrize(
+    ("page", "before"),
+    [
+        ("<body><p>a</p></body>" + "<!-- x -->" * 1000, "</body><!--"),  # far from the end
+        ("<body>quoting </BODY > in text</p></body ></html>", "</body ></html>"),
+        ("<body>" + "<p>b</p>" * 1000 + "</body>\n</html>", "</body>\n</html>"),
+    ],
+)
+def test_the_pixel_goes_before_the_last_body_end_tag(page, before):
+    row = make_row(text_body="t", html_body=page, settings={"track_opens": True})
+    html_part = content(parse(compose_bytes(row)).get_body(("html",)))
+    assert html_part.count("<img") == 1
+    assert re.search(r"<img [^>]*/>" + re.escape(before), html_part)
+
+
 def test_the_pixel_goes_at_the_end_without_a_body_tag():
     row = make_row(html_body="<p>hi</p>", settings={"track_opens": True})
     page = content(parse(compose_bytes(row)).get_body(("html",)))
@@ -384,6 +399,99 @@ def test_generated_messages_parse_cleanly_and_verify(row):
         plain = content(message.get_body(("plain",)))
         expected = row["text_body"].replace("{{name}}", name)
         assert plain == expected + ("" if not expected or expected.endswith("\n") else "\n")
+
+
+# -- body encoding --------------------------------------------------------------------------
+
+# Bodies that sit on each side of the 7bit / quoted-printable line, and the whitespace and
+# line endings DKIM's relaxed canonicalisation rewrites.
+AWKWARD_BODIES = {
+    "empty": "",
+    "one newline": "\n",
+    "plain": "Hello John,\nsee you.",
+    "998 octets": "a" * 998,
+    "999 octets": "a" * 999,
+    "999 octets, last line, no newline": "short\n" + "b" * 999,
+    "over-long line mid-body": "x\n" * 500 + "c" * 2000 + "\n" + "y\n" * 500,
+    "many 998-octet lines": ("d" * 998 + "\n") * 40,
+    "trailing whitespace": "end with spaces   \nand a tab\t\n \t \n",
+    "inner whitespace runs": "a  b\t\tc \t d\n",
+    "empty lines at the end": "body\n\n\n\n",
+    "CR, CRLF and LF mixed": "one\rtwo\r\nthree\nfour\r",
+    "control character": "bell \x07 here\n",
+    "DEL": "rub\x7fout\n",
+    "NUL": "nul\x00byte\n",
+    "8-bit": "Zoë, naïve café \u2013 😀\n",
+    "8-bit over-long line": "é" * 600,
+    "dot lines and From": ".\n..\nFrom the start\n.\n",
+    "equals signs": "a=b =20 =\n=",
+}
+
+
+def reference_encoding(text: str) -> str:
+    """What encode_body must choose, spelled out slowly: 7bit for ASCII without controls
+    (tab aside) and no line over 998 octets, else quoted-printable."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    printable = all(ch in "\t\n" or " " <= ch <= "~" for ch in text)
+    short = all(len(line) <= 998 for line in text.split("\n"))
+    return "7bit" if printable and short else "quoted-printable"
+
+
+def expected_text(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text + "\n" if text and not text.endswith("\n") else text
+
+
+def assert_round_trip(text: str) -> None:
+    cte, data = composing.encode_body(text)
+    assert cte == reference_encoding(text)
+    assert_crlf_only(data)
+    if cte == "quoted-printable":
+        assert all(len(line) <= 76 for line in data.split(b"\r\n"))
+    assert data == b"" or data.endswith(b"\r\n")
+    part = parse(
+        b'Content-Type: text/plain; charset="utf-8"\r\n'
+        + f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode()
+        + data
+    )
+    assert content(part) == expected_text(text)
+
+
+@pytest.mark.parametrize("text", AWKWARD_BODIES.values(), ids=AWKWARD_BODIES.keys())
+def test_awkward_bodies_choose_their_encoding_and_decode_to_the_input(text):
+    assert_round_trip(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(st.characters(blacklist_categories=("Cs",)), max_size=60),
+            st.text(alphabet="a \t\r\n", max_size=20),
+            st.integers(990, 1010).map(lambda n: "z" * n),
+        ),
+        max_size=6,
+    ).map("".join)
+)
+def test_any_text_chooses_its_encoding_and_decodes_to_the_input(text):
+    assert_round_trip(text)
+
+
+@pytest.mark.parametrize("text", AWKWARD_BODIES.values(), ids=AWKWARD_BODIES.keys())
+def test_awkward_bodies_in_a_signed_message_parse_cleanly_and_verify(text):
+    row = make_row(
+        text_body=text,
+        html_body="<html><body><p>" + text + "</p></body></html>",
+        settings={"track_opens": True, "track_clicks": True},
+    )
+    data = compose_bytes(row, CORPUS_KEYS)
+    assert_crlf_only(data)
+    message = parse(data)
+    assert dkimpy.DKIM(data).verify(idx=0, dnsfunc=CORPUS_DNS)
+    assert dkimpy.DKIM(data).verify(idx=1, dnsfunc=CORPUS_DNS)
+    assert content(message.get_body(("plain",))) == expected_text(text)
+    html_part = content(message.get_body(("html",)))
+    assert html_part.startswith("<html><body><p>" + expected_text(text).removesuffix("\n"))
 
 
 # -- end to end -----------------------------------------------------------------------------

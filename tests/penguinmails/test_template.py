@@ -104,3 +104,23 @@ def test_a_group_picks_alike_wherever_it_appears_in_one_message():
 @given(st.text(alphabet="ab{} \n").filter(lambda t: "{{" not in t and not t.endswith("{")))
 def test_literal_braces_survive_around_variables(text):
     assert render(text + " {{x}} " + text, {"x": "V{0}"}) == f"{text} V{{0}} {text}"
+
+
+def test_repeated_and_adjacent_variables_in_one_run():
+    source = "{{a}}{{b}} and {{a}}, {{ a }}; {{b | upper}}{{a}}{{c | default: '-'}}"
+    assert render(source, {"a": "1", "b": "x"}) == "1x and 1, 1; X1-"
+    assert render("{{a}}" * 3, {"a": "é"}) == "ééé"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["{{a}}", "{{b}}", "p", " ", "\n", "{x|y}", "}"]), max_size=30),
+    st.text(max_size=5),
+    st.text(max_size=5),
+)
+def test_rendering_splices_each_value_where_the_template_names_it(pieces, a, b):
+    source = "".join(pieces)
+    rendered = render(source, {"a": a, "b": b}, seed="fixed@acme.test")
+    choice = render("{x|y}", seed="fixed@acme.test")
+    expected = source.replace("{x|y}", choice).replace("{{a}}", "\0a").replace("{{b}}", "\0b")
+    assert rendered == expected.replace("\0a", a).replace("\0b", b)
