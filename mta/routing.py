@@ -10,7 +10,9 @@ concurrent lookups of one domain share a single query.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -40,6 +42,19 @@ class Route:
     username: str = ""
     password: str = ""
     require_starttls: bool = False  # smarthost with credentials: never send AUTH in clear
+    # The MX host name each of `hosts` was found under (parallel to it; empty for a fixed
+    # route): the name MTA-STS matches and a certificate is verified against.
+    names: tuple[str, ...] = ()
+
+    def named(self, keep: Callable[[str], bool]) -> Route:
+        """This route with only the hosts whose MX name `keep` accepts (a fixed route, which
+        has no names, unchanged)."""
+        if not self.names:
+            return self
+        pairs = [(h, n) for h, n in zip(self.hosts, self.names, strict=True) if keep(n)]
+        return dataclasses.replace(
+            self, hosts=tuple(h for h, _ in pairs), names=tuple(n for _, n in pairs)
+        )
 
 
 _TEMPORARY_TTL = 30.0  # how long a failed lookup is remembered, so a burst waits once
@@ -166,6 +181,7 @@ class Router:
             *(self._addresses(exchange) for exchange in exchanges), return_exceptions=True
         )
         hosts: list[tuple[str, int]] = []
+        names: list[str] = []
         failures: list[str] = []
         for exchange, found in zip(exchanges, lookups, strict=True):
             if isinstance(found, _Temporary):
@@ -177,12 +193,14 @@ class Router:
             if addresses:
                 ttl = min(ttl, address_ttl)
             hosts.extend((address, self._settings.mx_port) for address in addresses)
+            names.extend(exchange.lower() for _ in addresses)
         if not hosts:
             detail = f" ({'; '.join(failures)})" if failures else ""
             return RouteError(
                 f"4.4.4 no address for any MX of {domain}{detail}", permanent=False, code=451
             ), _TEMPORARY_TTL if failures else 60.0
-        return Route(key="mx:" + ",".join(exchanges), hosts=tuple(hosts)), max(ttl, 1.0)
+        route = Route(key="mx:" + ",".join(exchanges), hosts=tuple(hosts), names=tuple(names))
+        return route, max(ttl, 1.0)
 
     async def _addresses(self, name: str) -> tuple[list[str], float]:
         """A then AAAA addresses of `name`, resolved here so one resolver serves the route.
@@ -220,7 +238,8 @@ class Router:
             ), _TEMPORARY_TTL
         if addresses:
             hosts = tuple((address, self._settings.mx_port) for address in addresses)
-            return Route(key=f"mx:{domain}", hosts=hosts), max(ttl, 1.0)
+            names = tuple(domain for _ in addresses)
+            return Route(key=f"mx:{domain}", hosts=hosts, names=names), max(ttl, 1.0)
         return RouteError(
             f"5.1.2 {domain} has no MX, A or AAAA record", permanent=True, code=550
         ), _NEGATIVE_TTL

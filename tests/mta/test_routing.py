@@ -59,6 +59,16 @@ async def test_mx_hosts_in_preference_order_resolved_by_the_same_server(
         ("127.0.0.13", MX_PORT),
     )
     assert route.username == "" and not route.require_starttls
+    # Each address keeps the MX name it came from (what MTA-STS matches and TLS verifies).
+    assert route.names == (
+        "mx1.example.test",
+        "mx1.example.test",
+        "mx2.example.test",
+        "mx3.example.test",
+    )
+    kept = route.named(lambda name: name != "mx1.example.test")
+    assert kept.hosts == (("127.0.0.12", MX_PORT), ("127.0.0.13", MX_PORT))
+    assert kept.names == ("mx2.example.test", "mx3.example.test")
     # The .test names exist only on our server: the exchanges were resolved through it.
     assert dns_server.count("example.test", "MX") == 1
     for host in ("mx1", "mx2", "mx3"):
