@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -195,8 +196,12 @@ class SMTPClient:
         """Connect, read a 220 greeting and introduce ourselves. A refusing greeting or
         EHLO/HELO raises `RefusedError` with the reply; a failure, OSError or TimeoutError."""
         check_argument(local_hostname)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
+        protocol = _QuickAck(reader, loop=loop)
         async with asyncio.timeout(timeouts.connect):
-            reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
+            transport, _ = await loop.create_connection(lambda: protocol, host, port)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         client = cls(reader, writer, host, local_hostname, timeouts)
         try:
             greeting = await client._reply(timeouts.connect)
@@ -540,6 +545,34 @@ class SMTPClient:
         if self._reading is not asyncio.current_task():
             self._reading.cancel()
         self._writer.transport.abort()
+
+
+class _QuickAck(asyncio.StreamReaderProtocol):
+    """Acknowledge what we read at once. A server that answers a pipelined group in two
+    writes (Postfix answers MAIL and RCPT, then reads the BDAT chunk, then answers it) has
+    Nagle hold the second small write until our ACK of the first, and Linux delays that ACK
+    by up to 40 ms when we have nothing to send: 40 ms a message, measured against Postfix
+    over loopback (22 msg/s a connection instead of 450). TCP_QUICKACK is not sticky, so it
+    is set again after each read: one setsockopt per read."""
+
+    _socket: socket.socket | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if _TCP_QUICKACK is not None and sock is not None and sock.family != socket.AF_UNIX:
+            self._socket = sock
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._socket is not None and _TCP_QUICKACK is not None:
+            try:
+                self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                self._socket = None
+
+
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 class RefusedError(SMTPClientError):
