@@ -16,7 +16,8 @@ few groups as the server allows:
   content of the next message (`NotSent`: it may be retried on a fresh connection at once).
   Under BDAT a transaction keeps the connection until its reply: the next message's content
   would otherwise be on the wire while the first reply is unknown.
-- Neither: one command, one reply, as RFC 5321 has it.
+- Neither: one command, one reply, as RFC 5321 has it (CHUNKING without PIPELINING, which
+  no server we know of offers, is sent this way too, with DATA).
 
 Replies are read by one reader per connection, in order, into the futures the writers
 registered (a reply split across TCP segments or answering several pipelined commands is
@@ -310,12 +311,18 @@ class SMTPClient:
                 await self._settle_if_needed()
             except (SMTPClientError, OSError, TimeoutError) as exc:
                 raise NotSent(exc) from exc
-            if self.chunking:
-                result = await self._chunked(mail, rcpts, recipients, message)
-            elif self.pipelining:
-                result = await self._pipelined(mail, rcpts, recipients, message)
-            else:
-                result = await self._stepwise(mail, rcpts, recipients, message)
+            try:
+                if self.chunking:
+                    result = await self._chunked(mail, rcpts, recipients, message)
+                elif self.pipelining:
+                    result = await self._pipelined(mail, rcpts, recipients, message)
+                else:
+                    result = await self._stepwise(mail, rcpts, recipients, message)
+            except asyncio.CancelledError:
+                # Cut off mid-transaction: the server may be waiting for content that will
+                # never come, so the session cannot carry another message.
+                self._fail(ConnectionLost("transaction cancelled"))
+                raise
             self._tail = result
         return Submitted(result)
 
