@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from mta.client import (
     ConnectionLost,
+    NotAscii,
     NotSent,
     ProtocolError,
     SMTPClient,
@@ -255,32 +255,6 @@ async def test_disconnect_at_mail_is_not_sent(smtp_peer, mode):
 # -- scripted peer: the replies no real server sends ------------------------------------------
 
 
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[int]]]:
-    servers: list[asyncio.Server] = []
-
-    async def start(script: Script) -> int:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                await script(reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
-
-
 async def _ehlo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, caps: bytes) -> None:
     writer.write(b"220 scripted ESMTP\r\n")
     await reader.readuntil(b"\r\n")
@@ -389,4 +363,39 @@ async def test_text_after_the_starttls_go_ahead_is_refused(scripted, tls_peer_co
     with pytest.raises((ProtocolError, ConnectionLost, OSError, TimeoutError)):
         await client.starttls(context)
     assert not client.usable
+    client.close()
+
+
+async def test_a_non_ascii_address_needs_smtputf8(postfix, smtp_peer):
+    client = await _client(postfix.port)  # Postfix offers SMTPUTF8
+    try:
+        delivery = await client.send("a@sender.test", ["jürgen@dest.test"], MESSAGE)
+        assert delivery["jürgen@dest.test"].code == 250
+    finally:
+        await client.quit()
+    client = await _client(smtp_peer.port)  # aiosmtpd, as configured here, does not
+    try:
+        with pytest.raises(NotAscii):
+            await client.send("a@sender.test", ["jürgen@dest.test"], MESSAGE)
+        assert client.usable  # refused before anything was written
+    finally:
+        await client.quit()
+    assert smtp_peer.received == []
+
+
+async def test_a_slow_reply_trips_the_command_timeout_before_any_content(smtp_peer):
+    smtp_peer.fault("RCPT", delay=2.0)
+    client = await _client(smtp_peer.port, command=0.3)
+    with pytest.raises(NotSent):
+        await client.send("a@sender.test", ["a@dest.test"], MESSAGE)
+    assert not client.usable
+    client.close()
+
+
+async def test_a_slow_end_of_data_reply_trips_the_data_timeout_unknown(smtp_peer):
+    smtp_peer.fault("DATA", delay=2.0)
+    client = await _client(smtp_peer.port, data=0.3)
+    with pytest.raises(TransactionFailed) as failed:
+        await client.send("a@sender.test", ["a@dest.test"], MESSAGE)
+    assert failed.value.content_sent
     client.close()
