@@ -58,6 +58,7 @@ MAX_REPLY = 16 * 1024  # all lines of one reply together
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
+_PATH_BREAKERS = re.compile(r"[ <>]")
 
 
 class SMTPClientError(Exception):
@@ -90,7 +91,7 @@ class NotSent(TransactionFailed):
 
 @dataclass(frozen=True)
 class Timeouts:
-    connect: float  # TCP connect and the greeting
+    connect: float  # TCP connect, and then again the greeting
     command: float  # each command's reply
     data: float  # writing the message and its final reply
 
@@ -140,7 +141,11 @@ def dot_stuff(data: bytes) -> bytes:
 
 
 def _mailbox(address: str) -> bytes:
+    """`<address>` for MAIL or RCPT. Besides control characters, no space, `<` or `>`: they
+    would end the path early and let an address add parameters of its own to the command."""
     check_argument(address)
+    if _PATH_BREAKERS.search(address):
+        raise ValueError(f"space, < or > in address {address!r}")
     return f"<{address}>".encode()
 
 
@@ -308,7 +313,7 @@ class SMTPClient:
             if not self.usable:
                 raise NotSent(self._failure or ConnectionLost("connection not usable"))
             try:
-                await self._settle_if_needed()
+                await self._check_alive()
             except (SMTPClientError, OSError, TimeoutError) as exc:
                 raise NotSent(exc) from exc
             try:
@@ -453,9 +458,9 @@ class SMTPClient:
         if self._failure is not None:
             raise ConnectionLost(str(self._failure))
 
-    async def _settle_if_needed(self) -> None:
-        """Before a transaction: the one before may only still be awaiting its end of
-        data's reply, under PIPELINING; otherwise it already ended."""
+    async def _check_alive(self) -> None:
+        """Before a transaction: the one before may still await its end of data's reply
+        (PIPELINING with DATA), which the new one follows on the wire; otherwise it ended."""
         if self._tail is not None and self._tail.done():
             self._tail = None
         if self._failure is not None:

@@ -157,7 +157,9 @@ async def test_postfix_refuses_a_bare_lf_that_our_data_path_never_sends(postfix)
         await client.quit()
 
 
-async def test_control_characters_are_refused_before_anything_is_written(postfix):
+async def test_control_characters_and_path_breakers_are_refused_before_anything_is_written(
+    postfix,
+):
     client = await _client(postfix.port)
     try:
         for bad in ("a@dest.test>\r\nRCPT TO:<b@dest.test", "a\x00@dest.test", "a\n@dest.test"):
@@ -165,6 +167,9 @@ async def test_control_characters_are_refused_before_anything_is_written(postfix
                 await client.send("a@sender.test", [bad], MESSAGE)
             with pytest.raises(ValueError, match="control character"):
                 await client.send(bad, ["x@dest.test"], MESSAGE)
+        for bad in ("a@dest.test> NOTIFY=NEVER", "a b@dest.test", "<a@dest.test"):
+            with pytest.raises(ValueError, match="in address"):
+                await client.send("a@sender.test", [bad], MESSAGE)
         assert (await client.send("a@sender.test", ["y@dest.test"], MESSAGE))[
             "y@dest.test"
         ].accepted
