@@ -10,7 +10,9 @@ few groups as the server allows:
   message and its end of data once the 354 is in. RFC 2920 lets the message content lead the
   next group, so a transaction gives the connection back as soon as its end of data is
   written: the next transaction's `MAIL`/`RCPT`/`DATA` follows on the wire before the end of
-  data's reply is back, and the replies are read in order. Two round trips become one. This is
+  data's reply is back, and the replies are read in order. Two round trips become one. (The
+  two are separate writes, back to back, not one: they travel in the same round trip, which
+  is what counts, and no end of data waits for a next message that may not come.) This is
   safe by construction: the next message's content is only written after its 354, which the
   server sends after the previous end of data's reply, so a connection lost there loses no
   content of the next message (`NotSent`: it may be retried on a fresh connection at once).
