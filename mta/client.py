@@ -47,7 +47,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mta.outcomes import Reply
@@ -194,6 +194,7 @@ class SMTPClient:
         self._needs_reset = False  # the server may still hold a failed transaction's state
         self._turn = asyncio.Lock()  # whose commands go on the wire now
         self._tail: asyncio.Future[Delivery] | None = None  # the last transaction's result
+        self._on_content: Callable[[], None] | None = None  # the transaction on the wire's
 
     # -- session ------------------------------------------------------------------------
 
@@ -291,15 +292,29 @@ class SMTPClient:
 
     # -- transactions -------------------------------------------------------------------
 
-    async def send(self, sender: str, recipients: Sequence[str], data: bytes) -> Delivery:
-        submitted = await self.submit(sender, recipients, data)
+    async def send(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        on_content: Callable[[], None] | None = None,
+    ) -> Delivery:
+        submitted = await self.submit(sender, recipients, data, on_content)
         return await submitted.delivery()
 
-    async def submit(self, sender: str, recipients: Sequence[str], data: bytes) -> Submitted:
+    async def submit(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        on_content: Callable[[], None] | None = None,
+    ) -> Submitted:
         """Write one transaction. Returns once the connection may carry the next one: at
         once after the end of data under PIPELINING with DATA, after the final reply
-        otherwise. Raises ValueError (an address we refuse to send), NotSent (the
-        connection failed before any content was written) or TransactionFailed."""
+        otherwise. `on_content` is called just before the first byte of the message is
+        written, the point from which the server may hold it. Raises ValueError (an address
+        we refuse to send), NotSent (the connection failed before any content was written)
+        or TransactionFailed."""
         if not recipients:
             raise ValueError("no recipients")
         mail = b"MAIL FROM:" + _mailbox(sender)
@@ -318,6 +333,7 @@ class SMTPClient:
                 await self._check_alive()
             except (SMTPClientError, OSError, TimeoutError) as exc:
                 raise NotSent(exc) from exc
+            self._on_content = on_content
             try:
                 if self.chunking:
                     result = await self._chunked(mail, rcpts, recipients, message)
@@ -330,6 +346,8 @@ class SMTPClient:
                 # never come, so the session cannot carry another message.
                 self._fail(ConnectionLost("transaction cancelled"))
                 raise
+            finally:
+                self._on_content = None
             self._tail = result
         return Submitted(result)
 
@@ -341,6 +359,7 @@ class SMTPClient:
         head += b"BDAT %d LAST\r\n" % len(message)
         expected = self._expect(len(reset and [1]) + 1 + len(rcpts) + 1)
         try:
+            self._content_going()
             await self._write(head + message, self.timeouts.data)
             replies = [await self._await(f, self.timeouts.data) for f in expected]
         except (SMTPClientError, OSError, TimeoutError) as exc:
@@ -381,6 +400,7 @@ class SMTPClient:
             self._needs_reset = True
         [final] = self._expect(1)
         try:
+            self._content_going()
             await self._write(dot_stuff(message), self.timeouts.data)
         except (SMTPClientError, OSError, TimeoutError) as exc:
             self._fail(exc)
@@ -422,6 +442,7 @@ class SMTPClient:
             if data_reply.code != 354:
                 return _done(_delivery(recipients, mail_reply, rcpt_replies, data_reply))
             content_sent = True
+            self._content_going()
             final = await self._exchange(dot_stuff(message), self.timeouts.data)
             self._needs_reset = False
             return _done(_delivery(recipients, mail_reply, rcpt_replies, final))
@@ -435,6 +456,10 @@ class SMTPClient:
         [expected] = self._expect(1)
         await self._write(data, timeout)
         return await self._await(expected, timeout)
+
+    def _content_going(self) -> None:
+        if self._on_content is not None:
+            self._on_content()
 
     def _take_reset(self) -> bytes:
         if not self._needs_reset:

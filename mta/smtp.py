@@ -127,32 +127,43 @@ class DomainPool:
         data: bytes,
         on_wire: Callable[[], None] | None = None,
     ) -> Reply:
-        """Deliver one message; `on_wire` is called as the transaction starts, the point
-        from which an interruption may leave the peer holding the message."""
+        """Deliver one message; `on_wire` is called at the point from which an interruption
+        may leave the peer holding the message: just before its first byte of content (with
+        aiosmtplib, as the transaction starts)."""
         while True:
             try:
                 conn = await self._acquire(route)
             except _NoConnection as exc:
                 return exc.reply
-            if on_wire is not None:
-                on_wire()
             if conn.submission is not None:
+                if on_wire is not None:
+                    on_wire()
                 return await self._submit(conn, sender, recipient, data)
             try:
-                return await self._deliver(conn, sender, recipient, data, retry=conn.sent > 0)
+                return await self._deliver(
+                    conn, sender, recipient, data, retry=conn.sent > 0, on_wire=on_wire
+                )
             except _Retry:
                 continue  # on a fresh connection, this time without a second chance
 
     async def _deliver(
-        self, conn: _Connection, sender: str, recipient: str, data: bytes, retry: bool
+        self,
+        conn: _Connection,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        retry: bool,
+        on_wire: Callable[[], None] | None,
     ) -> Reply:
-        """One transaction with the delivery client."""
+        """One transaction with the delivery client; `on_wire` is called just before the
+        message's first byte is written (not before its MAIL: under PIPELINING a message may
+        wait behind another's end of data, and one cut off there was never offered)."""
         assert conn.client is not None
         client = conn.client
         released = False
         try:
             try:
-                submitted = await client.submit(sender, [recipient], data)
+                submitted = await client.submit(sender, [recipient], data, on_wire)
             except NotAscii as exc:
                 return Reply(553, f"5.6.7 address refused before sending: {exc}")
             except ValueError as exc:  # control characters in an address
