@@ -20,7 +20,7 @@ tests/postfix.py: one listener with CHUNKING, one without) when Postfix is insta
 smtp-sink cannot offer CHUNKING); otherwise the project's sink (benchmarks/sink.py,
 PIPELINING, no CHUNKING) and the chunking rows say n/a.
 
-    python -m benchmarks wan [--quick] [--rtt-ms 50] [--messages N] [--size BYTES]
+    python -m benchmarks wan [--quick] [--rtt-ms 50] [--messages N] [--size BYTES] [--peer sink]
 """
 
 from __future__ import annotations
@@ -153,10 +153,11 @@ class Peer:
 
 
 @contextlib.asynccontextmanager
-async def peer(install: bool) -> AsyncIterator[Peer]:
-    ensure_postfix_tools(install)
+async def peer(install: bool, kind: str) -> AsyncIterator[Peer]:
+    if kind == "auto":
+        ensure_postfix_tools(install)
     master = await asyncio.to_thread(os.path.exists, "/usr/lib/postfix/sbin/master")
-    if master and os.geteuid() == 0:
+    if kind == "auto" and master and os.geteuid() == 0:
         sys.path.insert(0, os.getcwd())  # tests/ from the repository checkout
         from tests.postfix import Postfix
 
@@ -274,7 +275,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "message_bytes": len(data),
         "runs": [],
     }
-    async with peer(install=not args.quick) as target:
+    async with peer(install=not args.quick, kind=args.peer) as target:
         results["peer"] = target.kind
         modes: list[tuple[str, int | None, Callable[..., Awaitable[float]]]] = [
             ("chunking", target.chunking_port, pool_rate),
@@ -346,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtt-ms", type=float, default=50.0)
     parser.add_argument("--messages", type=int, default=0, help="per connection")
     parser.add_argument("--size", type=int, default=5000, help="bytes on the wire")
+    parser.add_argument(
+        "--peer",
+        choices=["auto", "sink"],
+        default="auto",
+        help="auto: Postfix's smtpd when installed (we must be root), else the project's sink",
+    )
     args = parser.parse_args(argv)
     try:  # the loop the MTA runs on (penguinmails.cli)
         import uvloop
