@@ -130,6 +130,7 @@ class DomainPool:
         """Deliver one message; `on_wire` is called at the point from which an interruption
         may leave the peer holding the message: just before its first byte of content (with
         aiosmtplib, as the transaction starts)."""
+        retried = False
         while True:
             try:
                 conn = await self._acquire(route)
@@ -141,10 +142,15 @@ class DomainPool:
                 return await self._submit(conn, sender, recipient, data)
             try:
                 return await self._deliver(
-                    conn, sender, recipient, data, retry=conn.sent > 0, on_wire=on_wire
+                    conn,
+                    sender,
+                    recipient,
+                    data,
+                    retry=conn.sent > 0 and not retried,
+                    on_wire=on_wire,
                 )
             except _Retry:
-                continue  # on a fresh connection, this time without a second chance
+                retried = True  # once: a second failure is the peer's answer, deferred
 
     async def _deliver(
         self,

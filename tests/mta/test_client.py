@@ -225,9 +225,7 @@ async def test_421_mid_pipeline_ends_the_session(smtp_peer, mode):
     try:
         delivery = await client.send("a@sender.test", ["a@dest.test"], MESSAGE)
         assert delivery["a@dest.test"].code == 421
-        assert not client.usable
-    except NotSent:
-        pass  # the server closed before answering DATA: nothing was sent either way
+        assert not client.usable  # the server is closing: no next transaction here
     finally:
         await client.quit()
     assert not smtp_peer.received

@@ -137,3 +137,37 @@ async def test_the_worker_delivers_through_postfix(pool, make_settings, postfix,
     await wait_for(lambda: len(re.findall(r"\bnrcpt=1\b", postfix.log())) >= before + 15)
     assert "synchronization" not in postfix.log()
     assert "bare <LF>" not in postfix.log()
+
+
+async def test_a_421_after_end_of_data_sends_the_message_behind_it_to_a_fresh_connection(
+    scripted,
+):
+    connections = []
+    overlapped = []
+
+    async def script(reader, writer):
+        connections.append(writer)
+        await _greet(reader, writer)
+        if len(connections) == 1:
+            await reader.readuntil(b"DATA\r\n")
+            writer.write(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+            await reader.readuntil(b"\r\n.\r\n")
+            # The next message's group is already behind the end of data when we answer it.
+            await asyncio.wait_for(reader.readuntil(b"DATA\r\n"), 5)
+            overlapped.append(True)
+            writer.write(b"421 4.3.2 shutting down\r\n")
+            return
+        await _transaction(reader, writer)
+        await reader.read()
+
+    pool = _pool(connections=1)
+    route = _route(await scripted(script))
+    first, second = await asyncio.gather(
+        pool.send(route, "a@sender.test", "one@dest.test", MESSAGE),
+        pool.send(route, "a@sender.test", "two@dest.test", MESSAGE),
+    )
+    await pool.close_idle()
+    assert overlapped == [True]
+    assert first.code == 421  # deferred by the worker, as any 421
+    assert second.code == 250  # never offered on the first connection: sent on a fresh one
+    assert len(connections) == 2
