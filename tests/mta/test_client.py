@@ -402,3 +402,44 @@ async def test_a_slow_end_of_data_reply_trips_the_data_timeout_unknown(smtp_peer
         await client.send("a@sender.test", ["a@dest.test"], MESSAGE)
     assert failed.value.content_sent
     client.close()
+
+
+@MODES
+async def test_every_recipient_refused_then_the_next_transaction_starts_clean(smtp_peer, mode):
+    smtp_peer.fault("RCPT", 550, "5.1.1 no such user", times=2)
+    client = _mode(await _client(smtp_peer.port), mode)
+    try:
+        refused = await client.send("a@sender.test", ["x@dest.test", "y@dest.test"], MESSAGE)
+        assert {r.code for r in refused.replies.values()} == {550}
+        accepted = await client.send("b@sender.test", ["z@dest.test"], MESSAGE)
+        assert accepted["z@dest.test"].code == 250
+    finally:
+        await client.quit()
+    [received] = smtp_peer.received
+    assert (received.mail_from, received.rcpt_tos) == ("b@sender.test", ["z@dest.test"])
+
+
+async def test_helo_when_ehlo_is_not_understood(scripted):
+    async def script(reader, writer):
+        writer.write(b"220 old server\r\n")
+        assert (await reader.readuntil(b"\r\n")).startswith(b"EHLO ")
+        writer.write(b"502 5.5.1 what?\r\n")
+        assert (await reader.readuntil(b"\r\n")) == b"HELO client.test\r\n"
+        writer.write(b"250 old server\r\n")
+        for expected, reply in (
+            (b"MAIL FROM:<a@sender.test>\r\n", b"250 ok\r\n"),
+            (b"RCPT TO:<a@dest.test>\r\n", b"250 ok\r\n"),
+            (b"DATA\r\n", b"354 go\r\n"),
+        ):
+            assert await reader.readuntil(b"\r\n") == expected  # one command at a time
+            writer.write(reply)
+        await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"250 queued\r\n")
+        await reader.readuntil(b"\r\n")
+        writer.write(b"221 bye\r\n")
+
+    client = await _client(await scripted(script))
+    assert client.extensions == {}
+    delivery = await client.send("a@sender.test", ["a@dest.test"], MESSAGE)
+    await client.quit()
+    assert delivery["a@dest.test"].code == 250
