@@ -357,7 +357,7 @@ class SMTPClient:
         reset = self._take_reset()
         head = reset + mail + b"\r\n" + b"".join(r + b"\r\n" for r in rcpts)
         head += b"BDAT %d LAST\r\n" % len(message)
-        expected = self._expect(len(reset and [1]) + 1 + len(rcpts) + 1)
+        expected = self._expect((1 if reset else 0) + 1 + len(rcpts) + 1)
         try:
             self._content_going()
             await self._write(head + message, self.timeouts.data)
@@ -365,8 +365,10 @@ class SMTPClient:
         except (SMTPClientError, OSError, TimeoutError) as exc:
             self._fail(exc)
             raise TransactionFailed(exc, content_sent=True) from exc
-        if reset:
-            self._check_reset(replies.pop(0))
+        if reset and not replies.pop(0).accepted:
+            # The server would not reset: its state is unknown, so no further transaction
+            # here; this one's replies still say what became of its message.
+            self._closing = True
         mail_reply, rcpt_replies, final = replies[0], replies[1:-1], replies[-1]
         if not final.accepted and mail_reply.accepted:
             # Refused BDAT: RFC 3030 has the server drop the transaction, but not every
@@ -379,7 +381,7 @@ class SMTPClient:
     ) -> asyncio.Future[Delivery]:
         reset = self._take_reset()
         group = reset + mail + b"\r\n" + b"".join(r + b"\r\n" for r in rcpts) + b"DATA\r\n"
-        expected = self._expect(len(reset and [1]) + 1 + len(rcpts) + 1)
+        expected = self._expect((1 if reset else 0) + 1 + len(rcpts) + 1)
         try:
             await self._write(group, self.timeouts.command)
             replies = [await self._await(f, self.timeouts.command) for f in expected]
@@ -468,10 +470,11 @@ class SMTPClient:
         return b"RSET\r\n"
 
     def _check_reset(self, reply: Reply) -> None:
+        """Before any content: a refused RSET leaves the server's state unknown."""
         if not reply.accepted:
-            raise_failure = ProtocolError(f"RSET refused: {reply}")
-            self._fail(raise_failure)
-            raise NotSent(raise_failure)
+            refused = ProtocolError(f"RSET refused: {reply}")
+            self._fail(refused)
+            raise NotSent(refused)
 
     async def _settle(self) -> None:
         """Wait for the last transaction's reply (a setup command must not overlap it)."""

@@ -443,3 +443,24 @@ async def test_helo_when_ehlo_is_not_understood(scripted):
     delivery = await client.send("a@sender.test", ["a@dest.test"], MESSAGE)
     await client.quit()
     assert delivery["a@dest.test"].code == 250
+
+
+async def test_a_refused_rset_ends_the_session_after_its_transaction_under_bdat(scripted):
+    async def script(reader, writer):
+        await _ehlo(reader, writer, b"250-PIPELINING\r\n250 CHUNKING\r\n")
+        await reader.readuntil(b"LAST\r\n")
+        await reader.readexactly(len(wire_message(MESSAGE)))
+        writer.write(b"250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n")
+        await reader.readuntil(b"LAST\r\n")  # RSET, MAIL, RCPT, BDAT in one group
+        await reader.readexactly(len(wire_message(MESSAGE)))
+        writer.write(b"502 5.5.1 no RSET here\r\n250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n")
+        await reader.readuntil(b"\r\n")
+        writer.write(b"221 bye\r\n")
+
+    client = await _client(await scripted(script))
+    refused = await client.send("a@sender.test", ["a@dest.test"], MESSAGE)
+    assert refused["a@dest.test"].code == 550
+    delivered = await client.send("a@sender.test", ["b@dest.test"], MESSAGE)
+    assert delivered["b@dest.test"].code == 250  # what the replies say stands
+    assert not client.usable  # but nothing more goes on a session in an unknown state
+    await client.quit()
