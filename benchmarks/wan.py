@@ -262,6 +262,32 @@ async def aiosmtplib_rate(port: int, connections: int, messages: int, data: byte
     return await sessions_rate(open_session, send, close, connections, messages)
 
 
+async def cpu_per_message(port: int, messages: int, data: bytes) -> dict[str, float]:
+    """Microseconds of this process's CPU per message, one connection straight to the peer
+    (no proxy), one message after another: what each client costs, not what it waits."""
+    costs: dict[str, float] = {}
+    client = await SMTPClient.connect(
+        "127.0.0.1", port, local_hostname="bench.test", timeouts=TIMEOUTS
+    )
+    await client.send(SENDER, [RECIPIENT], data)
+    start = time.process_time()
+    for _ in range(messages):
+        delivery = await client.send(SENDER, [RECIPIENT], data)
+        if not delivery[RECIPIENT].accepted:
+            raise RuntimeError(f"refused: {delivery}")
+    costs["mta.client"] = (time.process_time() - start) / messages * 1e6
+    await client.quit()
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
+    await smtp.connect()
+    await smtp.sendmail(SENDER, [RECIPIENT], data)
+    start = time.process_time()
+    for _ in range(messages):
+        await smtp.sendmail(SENDER, [RECIPIENT], data)
+    costs["aiosmtplib"] = (time.process_time() - start) / messages * 1e6
+    await smtp.quit()
+    return costs
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rtt = args.rtt_ms / 1000
     per_connection = args.messages or (20 if args.quick else 100)
@@ -306,6 +332,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         else None,
                     }
                 )
+        results["cpu_us_per_message"] = await cpu_per_message(
+            target.pipelining_port, 300 if args.quick else 2000, data
+        )
     results["load_average_after"] = os.getloadavg()
     return results
 
@@ -335,6 +364,12 @@ def report(results: dict[str, Any]) -> None:
         f"proxy to {results['peer']}"
     )
     print(table.render())
+    cpu = results["cpu_us_per_message"]
+    print(
+        "\nCPU per message, one connection straight to the peer (PIPELINING, no CHUNKING): "
+        f"mta.client {cpu['mta.client']:.0f} us, aiosmtplib {cpu['aiosmtplib']:.0f} us "
+        f"({cpu['aiosmtplib'] / cpu['mta.client']:.1f}x)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
