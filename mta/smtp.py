@@ -5,6 +5,15 @@ included), each reused for up to `messages_per_connection` messages and closed a
 `idle_timeout` without work. Every SMTP stage has a timeout. STARTTLS is used whenever
 offered (opportunistic: certificates are not verified, RFC 7435); where a domain requires
 TLS and the peer does not offer it, the message is deferred rather than sent in clear.
+
+Receivers' MX hosts and routes are spoken to with mta.client (PIPELINING, CHUNKING, no
+per-message regex). Under PIPELINING with DATA a connection goes back to the pool as soon
+as a message's end of data is written, so the next message's MAIL/RCPT/DATA follows it on
+the wire before its reply is in (mta.client explains why that is safe); a connection that
+then fails before the next message's content was written (`NotSent`) costs that message
+nothing: it is tried once more on a fresh connection. A route with credentials (a smarthost
+or an identity's relay: submission with AUTH) still goes through aiosmtplib, which serves
+that well at that volume.
 """
 
 from __future__ import annotations
@@ -19,6 +28,15 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
+from mta.client import (
+    NotAscii,
+    NotSent,
+    RefusedError,
+    SMTPClient,
+    SMTPClientError,
+    Timeouts,
+    TransactionFailed,
+)
 from mta.outcomes import Reply
 from mta.routing import Route
 from mta.slots import ConnectionSlots
@@ -51,13 +69,24 @@ class _NoConnection(Exception):
         self.reply = reply
 
 
+class _Retry(Exception):
+    """A reused connection failed before any of the message was written: try a fresh one."""
+
+
 @dataclass
 class _Connection:
-    client: aiosmtplib.SMTP
     host: str
+    client: SMTPClient | None = None  # the delivery client, or
+    submission: aiosmtplib.SMTP | None = None  # aiosmtplib, for a route with credentials
     slot: int | None = None  # the shared connection slot this connection holds, if any
     sent: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+
+    @property
+    def alive(self) -> bool:
+        if self.client is not None:
+            return self.client.usable
+        return self.submission is not None and self.submission.is_connected
 
 
 class DomainPool:
@@ -98,23 +127,92 @@ class DomainPool:
         data: bytes,
         on_wire: Callable[[], None] | None = None,
     ) -> Reply:
-        """Deliver one message; `on_wire` is called as the transaction starts, the point
-        from which an interruption may leave the peer holding the message."""
+        """Deliver one message; `on_wire` is called at the point from which an interruption
+        may leave the peer holding the message: just before its first byte of content (with
+        aiosmtplib, as the transaction starts)."""
+        retried = False
+        while True:
+            try:
+                conn = await self._acquire(route)
+            except _NoConnection as exc:
+                return exc.reply
+            if conn.submission is not None:
+                if on_wire is not None:
+                    on_wire()
+                return await self._submit(conn, sender, recipient, data)
+            try:
+                return await self._deliver(
+                    conn,
+                    sender,
+                    recipient,
+                    data,
+                    retry=conn.sent > 0 and not retried,
+                    on_wire=on_wire,
+                )
+            except _Retry:
+                retried = True  # once: a second failure is the peer's answer, deferred
+
+    async def _deliver(
+        self,
+        conn: _Connection,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        retry: bool,
+        on_wire: Callable[[], None] | None,
+    ) -> Reply:
+        """One transaction with the delivery client; `on_wire` is called just before the
+        message's first byte is written (not before its MAIL: under PIPELINING a message may
+        wait behind another's end of data, and one cut off there was never offered)."""
+        assert conn.client is not None
+        client = conn.client
+        released = False
         try:
-            conn = await self._acquire(route)
-        except _NoConnection as exc:
-            return exc.reply
-        reusable = False
-        if on_wire is not None:
-            on_wire()
-        try:
-            reply, reusable = await self._transaction(conn, sender, recipient, data)
-            return reply
+            try:
+                submitted = await client.submit(sender, [recipient], data, on_wire)
+            except NotAscii as exc:
+                return Reply(553, f"5.6.7 address refused before sending: {exc}")
+            except ValueError as exc:  # control characters in an address
+                return Reply(553, f"5.1.3 address refused before sending: {exc}")
+            except NotSent as exc:
+                if retry:
+                    raise _Retry from exc
+                return Reply(None, f"4.4.2 {conn.host}: {exc}")
+            except TransactionFailed as exc:  # the message may have arrived: retry later
+                return Reply(None, f"4.4.2 {conn.host}: {exc}")
+            if not submitted.done:
+                # Only the end of data's reply is outstanding: the next message may go on the
+                # wire behind it.
+                released = True
+                await self._release(conn, client.usable)
+            try:
+                delivery = await submitted.delivery()
+            except TransactionFailed as exc:
+                return Reply(None, f"4.4.2 {conn.host}: {exc}")
+            return delivery[recipient]
         except BaseException:
             # Cut off mid-transaction (a second stop signal cancels us): the peer may be inside
             # DATA, where a polite QUIT would be read as message text and then waited on for a
             # whole command timeout. Drop the connection; the message goes back to the queue.
-            conn.client.close()
+            # Once handed back, the connection is another message's: it is left alone.
+            if not released:
+                client.close()
+            raise
+        finally:
+            if not released:
+                await self._release(conn, client.usable)
+
+    async def _submit(self, conn: _Connection, sender: str, recipient: str, data: bytes) -> Reply:
+        """One transaction through aiosmtplib (a route with credentials)."""
+        assert conn.submission is not None
+        reusable = False
+        try:
+            reply, reusable = await self._transaction(
+                conn.submission, conn.host, sender, recipient, data
+            )
+            return reply
+        except BaseException:
+            conn.submission.close()  # as in _deliver
             raise
         finally:
             await self._release(conn, reusable)
@@ -143,7 +241,7 @@ class DomainPool:
         found = None
         while self._idle and found is None:
             conn = self._idle.pop()
-            if conn.client.is_connected:
+            if conn.alive:
                 found = conn
             else:
                 dead.append(conn)
@@ -183,13 +281,13 @@ class DomainPool:
 
     async def _release(self, conn: _Connection, reusable: bool) -> None:
         conn.sent += 1
-        if reusable and conn.sent < self.rule.messages_per_connection and conn.client.is_connected:
+        if reusable and conn.sent < self.rule.messages_per_connection and conn.alive:
             conn.idle_since = time.monotonic()
             async with self._changed:
                 self._idle.append(conn)
                 self._changed.notify()
             return
-        await _close(conn.client, self._settings.command_timeout)
+        await _close(conn, self._settings.command_timeout)
         await self._give_back_slot(conn.slot)
         async with self._changed:
             self._open -= 1
@@ -201,7 +299,7 @@ class DomainPool:
         async with self._changed:
             stale = [c for c in self._idle if now - c.idle_since >= older_than]
             self._idle = [c for c in self._idle if now - c.idle_since < older_than]
-        await asyncio.gather(*(_close(c.client, self._settings.command_timeout) for c in stale))
+        await asyncio.gather(*(_close(c, self._settings.command_timeout) for c in stale))
         for conn in stale:
             await self._give_back_slot(conn.slot)
         if stale:
@@ -210,6 +308,52 @@ class DomainPool:
                 self._changed.notify(len(stale))
 
     async def _connect(self, route: Route) -> _Connection:
+        if route.username:
+            return await self._connect_submission(route)
+        settings = self._settings
+        timeouts = Timeouts(
+            connect=settings.connect_timeout,
+            command=settings.command_timeout,
+            data=settings.data_timeout,
+        )
+        last = Reply(None, f"4.4.1 no host to connect to for {self.domain}")
+        for host, port in route.hosts:
+            try:
+                client = await SMTPClient.connect(
+                    host, port, local_hostname=settings.hostname, timeouts=timeouts
+                )
+            except RefusedError as exc:
+                last = exc.reply
+            except (SMTPClientError, OSError, TimeoutError) as exc:
+                last = Reply(None, f"4.4.1 connection to {host}:{port} failed: {exc!r}")
+            else:
+                try:
+                    await self._secure_client(client, route)
+                except BaseException:
+                    await client.quit()
+                    raise
+                return _Connection(host, client=client)
+            if last.permanent and last.code != 554:
+                break  # a 5xx other than "no service here" answers for every MX alike
+        raise _NoConnection(last)
+
+    async def _secure_client(self, client: SMTPClient, route: Route) -> None:
+        must = self.rule.tls_required or route.require_starttls
+        if client.supports("starttls") and (self._settings.opportunistic_tls or must):
+            try:
+                await client.starttls(_opportunistic_tls())
+            except (SMTPClientError, OSError, ssl.SSLError, TimeoutError) as exc:
+                raise _NoConnection(Reply(None, f"4.7.0 STARTTLS failed: {exc!r}")) from exc
+            return
+        if must:
+            raise _NoConnection(
+                Reply(
+                    None,
+                    f"4.7.10 TLS required for {self.domain} but the peer does not offer STARTTLS",
+                )
+            )
+
+    async def _connect_submission(self, route: Route) -> _Connection:
         settings = self._settings
         last = Reply(None, f"4.4.1 no host to connect to for {self.domain}")
         for host, port in route.hosts:
@@ -229,13 +373,13 @@ class DomainPool:
                     await client.login(
                         route.username, route.password, timeout=settings.command_timeout
                     )
-                return _Connection(client, host)
+                return _Connection(host, submission=client)
             except _NoConnection:
-                await _close(client, settings.command_timeout)
+                await _close_submission(client, settings.command_timeout)
                 raise
             except aiosmtplib.SMTPAuthenticationError as exc:
                 # Our credentials are wrong: an operator's problem, never the recipient's bounce.
-                await _close(client, settings.command_timeout)
+                await _close_submission(client, settings.command_timeout)
                 raise _NoConnection(
                     Reply(None, f"4.7.8 {host} refused our credentials: {exc.code} {exc.message}")
                 ) from exc
@@ -243,7 +387,7 @@ class DomainPool:
                 last = Reply(exc.code, exc.message)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 last = Reply(None, f"4.4.1 connection to {host}:{port} failed: {exc}")
-            await _close(client, settings.command_timeout)
+            await _close_submission(client, settings.command_timeout)
             if last.permanent and last.code != 554:
                 break  # a 5xx other than "no service here" answers for every MX alike
         raise _NoConnection(last)
@@ -267,11 +411,11 @@ class DomainPool:
             )
 
     async def _transaction(
-        self, conn: _Connection, sender: str, recipient: str, data: bytes
+        self, client: aiosmtplib.SMTP, host: str, sender: str, recipient: str, data: bytes
     ) -> tuple[Reply, bool]:
         """One MAIL/RCPT/DATA; returns the reply and whether the connection stays usable."""
         try:
-            _, message = await conn.client.sendmail(
+            _, message = await client.sendmail(
                 sender, [recipient], data, timeout=self._settings.data_timeout
             )
             return Reply(250, message), True
@@ -283,10 +427,17 @@ class DomainPool:
         except ValueError as exc:  # aiosmtplib refuses control characters in addresses
             return Reply(553, f"5.1.3 address refused before sending: {exc}"), True
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return Reply(None, f"4.4.2 {conn.host}: {type(exc).__name__}: {exc}"), False
+            return Reply(None, f"4.4.2 {host}: {type(exc).__name__}: {exc}"), False
 
 
-async def _close(client: aiosmtplib.SMTP, timeout: float) -> None:
+async def _close(conn: _Connection, timeout: float) -> None:
+    if conn.client is not None:
+        await conn.client.quit()
+    if conn.submission is not None:
+        await _close_submission(conn.submission, timeout)
+
+
+async def _close_submission(client: aiosmtplib.SMTP, timeout: float) -> None:
     if not client.is_connected:
         return
     try:

@@ -1,6 +1,8 @@
 """Fixtures for real components: an embedded Postgres, SMTP peers, a DNS server, a webhook
 receiver, an MTA worker, an HTTP client.
 
+Postfix's smtpd is started once per session when a test asks for it (tests/postfix.py).
+
 One Postgres server for the whole session; the schema is migrated once into a template
 database, and every test gets its own copy (CREATE DATABASE ... TEMPLATE), so tests are
 isolated without paying for migrations each time.
@@ -28,6 +30,7 @@ from penguinmails.database import connect, create_pool
 from penguinmails.migrations import migrate
 from tests.dns_server import DNSServer
 from tests.helpers import Receiver
+from tests.postfix import Postfix
 from tests.smtp_peer import SMTPPeer
 
 TEMPLATE_DB = "pm_template"
@@ -158,6 +161,14 @@ async def smtp_peer() -> AsyncIterator[SMTPPeer]:
     peer = await SMTPPeer().start()
     yield peer
     await peer.stop()
+
+
+@pytest.fixture(scope="session")
+async def postfix() -> AsyncIterator[Postfix]:
+    """Postfix's own smtpd, discarding what it accepts; one instance for the session."""
+    server = await Postfix().start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """A real SMTP server for tests (aiosmtpd, in the test's event loop) that records what it
 receives and injects the faults a real receiver produces: 4xx/5xx at greeting, MAIL, RCPT
 or DATA, a disconnect mid-DATA, a slow greeting, a transaction held at a stage until the test
-lets it through, STARTTLS with a self-signed certificate.
+lets it through, STARTTLS with a self-signed certificate. It advertises PIPELINING when asked
+(`SMTPPeer(pipelining=True)`), so the delivery client's pipelined path meets the same faults.
 It also measures how many connections were open at once, so throttles are checked at the
 peer rather than trusted from the sender's own counters.
 """
@@ -87,6 +88,7 @@ class PeerState:
     max_open: int = 0
     transports: set[asyncio.BaseTransport] = field(default_factory=set)
     mail_at: list[float] = field(default_factory=list)  # monotonic time of each MAIL FROM
+    pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads pipelined commands anyway)
 
     def take(self, stage: str, recipient: str | None = None) -> Fault | None:
         for fault in self.faults:
@@ -151,6 +153,19 @@ class _Handler:
             return None  # only slow: carry on as normal
         return f"{fault.code} {fault.message}"
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self._state.pipelining:
+            responses.insert(-1, "250-PIPELINING")  # before the last line, "250 HELP"
+        return responses
+
     async def handle_MAIL(
         self,
         server: SMTP,
@@ -207,8 +222,9 @@ class SMTPPeer:
         self,
         tls_context: ssl.SSLContext | None = None,
         credentials: tuple[str, str] | None = None,
+        pipelining: bool = False,
     ) -> None:
-        self.state = PeerState()
+        self.state = PeerState(pipelining=pipelining)
         self._tls = tls_context
         self._credentials = credentials
         self.logins: list[str] = []

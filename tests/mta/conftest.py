@@ -1,5 +1,8 @@
 """Fixtures for the MTA's tests.
 
+`scripted` serves SMTP from a coroutine the test writes byte by byte, for what no real server
+sends (a bare-LF reply, a hang-up at an exact point of a pipelined group).
+
 dkimpy needs PyNaCl for Ed25519, which is not a dependency; `ed25519_for_dkimpy` puts in a
 small stand-in backed by `cryptography` that does only the raw Ed25519 check, so every other
 step of a verification is still dkimpy's own.
@@ -7,9 +10,10 @@ step of a verification is still dkimpy's own.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import dkim as dkimpy
 import pytest
@@ -54,3 +58,30 @@ def ed25519_for_dkimpy() -> Iterator[None]:
         dkimpy.nacl = original  # type: ignore[attr-defined]
     else:
         del dkimpy.nacl  # type: ignore[attr-defined]
+
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[int]]]:
+    """`port = await scripted(script)`: each connection runs `script(reader, writer)`."""
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script) -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await script(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()

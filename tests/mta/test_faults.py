@@ -7,6 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.helpers import queue_messages, wait_for
+from tests.smtp_peer import SMTPPeer
+
+
+@pytest.fixture(params=["one command at a time", "pipelining"])
+async def smtp_peer(request):
+    """Every fault here twice: a peer without PIPELINING, and one with it, where MAIL, RCPT and
+    DATA go in one write and the fault answers one command of the group."""
+    peer = await SMTPPeer(pipelining=request.param == "pipelining").start()
+    yield peer
+    await peer.stop()
 
 
 async def _final_row(pool, recipient: str, wanted: set[str]):
@@ -42,7 +52,7 @@ async def test_reply_codes_decide_the_status(
 
     assert row["status"] == status
     assert row["attempts"] == 1
-    assert row["last_reply_code"] == code
+    assert row["last_reply_code"] == code, row["last_reply"]
     assert row["enhanced_status"] == message.split()[0]
     assert row["lease_token"] is None
     event = await pool.fetchrow(

@@ -7,9 +7,19 @@ from __future__ import annotations
 from collections import Counter
 
 import asyncpg
+import pytest
 
 from tests.helpers import queue_messages, wait_for
 from tests.smtp_peer import SMTPPeer
+
+
+@pytest.fixture(params=["one command at a time", "pipelining"])
+async def smtp_peer(request):
+    """Each test twice: a peer without PIPELINING, and one with it, where a message's end of
+    data and the next message's MAIL, RCPT and DATA share the wire."""
+    peer = await SMTPPeer(pipelining=request.param == "pipelining").start()
+    yield peer
+    await peer.stop()
 
 
 async def statuses(pool: asyncpg.Pool) -> dict[str, str]:

@@ -2,6 +2,10 @@
 
 CI runs the bounded sizes; `PENGUINMAILS_RELIABILITY=full` runs the full ones locally
 (20,000 messages through repeated kill -9, and so on): tests/helpers.py's `size`.
+
+The SMTP peer here advertises PIPELINING, as nearly every receiver does: the kill -9 and
+crash-after-250 proofs run on the path the MTA takes in production, where a message's end
+of data and the next message's MAIL, RCPT and DATA share the wire.
 """
 
 from __future__ import annotations
@@ -14,6 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.smtp_peer import SMTPPeer
+
+
+@pytest.fixture
+async def smtp_peer() -> AsyncIterator[SMTPPeer]:
+    peer = await SMTPPeer(pipelining=True).start()
+    yield peer
+    await peer.stop()
 
 
 @pytest.fixture
