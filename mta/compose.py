@@ -47,6 +47,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email import quoprimime
 from email.utils import format_datetime
 from typing import Any
 
@@ -482,7 +483,15 @@ def encode_body(text: str) -> tuple[str, bytes]:
     if raw.translate(_NOT_7BIT).isascii() and not _has_long_line(raw):
         return "7bit", raw.replace(b"\n", b"\r\n")
     encoded = binascii.b2a_qp(raw, quotetabs=False, istext=True, header=False)
+    if _OVER_LONG_QP.search(encoded):
+        # binascii can end a line at 77 characters when it writes trailing whitespace as =20
+        # at the limit (RFC 2045 allows 76). Rare: the email package's encoder, in Python,
+        # keeps to 76; it reads a str of one character per byte.
+        encoded = quoprimime.body_encode(raw.decode("latin-1"), eol="\n").encode("ascii")
     return "quoted-printable", encoded.replace(b"\n", b"\r\n")
+
+
+_OVER_LONG_QP = re.compile(rb"[^\n]{77}")
 
 
 def _has_long_line(data: bytes) -> bool:

@@ -560,3 +560,12 @@ async def test_the_mta_delivers_a_personalised_tracked_signed_message(
 
 async def _status(pool: Any, queue_id: int, status: str) -> bool:
     return await pool.fetchval("SELECT status FROM messages WHERE id = $1", queue_id) == status
+
+
+def test_trailing_whitespace_at_the_line_limit_stays_within_76_characters() -> None:
+    # binascii.b2a_qp writes this line's final space as =20 at column 74, making it 77 long.
+    text = "00\x1f" + "\x80" * 6 + "\u0800" + "\U00010000" * 2 + " "
+    cte, data = composing.encode_body(text)
+    assert cte == "quoted-printable"
+    assert max(len(line) for line in data.split(b"\r\n")) <= 76
+    assert_round_trip(text)
