@@ -49,6 +49,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mta.outcomes import Reply
 
@@ -182,6 +183,9 @@ class SMTPClient:
         self.timeouts = timeouts
         self.extensions: dict[str, str] = {}
         self.tls = False
+        # What the session's TLS came to: version, cipher, and whether the certificate was
+        # verified (recorded with each delivery over it).
+        self.tls_info: dict[str, Any] | None = None
         self._reader = reader
         self._writer = writer
         self._pending: deque[asyncio.Future[Reply]] = deque()
@@ -200,16 +204,26 @@ class SMTPClient:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, local_hostname: str, timeouts: Timeouts
+        cls,
+        host: str,
+        port: int,
+        *,
+        local_hostname: str,
+        timeouts: Timeouts,
+        local_address: str = "",
     ) -> SMTPClient:
-        """Connect, read a 220 greeting and introduce ourselves. A refusing greeting or
-        EHLO/HELO raises `RefusedError` with the reply; a failure, OSError or TimeoutError."""
+        """Connect (from `local_address` when given: an egress source), read a 220 greeting
+        and introduce ourselves. A refusing greeting or EHLO/HELO raises `RefusedError` with
+        the reply; a failure, OSError or TimeoutError."""
         check_argument(local_hostname)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
         protocol = _QuickAck(reader, loop=loop)
+        bind = (local_address, 0) if local_address else None
         async with asyncio.timeout(timeouts.connect):
-            transport, _ = await loop.create_connection(lambda: protocol, host, port)
+            transport, _ = await loop.create_connection(
+                lambda: protocol, host, port, local_addr=bind
+            )
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         client = cls(reader, writer, host, local_hostname, timeouts)
         try:
@@ -238,14 +252,23 @@ class SMTPClient:
     def supports(self, extension: str) -> bool:
         return extension.lower() in self.extensions
 
-    async def starttls(self, context: ssl.SSLContext) -> None:
-        """STARTTLS and EHLO again (RFC 3207: forget what was learnt in clear)."""
+    async def starttls(self, context: ssl.SSLContext, server_hostname: str = "") -> None:
+        """STARTTLS and EHLO again (RFC 3207: forget what was learnt in clear). A verifying
+        `context` checks the certificate against `server_hostname` (the MX name)."""
         reply = await self.command("STARTTLS")
         if reply.code != 220:
             raise RefusedError(reply)
         async with asyncio.timeout(self.timeouts.command):
-            await self._writer.start_tls(context, server_hostname=self.host)
+            await self._writer.start_tls(context, server_hostname=server_hostname or self.host)
         self.tls = True
+        tls = self._writer.get_extra_info("ssl_object")
+        if tls is not None:
+            cipher = tls.cipher()
+            self.tls_info = {
+                "version": tls.version(),
+                "cipher": cipher[0] if cipher else None,
+                "verified": context.verify_mode == ssl.CERT_REQUIRED,
+            }
         self.extensions = {}
         await self.hello()
 

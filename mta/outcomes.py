@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +28,9 @@ class Reply:
 
     code: int | None
     message: str
+    # The TLS of the session it came over (version, cipher, verified, mta_sts), when any:
+    # recorded with the delivery, never part of what the reply means.
+    tls: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def enhanced(self) -> str | None:
@@ -75,6 +79,8 @@ def decide(
 ) -> Outcome:
     """The outcome of one delivery attempt; `attempts` counts this one."""
     data: dict[str, Any] = {"smtp_code": reply.code, "smtp_message": reply.message}
+    if reply.tls is not None:
+        data["tls"] = dict(reply.tls)
     if reply.enhanced:
         data["enhanced_status"] = reply.enhanced
     if reply.accepted:

@@ -96,6 +96,11 @@ class Router:
             else None
         )
 
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        """The resolver routes are looked up with (MTA-STS and source checks use it too)."""
+        return self._resolver
+
     async def route(self, domain: str, *, sandbox: bool = False) -> Route:
         """`sandbox`: a test-mode message, which only ever goes to the capture sink."""
         domain = domain.lower().rstrip(".")

@@ -98,3 +98,7 @@ SELECT key, action, rule, until, reply, extract(epoch FROM until - now())::float
 FROM shaping_suspensions
 WHERE until > now()
 ORDER BY until DESC;
+
+-- name: tenant_name
+-- A tenant row's name, for [mta] tenant_pools (the worker remembers it).
+SELECT name FROM tenants WHERE id = $1;

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
@@ -37,6 +38,7 @@ from mta.client import (
     Timeouts,
     TransactionFailed,
 )
+from mta.mtasts import verifying_context
 from mta.outcomes import Reply
 from mta.routing import Route
 from mta.slots import ConnectionSlots
@@ -69,8 +71,40 @@ class _NoConnection(Exception):
         self.reply = reply
 
 
+class _Unverified(_NoConnection):
+    """An MX that cannot prove it is the one an enforced MTA-STS policy names."""
+
+
 class _Retry(Exception):
     """A reused connection failed before any of the message was written: try a fresh one."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How one pool opens and counts its connections: the caps of every shaping level it is
+    under (mta/shaping.py), where its connections leave from, and how they must be secured."""
+
+    key: str
+    max_connections: int  # the tightest of its levels'
+    messages_per_connection: int
+    # (shared slot key, cap) for each capped level: a connection holds one slot of each.
+    slots: tuple[tuple[str, int], ...]
+    source_address: str = ""  # the egress source's address; "" : the system's choice
+    ehlo: str = ""  # the egress source's name; "" : [mta] hostname
+    tls_required: bool = False
+    # MTA-STS enforce: STARTTLS required and the certificate verified against the MX name.
+    verify: bool = False
+
+    @classmethod
+    def of_rule(cls, key: str, rule: ThrottleRule) -> Shape:
+        """A domain's own rule alone, as before sites and providers."""
+        return cls(
+            key,
+            rule.max_connections,
+            rule.messages_per_connection,
+            ((key, rule.max_connections),),
+            tls_required=rule.tls_required,
+        )
 
 
 @dataclass
@@ -78,7 +112,8 @@ class _Connection:
     host: str
     client: SMTPClient | None = None  # the delivery client, or
     submission: aiosmtplib.SMTP | None = None  # aiosmtplib, for a route with credentials
-    slot: int | None = None  # the shared connection slot this connection holds, if any
+    # The shared connection slots this connection holds, (key, slot) per capped level.
+    slots: list[tuple[str, int]] = field(default_factory=list)
     sent: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -90,7 +125,8 @@ class _Connection:
 
 
 class DomainPool:
-    """Connections toward one destination domain, never more than its rule allows."""
+    """Connections toward one destination (a domain, or a site from one egress source),
+    never more than any of its levels allows."""
 
     def __init__(
         self,
@@ -99,9 +135,11 @@ class DomainPool:
         settings: MtaSettings,
         slots: ConnectionSlots | None = None,
         processes: Callable[[], int] = lambda: 1,
+        shape: Shape | None = None,
     ) -> None:
         self.domain = domain
         self.rule = rule
+        self.shape = shape or Shape.of_rule(domain, rule)
         self._settings = settings
         self._slots = slots
         self._processes = processes
@@ -113,7 +151,7 @@ class DomainPool:
     def cap(self) -> int:
         """This process's share of the domain's connections: the cap split between the live
         MTA processes (rounded up; the shared slots keep the total exact)."""
-        return max(1, -(-self.rule.max_connections // self._processes()))
+        return max(1, -(-self.shape.max_connections // self._processes()))
 
     @property
     def open_connections(self) -> int:
@@ -180,6 +218,7 @@ class DomainPool:
                 return Reply(None, f"4.4.2 {conn.host}: {exc}")
             except TransactionFailed as exc:  # the message may have arrived: retry later
                 return Reply(None, f"4.4.2 {conn.host}: {exc}")
+            tls = client.tls_info
             if not submitted.done:
                 # Only the end of data's reply is outstanding: the next message may go on the
                 # wire behind it.
@@ -188,8 +227,9 @@ class DomainPool:
             try:
                 delivery = await submitted.delivery()
             except TransactionFailed as exc:
-                return Reply(None, f"4.4.2 {conn.host}: {exc}")
-            return delivery[recipient]
+                return Reply(None, f"4.4.2 {conn.host}: {exc}", tls=tls)
+            reply = delivery[recipient]
+            return reply if tls is None else dataclasses.replace(reply, tls=tls)
         except BaseException:
             # Cut off mid-transaction (a second stop signal cancels us): the peer may be inside
             # DATA, where a polite QUIT would be read as message text and then waited on for a
@@ -229,7 +269,7 @@ class DomainPool:
                     await self._changed.wait()
                     continue
             for gone in dead:  # closed by the peer while idle
-                await self._give_back_slot(gone.slot)
+                await self._give_back_slots(gone.slots)
             if conn is not None:
                 return conn
             if reserved:
@@ -251,44 +291,50 @@ class DomainPool:
         return found, dead
 
     async def _open_new(self, route: Route) -> _Connection:
-        slot = None
+        held: list[tuple[str, int]] = []
         try:
             if self._slots is not None:
-                slot = await self._slots.acquire(self.domain, self.rule.max_connections, SLOT_WAIT)
-                if slot is None:
-                    raise DomainBusy(self.domain)
+                # One slot of every capped level (the domain's, its site's and provider's
+                # from this source), always in the same order, so two processes cannot each
+                # hold a part the other needs.
+                for key, cap in self.shape.slots:
+                    slot = await self._slots.acquire(key, cap, SLOT_WAIT)
+                    if slot is None:
+                        raise DomainBusy(key)
+                    held.append((key, slot))
             connection = await self._connect(route)
-            connection.slot = slot
+            connection.slots = held
             return connection
         except BaseException:
-            await self._give_back_slot(slot)
+            await self._give_back_slots(held)
             async with self._changed:
                 self._open -= 1
                 self._changed.notify()
             raise
 
-    async def _give_back_slot(self, slot: int | None) -> None:
-        if slot is None or self._slots is None:
+    async def _give_back_slots(self, held: list[tuple[str, int]]) -> None:
+        if self._slots is None:
             return
-        try:
-            await self._slots.release(self.domain, slot)
-        except Exception:  # best effort, and never in the way of the local count
-            log.warning(
-                "could not release a connection slot; it will expire",
-                exc_info=True,
-                extra={"action": "release_slot", "domain": self.domain},
-            )
+        for key, slot in held:
+            try:
+                await self._slots.release(key, slot)
+            except Exception:  # best effort, and never in the way of the local count
+                log.warning(
+                    "could not release a connection slot; it will expire",
+                    exc_info=True,
+                    extra={"action": "release_slot", "domain": key},
+                )
 
     async def _release(self, conn: _Connection, reusable: bool) -> None:
         conn.sent += 1
-        if reusable and conn.sent < self.rule.messages_per_connection and conn.alive:
+        if reusable and conn.sent < self.shape.messages_per_connection and conn.alive:
             conn.idle_since = time.monotonic()
             async with self._changed:
                 self._idle.append(conn)
                 self._changed.notify()
             return
         await _close(conn, self._settings.command_timeout)
-        await self._give_back_slot(conn.slot)
+        await self._give_back_slots(conn.slots)
         async with self._changed:
             self._open -= 1
             self._changed.notify()
@@ -301,7 +347,7 @@ class DomainPool:
             self._idle = [c for c in self._idle if now - c.idle_since < older_than]
         await asyncio.gather(*(_close(c, self._settings.command_timeout) for c in stale))
         for conn in stale:
-            await self._give_back_slot(conn.slot)
+            await self._give_back_slots(conn.slots)
         if stale:
             async with self._changed:
                 self._open -= len(stale)
@@ -317,10 +363,15 @@ class DomainPool:
             data=settings.data_timeout,
         )
         last = Reply(None, f"4.4.1 no host to connect to for {self.domain}")
-        for host, port in route.hosts:
+        names = route.names or tuple("" for _ in route.hosts)
+        for (host, port), name in zip(route.hosts, names, strict=True):
             try:
                 client = await SMTPClient.connect(
-                    host, port, local_hostname=settings.hostname, timeouts=timeouts
+                    host,
+                    port,
+                    local_hostname=self.shape.ehlo or settings.hostname,
+                    timeouts=timeouts,
+                    local_address=self.shape.source_address,
                 )
             except RefusedError as exc:
                 last = exc.reply
@@ -328,7 +379,12 @@ class DomainPool:
                 last = Reply(None, f"4.4.1 connection to {host}:{port} failed: {exc!r}")
             else:
                 try:
-                    await self._secure_client(client, route)
+                    await self._secure_client(client, route, name)
+                except _Unverified as exc:
+                    # MTA-STS: this MX cannot prove it is one; the next may (RFC 8461 5.1).
+                    await client.quit()
+                    last = exc.reply
+                    continue
                 except BaseException:
                     await client.quit()
                     raise
@@ -337,8 +393,11 @@ class DomainPool:
                 break  # a 5xx other than "no service here" answers for every MX alike
         raise _NoConnection(last)
 
-    async def _secure_client(self, client: SMTPClient, route: Route) -> None:
-        must = self.rule.tls_required or route.require_starttls
+    async def _secure_client(self, client: SMTPClient, route: Route, name: str) -> None:
+        if self.shape.verify:
+            await self._verified(client, name)
+            return
+        must = self.shape.tls_required or route.require_starttls
         if client.supports("starttls") and (self._settings.opportunistic_tls or must):
             try:
                 await client.starttls(_opportunistic_tls())
@@ -352,6 +411,27 @@ class DomainPool:
                     f"4.7.10 TLS required for {self.domain} but the peer does not offer STARTTLS",
                 )
             )
+
+    async def _verified(self, client: SMTPClient, name: str) -> None:
+        """TLS with a certificate valid for MX `name`, as an enforced MTA-STS policy asks."""
+        if not client.supports("starttls"):
+            raise _Unverified(
+                Reply(None, f"4.7.5 MTA-STS policy enforced, but {name} does not offer STARTTLS")
+            )
+        try:
+            await client.starttls(verifying_context(self._settings), server_hostname=name)
+        except ssl.SSLCertVerificationError as exc:
+            raise _Unverified(
+                Reply(
+                    None,
+                    f"4.7.5 MTA-STS policy enforced, but the certificate of {name} does not "
+                    f"verify: {exc.verify_message}",
+                )
+            ) from exc
+        except (SMTPClientError, OSError, ssl.SSLError, TimeoutError) as exc:
+            raise _Unverified(
+                Reply(None, f"4.7.5 MTA-STS policy enforced, TLS with {name} failed: {exc!r}")
+            ) from exc
 
     async def _connect_submission(self, route: Route) -> _Connection:
         settings = self._settings
@@ -393,7 +473,7 @@ class DomainPool:
         raise _NoConnection(last)
 
     async def _secure(self, client: aiosmtplib.SMTP, route: Route) -> None:
-        must = self.rule.tls_required or route.require_starttls
+        must = self.shape.tls_required or route.require_starttls
         if client.supports_extension("starttls") and (self._settings.opportunistic_tls or must):
             try:
                 await client.starttls(
@@ -461,6 +541,19 @@ class Pools:
             rule = self._settings.rule_for(domain)
             pool = DomainPool(domain, rule, self._settings, self._slots, lambda: self.processes)
             self._pools[domain] = pool
+        return pool
+
+    def shaped(self, shape: Shape, rule: ThrottleRule) -> DomainPool:
+        """The pool `shape` names; a pool already open takes the shape's current limits (an
+        automation rule may have lowered them)."""
+        pool = self._pools.get(shape.key)
+        if pool is None:
+            pool = DomainPool(
+                shape.key, rule, self._settings, self._slots, lambda: self.processes, shape
+            )
+            self._pools[shape.key] = pool
+        else:
+            pool.shape = shape
         return pool
 
     async def reap_idle(self) -> None:

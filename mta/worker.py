@@ -26,10 +26,14 @@ from mta import queue
 from mta.compose import ComposeError, Composer
 from mta.domains import KeyUnavailable
 from mta.metrics import MtaMetrics
+from mta.mtasts import MtaSts, Policy
 from mta.outcomes import Outcome, Reply, decide
-from mta.routing import RouteError, Router
+from mta.routing import Route, RouteError, Router
+from mta.shaping import Automation, Level, Scope, Shaper, load_rules
+from mta.shared import MAX_WAIT, SharedShaping, scope_key
 from mta.slots import ConnectionSlots
-from mta.smtp import DomainBusy, Pools
+from mta.smtp import DomainBusy, DomainPool, Pools, Shape
+from mta.sources import Egress, Source
 from mta.throttle import Throttles
 from penguinmails.buffer import Failure, GroupCommit
 from penguinmails.config import Settings
@@ -124,6 +128,11 @@ class Worker:
         self._throttles = Throttles(settings.mta)
         self._slots = ConnectionSlots(pool, self.owner, settings.mta.lease_seconds)
         self.pools = Pools(settings.mta, self._slots)
+        self._shaper = Shaper(load_rules(settings.mta.shaping_file))
+        self._shared = SharedShaping(pool)
+        self._egress = Egress(pool, settings.mta)
+        self._sts = MtaSts(pool, settings.mta, self._router.resolver)
+        self._tenant_names: dict[int, str] = {}
         self._writer = ResultWriter(pool, interval=settings.mta.outcome_flush_interval)
         self.metrics = MtaMetrics(settings.mta)
         self._inflight: dict[int, asyncio.Task[None]] = {}
@@ -156,6 +165,7 @@ class Worker:
                     await asyncio.wait_for(asyncio.shield(writer), self._mta.shutdown_grace)
                 writer.cancel()
                 await self.pools.close()
+                await self._sts.close()
                 with contextlib.suppress(*DATABASE_ERRORS):
                     await self._slots.release_all()
                     await self._slots.forget()
@@ -243,8 +253,6 @@ class Worker:
         if row["suppressed"]:
             return Outcome("suppressed", "email.suppressed", attempted=0)
         domain: str = row["recipient_domain"]
-        # Test-mode messages share one pool toward the sink, apart from real domains' pools.
-        pool_key = SANDBOX_POOL if row["sandbox"] else domain
         throttle = self._throttles[domain]
         until = throttle.backoff_until()
         if until is not None:
@@ -280,23 +288,180 @@ class Worker:
                 "composing failed unexpectedly", extra={"action": "compose", "queue_id": queue_id}
             )
             return self._decide(row, Reply(None, f"4.3.0 internal error composing: {exc!r}"))
-        await throttle.bucket.acquire()
+        if row["sandbox"]:
+            # Test-mode messages share one pool toward the sink, apart from real domains',
+            # and no receiver's shaping applies to them.
+            await throttle.bucket.acquire()
+            pool, scope, policy = self.pools[SANDBOX_POOL], None, None
+        else:
+            try:
+                shaped = await self._shaped(row, domain, route)
+            except DATABASE_ERRORS as exc:
+                log.warning(
+                    "shaping state unavailable; message released",
+                    extra={"action": "shaping", "queue_id": queue_id, "error": str(exc)},
+                )
+                return GiveBack(datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS))
+            if isinstance(shaped, GiveBack):
+                return shaped
+            if isinstance(shaped, Reply):
+                return self._decide(row, shaped)
+            pool, route, scope, policy = shaped
         until = throttle.backoff_until()  # the domain may have pushed back while we waited
         if until is not None:
             return GiveBack(datetime.fromtimestamp(until, UTC))
         started = time.perf_counter()
         try:
-            reply = await self.pools[pool_key].send(
+            reply = await pool.send(
                 route, sender, row["recipient"], data, on_wire=lambda: self._on_wire.add(queue_id)
             )
         except DomainBusy:
-            # Other processes hold every connection to this domain: let one of them have it.
+            # Other processes hold every connection it may have: let one of them have it.
             return GiveBack(datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS))
         finally:
             self._on_wire.discard(queue_id)
         self.metrics.smtp_seconds.observe(time.perf_counter() - started)
-        throttle.note_reply(reply.code)
-        return self._decide(row, reply, not_before=throttle.backoff_until())
+        if policy is not None:
+            reply = dataclasses.replace(reply, tls={**(reply.tls or {}), "mta_sts": policy.mode})
+        rule = self._shaper.reaction(reply, scope) if scope is not None else None
+        if rule is None or scope is None:
+            # No rule knows this reply: the domain's own back-off (a 421, a run of 4xx).
+            throttle.note_reply(reply.code)
+            return self._decide(row, reply, not_before=throttle.backoff_until())
+        return await self._react(row, reply, rule, scope, throttle.backoff_until())
+
+    async def _shaped(
+        self, row: asyncpg.Record, domain: str, route: Route
+    ) -> tuple[DomainPool, Route, Scope, Policy | None] | GiveBack | Reply:
+        """Where a message goes under shaping: its pool (egress source, site, the caps of
+        every level), having waited its turn at every rated level; or why not now."""
+        scope = self._shaper.scope(domain, route)
+        await self._shared.note_site(scope)
+        await self._shared.refresh()
+        held = self._shared.holding(
+            [
+                scope.site,
+                *([f"provider:{scope.provider}"] if scope.provider else []),
+                f"tenant:{row['tenant_id']}",
+                *([f"campaign:{row['campaign_id']}"] if row["campaign_id"] else []),
+            ]
+        )
+        if held is not None:
+            return GiveBack(held.until)
+        policy = await self._sts.policy(domain) if route.names else None
+        if policy is not None and policy.enforced:
+            allowed = route.named(policy.matches)
+            if not allowed.hosts:
+                return Reply(
+                    None,
+                    f"4.7.5 MTA-STS policy enforced for {domain}, but none of its MX hosts "
+                    f"({', '.join(sorted(set(route.names)))}) is in the policy "
+                    f"({', '.join(policy.mx)})",
+                )
+            route = allowed
+        bucket = f"provider:{scope.provider}" if scope.provider else scope.site
+        source = await self._egress.choose(await self._pool_of(row), bucket)
+        if isinstance(source, datetime):
+            return GiveBack(source)  # every source of its pool has sent its day's volume
+        rule = self._mta.rule_for(domain)
+        limits = self._shaper.limits(scope, rule)
+        levels = [self._sourced(level, source) for level in limits.levels]
+        wait = await self._shared.reserve(levels)
+        if wait > MAX_WAIT:
+            return GiveBack(datetime.now(UTC) + timedelta(seconds=wait))
+        if wait > 0:
+            await asyncio.sleep(wait)
+        capped = [lv for lv in levels if lv.max_connections is not None]
+        enforce = policy is not None and policy.enforced
+        shape = Shape(
+            key=f"{source.name}|{scope.site}" + ("|mta-sts" if enforce else ""),
+            max_connections=min(lv.max_connections or 1 for lv in capped),
+            messages_per_connection=limits.messages_per_connection,
+            slots=tuple((lv.key, lv.max_connections or 1) for lv in capped),
+            source_address=source.address,
+            ehlo=source.ehlo,
+            tls_required=rule.tls_required,
+            verify=enforce,
+        )
+        return self.pools.shaped(shape, rule), route, scope, policy
+
+    def _sourced(self, level: Level, source: Source) -> Level:
+        """A level as one egress source sees it: receivers count per sending address, so
+        its slots and rate are the source's own; a throttle a rule set lowers them."""
+        return Level(
+            f"{source.name}/{level.key}",
+            self._shared.max_connections(level.key, level.max_connections),
+            min(
+                (r for r in (level.rate_per_second, self._throttled_rate(level.key)) if r),
+                default=None,
+            ),
+            level.burst,
+        )
+
+    def _throttled_rate(self, key: str) -> float | None:
+        held = self._shared.active.get(key)
+        return held.rate_per_second if held is not None else None
+
+    async def _pool_of(self, row: asyncpg.Record) -> str | None:
+        """The egress pool a message leaves from: its campaign's, else its tenant's."""
+        chosen = (row["settings"] or {}).get("egress_pool")
+        if chosen or not self._mta.tenant_pools:
+            return str(chosen) if chosen else None
+        tenant_id: int = row["tenant_id"]
+        name = self._tenant_names.get(tenant_id)
+        if name is None:
+            name = str(
+                await self._pool.fetchval("SELECT name FROM tenants WHERE id = $1", tenant_id)
+            )
+            self._tenant_names[tenant_id] = name
+        return self._mta.tenant_pools.get(name)
+
+    async def _react(
+        self,
+        row: asyncpg.Record,
+        reply: Reply,
+        rule: Automation,
+        scope: Scope,
+        not_before: float | None,
+    ) -> Outcome:
+        """A receiver's reply fired a shaping rule: hold its scope for every process, and
+        bounce the message where the rule says retrying is pointless."""
+        key = scope_key(rule.scope, scope, row["tenant_id"], row["campaign_id"])
+        detail = {"domain": scope.domain, "site": scope.site}
+        try:
+            held = await self._shared.fire(rule, key, row["id"], reply.message, detail)
+        except DATABASE_ERRORS as exc:
+            log.warning(
+                "could not record a shaping rule; it holds in this process only",
+                extra={"action": "shaping_fired", "rule": rule.name, "error": str(exc)},
+            )
+            held = None
+        if rule.action == "bounce":
+            bounced = Reply(
+                reply.code if reply.code is not None and reply.code >= 500 else 550,
+                f"5.0.0 bounced by shaping rule {rule.name}: {reply.message}",
+                tls=reply.tls,
+            )
+            outcome = self._decide(row, bounced)
+            # The address is not at fault (a full mailbox, a blocked sender): no suppression.
+            return dataclasses.replace(
+                outcome,
+                suppress=False,
+                data={**outcome.data, "bounce_type": "rule", "shaping_rule": rule.name},
+            )
+        outcome = self._decide(row, reply, not_before=not_before)
+        if held is not None and held.action == "suspend" and outcome.status == "deferred":
+            # Due again when its scope is, not after the usual back-off on top.
+            outcome = dataclasses.replace(
+                outcome,
+                next_attempt_at=held.until,
+                data={
+                    **outcome.data,
+                    "next_attempt_at": held.until.isoformat(),
+                    "shaping_rule": rule.name,
+                },
+            )
+        return outcome
 
     def _decide(
         self, row: asyncpg.Record, reply: Reply, not_before: float | None = None

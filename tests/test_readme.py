@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from mta.shaping import load_rules
 from penguinmails.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +40,20 @@ def test_the_two_setup_commands_are_the_first_two_and_ci_runs_the_second():
     assert test in (ROOT / ".ci" / "run").read_text()
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+SHAPING_RULES = ROOT / "configs" / "shaping.toml"  # read through [mta] shaping_file
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (ROOT / "configs").glob("*.toml") if p != SHAPING_RULES),
+    ids=lambda p: p.name,
+)
 def test_every_shipped_config_is_valid(path):
     settings = load_settings(path, environ={})
     assert settings.mta.rule_for("gmail.com").max_connections >= 1
+    if settings.mta.shaping_file:
+        assert (ROOT / settings.mta.shaping_file).resolve() == SHAPING_RULES
+        assert "google" in load_rules(str(SHAPING_RULES)).providers
 
 
 # -- the README, run as written ----------------------------------------------------------
