@@ -166,6 +166,13 @@ Address = Annotated[Sender, BeforeValidator(_sender, json_schema_input_type=str 
 
 
 def _addresses(limit: int, what: str, min_length: int = 0) -> Any:
+    if min_length:  # required: a default would skip the length check
+        return Field(
+            min_length=min_length,
+            max_length=limit,
+            description=f'{what}: an address, "Name <address>" or {{email, name}}, or a list '
+            f"of them (at most {limit}).",
+        )
     return Field(
         default_factory=list,
         min_length=min_length,

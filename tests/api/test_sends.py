@@ -300,3 +300,15 @@ async def test_a_campaign_may_choose_one_of_the_server_s_egress_pools(
         "SELECT settings FROM messages WHERE public_id = ANY($1)", sent.data["message_ids"]
     )
     assert [r["settings"]["egress_pool"] for r in stored] == ["dedicated", "dedicated"]
+
+
+async def test_a_send_without_to_is_refused_naming_it(client: Client, pool: asyncpg.Pool) -> None:
+    body = single()
+    del body["to"]
+    error = assert_error(await client.post("/emails/send", json=body), 422, "VALIDATION_ERROR")
+    assert error["details"][0]["field"] == "to"
+    empty = assert_error(
+        await client.post("/emails/send", json=single(to=[])), 422, "VALIDATION_ERROR"
+    )
+    assert empty["details"][0]["field"] == "to"
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 0

@@ -201,10 +201,10 @@ async def _claimed_once(pool, queue_id: int) -> bool:
 async def test_a_message_waiting_on_slots_held_elsewhere_goes_back_to_the_queue(
     pool, make_settings, smtp_peer, start_worker
 ):
-    # Another MTA process holds both of the domain's connections.
+    # Another MTA process holds both of the domain's connections (from the default source).
     await pool.execute(
         "INSERT INTO mta_connection_slots (domain, slot, owner, expires_at)"
-        " SELECT 'dest.test', g, 'other-process', now() + interval '1 hour'"
+        " SELECT 'default/domain:dest.test', g, 'other-process', now() + interval '1 hour'"
         " FROM generate_series(0, 1) g"
     )
     [queue_id] = await queue_messages(pool, ["user@dest.test"])
