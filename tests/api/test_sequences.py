@@ -531,3 +531,39 @@ async def test_sequences_need_the_starter_tier(
         await free.post("/sequences", json=FOLLOW_UP_IN_AN_HOUR), 403, "TIER_REQUIRED"
     )
     assert error["details"] == [{"field": "tier", "message": "requires starter"}]
+
+
+@pytest.mark.parametrize(
+    ("event", "stops"),
+    [
+        ("email.bounced", "bounce"),
+        ("email.complained", "complaint"),
+        ("email.unsubscribed", "unsubscribe"),
+        ("email.clicked", None),  # only where stop_on.click is asked for
+        ("email.opened", None),
+    ],
+)
+async def test_whoever_records_a_stopping_event_stops_the_enrolment(
+    pool: asyncpg.Pool, client: Client, event: str, stops: str | None
+) -> None:
+    """The tracker (unsubscribes, clicks) and the MTA (bounces) write events as inbound does:
+    the trigger on events stops the enrolment whichever role wrote it."""
+    sequence = await _create(client, FOLLOW_UP_IN_AN_HOUR)
+    await client.post(
+        f"/sequences/{sequence['id']}/enrollments", json={"contacts": ["sam@dest.test"]}
+    )
+    await _sent(pool, "sam@dest.test")
+    await schedule(pool)
+    data = await pool.fetchval(
+        "INSERT INTO events (tenant_id, message_id, type) "
+        "SELECT tenant_id, id, $1 FROM messages WHERE status = 'sent' RETURNING data",
+        event,
+    )
+    [enrollment] = (await client.get(f"/sequences/{sequence['id']}/enrollments")).data["items"]
+    waiting = await pool.fetchval("SELECT status FROM messages WHERE status <> 'sent'")
+    if stops is None:
+        assert enrollment["status"] == "active" and waiting == "queued"
+    else:
+        assert (enrollment["status"], enrollment["stop_reason"]) == ("stopped", stops)
+        assert waiting == "cancelled"
+        assert data == {"sequence_id": sequence["id"], "enrollment_id": enrollment["id"], "step": 1}
