@@ -4,6 +4,7 @@ the rest in the transaction that records it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import Any
@@ -567,3 +568,28 @@ async def test_whoever_records_a_stopping_event_stops_the_enrolment(
         assert (enrollment["status"], enrollment["stop_reason"]) == ("stopped", stops)
         assert waiting == "cancelled"
         assert data == {"sequence_id": sequence["id"], "enrollment_id": enrollment["id"], "step": 1}
+
+
+async def test_a_reply_recorded_while_the_scheduler_queues_the_next_step_cancels_it(
+    pool: asyncpg.Pool, client: Client
+) -> None:
+    """The scheduler holds the enrolment while it queues step 2; the reply's transaction
+    waits for it, then sees step 2 and cancels it: no step slips out between the two."""
+    sequence = await _create(client, FOLLOW_UP_IN_AN_HOUR)
+    await client.post(
+        f"/sequences/{sequence['id']}/enrollments", json={"contacts": ["sam@dest.test"]}
+    )
+    await _sent(pool, "sam@dest.test")
+    async with pool.acquire() as scheduler, scheduler.transaction():
+        assert await schedule(scheduler) == Scheduled(queued=1)
+        reply = asyncio.create_task(
+            pool.execute(
+                "INSERT INTO events (tenant_id, message_id, type) "
+                "SELECT tenant_id, id, 'email.replied' FROM messages WHERE status = 'sent'"
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert not reply.done()  # waiting for the scheduler's commit
+    await reply
+    statuses = await pool.fetch("SELECT status FROM messages ORDER BY id")
+    assert [r["status"] for r in statuses] == ["sent", "cancelled"]

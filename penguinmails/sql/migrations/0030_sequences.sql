@@ -83,9 +83,13 @@ CREATE TABLE sequence_messages (
 
 -- Stops a running enrolment and cancels its step message that is still waiting, each with
 -- its `email.cancelled` event. A message already claimed ('sending') is in an SMTP
--- conversation and finishes it, as a cancelled campaign's does.
+-- conversation and finishes it, as a cancelled campaign's does. The row lock comes first, in
+-- a statement of its own: should the scheduler be queueing this enrolment's next step right
+-- now, the cancelling statement starts after its commit and so sees (and cancels) that step.
 CREATE FUNCTION sequence_stop(enrollment bigint, why text) RETURNS void
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM 1 FROM sequence_enrollments WHERE id = enrollment FOR UPDATE;
     WITH stopped AS (
         UPDATE sequence_enrollments
         SET status = 'stopped', stop_reason = why, ended_at = now(), updated_at = now()
@@ -102,7 +106,7 @@ LANGUAGE sql VOLATILE AS $$
     SELECT tenant_id, id, campaign_id, 'email.cancelled',
            jsonb_build_object('recipient', recipient, 'reason', 'sequence stopped: ' || why)
     FROM cancelled;
-$$;
+END $$;
 
 -- Every writer of events (inbound's one-statement record, the tracker's hit batches, the
 -- MTA's outcomes) goes through here, so an enrolment stops in the transaction that records
