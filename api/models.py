@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from datetime import datetime
+from datetime import datetime, time
 from email.utils import parseaddr
 from typing import Annotated, Any, Generic, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import (
@@ -1207,6 +1208,50 @@ class StopOn(Request):
     unsubscribe: Literal[True] = True
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError("timezone", "not a known IANA time zone") from None
+    return value
+
+
+def _weekdays() -> list[Weekday]:
+    return ["mon", "tue", "wed", "thu", "fri"]
+
+
+TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_time_zone)]
+
+
+class SendingWindow(Request):
+    """When steps may be sent, in the recipient's time zone: a contact's
+    `custom_fields.timezone` (an IANA name), else this window's `timezone`."""
+
+    days: list[Weekday] = Field(default_factory=_weekdays, min_length=1, max_length=7)
+    start: time = Field(description="Opening time of day, e.g. 09:00.")
+    end: time = Field(description="Closing time of day, after start, e.g. 17:00.")
+    timezone: TimeZone = "UTC"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SendingWindow:
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            raise PydanticCustomError("window", "times of day without an offset (use timezone)")
+        if self.start >= self.end:
+            raise PydanticCustomError("window", "start must be before end")
+        return self
+
+
+class SendingWindowOut(Response):
+    days: list[str]
+    start: time
+    end: time
+    timezone: str
+
+
 SequenceName = Annotated[
     str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_controls)
 ]
@@ -1218,6 +1263,11 @@ class SequenceCreate(Request):
     steps: list[SequenceStepIn] = Field(min_length=1, max_length=MAX_STEPS)
     stop_on: StopOn = Field(default_factory=StopOn)
     settings: CampaignSettings = Field(default_factory=CampaignSettings)
+    window: SendingWindow | None = Field(
+        default=None,
+        description="Omitted: steps go out whenever they are due. A step due outside the "
+        "window goes out in the next one, spread across it.",
+    )
 
 
 class SequenceUpdate(Request):
@@ -1228,6 +1278,9 @@ class SequenceUpdate(Request):
     steps: list[SequenceStepIn] | None = Field(default=None, min_length=1, max_length=MAX_STEPS)
     stop_on: StopOn | None = None
     settings: CampaignSettings | None = None
+    window: SendingWindow | None = Field(
+        default=None, description="null: no window any more (steps go out when due)."
+    )
 
 
 class DelayOut(Response):
@@ -1250,6 +1303,7 @@ class Sequence(Owned):
     steps: list[SequenceStep]
     stop_on: dict[str, bool]
     settings: dict[str, Any]
+    window: SendingWindowOut | None
     status: Literal["active", "archived"]
     created_at: datetime
     updated_at: datetime

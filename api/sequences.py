@@ -23,6 +23,7 @@ from api.campaigns import settings_dict
 from api.drafts import new_draft
 from api.errors import ApiError, conflict, not_found, validation_error
 from api.models import (
+    WEEKDAYS,
     ContactSequenceEnroll,
     ContentOut,
     DelayOut,
@@ -34,6 +35,8 @@ from api.models import (
     Page,
     Recipient,
     SenderOut,
+    SendingWindow,
+    SendingWindowOut,
     SequenceAnalytics,
     SequenceCreate,
     SequenceStep,
@@ -129,6 +132,25 @@ def _stop_on(stop_on: StopOn) -> list[str]:
     return [reason for reason in STOP_REASONS if chosen[reason]]
 
 
+def _window(window: SendingWindow | None) -> tuple[Any, ...]:
+    """The window as the columns hold it: ISO days of week, opening, closing, zone."""
+    if window is None:
+        return (None, None, None, None)
+    days = sorted(WEEKDAYS.index(d) + 1 for d in set(window.days))
+    return (days, window.start, window.end, window.timezone)
+
+
+def _window_model(row: asyncpg.Record) -> SendingWindowOut | None:
+    if row["window_days"] is None:
+        return None
+    return SendingWindowOut(
+        days=[WEEKDAYS[d - 1] for d in row["window_days"]],
+        start=row["window_start"],
+        end=row["window_end"],
+        timezone=row["window_zone"],
+    )
+
+
 def _sequence_model(row: asyncpg.Record, steps: Iterable[asyncpg.Record]) -> SequenceModel:
     return SequenceModel.model_validate(
         {
@@ -155,6 +177,7 @@ def _sequence_model(row: asyncpg.Record, steps: Iterable[asyncpg.Record]) -> Seq
             ],
             "stop_on": {reason: reason in row["stop_on"] for reason in STOP_REASONS},
             "settings": row["settings"],
+            "window": _window_model(row),
             "status": row["status"],
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],
@@ -218,6 +241,7 @@ async def create_sequence(call: Call[SequenceCreate, None]) -> SequenceModel:
                 from_name,
                 _stop_on(body.stop_on),
                 settings,
+                *_window(body.window),
             )
         except asyncpg.UniqueViolationError:
             raise _name_taken(body.name) from None
@@ -299,9 +323,21 @@ async def update_sequence(call: Call[SequenceUpdate, None]) -> SequenceModel:
             if body.settings is not None
             else row["settings"]
         )
+        window = (
+            _window(body.window)
+            if "window" in given
+            else (row["window_days"], row["window_start"], row["window_end"], row["window_zone"])
+        )
         try:
             await conn.execute(
-                SQL["update_sequence"], row["id"], name, from_email, from_name, stop_on, settings
+                SQL["update_sequence"],
+                row["id"],
+                name,
+                from_email,
+                from_name,
+                stop_on,
+                settings,
+                *window,
             )
         except asyncpg.UniqueViolationError:
             raise _name_taken(name) from None

@@ -25,6 +25,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -57,13 +58,15 @@ async def schedule(
     conn: asyncpg.Connection | asyncpg.Pool,
     enrollments: Sequence[int] | None = None,
     batch: int = BATCH,
+    now: datetime | None = None,
 ) -> Scheduled:
     """Queue every due step (of `enrollments` only, if given), batch by batch, until none is
-    left; answers how many steps were queued and enrolments ended."""
+    left; answers how many steps were queued and enrolments ended. `now` stands in for the
+    database's clock (tests of sending windows)."""
     total = Scheduled()
     ids = list(enrollments) if enrollments is not None else None
     while True:
-        row = await conn.fetchrow(SQL["schedule_steps"], batch, ids)
+        row = await conn.fetchrow(SQL["schedule_steps"], batch, ids, now)
         done = Scheduled(row["queued"], row["completed"], row["stopped"])
         total += done
         if done.queued + done.completed + done.stopped < batch:

@@ -11,7 +11,9 @@
 -- ended otherwise (failed, suppressed, cancelled, bounced) is stopped with that reason.
 -- The recipient and personalization are the contact's now (email, first_name, last_name,
 -- company, then its custom fields); sandbox follows the tenant's mode, so test mode stays
--- test mode. Follow-ups answer step 1: In-Reply-To and References carry its Message-ID.
+-- test mode. Follow-ups answer step 1: In-Reply-To and References carry its Message-ID. A
+-- due time outside the sequence's sending window moves into the next one (next_in_window,
+-- migration 0031), in the contact's time zone. $3 is the clock (NULL: now()), for tests.
 WITH due AS (
     SELECT e.id, e.tenant_id, e.sequence_id, e.contact_id, e.step, e.created_at,
            e.thread_message_id, e.thread_subject, m.status AS last_status,
@@ -46,6 +48,8 @@ WITH due AS (
                      + make_interval(days => s.delay_days)
                 END + s.delay_hours * interval '1 hour' AS due_at,
            t.mode = 'test' AS sandbox,
+           c.custom_fields ->> 'timezone' AS zone, q.window_zone, q.window_days,
+           q.window_start, q.window_end,
            replace(gen_random_uuid()::text, '-', '') || '@'
                || lower(split_part(q.from_email, '@', 2)) AS rfc_message_id
     FROM due d
@@ -60,7 +64,9 @@ WITH due AS (
                           personalization, settings, next_attempt_at, sandbox, priority)
     SELECT tenant_id, rfc_message_id, from_email, from_name, recipient, recipient_domain,
            subject, text_body, html_body, headers, personalization, settings,
-           greatest(due_at, now()), sandbox, 1
+           next_in_window(greatest(due_at, coalesce($3::timestamptz, now())), zone,
+                          window_zone, window_days, window_start, window_end, random()),
+           sandbox, 1
     FROM nxt
     RETURNING id, tenant_id, message_id, subject, next_attempt_at,
               EXISTS (SELECT 1 FROM suppressions s

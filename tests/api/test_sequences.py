@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import asyncpg
@@ -593,3 +595,100 @@ async def test_a_reply_recorded_while_the_scheduler_queues_the_next_step_cancels
     await reply
     statuses = await pool.fetch("SELECT status FROM messages ORDER BY id")
     assert [r["status"] for r in statuses] == ["sent", "cancelled"]
+
+
+# -- Sending windows ---------------------------------------------------------------------------
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("at", "spread", "expected"),
+    [
+        # Saturday morning in New York: Monday at the opening (spread 0).
+        ("2026-11-28 12:00+00", 0.0, "2026-11-30 14:00+00"),
+        # Inside the window: kept as it is.
+        ("2026-12-01 15:00+00", 0.9, "2026-12-01 15:00+00"),
+        # Before the opening the same day: that day's window, spread across it.
+        ("2026-12-01 12:00+00", 0.0, "2026-12-01 14:00+00"),
+        # After closing: the next day's, half-way through its eight hours.
+        ("2026-12-01 23:00+00", 0.5, "2026-12-02 18:00+00"),
+        # Friday evening before the clocks change: Monday 09:00 is EDT (UTC-4), not EST.
+        ("2026-03-06 23:00+00", 0.0, "2026-03-09 13:00+00"),
+    ],
+)
+async def test_the_next_moment_in_a_window(
+    pool: asyncpg.Pool, at: str, spread: float, expected: str
+) -> None:
+    moved = await pool.fetchval(
+        "SELECT next_in_window($1::text::timestamptz, NULL, 'America/New_York', "
+        "ARRAY[1, 2, 3, 4, 5], '09:00', '17:00', $2) = $3::text::timestamptz",
+        at,
+        spread,
+        expected,
+    )
+    assert moved, (at, spread, expected)
+
+
+async def test_an_unknown_contact_zone_falls_back_to_the_sequences(pool: asyncpg.Pool) -> None:
+    moved = await pool.fetchval(
+        "SELECT next_in_window('2026-11-28 12:00+00', 'Mars/Olympus', 'America/New_York', "
+        "ARRAY[1, 2, 3, 4, 5], '09:00', '17:00', 0)"
+    )
+    assert moved == datetime(2026, 11, 30, 14, 0, tzinfo=UTC)
+
+
+async def test_no_step_is_due_outside_the_window_in_the_recipients_zone(
+    pool: asyncpg.Pool, client: Client
+) -> None:
+    """Weekdays 09:00-17:00 in New York (Tokyo for one contact), with a controlled clock: a
+    Saturday. Every step's due time, step 1's at enrolment (the real clock) included, is in
+    its recipient's window, and the held steps are spread across it."""
+    window = {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"}
+    sequence = await _create(
+        client,
+        {**FOLLOW_UP_IN_AN_HOUR, "window": {**window, "timezone": "America/New_York"}},
+    )
+    assert sequence["window"] == {
+        **window,
+        "start": "09:00:00",
+        "end": "17:00:00",
+        "timezone": "America/New_York",
+    }
+    people = [f"p{i}@dest.test" for i in range(10)]
+    await client.post(
+        "/contacts", json={"email": "tokyo@dest.test", "custom_fields": {"timezone": "Asia/Tokyo"}}
+    )
+    await client.post(
+        f"/sequences/{sequence['id']}/enrollments",
+        json={"contacts": [*people, "tokyo@dest.test"]},
+    )
+    saturday = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    await pool.execute("UPDATE messages SET status = 'sent', sent_at = $1", saturday)
+    assert await schedule(pool, now=saturday) == Scheduled(queued=11)
+
+    rows = await pool.fetch(
+        "SELECT m.recipient, m.next_attempt_at, sm.step FROM sequence_messages sm "
+        "JOIN messages m ON m.id = sm.message_id"
+    )
+    assert len(rows) == 22
+    for row in rows:
+        zone = ZoneInfo("Asia/Tokyo") if row["recipient"] == "tokyo@dest.test" else NEW_YORK
+        local = row["next_attempt_at"].astimezone(zone)
+        assert local.isoweekday() <= 5 and 9 <= local.hour < 17, (row["recipient"], local)
+    held = [r["next_attempt_at"] for r in rows if r["step"] == 2 and r["recipient"] in people]
+    # Monday, spread across the window rather than all at 09:00.
+    assert {t.astimezone(NEW_YORK).date() for t in held} == {datetime(2026, 11, 30).date()}
+    assert len(set(held)) == len(held)
+
+    error = assert_error(
+        await client.patch(
+            f"/sequences/{sequence['id']}",
+            json={"window": {"start": "17:00", "end": "09:00", "timezone": "Nowhere/Atlantis"}},
+        ),
+        422,
+        "VALIDATION_ERROR",
+    )
+    assert "window.timezone" in [d["field"] for d in error["details"]]
+    cleared = await client.patch(f"/sequences/{sequence['id']}", json={"window": None})
+    assert cleared.data["window"] is None
