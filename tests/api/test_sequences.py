@@ -20,7 +20,7 @@ from api.server import ApiServer
 from inbound.server import InboundServer
 from mta.domains import add_domain
 from penguinmails.config import Settings
-from penguinmails.sequences import Scheduled, schedule
+from penguinmails.sequences import Scheduled, Scheduler, schedule
 from tests.helpers import Client, Receiver, assert_error, verify, wait_for
 from tests.inbound.conftest import REPLY_ADDRESS, send
 from tests.smtp_peer import SMTPPeer
@@ -692,3 +692,40 @@ async def test_no_step_is_due_outside_the_window_in_the_recipients_zone(
     assert "window.timezone" in [d["field"] for d in error["details"]]
     cleared = await client.patch(f"/sequences/{sequence['id']}", json={"window": None})
     assert cleared.data["window"] is None
+
+
+async def test_deleting_a_contact_cancels_its_waiting_step(
+    pool: asyncpg.Pool, client: Client
+) -> None:
+    sequence = await _create(client, FOLLOW_UP_IN_AN_HOUR)
+    [enrollment] = (
+        await client.post(
+            f"/sequences/{sequence['id']}/enrollments", json={"contacts": ["sam@dest.test"]}
+        )
+    ).data["items"]
+    deleted = await client.delete(f"/contacts/{enrollment['contact_id']}")
+    assert deleted.status == 200, deleted.body
+    row = await pool.fetchrow(
+        "SELECT m.status, e.data->>'reason' AS reason FROM messages m "
+        "JOIN events e ON e.message_id = m.id AND e.type = 'email.cancelled'"
+    )
+    assert tuple(row) == ("cancelled", "sequence stopped: deleted")
+    assert (await client.get(f"/sequences/{sequence['id']}/enrollments")).data["items"] == []
+
+
+async def test_the_scheduler_runs_at_once_and_stops_without_waiting_out_its_interval(
+    pool: asyncpg.Pool, client: Client
+) -> None:
+    sequence = await _create(client, FOLLOW_UP_IN_AN_HOUR)
+    await client.post(
+        f"/sequences/{sequence['id']}/enrollments", json={"contacts": ["sam@dest.test"]}
+    )
+    await _sent(pool, "sam@dest.test")
+    scheduler = Scheduler(pool, interval=3600)
+    scheduler.start()
+
+    async def queued() -> bool:
+        return bool(await pool.fetchval("SELECT count(*) = 2 FROM sequence_messages"))
+
+    await wait_for(queued, timeout=10)
+    await asyncio.wait_for(scheduler.stop(), timeout=2)

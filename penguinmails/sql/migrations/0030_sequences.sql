@@ -108,6 +108,29 @@ BEGIN
     FROM cancelled;
 END $$;
 
+-- An enrolment deleted with its contact (or its sequence's tenant) takes its waiting step
+-- with it: cancelled, with its event, so deleting a contact stops the mail to them (the
+-- message rows themselves are history and stay).
+CREATE FUNCTION sequence_enrollment_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    WITH cancelled AS (
+        UPDATE messages m SET status = 'cancelled', updated_at = now()
+        FROM sequence_messages sm
+        WHERE sm.enrollment_id = OLD.id
+          AND m.id = sm.message_id AND m.status IN ('queued', 'deferred')
+        RETURNING m.id, m.tenant_id, m.campaign_id, m.recipient
+    )
+    INSERT INTO events (tenant_id, message_id, campaign_id, type, data)
+    SELECT tenant_id, id, campaign_id, 'email.cancelled',
+           jsonb_build_object('recipient', recipient, 'reason', 'sequence stopped: deleted')
+    FROM cancelled;
+    RETURN OLD;
+END $$;
+
+CREATE TRIGGER sequence_enrollments_deleted BEFORE DELETE ON sequence_enrollments
+    FOR EACH ROW WHEN (OLD.status = 'active')
+    EXECUTE FUNCTION sequence_enrollment_deleted();
+
 -- Every writer of events (inbound's one-statement record, the tracker's hit batches, the
 -- MTA's outcomes) goes through here, so an enrolment stops in the transaction that records
 -- what stopped it: a reply committed a second before the next step's claim has already
