@@ -14,6 +14,10 @@
 -- test mode. Follow-ups answer step 1: In-Reply-To and References carry its Message-ID. A
 -- due time outside the sequence's sending window moves into the next one (next_in_window,
 -- migration 0031), in the contact's time zone. $3 is the clock (NULL: now()), for tests.
+-- The conditions on the enrolment itself are what a concurrent scheduler's commit is
+-- rechecked against (FOR UPDATE rechecks the locked row's new version, not the joined
+-- message's): "no message" is read from e.step_message_id, never from the outer join, or an
+-- enrolment just advanced by the other scheduler would look like one whose message is gone.
 WITH due AS (
     SELECT e.id, e.tenant_id, e.sequence_id, e.contact_id, e.step, e.created_at,
            e.thread_message_id, e.thread_subject, m.status AS last_status,
@@ -22,7 +26,7 @@ WITH due AS (
     LEFT JOIN messages m ON m.id = e.step_message_id
     WHERE e.status = 'active'
       AND ($2::bigint[] IS NULL OR e.id = ANY ($2::bigint[]))
-      AND (e.step = 0 OR m.id IS NULL
+      AND (e.step = 0 OR e.step_message_id IS NULL
            OR m.status IN ('sent', 'bounced', 'failed', 'suppressed', 'cancelled'))
     ORDER BY e.id
     LIMIT $1

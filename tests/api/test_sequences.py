@@ -41,6 +41,13 @@ TWO_STEPS: dict[str, Any] = {
 }
 
 
+@pytest.fixture
+async def api(start_api: Start) -> ApiServer:
+    """The API without its scheduler: the tests run it when they mean to, so what they count
+    is theirs alone."""
+    return await start_api(sequence_interval=None)
+
+
 def _reply(to_message_id: str, sender: str, *, auto: bool = False) -> bytes:
     """A reply as a mail client writes one: In-Reply-To the message it answers."""
     mail = EmailMessage()
@@ -729,3 +736,33 @@ async def test_the_scheduler_runs_at_once_and_stops_without_waiting_out_its_inte
 
     await wait_for(queued, timeout=10)
     await asyncio.wait_for(scheduler.stop(), timeout=2)
+
+
+async def test_concurrent_schedulers_queue_each_step_once(
+    pool: asyncpg.Pool, client: Client, tenant_id: int
+) -> None:
+    """Two API processes' schedulers over the same enrolments, in small batches so they
+    interleave: each enrolment gets its step once, and none is taken for one whose message
+    went missing (what a recheck against the outer join would do)."""
+    sequence = await _create(client, FOLLOW_UP_IN_AN_HOUR)
+    sequence_pk = await pool.fetchval(
+        "SELECT id FROM sequences WHERE public_id = $1", sequence["id"]
+    )
+    await pool.execute(
+        "INSERT INTO contacts (tenant_id, email) "
+        "SELECT $1, 'c' || g || '@dest.test' FROM generate_series(1, 2000) g",
+        tenant_id,
+    )
+    await pool.execute(
+        "INSERT INTO sequence_enrollments (tenant_id, sequence_id, contact_id) "
+        "SELECT $1, $2, id FROM contacts WHERE tenant_id = $1",
+        tenant_id,
+        sequence_pk,
+    )
+    done = await asyncio.gather(*(schedule(pool, batch=50) for _ in range(3)))
+    assert sum(d.queued for d in done) == 2000 and sum(d.stopped for d in done) == 0
+    states = await pool.fetch(
+        "SELECT status, step, count(*) AS n FROM sequence_enrollments GROUP BY 1, 2"
+    )
+    assert [tuple(r) for r in states] == [("active", 1, 2000)]
+    assert await pool.fetchval("SELECT count(*) FROM messages") == 2000
