@@ -14,6 +14,7 @@ Every route is the starter tier's, as campaign sending is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -483,10 +484,21 @@ def _check_contacts(
         try:
             check_draft(draft, recipients, prefix=field)
         except ApiError as exc:
-            exc.details = [
-                {**d, "message": f"step {step['position']}: {d['message']}"} for d in exc.details
-            ]
+            exc.details = [_name_contact(d, step["position"], contacts) for d in exc.details]
             raise
+
+
+_ROW = re.compile(r"^\w+\[(\d+)\]")
+
+
+def _name_contact(
+    detail: dict[str, str], step: int, contacts: list[asyncpg.Record]
+) -> dict[str, str]:
+    """The step and the contact's address in the message: a contact found by tag has no
+    index in the request, so its address is what names it."""
+    row = _ROW.match(detail["field"])
+    who = f"{contacts[int(row.group(1))]['email']}: " if row else ""
+    return {**detail, "message": f"step {step}: {who}{detail['message']}"}
 
 
 @API.route(

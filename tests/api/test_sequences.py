@@ -412,6 +412,7 @@ async def test_validation_errors_name_the_field(client: Client) -> None:
         await client.post(path, json={"contacts": ["x@dest.test"]}), 422, "VALIDATION_ERROR"
     )
     assert error["details"][0]["field"].startswith("contacts[0].personalization")
+    assert error["details"][0]["message"].startswith("step 1: x@dest.test: ")
     error = assert_error(
         await client.post(path, json={"contacts": ["ok@dest.test", "not an id"]}),
         422,
