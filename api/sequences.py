@@ -521,19 +521,12 @@ async def enroll(call: Call[EnrollmentCreate, None]) -> Enrolled:
         contacts = await _contacts_of(conn, tenant, body.contacts) if body.contacts else []
         skipped = 0
         if body.tag is not None:
+            tag_args = (tenant, body.tag, sequence["id"], body.re_enroll)
             chosen = {c["id"] for c in contacts}
-            for row in await conn.fetch(
-                SQL["contacts_by_tag"],
-                tenant,
-                body.tag,
-                sequence["id"],
-                body.re_enroll,
-                MAX_TAG_ENROLL,
-            ):
-                if row["enrolled"]:
-                    skipped += 1
-                elif row["id"] not in chosen:
+            for row in await conn.fetch(SQL["contacts_by_tag"], *tag_args, MAX_TAG_ENROLL):
+                if row["id"] not in chosen:
                     contacts.append(row)
+            skipped = await conn.fetchval(SQL["tagged_enrolled"], *tag_args)
         items = await _enroll(conn, tenant, sequence, contacts, body.re_enroll) if contacts else []
         return Enrolled(items=items, skipped=skipped)
 

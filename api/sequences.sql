@@ -86,16 +86,25 @@ ON CONFLICT (tenant_id, email) DO UPDATE SET email = EXCLUDED.email
 RETURNING id, public_id, email, first_name, last_name, company, custom_fields;
 
 -- name: contacts_by_tag
--- Every contact with the tag (the GIN index), not already running in the sequence $3, nor
--- (without re-enrolment, $4) ever enrolled in it.
-SELECT c.id, c.public_id, c.email, c.first_name, c.last_name, c.company, c.custom_fields,
-       EXISTS (SELECT 1 FROM sequence_enrollments e
-               WHERE e.sequence_id = $3 AND e.contact_id = c.id
-                 AND (e.status = 'active' OR NOT $4::bool)) AS enrolled
+-- Contacts with the tag (the GIN index) that may be enrolled in the sequence $3: none
+-- running in it, nor (without re-enrolment, $4) ever enrolled. At most $5, so a call on a
+-- huge tag enrols a bounded batch and the next call continues past it.
+SELECT c.id, c.public_id, c.email, c.first_name, c.last_name, c.company, c.custom_fields
 FROM contacts c
 WHERE c.tenant_id = $1 AND c.tags @> ARRAY[$2::text]
+  AND NOT EXISTS (SELECT 1 FROM sequence_enrollments e
+                  WHERE e.sequence_id = $3 AND e.contact_id = c.id
+                    AND (e.status = 'active' OR NOT $4::bool))
 ORDER BY c.id
 LIMIT $5;
+
+-- name: tagged_enrolled
+-- How many contacts with the tag were left out as already enrolled (contacts_by_tag).
+SELECT count(*) FROM contacts c
+WHERE c.tenant_id = $1 AND c.tags @> ARRAY[$2::text]
+  AND EXISTS (SELECT 1 FROM sequence_enrollments e
+              WHERE e.sequence_id = $3 AND e.contact_id = c.id
+                AND (e.status = 'active' OR NOT $4::bool));
 
 -- name: enrolled_contacts
 -- Which of the contacts $2 already have an enrolment in the sequence $1 that blocks a new

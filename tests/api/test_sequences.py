@@ -15,6 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from api import sequences
 from api.keys import create_key
 from api.server import ApiServer
 from inbound.server import InboundServer
@@ -767,3 +768,18 @@ async def test_concurrent_schedulers_queue_each_step_once(
     )
     assert [tuple(r) for r in states] == [("active", 1, 2000)]
     assert await pool.fetchval("SELECT count(*) FROM messages") == 2000
+
+
+async def test_a_large_tag_is_enrolled_batch_by_batch(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sequences, "MAX_TAG_ENROLL", 2)
+    sequence = await _create(client, FOLLOW_UP_IN_AN_HOUR)
+    for i in range(3):
+        await client.post("/contacts", json={"email": f"t{i}@dest.test", "tags": ["big"]})
+    path = f"/sequences/{sequence['id']}/enrollments"
+    first = (await client.post(path, json={"tag": "big"})).data
+    second = (await client.post(path, json={"tag": "big"})).data
+    third = (await client.post(path, json={"tag": "big"})).data
+    assert [len(first["items"]), len(second["items"]), len(third["items"])] == [2, 1, 0]
+    assert [first["skipped"], second["skipped"], third["skipped"]] == [0, 2, 3]
