@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from datetime import datetime, time
+from datetime import date, datetime, time
 from email.utils import parseaddr
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -1235,6 +1235,11 @@ class SendingWindow(Request):
     start: time = Field(description="Opening time of day, e.g. 09:00.")
     end: time = Field(description="Closing time of day, after start, e.g. 17:00.")
     timezone: TimeZone = "UTC"
+    skip_dates: list[date] = Field(
+        default_factory=list,
+        max_length=366,
+        description="Local dates with no sending (holidays), in the recipient's zone.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> SendingWindow:
@@ -1250,6 +1255,7 @@ class SendingWindowOut(Response):
     start: time
     end: time
     timezone: str
+    skip_dates: list[date]
 
 
 SequenceName = Annotated[

@@ -134,11 +134,12 @@ def _stop_on(stop_on: StopOn) -> list[str]:
 
 
 def _window(window: SendingWindow | None) -> tuple[Any, ...]:
-    """The window as the columns hold it: ISO days of week, opening, closing, zone."""
+    """The window as the columns hold it: ISO days of week, opening, closing, zone, dates
+    skipped."""
     if window is None:
-        return (None, None, None, None)
+        return (None, None, None, None, None)
     days = sorted(WEEKDAYS.index(d) + 1 for d in set(window.days))
-    return (days, window.start, window.end, window.timezone)
+    return (days, window.start, window.end, window.timezone, sorted(set(window.skip_dates)))
 
 
 def _window_model(row: asyncpg.Record) -> SendingWindowOut | None:
@@ -149,6 +150,7 @@ def _window_model(row: asyncpg.Record) -> SendingWindowOut | None:
         start=row["window_start"],
         end=row["window_end"],
         timezone=row["window_zone"],
+        skip_dates=row["window_skip"],
     )
 
 
@@ -327,7 +329,10 @@ async def update_sequence(call: Call[SequenceUpdate, None]) -> SequenceModel:
         window = (
             _window(body.window)
             if "window" in given
-            else (row["window_days"], row["window_start"], row["window_end"], row["window_zone"])
+            else tuple(
+                row[c]
+                for c in ("window_days", "window_start", "window_end", "window_zone", "window_skip")
+            )
         )
         try:
             await conn.execute(

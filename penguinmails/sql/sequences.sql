@@ -53,7 +53,7 @@ WITH due AS (
                 END + s.delay_hours * interval '1 hour' AS due_at,
            t.mode = 'test' AS sandbox,
            c.custom_fields ->> 'timezone' AS zone, q.window_zone, q.window_days,
-           q.window_start, q.window_end,
+           q.window_start, q.window_end, q.window_skip,
            replace(gen_random_uuid()::text, '-', '') || '@'
                || lower(split_part(q.from_email, '@', 2)) AS rfc_message_id
     FROM due d
@@ -69,7 +69,8 @@ WITH due AS (
     SELECT tenant_id, rfc_message_id, from_email, from_name, recipient, recipient_domain,
            subject, text_body, html_body, headers, personalization, settings,
            next_in_window(greatest(due_at, coalesce($3::timestamptz, now())), zone,
-                          window_zone, window_days, window_start, window_end, random()),
+                          window_zone, window_days, window_start, window_end, window_skip,
+                          random()),
            sandbox, 1
     FROM nxt
     RETURNING id, tenant_id, message_id, subject, next_attempt_at,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -612,29 +612,34 @@ NEW_YORK = ZoneInfo("America/New_York")
 
 
 @pytest.mark.parametrize(
-    ("at", "spread", "expected"),
+    ("at", "spread", "expected", "skip"),
     [
         # Saturday morning in New York: Monday at the opening (spread 0).
-        ("2026-11-28 12:00+00", 0.0, "2026-11-30 14:00+00"),
+        ("2026-11-28 12:00+00", 0.0, "2026-11-30 14:00+00", []),
         # Inside the window: kept as it is.
-        ("2026-12-01 15:00+00", 0.9, "2026-12-01 15:00+00"),
+        ("2026-12-01 15:00+00", 0.9, "2026-12-01 15:00+00", []),
         # Before the opening the same day: that day's window, spread across it.
-        ("2026-12-01 12:00+00", 0.0, "2026-12-01 14:00+00"),
+        ("2026-12-01 12:00+00", 0.0, "2026-12-01 14:00+00", []),
         # After closing: the next day's, half-way through its eight hours.
-        ("2026-12-01 23:00+00", 0.5, "2026-12-02 18:00+00"),
+        ("2026-12-01 23:00+00", 0.5, "2026-12-02 18:00+00", []),
+        # Christmas Day (a Friday) skipped: the Monday after.
+        ("2026-12-24 23:00+00", 0.0, "2026-12-28 14:00+00", ["2026-12-25"]),
+        # A skipped date that is today, inside the window: the next day's.
+        ("2026-12-01 15:00+00", 0.0, "2026-12-02 14:00+00", ["2026-12-01"]),
         # Friday evening before the clocks change: Monday 09:00 is EDT (UTC-4), not EST.
-        ("2026-03-06 23:00+00", 0.0, "2026-03-09 13:00+00"),
+        ("2026-03-06 23:00+00", 0.0, "2026-03-09 13:00+00", []),
     ],
 )
 async def test_the_next_moment_in_a_window(
-    pool: asyncpg.Pool, at: str, spread: float, expected: str
+    pool: asyncpg.Pool, at: str, spread: float, expected: str, skip: list[str]
 ) -> None:
     moved = await pool.fetchval(
         "SELECT next_in_window($1::text::timestamptz, NULL, 'America/New_York', "
-        "ARRAY[1, 2, 3, 4, 5], '09:00', '17:00', $2) = $3::text::timestamptz",
+        "ARRAY[1, 2, 3, 4, 5], '09:00', '17:00', $4::date[], $2) = $3::text::timestamptz",
         at,
         spread,
         expected,
+        [date.fromisoformat(d) for d in skip],
     )
     assert moved, (at, spread, expected)
 
@@ -642,7 +647,7 @@ async def test_the_next_moment_in_a_window(
 async def test_an_unknown_contact_zone_falls_back_to_the_sequences(pool: asyncpg.Pool) -> None:
     moved = await pool.fetchval(
         "SELECT next_in_window('2026-11-28 12:00+00', 'Mars/Olympus', 'America/New_York', "
-        "ARRAY[1, 2, 3, 4, 5], '09:00', '17:00', 0)"
+        "ARRAY[1, 2, 3, 4, 5], '09:00', '17:00', '{}', 0)"
     )
     assert moved == datetime(2026, 11, 30, 14, 0, tzinfo=UTC)
 
@@ -663,6 +668,7 @@ async def test_no_step_is_due_outside_the_window_in_the_recipients_zone(
         "start": "09:00:00",
         "end": "17:00:00",
         "timezone": "America/New_York",
+        "skip_dates": [],
     }
     people = [f"p{i}@dest.test" for i in range(10)]
     await client.post(
@@ -699,6 +705,11 @@ async def test_no_step_is_due_outside_the_window_in_the_recipients_zone(
         "VALIDATION_ERROR",
     )
     assert "window.timezone" in [d["field"] for d in error["details"]]
+    holidays = await client.patch(
+        f"/sequences/{sequence['id']}",
+        json={"window": {**window, "skip_dates": ["2026-12-25", "2026-12-24", "2026-12-25"]}},
+    )
+    assert holidays.data["window"]["skip_dates"] == ["2026-12-24", "2026-12-25"]
     cleared = await client.patch(f"/sequences/{sequence['id']}", json={"window": None})
     assert cleared.data["window"] is None
 

@@ -7,6 +7,7 @@ ALTER TABLE sequences
     ADD COLUMN window_start time,
     ADD COLUMN window_end   time,
     ADD COLUMN window_zone  text NOT NULL DEFAULT 'UTC',
+    ADD COLUMN window_skip  date[] NOT NULL DEFAULT '{}',  -- no sending on these local dates
     ADD CONSTRAINT sequences_window_check CHECK (
         window_days IS NULL
         OR (cardinality(window_days) > 0 AND window_start < window_end));
@@ -14,11 +15,12 @@ ALTER TABLE sequences
 -- The first moment from `at` inside the window. A moment already inside it is kept; one
 -- outside moves to a later window, at its opening plus `spread` (0 to 1, the caller's
 -- random()) of its length, so the steps held overnight do not all leave at its opening.
+-- Dates in `skip` (holidays, local dates) have no window.
 -- A zone Postgres does not know (a contact's typo) falls back to `fallback`, the sequence's
 -- zone: one bad contact must not fail its whole batch. Daylight saving is the zone's: the
 -- window is wall-clock time in it.
 CREATE FUNCTION next_in_window(at timestamptz, zone text, fallback text, days integer[],
-                               opens time, closes time, spread double precision)
+                               opens time, closes time, skip date[], spread double precision)
 RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
 DECLARE
     local timestamp;
@@ -34,9 +36,9 @@ BEGIN
         zone := fallback;
         local := at AT TIME ZONE zone;
     END;
-    FOR i IN 0..7 LOOP
+    FOR i IN 0..7 + cardinality(skip) LOOP
         day := local::date + i;
-        IF extract(isodow FROM day)::integer = ANY (days) THEN
+        IF extract(isodow FROM day)::integer = ANY (days) AND NOT day = ANY (skip) THEN
             IF i = 0 AND local::time >= opens AND local::time < closes THEN
                 RETURN at;
             END IF;
@@ -45,5 +47,5 @@ BEGIN
             END IF;
         END IF;
     END LOOP;
-    RETURN at;  -- not reached: some day of any week is one of `days`
+    RETURN at;  -- not reached: each skipped date only pushes the search one day further
 END $$;
