@@ -7,7 +7,7 @@ run through it; enrolling queues step 1 at once (in the enrolling transaction, t
 scheduler's own statement), and the scheduler (penguinmails.sequences, run by the API
 process) queues each next step once the previous one was accepted by its receiver. Stopping
 is done by the database in the transaction that records the stopping event (migration
-0030), so it holds whichever role records it: inbound, the tracker or the MTA.
+0027), so it holds whichever role records it: inbound, the tracker or the MTA.
 
 Every route is the starter tier's, as campaign sending is.
 """

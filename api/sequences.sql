@@ -1,5 +1,5 @@
 -- Sequences, their steps and enrolments (api/sequences.py). The scheduler that queues the
--- steps is in penguinmails/sql/sequences.sql; stopping is a trigger (migration 0030).
+-- steps is in penguinmails/sql/sequences.sql; stopping is a trigger (migration 0027).
 
 -- name: insert_sequence
 -- A name taken by another active sequence of the tenant is a unique violation (409).
@@ -154,7 +154,7 @@ WHERE e.tenant_id = $1 AND q.public_id = $2 AND e.public_id = $3
 FOR UPDATE OF e;
 
 -- name: stop_enrollment
--- Stops it and cancels its waiting step, as a reply would (migration 0030's sequence_stop).
+-- Stops it and cancels its waiting step, as a reply would (migration 0027's sequence_stop).
 SELECT sequence_stop($1, $2);
 
 -- name: enrollment_counts

@@ -8,7 +8,7 @@ own delay is shorter than the interval. `schedule` is one statement per batch
 (sql/sequences.sql); sequence_messages' primary key (enrolment, step) makes a second run, or
 a second scheduler in another API process, queue nothing twice.
 
-Stopping is not done here: a trigger on events (migration 0030) stops the enrolment and
+Stopping is not done here: a trigger on events (migration 0027) stops the enrolment and
 cancels its waiting step message in the transaction that records the reply, bounce,
 complaint, unsubscribe or click. A step message the MTA has already claimed ('sending') is in
 an SMTP conversation: it finishes, as a cancelled campaign's messages do.

@@ -13,7 +13,7 @@
 -- company, then its custom fields); sandbox follows the tenant's mode, so test mode stays
 -- test mode. Follow-ups answer step 1: In-Reply-To and References carry its Message-ID. A
 -- due time outside the sequence's sending window moves into the next one (next_in_window,
--- migration 0031), in the contact's time zone. $3 is the clock (NULL: now()), for tests.
+-- migration 0028), in the contact's time zone. $3 is the clock (NULL: now()), for tests.
 -- The conditions on the enrolment itself are what a concurrent scheduler's commit is
 -- rechecked against (FOR UPDATE rechecks the locked row's new version, not the joined
 -- message's): "no message" is read from e.step_message_id, never from the outer join, or an
