@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from datetime import datetime
+from datetime import date, datetime, time
 from email.utils import parseaddr
 from typing import Annotated, Any, Generic, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import (
@@ -1172,3 +1173,227 @@ class ErrorBody(Response):
 class ErrorEnvelope(Response):
     success: Literal[False]
     error: ErrorBody
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences
+
+MAX_STEPS = 20
+MAX_ENROLL = 1000
+
+
+class Delay(Request):
+    """After the previous step was sent (step 1: after enrolment); days and hours add up."""
+
+    days: int = Field(default=0, ge=0, le=365)
+    business_days: bool = Field(
+        default=False, description="Count days Monday to Friday only (in UTC)."
+    )
+    hours: float = Field(default=0, ge=0, le=24 * 365, description="May be fractional.")
+
+
+class SequenceStepIn(Request):
+    delay: Delay = Field(default_factory=Delay)
+    subject: Subject | None = Field(
+        default=None,
+        description="Step 1: required unless content.template_id has one. A follow-up "
+        'without one is sent as "Re: " and step 1\'s subject, threaded under step 1.',
+    )
+    content: ContentIn
+
+
+class StopOn(Request):
+    """What stops an enrolment; bounce, complaint and unsubscribe always do."""
+
+    reply: bool = True
+    auto_reply: bool = Field(
+        default=False, description="An out-of-office or other automatic reply."
+    )
+    click: bool = False
+    bounce: Literal[True] = True
+    complaint: Literal[True] = True
+    unsubscribe: Literal[True] = True
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError("timezone", "not a known IANA time zone") from None
+    return value
+
+
+def _weekdays() -> list[Weekday]:
+    return ["mon", "tue", "wed", "thu", "fri"]
+
+
+TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_time_zone)]
+
+
+class SendingWindow(Request):
+    """When steps may be sent, in the recipient's time zone: a contact's
+    `custom_fields.timezone` (an IANA name), else this window's `timezone`."""
+
+    days: list[Weekday] = Field(default_factory=_weekdays, min_length=1, max_length=7)
+    start: time = Field(description="Opening time of day, e.g. 09:00.")
+    end: time = Field(description="Closing time of day, after start, e.g. 17:00.")
+    timezone: TimeZone = "UTC"
+    skip_dates: list[date] = Field(
+        default_factory=list,
+        max_length=366,
+        description="Local dates with no sending (holidays), in the recipient's zone.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SendingWindow:
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            raise PydanticCustomError("window", "times of day without an offset (use timezone)")
+        if self.start >= self.end:
+            raise PydanticCustomError("window", "start must be before end")
+        return self
+
+
+class SendingWindowOut(Response):
+    days: list[str]
+    start: time
+    end: time
+    timezone: str
+    skip_dates: list[date]
+
+
+SequenceName = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_controls)
+]
+
+
+class SequenceCreate(Request):
+    name: SequenceName = Field(description="Unique among your sequences; enrol by it too.")
+    from_: From | None = Field(default=None, alias="from")
+    steps: list[SequenceStepIn] = Field(min_length=1, max_length=MAX_STEPS)
+    stop_on: StopOn = Field(default_factory=StopOn)
+    settings: CampaignSettings = Field(default_factory=CampaignSettings)
+    window: SendingWindow | None = Field(
+        default=None,
+        description="Omitted: steps go out whenever they are due. A step due outside the "
+        "window goes out in the next one, spread across it.",
+    )
+
+
+class SequenceUpdate(Request):
+    """Only the fields given change. New steps apply to each enrolment from its next step."""
+
+    name: SequenceName | None = None
+    from_: From | None = Field(default=None, alias="from")
+    steps: list[SequenceStepIn] | None = Field(default=None, min_length=1, max_length=MAX_STEPS)
+    stop_on: StopOn | None = None
+    settings: CampaignSettings | None = None
+    window: SendingWindow | None = Field(
+        default=None, description="null: no window any more (steps go out when due)."
+    )
+
+
+class DelayOut(Response):
+    days: int
+    business_days: bool
+    hours: float
+
+
+class SequenceStep(Response):
+    step: int
+    delay: DelayOut
+    subject: str | None
+    content: ContentOut
+
+
+class Sequence(Owned):
+    id: str
+    name: str
+    from_: SenderOut = Field(alias="from")
+    steps: list[SequenceStep]
+    stop_on: dict[str, bool]
+    settings: dict[str, Any]
+    window: SendingWindowOut | None
+    status: Literal["active", "archived"]
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None
+
+
+class EnrollmentCreate(Request):
+    contacts: list[Annotated[str, StringConstraints(min_length=1, max_length=254)]] = Field(
+        default_factory=list,
+        max_length=MAX_ENROLL,
+        description="Contact ids (contact_...) or email addresses; an address that is not "
+        "a contact yet becomes one.",
+    )
+    tag: Tag | None = Field(
+        default=None,
+        description="Enrol every contact with this tag (those already enrolled are skipped).",
+    )
+    re_enroll: bool = Field(
+        default=False,
+        description="Enrol again a contact whose earlier enrolment has ended (never two "
+        "running enrolments of one contact).",
+    )
+
+    @model_validator(mode="after")
+    def _someone(self) -> EnrollmentCreate:
+        if not self.contacts and self.tag is None:
+            raise PydanticCustomError("enrollment", "give contacts or a tag")
+        return self
+
+
+class ContactSequenceEnroll(Request):
+    sequence: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="The sequence's id (seq_...) or its name."
+    )
+    re_enroll: bool = False
+
+
+EnrollmentStatus = Literal["active", "completed", "stopped"]
+
+
+class Enrollment(Owned):
+    id: str
+    sequence_id: str
+    contact_id: str
+    email: str
+    status: EnrollmentStatus
+    stop_reason: str | None = Field(
+        description="reply, auto_reply, bounce, complaint, unsubscribe, click, manual, "
+        "archived, or how the last step's message ended (failed, suppressed, cancelled)."
+    )
+    step: int = Field(description="The last step queued (0: none yet).")
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+
+
+class Enrolled(Response):
+    items: list[Enrollment]
+    skipped: int = Field(description="Tagged contacts left out: already enrolled.")
+
+
+class EnrollmentQuery(ListQuery):
+    status: EnrollmentStatus | None = None
+
+
+class SequenceStepStats(Response):
+    step: int
+    queued: int
+    sent: int = Field(description="Accepted by the receiving server.")
+    opened: int
+    clicked: int
+    replied: int
+    bounced: int
+    stopped: int = Field(description="Enrolments that stopped at this step.")
+
+
+class SequenceAnalytics(Response):
+    sequence_id: str
+    enrollments: dict[str, int]
+    steps: list[SequenceStepStats]

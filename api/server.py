@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 
 import asyncpg
@@ -32,6 +32,7 @@ from api import (  # noqa: F401
     sandbox,
     senders,
     sends,
+    sequences,
     templates,
     webhooks,
 )
@@ -49,6 +50,8 @@ from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.observability import HEALTH, DatabaseHealth, healthz, ops_app, serving
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
+from penguinmails.sequences import INTERVAL as SEQUENCE_INTERVAL
+from penguinmails.sequences import Scheduler
 from penguinmails.systemd import notify
 from penguinmails.tokens import LinkSigner
 
@@ -97,6 +100,26 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+def _sequence_scheduler(
+    interval: float | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Sequences' scheduler (penguinmails.sequences), here because the API is the role that
+    creates sequences and enrolments and already runs background work; every API process
+    may run one (their batches skip each other's locked rows). None: not run (tests that
+    drive it by hand). On shutdown a batch in flight commits before the pool closes."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        if interval is None:
+            yield
+            return
+        scheduler = Scheduler(app[STATE].pool, interval)
+        scheduler.start()
+        yield
+        await scheduler.stop()
+
+    return run
+
+
 def create_app(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -104,6 +127,7 @@ def create_app(
     limits: Mapping[str, int] | None = None,
     window: int = WINDOW_SECONDS,
     max_body: int = MAX_BODY_BYTES,
+    sequence_interval: float | None = SEQUENCE_INTERVAL,
 ) -> web.Application:
     metrics = ApiMetrics()
     app = web.Application(
@@ -130,6 +154,7 @@ def create_app(
     add_index(app, PREFIX)
     add_index(app, ALIAS, page=False)
     app.cleanup_ctx.append(_housekeeping)
+    app.cleanup_ctx.append(_sequence_scheduler(sequence_interval))
     return app
 
 

@@ -1,0 +1,112 @@
+-- Sequences' scheduler (penguinmails/sequences.py): turns due steps into queued messages.
+
+-- name: schedule_steps
+-- One statement per batch, so a batch is all in or all out. The running enrolments ($2:
+-- only these, else any) whose last step was accepted by its receiver (or that have none
+-- yet), locked and skipped if another scheduler holds them, get their next step queued with
+-- its `email.sent` event and its sequence_messages row (the primary key there refuses a step
+-- queued twice, whatever the race); its due time is the previous step's sent_at (step 1:
+-- the enrolment) plus the step's delay, so the MTA's claim does the waiting. An enrolment
+-- whose last step was sent and which has no next one is completed; one whose last message
+-- ended otherwise (failed, suppressed, cancelled, bounced) is stopped with that reason.
+-- The recipient and personalization are the contact's now (email, first_name, last_name,
+-- company, then its custom fields); sandbox follows the tenant's mode, so test mode stays
+-- test mode. Follow-ups answer step 1: In-Reply-To and References carry its Message-ID. A
+-- due time outside the sequence's sending window moves into the next one (next_in_window,
+-- migration 0028), in the contact's time zone. $3 is the clock (NULL: now()), for tests.
+-- The conditions on the enrolment itself are what a concurrent scheduler's commit is
+-- rechecked against (FOR UPDATE rechecks the locked row's new version, not the joined
+-- message's): "no message" is read from e.step_message_id, never from the outer join, or an
+-- enrolment just advanced by the other scheduler would look like one whose message is gone.
+WITH due AS (
+    SELECT e.id, e.tenant_id, e.sequence_id, e.contact_id, e.step, e.created_at,
+           e.thread_message_id, e.thread_subject, m.status AS last_status,
+           m.sent_at AS last_sent_at
+    FROM sequence_enrollments e
+    LEFT JOIN messages m ON m.id = e.step_message_id
+    WHERE e.status = 'active'
+      AND ($2::bigint[] IS NULL OR e.id = ANY ($2::bigint[]))
+      AND (e.step = 0 OR e.step_message_id IS NULL
+           OR m.status IN ('sent', 'bounced', 'failed', 'suppressed', 'cancelled'))
+    ORDER BY e.id
+    LIMIT $1
+    FOR UPDATE OF e SKIP LOCKED
+), nxt AS (
+    SELECT d.id, d.tenant_id, s.position, q.from_email, q.from_name, q.settings,
+           c.email AS recipient, split_part(c.email, '@', 2) AS recipient_domain,
+           coalesce(c.custom_fields, '{}') || jsonb_strip_nulls(jsonb_build_object(
+               'email', c.email, 'first_name', c.first_name, 'last_name', c.last_name,
+               'company', c.company)) AS personalization,
+           CASE WHEN s.position = 1 OR s.subject IS NOT NULL THEN coalesce(s.subject, '')
+                ELSE 'Re: ' || coalesce(d.thread_subject, '') END AS subject,
+           s.html_body, s.text_body,
+           CASE WHEN d.thread_message_id IS NULL THEN '{}'::jsonb
+                ELSE jsonb_build_object('In-Reply-To', '<' || d.thread_message_id || '>',
+                                        'References', '<' || d.thread_message_id || '>') END
+               AS headers,
+           CASE WHEN s.business_days
+                THEN add_business_days(
+                         CASE WHEN d.step = 0 THEN d.created_at ELSE d.last_sent_at END,
+                         s.delay_days)
+                ELSE CASE WHEN d.step = 0 THEN d.created_at ELSE d.last_sent_at END
+                     + make_interval(days => s.delay_days)
+                END + s.delay_hours * interval '1 hour' AS due_at,
+           t.mode = 'test' AS sandbox,
+           c.custom_fields ->> 'timezone' AS zone, q.window_zone, q.window_days,
+           q.window_start, q.window_end, q.window_skip,
+           replace(gen_random_uuid()::text, '-', '') || '@'
+               || lower(split_part(q.from_email, '@', 2)) AS rfc_message_id
+    FROM due d
+    JOIN sequences q ON q.id = d.sequence_id
+    JOIN sequence_steps s ON s.sequence_id = d.sequence_id AND s.position = d.step + 1
+    JOIN contacts c ON c.id = d.contact_id
+    JOIN tenants t ON t.id = d.tenant_id
+    WHERE q.status = 'active' AND (d.step = 0 OR d.last_status = 'sent')
+), queued AS (
+    INSERT INTO messages (tenant_id, message_id, from_email, from_name, recipient,
+                          recipient_domain, subject, text_body, html_body, headers,
+                          personalization, settings, next_attempt_at, sandbox, priority)
+    SELECT tenant_id, rfc_message_id, from_email, from_name, recipient, recipient_domain,
+           subject, text_body, html_body, headers, personalization, settings,
+           next_in_window(greatest(due_at, coalesce($3::timestamptz, now())), zone,
+                          window_zone, window_days, window_start, window_end, window_skip,
+                          random()),
+           sandbox, 1
+    FROM nxt
+    RETURNING id, tenant_id, message_id, subject, next_attempt_at,
+              EXISTS (SELECT 1 FROM suppressions s
+                      WHERE s.tenant_id = messages.tenant_id
+                        AND s.email = lower(messages.recipient)) AS suppressed
+), linked AS (
+    INSERT INTO sequence_messages (enrollment_id, step, message_id)
+    SELECT n.id, n.position, q.id FROM nxt n JOIN queued q ON q.message_id = n.rfc_message_id
+    RETURNING enrollment_id
+), sent AS (
+    INSERT INTO events (tenant_id, message_id, type, data)
+    SELECT q.tenant_id, q.id, 'email.sent', jsonb_build_object('send_at', q.next_attempt_at)
+    FROM queued q
+    WHERE NOT q.suppressed
+    ORDER BY q.id
+), advanced AS (
+    UPDATE sequence_enrollments e
+    SET step = n.position, step_message_id = q.id,
+        thread_message_id = coalesce(e.thread_message_id, q.message_id),
+        thread_subject = coalesce(e.thread_subject, q.subject),
+        updated_at = now()
+    FROM nxt n JOIN queued q ON q.message_id = n.rfc_message_id
+    WHERE e.id = n.id
+    RETURNING e.id
+), ended AS (
+    UPDATE sequence_enrollments e
+    SET status = CASE WHEN d.last_status = 'sent' THEN 'completed' ELSE 'stopped' END,
+        stop_reason = CASE WHEN d.last_status = 'sent' THEN NULL
+                           WHEN d.last_status = 'bounced' THEN 'bounce'
+                           ELSE coalesce(d.last_status, 'message deleted') END,
+        ended_at = now(), updated_at = now()
+    FROM due d
+    WHERE e.id = d.id AND d.step > 0 AND NOT EXISTS (SELECT 1 FROM nxt WHERE nxt.id = d.id)
+    RETURNING e.status
+)
+SELECT (SELECT count(*) FROM queued) AS queued,
+       (SELECT count(*) FROM ended WHERE status = 'completed') AS completed,
+       (SELECT count(*) FROM ended WHERE status = 'stopped') AS stopped;
