@@ -33,7 +33,7 @@ from mta.shaping import Automation, Level, Scope, Shaper, load_rules
 from mta.shared import MAX_WAIT, SharedShaping, scope_key
 from mta.slots import ConnectionSlots
 from mta.smtp import DomainBusy, DomainPool, Pools, Shape
-from mta.sources import Egress, Source
+from mta.sources import Egress, Source, check_sources
 from mta.throttle import Throttles
 from penguinmails.buffer import Failure, GroupCommit
 from penguinmails.config import Settings
@@ -150,6 +150,7 @@ class Worker:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             side = [
+                group.create_task(self._check_sources(), name="source-check"),
                 group.create_task(self._listen(), name="queue-listener"),
                 group.create_task(self._heartbeat(), name="lease-heartbeat"),
                 group.create_task(self._presence(), name="presence"),
@@ -172,6 +173,16 @@ class Worker:
                 for task in side:
                     task.cancel()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
+
+    async def _check_sources(self) -> None:
+        """Warn (once, at start) about egress sources whose EHLO name disagrees with their
+        reverse DNS; delivery does not wait for it."""
+        try:
+            await check_sources(list(self._egress.sources.values()), self._router.resolver)
+        except Exception:  # a check that cannot run must not stop the worker
+            log.warning(
+                "egress source check failed", exc_info=True, extra={"action": "source_check"}
+            )
 
     async def _claim_loop(self) -> None:
         while not self._stopping:

@@ -510,6 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ROLES:
             _check_data_dir(settings)
         return _run(args.func(settings, args)) or 0
+    except ConfigError as exc:  # a file the configuration names (shaping rules) is unusable
+        print(f"penguinmails: {exc}", file=sys.stderr)
+        return 2
     except (CommandError, PendingMigrations) as exc:
         print(f"penguinmails: {exc}", file=sys.stderr)
         return 1

@@ -413,6 +413,13 @@ def load_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    shaping = settings.mta.shaping_file
+    if path is not None and shaping and not Path(shaping).is_absolute():
+        # Beside the configuration that names it, wherever the process runs from.
+        beside = str(Path(path).resolve().parent / shaping)
+        settings = settings.model_copy(
+            update={"mta": settings.mta.model_copy(update={"shaping_file": beside})}
+        )
     # Here, not on first use: an unusable key source must stop every command at start, not
     # fail a request later or quietly fall back to a generated key.
     from penguinmails.secrets import KeySourceError, check_key_sources

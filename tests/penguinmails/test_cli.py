@@ -196,3 +196,13 @@ async def test_a_busy_port_is_one_line_naming_its_setting(database_url, tmp_path
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"penguinmails: cannot listen on 127.0.0.1:{port} (api.listen)")
     assert "PENGUINMAILS_API__LISTEN" in line and "Traceback" not in err
+
+
+async def test_mta_refuses_to_start_on_unusable_shaping_rules(database_url, tmp_path):
+    rules = tmp_path / "shaping.toml"
+    rules.write_text('[[automation]]\nname = "x"\nprovider = "nobody"\naction = "suspend"\n')
+    for path, named in ((rules, "unknown providers"), (tmp_path / "missing.toml", "missing")):
+        code, _, err = await _cli(
+            database_url, tmp_path, "mta", PENGUINMAILS_MTA__SHAPING_FILE=str(path)
+        )
+        assert code == 2 and named in err and "Traceback" not in err, err

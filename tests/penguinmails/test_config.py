@@ -127,6 +127,11 @@ def test_metrics_can_be_switched_off_per_role():
         "tracker.metrics_listen",
         "mta.metrics_listen",
         "mta.processes",
+        "mta.mta_sts",
+        "mta.tls_ca_file",
+        "mta.shaping_file",
+        "mta.default_pool",
+        "mta.tenant_pools",
         "security.secret_keys",
         "security.key_file",
     ],
@@ -154,3 +159,12 @@ def test_auto_processes_is_one_per_core_this_process_may_use():
     assert auto.mta.worker_count() == len(os.sched_getaffinity(0))
     assert load_settings(None, environ={"PENGUINMAILS_MTA__PROCESSES": "2"}).mta.worker_count() == 2
     assert Settings().mta.worker_count() == 1  # the default: one process, no supervisor
+
+
+def test_a_relative_shaping_file_is_read_beside_the_configuration(tmp_path, monkeypatch):
+    path = write(tmp_path, '[mta]\nshaping_file = "rules/shaping.toml"\n')
+    monkeypatch.chdir("/")
+    settings = load_settings(path, environ={})
+    assert settings.mta.shaping_file == str(tmp_path / "rules" / "shaping.toml")
+    absolute = write(tmp_path, '[mta]\nshaping_file = "/etc/shaping.toml"\n')
+    assert load_settings(absolute, environ={}).mta.shaping_file == "/etc/shaping.toml"
