@@ -21,7 +21,13 @@ same sink accepting everything. The full run includes it; `--smart` runs it alon
 count above 1, or "auto" (one per core of this machine), runs one `penguinmails mta
 --processes N` supervisor and its workers, as a unit would.
 
-    python -m benchmarks mta [--quick] [--smart] [--messages N] [--processes 1,auto]
+`--shaping`: the cost of shared shaping state. The same 5 KB run, alternated twice, with
+per-domain rules only (connection slots per domain, no rate: no shaping state touched per
+message) and with a shaping file whose site and provider levels both cap connections and
+carry a rate too high to hold anything back: every message then reserves its place at two
+rated levels in Postgres and every connection holds three slots. Read the msg/s ratio.
+
+    python -m benchmarks mta [--quick] [--smart] [--shaping] [--messages N] [--processes 1,auto]
 """
 
 from __future__ import annotations
@@ -725,6 +731,45 @@ async def smart_runs(
     return runs
 
 
+SHAPING_RULES = f"""
+[site]
+max_connections = {SESSIONS}
+rate_per_second = 1000000
+burst = 1000000
+
+[providers.bench]
+domains = ["{DOMAIN}"]
+max_connections = {SESSIONS}
+rate_per_second = 1000000
+burst = 1000000
+"""
+
+
+async def shaping_runs(
+    bench: Bench, args: argparse.Namespace, messages: int, checked: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    size = 5_000
+    checked.setdefault(size, await check_message(bench, size))
+    rules = bench.workdir / "shaping.toml"
+    rules.write_text(SHAPING_RULES)
+    postfix = ensure_postfix_tools(install=not args.quick)
+    sink = start_sink(postfix)
+    modes = {
+        "per-domain rules": {},
+        "shared shaping": {"PENGUINMAILS_MTA__SHAPING_FILE": str(rules)},
+    }
+    runs: list[dict[str, Any]] = []
+    try:
+        for _ in range(2):  # alternated, so drift on a busy machine hits both alike
+            for label, env in modes.items():
+                result = await mta_run(bench, sink.port, draft_of(messages, size), 1, extra_env=env)
+                result.update({"mode": label, "sink": sink.kind, "size_bytes": size})
+                runs.append(result)
+    finally:
+        sink.stop()
+    return runs
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     messages = args.messages or (2000 if args.quick else 20000)
     workdir, base_url = await asyncio.to_thread(embedded_database, "pm-bench-mta-")
@@ -740,7 +785,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "dkim": {"domain": FROM_DOMAIN, "selector": bench.dkim_selector},
         "runs": [],
         "smart_runs": [],
+        "shaping_runs": [],
     }
+    if args.shaping:
+        results["shaping_runs"] = await shaping_runs(bench, args, messages, checked)
+        results["checked_messages"] = {str(k): v for k, v in checked.items()}
+        results["load_average_after"] = os.getloadavg()
+        return results
     if not args.smart_only:
         results["sink"], results["runs"] = await plain_runs(bench, args, messages, checked)
     if args.smart_only or not args.quick:
@@ -856,6 +907,32 @@ def report(results: dict[str, Any]) -> None:
         print(table.render())
 
 
+def report_shaping(results: dict[str, Any]) -> None:
+    runs = results["shaping_runs"]
+    if not runs:
+        return
+    table = Table(["mode", "msgs", "MTA msg/s", "vs per-domain", "CPU s", "PG CPU s"])
+    base = statistics.fmean(
+        r["messages_per_second"] for r in runs if r["mode"] == "per-domain rules"
+    )
+    for r in runs:
+        table.add(
+            [
+                r["mode"],
+                r["messages"],
+                r["messages_per_second"],
+                r["messages_per_second"] / base,
+                r["cpu_seconds"],
+                r["postgres_cpu_seconds"],
+            ]
+        )
+    print(
+        f"\nShared shaping vs per-domain rules: one MTA process to {runs[0]['sink']}, "
+        f"{SESSIONS} sessions, 5 KB, alternated"
+    )
+    print(table.render())
+
+
 def _process_counts(text: str) -> list[int | str]:
     counts: list[int | str] = []
     for part in text.split(","):
@@ -882,6 +959,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the smart-sink runs (4xx/5xx in the mix)",
     )
+    parser.add_argument(
+        "--shaping",
+        action="store_true",
+        help="only the shared-shaping comparison (site and provider levels, rated)",
+    )
     parser.add_argument("--soft", type=float, default=SOFT_SHARE, help="share answered 4xx")
     parser.add_argument("--hard", type=float, default=HARD_SHARE, help="share answered 5xx")
     parser.add_argument("--messages", type=int, default=0)
@@ -899,7 +981,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = asyncio.run(run(args))
     report(results)
-    write_json("mta-smart" if args.smart_only else "mta", results)
+    report_shaping(results)
+    name = "mta-shaping" if args.shaping else "mta-smart" if args.smart_only else "mta"
+    write_json(name, results)
     return 0
 
 

@@ -102,3 +102,31 @@ ORDER BY until DESC;
 -- name: tenant_name
 -- A tenant row's name, for [mta] tenant_pools (the worker remembers it).
 SELECT name FROM tenants WHERE id = $1;
+
+-- name: reserve_tokens_many
+-- reserve_tokens for several keys in one round trip: $1 keys, $2 rates, $3 bursts, $4 how
+-- many each. A key seen for the first time starts with its burst; two processes inserting
+-- the same new key at once leave it out of one's answer, which then asks again.
+WITH wanted AS (
+    SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[])
+        AS w(key, rate, burst, n)
+), updated AS (
+    UPDATE shaping_rates r
+    SET tokens = least(w.burst,
+                       r.tokens + extract(epoch FROM clock_timestamp() - r.stamp) * w.rate)
+                 - w.n,
+        stamp = clock_timestamp()
+    FROM wanted w
+    WHERE r.key = w.key
+    RETURNING r.key, r.tokens
+), inserted AS (
+    INSERT INTO shaping_rates (key, tokens, stamp)
+    SELECT w.key, w.burst - w.n, clock_timestamp()
+    FROM wanted w
+    WHERE NOT EXISTS (SELECT 1 FROM shaping_rates r WHERE r.key = w.key)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key, tokens
+)
+SELECT key, tokens FROM updated
+UNION ALL
+SELECT key, tokens FROM inserted;

@@ -141,3 +141,23 @@ async def test_metrics_show_depth_by_site_and_provider_and_what_is_held(
     [held] = [line for line in text.splitlines() if line.startswith("penguinmails_mta_shaping")]
     assert 'key="site:aspmx.l.google.com"' in held and 'rule="google-unusual-rate"' in held
     assert 590 < float(held.rsplit(" ", 1)[1]) <= 600
+
+
+async def test_a_fast_rate_is_reserved_in_chunks_not_a_statement_a_message(
+    pool: asyncpg.Pool,
+) -> None:
+    shaping = SharedShaping(pool)
+    fast = Level("site:fast", max_connections=None, rate_per_second=1000.0, burst=1000)
+
+    async def left() -> float:
+        return float(
+            await pool.fetchval("SELECT tokens FROM shaping_rates WHERE key = 'site:fast'")
+        )
+
+    assert await shaping.reserve([fast]) == 0.0
+    assert 949 < await left() <= 951  # 50 ms of the rate taken at once
+    for _ in range(49):
+        assert await shaping.reserve([fast]) == 0.0
+    assert 949 < await left() <= 951  # handed out here, no statement
+    await shaping.reserve([fast])
+    assert 899 < await left() < 950  # the next chunk (plus what refilled meanwhile)
