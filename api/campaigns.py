@@ -70,6 +70,7 @@ def campaign_model(row: asyncpg.Record) -> Campaign:
         SenderOut(email=row["from_email"], name=row["from_name"]) if row["from_email"] else None
     )
     fields = {name: row[name] for name in _CAMPAIGN_COLUMNS}
+    fields["paused_reason"] = row.get("paused_reason")
     return Campaign.model_validate(
         {
             **fields,

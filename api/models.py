@@ -419,6 +419,11 @@ class Campaign(Owned):
     send_at: datetime | None
     started_at: datetime | None
     paused_at: datetime | None
+    paused_reason: str | None = Field(
+        default=None,
+        description="Why the circuit breaker paused it (null for a pause through the API); "
+        "resuming clears it.",
+    )
     completed_at: datetime | None
     cancelled_at: datetime | None
     created_at: datetime

@@ -171,6 +171,7 @@ INSERT INTO events (tenant_id, campaign_id, type, data) VALUES ($1, $2, $3, $4);
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
        cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
+       paused_reason,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
@@ -182,6 +183,7 @@ FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
        cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
+       paused_reason,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns
@@ -229,7 +231,9 @@ UPDATE messages SET status = 'paused', updated_at = now()
 WHERE campaign_id = $1 AND tenant_id = $2 AND status IN ('queued', 'deferred');
 
 -- name: set_campaign_paused
-UPDATE campaigns SET status = 'paused', paused_at = now(), updated_at = now() WHERE id = $1;
+UPDATE campaigns SET status = 'paused', paused_at = now(), paused_reason = NULL,
+                     updated_at = now()
+WHERE id = $1;
 
 -- name: resume_campaign_messages
 -- Back in reach, each due time moved by the length of the pause, so batches keep their spacing
@@ -245,7 +249,7 @@ WHERE campaign_id = $1 AND tenant_id = $2 AND status = 'paused';
 -- messages finished during the pause.
 WITH resumed AS (
     UPDATE campaigns
-    SET status = 'sending', paused_at = NULL, updated_at = now(),
+    SET status = 'sending', paused_at = NULL, paused_reason = NULL, updated_at = now(),
         send_at = send_at + (now() - $2::timestamptz)
     WHERE id = $1
     RETURNING id

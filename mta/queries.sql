@@ -116,9 +116,15 @@ SELECT id FROM updated;
 -- name: release
 -- Give messages back without an outcome (shutdown, or a destination that is backed off): no
 -- attempt is counted and no event written; they are due again at $3. $4 marks them possible
--- duplicates: released mid-transaction, the peer may already have accepted them.
+-- duplicates: released mid-transaction, the peer may already have accepted them. A message of
+-- a campaign paused meanwhile (by hand or by the circuit breaker) joins its paused messages,
+-- for the campaign's resume to bring back.
 UPDATE messages
-SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+SET status = CASE WHEN campaign_id IS NOT NULL
+                       AND EXISTS (SELECT 1 FROM campaigns c
+                                   WHERE c.id = messages.campaign_id AND c.status = 'paused')
+                  THEN 'paused'
+                  WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
     next_attempt_at = $3,
     possible_duplicate = possible_duplicate OR $4,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,

@@ -130,3 +130,12 @@ WITH wanted AS (
 SELECT key, tokens FROM updated
 UNION ALL
 SELECT key, tokens FROM inserted;
+
+-- name: campaign_breaker
+-- The circuit breaker's check (migration 0029): the campaigns it paused just now, and why.
+SELECT campaign_id, reason FROM campaign_breaker($1, $2, $3, $4);
+
+-- name: paused_campaigns
+-- Campaigns paused now (by hand or by the circuit breaker): their messages already leased
+-- by a worker go back rather than out. Read with the suspensions, about once a second.
+SELECT id FROM campaigns WHERE status = 'paused';

@@ -67,6 +67,7 @@ class SharedShaping:
         self._refreshed = float("-inf")
         self._sites: dict[str, tuple[str, str | None]] = {}
         self._stash: dict[str, _Stash] = {}
+        self.paused_campaigns: frozenset[int] = frozenset()
         self._reserving = asyncio.Lock()
 
     # -- rates ----------------------------------------------------------------------------
@@ -171,6 +172,8 @@ class SharedShaping:
             return
         rows = await self._pool.fetch(SQL["active_suspensions"])
         self._active = {r["key"]: Suspension(**dict(r)) for r in rows}
+        paused = await self._pool.fetch(SQL["paused_campaigns"])
+        self.paused_campaigns = frozenset(r["id"] for r in paused)
         self._refreshed = now
 
     def holding(self, keys: Sequence[str]) -> Suspension | None:

@@ -59,6 +59,10 @@ def _opportunistic_tls() -> ssl.SSLContext:
 SLOT_WAIT = 2.0
 
 
+class NotWanted(Exception):
+    """The message was no longer to be sent once a connection was free for it."""
+
+
 class DomainBusy(Exception):
     """Every connection the domain allows is open in other MTA processes."""
 
@@ -164,16 +168,22 @@ class DomainPool:
         recipient: str,
         data: bytes,
         on_wire: Callable[[], None] | None = None,
+        wanted: Callable[[], bool] | None = None,
     ) -> Reply:
         """Deliver one message; `on_wire` is called at the point from which an interruption
         may leave the peer holding the message: just before its first byte of content (with
-        aiosmtplib, as the transaction starts)."""
+        aiosmtplib, as the transaction starts). `wanted` is asked once a connection is ours,
+        since a message may wait a while for one: False gives the connection back unused
+        and raises NotWanted (its campaign was paused meanwhile, say)."""
         retried = False
         while True:
             try:
                 conn = await self._acquire(route)
             except _NoConnection as exc:
                 return exc.reply
+            if wanted is not None and not wanted():
+                await self._return_unused(conn)
+                raise NotWanted
             if conn.submission is not None:
                 if on_wire is not None:
                     on_wire()
@@ -324,6 +334,11 @@ class DomainPool:
                     exc_info=True,
                     extra={"action": "release_slot", "domain": key},
                 )
+
+    async def _return_unused(self, conn: _Connection) -> None:
+        async with self._changed:
+            self._idle.append(conn)
+            self._changed.notify()
 
     async def _release(self, conn: _Connection, reusable: bool) -> None:
         conn.sent += 1

@@ -31,8 +31,9 @@ from mta.outcomes import Outcome, Reply, decide
 from mta.routing import Route, RouteError, Router
 from mta.shaping import Automation, Level, Scope, Shaper, load_rules
 from mta.shared import MAX_WAIT, SharedShaping, scope_key
+from mta.shared import SQL as SHAPING_SQL
 from mta.slots import ConnectionSlots
-from mta.smtp import DomainBusy, DomainPool, Pools, Shape
+from mta.smtp import DomainBusy, DomainPool, NotWanted, Pools, Shape
 from mta.sources import Egress, Source, check_sources
 from mta.throttle import Throttles
 from penguinmails.buffer import Failure, GroupCommit
@@ -151,6 +152,8 @@ class Worker:
         async with asyncio.TaskGroup() as group:
             side = [
                 group.create_task(self._check_sources(), name="source-check"),
+                group.create_task(self._breaker(), name="circuit-breaker"),
+                group.create_task(self._shaping_view(), name="shaping-view"),
                 group.create_task(self._listen(), name="queue-listener"),
                 group.create_task(self._heartbeat(), name="lease-heartbeat"),
                 group.create_task(self._presence(), name="presence"),
@@ -173,6 +176,50 @@ class Worker:
                 for task in side:
                     task.cancel()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
+
+    async def _shaping_view(self) -> None:
+        """Side task: what every process decided (suspensions, throttles, paused campaigns)
+        read about once a second, even while every message here waits for a connection."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._shared.refresh()
+            except DATABASE_ERRORS as exc:
+                log.warning(
+                    "shaping view not refreshed", extra={"action": "shaping", "error": str(exc)}
+                )
+
+    async def _breaker(self) -> None:
+        """Side task: pause sending campaigns whose bounce or complaint rate passed its limit
+        (every worker checks; the first to see a campaign pauses it, once)."""
+        breaker = self._mta.breaker
+        if not breaker.enabled:
+            return
+        while True:
+            await asyncio.sleep(breaker.check_interval)
+            try:
+                tripped = await self._pool.fetch(
+                    SHAPING_SQL["campaign_breaker"],
+                    breaker.window_hours,
+                    breaker.min_sample,
+                    breaker.max_bounce_rate,
+                    breaker.max_complaint_rate,
+                )
+            except DATABASE_ERRORS as exc:
+                log.warning("breaker check failed", extra={"action": "breaker", "error": str(exc)})
+                continue
+            if tripped:
+                with contextlib.suppress(*DATABASE_ERRORS):
+                    await self._shared.refresh(force=True)  # hold them here at once
+            for row in tripped:
+                log.warning(
+                    "campaign paused by the circuit breaker",
+                    extra={
+                        "action": "breaker",
+                        "campaign_id": row["campaign_id"],
+                        "reason": row["reason"],
+                    },
+                )
 
     async def _check_sources(self) -> None:
         """Warn (once, at start) about egress sources whose EHLO name disagrees with their
@@ -263,6 +310,15 @@ class Worker:
         queue_id: int = row["id"]
         if row["suppressed"]:
             return Outcome("suppressed", "email.suppressed", attempted=0)
+        if row["campaign_id"] is not None:
+            try:
+                await self._shared.refresh()
+            except DATABASE_ERRORS:
+                pass  # last second's view stands
+            if row["campaign_id"] in self._shared.paused_campaigns:
+                # Paused after the claim (by hand or by the circuit breaker): back it goes,
+                # among its campaign's paused messages (queue.release), not out.
+                return GiveBack(datetime.now(UTC))
         domain: str = row["recipient_domain"]
         throttle = self._throttles[domain]
         until = throttle.backoff_until()
@@ -324,8 +380,15 @@ class Worker:
         started = time.perf_counter()
         try:
             reply = await pool.send(
-                route, sender, row["recipient"], data, on_wire=lambda: self._on_wire.add(queue_id)
+                route,
+                sender,
+                row["recipient"],
+                data,
+                on_wire=lambda: self._on_wire.add(queue_id),
+                wanted=lambda: row["campaign_id"] not in self._shared.paused_campaigns,
             )
+        except NotWanted:
+            return GiveBack(datetime.now(UTC))  # its campaign was paused while it waited
         except DomainBusy:
             # Other processes hold every connection it may have: let one of them have it.
             return GiveBack(datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS))
@@ -421,9 +484,7 @@ class Worker:
         tenant_id: int = row["tenant_id"]
         name = self._tenant_names.get(tenant_id)
         if name is None:
-            name = str(
-                await self._pool.fetchval("SELECT name FROM tenants WHERE id = $1", tenant_id)
-            )
+            name = str(await self._pool.fetchval(SHAPING_SQL["tenant_name"], tenant_id))
             self._tenant_names[tenant_id] = name
         return self._mta.tenant_pools.get(name)
 

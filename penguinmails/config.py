@@ -177,6 +177,19 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+class BreakerSettings(Section):
+    """The circuit breaker: a sending campaign whose rates over the window pass a limit is
+    paused until resumed by hand. Defaults sit under the mailbox providers' published limits
+    (Gmail and Yahoo ask for complaints under 0.3%)."""
+
+    enabled: bool = True
+    window_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    min_sample: int = Field(default=100, ge=1)  # delivered + bounced before rates count
+    max_bounce_rate: float = Field(default=0.05, gt=0, le=1)
+    max_complaint_rate: float = Field(default=0.003, gt=0, le=1)
+    check_interval: float = Field(default=30.0, gt=0)  # seconds between checks, per worker
+
+
 class MtaSettings(Section):
     hostname: str = "localhost"
     bounce_domain: str = "bounces.localhost"
@@ -225,6 +238,7 @@ class MtaSettings(Section):
     # Which pool each tenant's messages leave from, by tenant name (a campaign's
     # settings.egress_pool comes first); others use default_pool.
     tenant_pools: dict[str, str] = Field(default_factory=dict)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
 
     retry_base_seconds: float = Field(default=60.0, gt=0)
     retry_max_seconds: float = Field(default=4 * 3600.0, gt=0)

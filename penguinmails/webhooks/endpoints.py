@@ -51,6 +51,7 @@ EVENT_TYPES = (
     "email.cancelled",
     "email.rescheduled",
     "delivery.throttled",
+    "sending.paused",
     "webhook.disabled",
 )
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
+from penguinmails.messages import Draft, enqueue, ensure_tenant
 from tests.dns_server import DNSServer
 from tests.helpers import queue_messages, wait_for
 from tests.smtp_peer import SMTPPeer
@@ -114,24 +114,39 @@ async def test_a_provider_s_deferral_suspends_its_site_then_sending_resumes(
     assert event["data"]["scope"] == "provider:lab" and event["data"]["rule"] == "lab-deferred"
 
 
-@pytest.mark.parametrize("ehlo", ["out2.acme.test"])
-async def test_a_source_delivers_from_its_address_with_its_name(
+async def test_a_source_delivers_from_its_address_with_its_name_for_its_pool_s_tenants(
     pool: asyncpg.Pool,
     make_settings: Any,
     smtp_peer: SMTPPeer,
     start_worker: Any,
-    ehlo: str,
 ) -> None:
     settings = make_settings(
         mta={
             "routes": {"dest.test": smtp_peer.hop},
-            "sources": {"two": {"address": "127.0.0.2", "ehlo": ehlo}},
+            "sources": {
+                "shared": {"address": "127.0.0.1", "ehlo": "out1.example.test"},
+                "two": {"address": "127.0.0.2", "ehlo": "out2.acme.test"},
+            },
+            "pools": {"dedicated": {"sources": {"two": 1}}, "common": {"sources": {"shared": 1}}},
+            "default_pool": "common",
+            "tenant_pools": {"acme": "dedicated"},
         }
     )
-    await queue_messages(pool, ["ann@dest.test", "bob@dest.test"])
+    await queue_messages(pool, ["ann@dest.test", "bob@dest.test"])  # tenant acme
+    other = await ensure_tenant(pool, "globex")
+    await enqueue(
+        pool,
+        other,
+        Draft(from_email="a@globex.test", subject="S", text="T", recipients=["cy@dest.test"]),
+    )
     await start_worker(settings)
-    await wait_for(lambda: len(smtp_peer.received) == 2, timeout=20)
-    assert {(r.peer, r.helo) for r in smtp_peer.received} == {("127.0.0.2", ehlo)}
+    await wait_for(lambda: len(smtp_peer.received) == 3, timeout=20)
+    seen = {r.rcpt_tos[0]: (r.peer, r.helo) for r in smtp_peer.received}
+    assert seen == {
+        "ann@dest.test": ("127.0.0.2", "out2.acme.test"),
+        "bob@dest.test": ("127.0.0.2", "out2.acme.test"),
+        "cy@dest.test": ("127.0.0.1", "out1.example.test"),
+    }
 
 
 async def test_an_enforced_mta_sts_policy_needs_a_certificate_valid_for_the_mx(
