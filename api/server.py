@@ -29,6 +29,7 @@ from api import (  # noqa: F401
     inbound,
     keys,
     messages,
+    replies,
     sandbox,
     senders,
     sends,

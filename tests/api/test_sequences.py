@@ -184,6 +184,14 @@ async def test_a_reply_stops_the_sequence_and_followups_thread_under_step_one(
     assert payload["data"]["enrollment_id"] == enrollments["ann@dest.test"]["id"]
     assert payload["data"]["step"] == 1
 
+    # In the replies inbox, the reply says which sequence, enrolment and step it answers,
+    # and the auto-reply is told apart from it.
+    replies = {r["from"]: r for r in (await client.get("/replies")).data["items"]}
+    ann = replies["ann@dest.test"]
+    assert ann["category"] == "reply" and ann["sequence_id"] == sequence["id"]
+    assert (ann["enrollment_id"], ann["step"]) == (enrollments["ann@dest.test"]["id"], 1)
+    assert replies["bob@dest.test"]["category"] in ("auto_reply", "out_of_office")
+
 
 # -- Without the MTA: step messages are marked sent by hand ------------------------------------
 
