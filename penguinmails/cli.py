@@ -279,6 +279,53 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_sequences(settings: Settings, args: argparse.Namespace) -> int:
+    from penguinmails.queries import load
+
+    conn = await _connect_migrated(settings)
+    try:
+        rows = await conn.fetch(
+            load("penguinmails", "sql/sequences.sql")["sequences_status"], args.tenant
+        )
+    finally:
+        await conn.close()
+    if not rows:
+        print("no active sequences" + (f" for tenant {args.tenant!r}" if args.tenant else ""))
+        return 0
+    print(
+        _table(
+            [
+                "tenant",
+                "mode",
+                "sequence",
+                "name",
+                "active",
+                "completed",
+                "stopped",
+                "sent",
+                "waiting",
+                "replies",
+            ],
+            [
+                [
+                    r["tenant"],
+                    r["mode"],
+                    r["public_id"],
+                    r["name"],
+                    r["active"],
+                    r["completed"],
+                    r["stopped"],
+                    r["sent"],
+                    r["waiting"],
+                    r["replies"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
 async def cmd_shaping(settings: Settings, args: argparse.Namespace) -> int:
     from penguinmails.queries import load
 
@@ -457,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--status", choices=["queued", "deferred"], help="only these (default: both)"
     )
     queue.add_argument("--yes", action="store_true", help="purge without asking first")
+
+    sequences = command(
+        "sequences",
+        "show active sequences: enrolments, steps sent and waiting, replies",
+        cmd_sequences,
+    )
+    sequences.add_argument("--tenant", help="only this tenant's (default: every tenant's)")
 
     shaping = sub.add_parser(
         "shaping",

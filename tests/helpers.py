@@ -15,6 +15,7 @@ import math
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,25 @@ def role_env(database_url: str, data_dir: Path, **overrides: str) -> dict[str, s
         }
     )
     return env
+
+
+async def run_cli(
+    database_url: str, tmp_path: Path, *args: str, stdin: bytes | None = None, **overrides: str
+) -> tuple[int | None, str, str]:
+    """`penguinmails ARGS` as a process on this test's database: exit code, stdout, stderr."""
+    env = role_env(database_url, tmp_path, **overrides)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "penguinmails.cli",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    return proc.returncode, out.decode(), err.decode()
 
 
 # -- the queue --------------------------------------------------------------------------------

@@ -110,3 +110,24 @@ WITH due AS (
 SELECT (SELECT count(*) FROM queued) AS queued,
        (SELECT count(*) FROM ended WHERE status = 'completed') AS completed,
        (SELECT count(*) FROM ended WHERE status = 'stopped') AS stopped;
+
+-- name: sequences_status
+-- For `penguinmails sequences`: every active sequence (of one tenant, $1, or all) with its
+-- enrolments by status, the step messages sent and waiting, and the replies among them.
+SELECT t.name AS tenant, t.mode, q.public_id, q.name,
+       count(DISTINCT e.id) FILTER (WHERE e.status = 'active') AS active,
+       count(DISTINCT e.id) FILTER (WHERE e.status = 'completed') AS completed,
+       count(DISTINCT e.id) FILTER (WHERE e.status = 'stopped') AS stopped,
+       count(DISTINCT m.id) FILTER (WHERE m.status = 'sent') AS sent,
+       count(DISTINCT m.id) FILTER (WHERE m.status IN ('queued', 'deferred', 'sending'))
+           AS waiting,
+       count(DISTINCT i.id) AS replies
+FROM sequences q
+JOIN tenants t ON t.id = q.tenant_id
+LEFT JOIN sequence_enrollments e ON e.sequence_id = q.id
+LEFT JOIN sequence_messages sm ON sm.enrollment_id = e.id
+LEFT JOIN messages m ON m.id = sm.message_id
+LEFT JOIN inbound_emails i ON i.message_id = sm.message_id
+WHERE q.status = 'active' AND ($1::text IS NULL OR t.name = $1)
+GROUP BY t.name, t.mode, q.public_id, q.name
+ORDER BY t.name, t.mode, q.name;

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,7 +23,7 @@ from inbound.server import InboundServer
 from mta.domains import add_domain
 from penguinmails.config import Settings
 from penguinmails.sequences import Scheduled, Scheduler, schedule
-from tests.helpers import Client, Receiver, assert_error, verify, wait_for
+from tests.helpers import Client, Receiver, assert_error, run_cli, verify, wait_for
 from tests.inbound.conftest import REPLY_ADDRESS, send
 from tests.smtp_peer import SMTPPeer
 from tracker.server import Tracker
@@ -317,6 +318,24 @@ async def test_steps_run_to_completion_and_a_rerun_sends_nothing_twice(
         ("a@dest.test", "completed", None),
         ("b@dest.test", "stopped", "failed"),
     }
+
+
+async def test_the_sequences_command_shows_enrolments_steps_and_replies(
+    pool: asyncpg.Pool, client: Client, database_url: str, tmp_path: Path
+) -> None:
+    sequence = await _create(client, FOLLOW_UP_IN_AN_HOUR)
+    await client.post(
+        f"/sequences/{sequence['id']}/enrollments",
+        json={"contacts": ["a@dest.test", "b@dest.test"]},
+    )
+    await _sent(pool, "a@dest.test")
+    code, out, err = await run_cli(database_url, tmp_path, "sequences", "--tenant", "acme")
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if sequence["id"] in line]
+    # tenant, mode, id, name, active, completed, stopped, sent, waiting, replies
+    assert line.split()[3:] == ["nurture", "2", "0", "0", "1", "1", "0"]
+    code, out, _ = await run_cli(database_url, tmp_path, "sequences", "--tenant", "nobody")
+    assert code == 0 and "no active sequences for tenant 'nobody'" in out
 
 
 async def test_enrolment_is_once_unless_re_enroll_and_delete_stops_it(

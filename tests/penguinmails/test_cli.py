@@ -5,7 +5,6 @@ are named, no surprises (no tenant made by a typo, no database made in the wrong
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import subprocess
@@ -13,25 +12,8 @@ import sys
 from pathlib import Path
 
 from penguinmails.cli import build_parser
-from tests.helpers import queue_messages, role_env
-
-
-async def _cli(
-    database_url: str, tmp_path, *args: str, stdin: bytes | None = None, **overrides: str
-):
-    env = role_env(database_url, tmp_path, **overrides)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "penguinmails.cli",
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-    return proc.returncode, out.decode(), err.decode()
+from tests.helpers import queue_messages
+from tests.helpers import run_cli as _cli
 
 
 async def _defer(pool, ids, reply: str) -> None:
