@@ -355,11 +355,20 @@ class DomainPool:
             self._changed.notify()
 
     async def close_idle(self, older_than: float = 0.0) -> None:
-        """Close idle connections that waited at least `older_than` seconds."""
+        """Close idle connections that waited at least `older_than` seconds, and any idle
+        ones above this process's share: when another MTA process starts, the first gives
+        back the slots it no longer has a right to at once rather than after idle_timeout,
+        which would leave the newcomer's messages bouncing off DomainBusy meanwhile."""
         now = time.monotonic()
         async with self._changed:
             stale = [c for c in self._idle if now - c.idle_since >= older_than]
-            self._idle = [c for c in self._idle if now - c.idle_since < older_than]
+            kept = [c for c in self._idle if now - c.idle_since < older_than]
+            over = max(0, self._open - len(stale) - self.cap)
+            if over:
+                kept.sort(key=lambda c: c.idle_since)  # the longest idle go first
+                stale += kept[:over]
+                kept = kept[over:]
+            self._idle = kept
         await asyncio.gather(*(_close(c, self._settings.command_timeout) for c in stale))
         for conn in stale:
             await self._give_back_slots(conn.slots)
@@ -572,8 +581,9 @@ class Pools:
         return pool
 
     async def reap_idle(self) -> None:
-        """Side task: close connections idle longer than the idle timeout, forever."""
-        interval = min(self._settings.idle_timeout / 2, 5.0)
+        """Side task: close connections idle longer than the idle timeout, and idle ones
+        above this process's share of a cap, forever."""
+        interval = min(self._settings.idle_timeout / 2, 1.0)
         while True:
             await asyncio.sleep(interval)
             for pool in list(self._pools.values()):

@@ -94,8 +94,11 @@ class Egress:
         candidates = dict(self.members(pool))
         today = self._today()
         while candidates:
-            names = list(candidates)
-            name = self._rng.choices(names, weights=[candidates[n] for n in names])[0]
+            if len(candidates) == 1:  # the usual case: no need to draw
+                [name] = candidates
+            else:
+                names = list(candidates)
+                name = self._rng.choices(names, weights=[candidates[n] for n in names])[0]
             source = self.sources[name]
             cap = source.cap(today)
             if cap is None or await self._count(source, bucket, today, cap):

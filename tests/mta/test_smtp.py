@@ -171,3 +171,24 @@ async def test_a_421_after_end_of_data_sends_the_message_behind_it_to_a_fresh_co
     assert first.code == 421  # deferred by the worker, as any 421
     assert second.code == 250  # never offered on the first connection: sent on a fresh one
     assert len(connections) == 2
+
+
+async def test_idle_connections_above_this_process_s_share_are_given_back_at_once(postfix):
+    processes = 1
+    settings = MtaSettings(connect_timeout=5, command_timeout=5, data_timeout=5)
+    rule = ThrottleRule(max_connections=4, messages_per_connection=1000)
+    pool = DomainPool("dest.test", rule, settings, processes=lambda: processes)
+    route = _route(postfix.pipelining_port)
+    # Alone, the process opens its whole cap.
+    replies = await asyncio.gather(
+        *(pool.send(route, "a@sender.test", f"n{i}@dest.test", MESSAGE) for i in range(40))
+    )
+    assert all(r.code == 250 for r in replies)
+    assert pool.open_connections == 4
+    # A second process appears: idle connections above the new share (2) close now, long
+    # before idle_timeout; those within it stay for reuse.
+    processes = 2
+    await pool.close_idle(older_than=settings.idle_timeout)
+    assert pool.open_connections == 2
+    await pool.close_idle()
+    assert pool.open_connections == 0
