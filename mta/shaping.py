@@ -151,12 +151,9 @@ class Scope:
     provider: str | None
 
     @property
-    def keys(self) -> dict[str, str]:
-        """The shared-state key of each level ("provider" only when there is one)."""
-        keys = {"domain": f"domain:{self.domain}", "site": self.site}
-        if self.provider is not None:
-            keys["provider"] = f"provider:{self.provider}"
-        return keys
+    def provider_key(self) -> str | None:
+        """The provider level's shared-state key, when the site has a provider."""
+        return f"provider:{self.provider}" if self.provider is not None else None
 
 
 @dataclass(frozen=True)
@@ -236,9 +233,9 @@ class Shaper:
         per_connection = [domain_rule.messages_per_connection]
         if self.rules.site.messages_per_connection is not None:
             per_connection.append(self.rules.site.messages_per_connection)
-        if scope.provider is not None:
+        if scope.provider is not None and scope.provider_key is not None:
             provider = self.rules.providers[scope.provider]
-            levels.append(_level(f"provider:{scope.provider}", provider))
+            levels.append(_level(scope.provider_key, provider))
             if provider.messages_per_connection is not None:
                 per_connection.append(provider.messages_per_connection)
         return Effective(tuple(levels), min(per_connection))

@@ -100,7 +100,7 @@ class SharedShaping:
         now = self._clock.monotonic()
         stashes = []
         for level in levels:
-            if self._rate(level) is None:
+            if self.rate(level.key, level.rate_per_second) is None:
                 continue
             stash = self._stash.get(level.key)
             if stash is None or stash.tokens <= 0 or stash.expires_at <= now:
@@ -117,7 +117,7 @@ class SharedShaping:
         wait = 0.0
         wanted: list[tuple[str, float, float, int]] = []
         for level in levels:
-            rate = self._rate(level)
+            rate = self.rate(level.key, level.rate_per_second)
             if rate is None:
                 continue
             stash = self._stash.get(level.key)
@@ -158,10 +158,11 @@ class SharedShaping:
             tokens.update((r["key"], r["tokens"]) for r in rows)
         return {key: tokens.get(key, 0.0) for key, *_ in wanted}
 
-    def _rate(self, level: Level) -> float | None:
-        """The level's rate, lowered by a throttle in force on it."""
-        held = self._active.get(level.key)
-        rates = [r for r in (level.rate_per_second, held and held.rate_per_second) if r]
+    def rate(self, key: str, rate: float | None) -> float | None:
+        """A level's rate, lowered by a throttle in force on it (as max_connections does
+        for its cap)."""
+        held = self._active.get(key)
+        rates = [r for r in (rate, held and held.rate_per_second) if r]
         return min(rates) if rates else None
 
     # -- suspensions ----------------------------------------------------------------------
@@ -187,10 +188,6 @@ class SharedShaping:
         if held is None or held.max_connections is None:
             return cap
         return held.max_connections if cap is None else min(cap, held.max_connections)
-
-    @property
-    def active(self) -> Mapping[str, Suspension]:
-        return self._active
 
     async def fire(
         self,
@@ -255,7 +252,7 @@ def scope_key(kind: str, scope: Scope, tenant_id: int, campaign_id: int | None) 
     if kind == "site":
         return scope.site
     if kind == "provider":
-        return f"provider:{scope.provider}" if scope.provider else scope.site
+        return scope.provider_key or scope.site
     if kind == "campaign" and campaign_id is not None:
         return f"campaign:{campaign_id}"
     return f"tenant:{tenant_id}"

@@ -414,10 +414,8 @@ class Worker:
         await self._shared.refresh()
         held = self._shared.holding(
             [
-                scope.site,
-                *([f"provider:{scope.provider}"] if scope.provider else []),
-                f"tenant:{row['tenant_id']}",
-                *([f"campaign:{row['campaign_id']}"] if row["campaign_id"] else []),
+                scope_key(kind, scope, row["tenant_id"], row["campaign_id"])
+                for kind in ("site", "provider", "tenant", "campaign")
             ]
         )
         if held is not None:
@@ -433,8 +431,9 @@ class Worker:
                     f"({', '.join(policy.mx)})",
                 )
             route = allowed
-        bucket = f"provider:{scope.provider}" if scope.provider else scope.site
-        source = await self._egress.choose(await self._pool_of(row), bucket)
+        source = await self._egress.choose(
+            await self._pool_of(row), scope.provider_key or scope.site
+        )
         if isinstance(source, datetime):
             return GiveBack(source)  # every source of its pool has sent its day's volume
         rule = self._mta.rule_for(domain)
@@ -465,16 +464,9 @@ class Worker:
         return Level(
             f"{source.name}/{level.key}",
             self._shared.max_connections(level.key, level.max_connections),
-            min(
-                (r for r in (level.rate_per_second, self._throttled_rate(level.key)) if r),
-                default=None,
-            ),
+            self._shared.rate(level.key, level.rate_per_second),
             level.burst,
         )
-
-    def _throttled_rate(self, key: str) -> float | None:
-        held = self._shared.active.get(key)
-        return held.rate_per_second if held is not None else None
 
     async def _pool_of(self, row: asyncpg.Record) -> str | None:
         """The egress pool a message leaves from: its campaign's, else its tenant's."""
