@@ -118,9 +118,7 @@ async def rotate_inbound_address(call: Call[None, None]) -> InboundAddress:
 
 
 def _address(call: Call[Any, Any], token: str) -> InboundAddress:
-    # The first domain the inbound server accepts mail for, as it computes them.
-    settings = call.state.settings
-    domain = (settings.inbound.bounce_domains or [settings.mta.bounce_domain])[0]
+    domain = call.state.settings.inbound_domains()[0]
     return InboundAddress(address=f"in-{token}@{domain}", domain=domain)
 
 

@@ -303,7 +303,7 @@ class InboundServer:
         self.settings = settings.inbound
         self.clients = ClientLimits(self.settings, clock)
         self.hostname = settings.mta.hostname
-        self.domains = frozenset(self.settings.bounce_domains or [settings.mta.bounce_domain])
+        self.domains = frozenset(settings.inbound_domains())
         self.verp = Verp.from_settings(settings)
         self.metrics = metrics or InboundMetrics()
         self.transports: set[asyncio.BaseTransport] = set()

@@ -368,6 +368,11 @@ class Settings(Section):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
+    def inbound_domains(self) -> list[str]:
+        """The domains `penguinmails inbound` accepts mail for, first the one addresses are
+        made on: [inbound] bounce_domains, else [mta] bounce_domain."""
+        return self.inbound.bounce_domains or [self.mta.bounce_domain]
+
 
 def _env_value(raw: str) -> Any:
     """Environment values are strings; JSON gives tables, numbers and booleans a way in."""
