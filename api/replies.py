@@ -47,9 +47,14 @@ _STOP = re.compile(
 _QUOTE = re.compile(r"^(>|On .{0,200} wrote:|-----Original Message-----)", re.MULTILINE)
 
 
+def own_text(text: str | None) -> str:
+    """A reply's own words: its text above the quote of what it answers."""
+    return _QUOTE.split(text or "", maxsplit=1)[0]
+
+
 def category(auto: bool, subject: str, text: str | None) -> Category:
     """What a reply is, read from its subject and its own text (the quote below it aside)."""
-    own = _QUOTE.split(text or "", maxsplit=1)[0][:2000]
+    own = own_text(text)[:2000]
     if auto:
         return "out_of_office" if _OUT_OF_OFFICE.search(f"{subject}\n{own}") else "auto_reply"
     if _STOP.search(f"{subject}\n{own}"):
@@ -149,7 +154,7 @@ def _category(row: Any) -> Category:
 
 
 def _reply(row: Any) -> Reply:
-    own = _QUOTE.split(row["text_body"] or "", maxsplit=1)[0]
+    own = own_text(row["text_body"])
     return Reply.model_validate(
         {
             "id": row["id"],
