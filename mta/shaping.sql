@@ -135,6 +135,11 @@ SELECT key, tokens FROM inserted;
 -- The circuit breaker's check (migration 0029): the campaigns it paused just now, and why.
 SELECT campaign_id, reason FROM campaign_breaker($1, $2, $3, $4);
 
+-- name: sending_breaker
+-- The same check for identities, sending domains and tenants (migration 0031): what it
+-- paused just now, and why. $1: the scopes to check.
+SELECT scope, key, reason FROM sending_breaker($1, $2, $3, $4, $5);
+
 -- name: paused_campaigns
 -- Campaigns paused now (by hand or by the circuit breaker): their messages already leased
 -- by a worker go back rather than out. Read with the suspensions, about once a second.

@@ -177,6 +177,10 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+BreakerScope = Literal["identity", "campaign", "domain", "tenant"]
+BREAKER_SCOPES: tuple[BreakerScope, ...] = ("identity", "campaign", "domain", "tenant")
+
+
 class BreakerSettings(Section):
     """The circuit breaker: a sending campaign whose rates over the window pass a limit is
     paused until resumed by hand. Defaults sit under the mailbox providers' published limits
@@ -188,6 +192,9 @@ class BreakerSettings(Section):
     max_bounce_rate: float = Field(default=0.05, gt=0, le=1)
     max_complaint_rate: float = Field(default=0.003, gt=0, le=1)
     check_interval: float = Field(default=30.0, gt=0)  # seconds between checks, per worker
+    # What is watched: each sending identity, each campaign, each tenant's sending (From)
+    # domain, each tenant as a whole; each paused on its own rates.
+    scopes: list[BreakerScope] = Field(default_factory=lambda: list(BREAKER_SCOPES))
 
 
 class MtaSettings(Section):
