@@ -17,8 +17,10 @@ from typing import Any
 
 import asyncpg
 
+from api import identities
 from api.drafts import campaign_event, draft_from_row, lock_campaign, new_draft
 from api.errors import conflict, not_found, validation_error
+from api.identities import pool_ids
 from api.models import (
     Campaign,
     CampaignCreate,
@@ -62,6 +64,8 @@ def settings_dict(settings: CampaignSettings, pools: Container[str] = ()) -> dic
                 ]
             )
         written["egress_pool"] = settings.egress_pool
+    if settings.identities:
+        written["identities"] = list(dict.fromkeys(settings.identities))
     return written
 
 
@@ -131,6 +135,7 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
     if body.from_ is not None:
         from_email, from_name = await resolve_sender(call.pool, call.principal, body.from_)
     settings = settings_dict(body.settings, call.state.settings.mta.pools)
+    await pool_ids(call.pool, call.principal.tenant_id, body.settings.identities)
     draft = new_draft(
         from_email=from_email,
         from_name=from_name,
@@ -259,6 +264,8 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
             if body.settings is not None
             else row["settings"]
         )
+        if body.settings is not None:
+            await pool_ids(conn, call.principal.tenant_id, body.settings.identities)
         headers = body.headers if body.headers is not None else row["headers"]
         recipients = (
             [r.model_dump() for r in body.recipients]
@@ -342,6 +349,9 @@ async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
         draft.send_at = send_at
         draft.sandbox = row["sandbox"] or call.principal.sandbox
         ids = await enqueue(conn, call.principal.tenant_id, draft)
+        await identities.assign(
+            conn, call.principal.tenant_id, row["settings"].get("identities", []), ids
+        )
         await conn.execute(
             SQL["start_campaign"], row["id"], call.principal.tenant_id, send_at, len(ids)
         )

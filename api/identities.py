@@ -443,7 +443,10 @@ async def archive_identity(call: Call[None, None]) -> Identity:
 
 
 async def pool_ids(
-    conn: asyncpg.Connection | asyncpg.Pool, tenant: int, public_ids: list[str], field: str
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: int,
+    public_ids: list[str],
+    field: str = "settings.identities",
 ) -> list[int]:
     """A campaign's or sequence's identity pool as row ids, in the order given; an unknown,
     foreign or archived id is a 422 naming it."""
@@ -464,3 +467,23 @@ async def pool_public_ids(conn: asyncpg.Connection | asyncpg.Pool, ids: list[int
         return []
     rows = {r["id"]: r["public_id"] for r in await conn.fetch(SQL["identity_public_ids"], ids)}
     return [rows[i] for i in ids if i in rows]
+
+
+async def assign(
+    conn: asyncpg.Connection, tenant: int, public_ids: list[str], message_ids: list[int]
+) -> None:
+    """Spread a campaign's new messages over its identity pool (in the caller's transaction,
+    so a pool with no active identity left refuses the whole send)."""
+    if not public_ids or not message_ids:
+        return
+    taking = await conn.fetchval(SQL["assign_identities"], tenant, public_ids, message_ids)
+    if not taking:
+        raise validation_error(
+            [
+                {
+                    "field": "settings.identities",
+                    "message": "none of these identities is active (resume one, or change "
+                    "the campaign's identities)",
+                }
+            ]
+        )

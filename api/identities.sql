@@ -89,3 +89,25 @@ WHERE tenant_id = $1 AND public_id = ANY ($2::text[]) AND status <> 'archived';
 
 -- name: identity_public_ids
 SELECT id, public_id FROM identities WHERE id = ANY ($1::bigint[]);
+
+-- name: assign_identities
+-- A campaign's new messages ($3, in recipient order) spread round robin over its pool's
+-- active identities ($2: public ids, in the pool's order): each takes the identity's address,
+-- name and signature. Answers how many identities took part (0: none is active).
+WITH pool AS (
+    SELECT i.id, i.email, i.name, i.signature_html, i.signature_text,
+           row_number() OVER (ORDER BY p.n) - 1 AS slot, count(*) OVER () AS size
+    FROM unnest($2::text[]) WITH ORDINALITY AS p (public_id, n)
+    JOIN identities i ON i.tenant_id = $1 AND i.public_id = p.public_id
+                     AND i.status = 'active'
+), turns AS (
+    SELECT o.id, o.n - 1 AS turn FROM unnest($3::bigint[]) WITH ORDINALITY AS o (id, n)
+), assigned AS (
+    UPDATE messages m
+    SET identity_id = p.id, from_email = p.email, from_name = p.name,
+        html_body = with_signature(m.html_body, p.signature_html),
+        text_body = with_text_signature(m.text_body, p.signature_text)
+    FROM turns t JOIN pool p ON p.slot = t.turn % p.size
+    WHERE m.id = t.id AND m.tenant_id = $1
+)
+SELECT count(*) FROM pool;

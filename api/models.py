@@ -324,6 +324,13 @@ class CampaignSettings(Request):
         description="The operator's pool of sending IPs its messages leave from ([mta.pools] "
         "of the server's configuration); unset: your account's pool, else the default.",
     )
+    identities: list[Annotated[str, StringConstraints(max_length=100)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Sending identities (idn_ ids) to send through, rotating over the "
+        "recipients; a sequence's contact keeps its first step's identity for every follow-up. "
+        "Each message then is from the identity's address, with its signature, at its pace.",
+    )
 
 
 class Tracking(Request):

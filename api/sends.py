@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 from pydantic import BaseModel
 
+from api import identities
 from api.auth import Principal
 from api.drafts import campaign_event, draft_from_row, lock_campaign
 from api.errors import ApiError, conflict, not_found, validation_error
@@ -370,7 +371,11 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
                 personalization=[r.personalization for r in chunk],
                 send_at=last if (batches or body.send_at) else None,
             )
-            queued += [q.public_id for q in await enqueue_draft(conn, tenant, batch)]
+            made = await enqueue_draft(conn, tenant, batch)
+            await identities.assign(
+                conn, tenant, row["settings"].get("identities", []), [q.id for q in made]
+            )
+            queued += [q.public_id for q in made]
             batches += 1
         await conn.execute(SQL["add_to_campaign"], row["id"], tenant, len(queued))
         await campaign_event(

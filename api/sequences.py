@@ -23,6 +23,7 @@ import asyncpg
 from api.campaigns import settings_dict
 from api.drafts import new_draft
 from api.errors import ApiError, conflict, not_found, validation_error
+from api.identities import pool_ids
 from api.models import (
     WEEKDAYS,
     ContactSequenceEnroll,
@@ -233,6 +234,7 @@ async def create_sequence(call: Call[SequenceCreate, None]) -> SequenceModel:
     tenant = call.principal.tenant_id
     from_email, from_name = await resolve_sender(call.pool, call.principal, body.from_)
     settings = settings_dict(body.settings, call.state.settings.mta.pools)
+    await pool_ids(call.pool, call.principal.tenant_id, body.settings.identities)
     steps = await _resolve_steps(call.pool, tenant, body.steps)
     async with call.pool.acquire() as conn, conn.transaction():
         try:
@@ -326,6 +328,8 @@ async def update_sequence(call: Call[SequenceUpdate, None]) -> SequenceModel:
             if body.settings is not None
             else row["settings"]
         )
+        if body.settings is not None:
+            await pool_ids(conn, call.principal.tenant_id, body.settings.identities)
         window = (
             _window(body.window)
             if "window" in given

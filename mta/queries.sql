@@ -162,7 +162,18 @@ WITH RECURSIVE queued_identities AS (
     FROM paced p
 ), held AS (
     UPDATE messages m
-    SET next_attempt_at = h.until, held_reason = h.reason, updated_at = now()
+    SET next_attempt_at = CASE
+            WHEN h.until = 'infinity' THEN h.until
+            -- A sequence step held past its sending window waits for the next window.
+            ELSE coalesce((SELECT next_in_window(h.until, c.custom_fields ->> 'timezone',
+                                                 q.window_zone, q.window_days, q.window_start,
+                                                 q.window_end, q.window_skip, random())
+                           FROM sequence_messages sm
+                           JOIN sequence_enrollments e ON e.id = sm.enrollment_id
+                           JOIN sequences q ON q.id = e.sequence_id
+                           JOIN contacts c ON c.id = e.contact_id
+                           WHERE sm.message_id = m.id), h.until) END,
+        held_reason = h.reason, updated_at = now()
     FROM holds h
     WHERE h.until IS NOT NULL AND m.identity_id = h.id
       AND m.status IN ('queued', 'deferred') AND m.next_attempt_at <= now()

@@ -20,7 +20,7 @@
 -- enrolment just advanced by the other scheduler would look like one whose message is gone.
 WITH due AS (
     SELECT e.id, e.tenant_id, e.sequence_id, e.contact_id, e.step, e.created_at,
-           e.thread_message_id, e.thread_subject, m.status AS last_status,
+           e.thread_message_id, e.thread_subject, e.identity_id, m.status AS last_status,
            m.sent_at AS last_sent_at
     FROM sequence_enrollments e
     LEFT JOIN messages m ON m.id = e.step_message_id
@@ -32,14 +32,17 @@ WITH due AS (
     LIMIT $1
     FOR UPDATE OF e SKIP LOCKED
 ), nxt AS (
-    SELECT d.id, d.tenant_id, s.position, q.from_email, q.from_name, q.settings,
+    SELECT d.id, d.tenant_id, s.position, coalesce(idn.email, q.from_email) AS from_email,
+           CASE WHEN idn.id IS NULL THEN q.from_name ELSE idn.name END AS from_name,
+           q.settings, idn.id AS identity_id,
            c.email AS recipient, split_part(c.email, '@', 2) AS recipient_domain,
            coalesce(c.custom_fields, '{}') || jsonb_strip_nulls(jsonb_build_object(
                'email', c.email, 'first_name', c.first_name, 'last_name', c.last_name,
                'company', c.company)) AS personalization,
            CASE WHEN s.position = 1 OR s.subject IS NOT NULL THEN coalesce(s.subject, '')
                 ELSE 'Re: ' || coalesce(d.thread_subject, '') END AS subject,
-           s.html_body, s.text_body,
+           with_signature(s.html_body, idn.signature_html) AS html_body,
+           with_text_signature(s.text_body, idn.signature_text) AS text_body,
            CASE WHEN d.thread_message_id IS NULL THEN '{}'::jsonb
                 ELSE jsonb_build_object('In-Reply-To', '<' || d.thread_message_id || '>',
                                         'References', '<' || d.thread_message_id || '>') END
@@ -55,23 +58,45 @@ WITH due AS (
            c.custom_fields ->> 'timezone' AS zone, q.window_zone, q.window_days,
            q.window_start, q.window_end, q.window_skip,
            replace(gen_random_uuid()::text, '-', '') || '@'
-               || lower(split_part(q.from_email, '@', 2)) AS rfc_message_id
+               || lower(split_part(coalesce(idn.email, q.from_email), '@', 2)) AS rfc_message_id
     FROM due d
     JOIN sequences q ON q.id = d.sequence_id
     JOIN sequence_steps s ON s.sequence_id = d.sequence_id AND s.position = d.step + 1
     JOIN contacts c ON c.id = d.contact_id
     JOIN tenants t ON t.id = d.tenant_id
+    -- The enrolment's identity (kept from its first step, whatever its state now), else the
+    -- pool's next active one, round robin by enrolment.
+    LEFT JOIN LATERAL (
+        (SELECT i.id, i.email, i.name, i.signature_html, i.signature_text
+         FROM identities i WHERE i.id = d.identity_id)
+        UNION ALL
+        (SELECT i.id, i.email, i.name, i.signature_html, i.signature_text
+         FROM jsonb_array_elements_text(q.settings -> 'identities') WITH ORDINALITY
+              AS p (public_id, n)
+         JOIN identities i ON i.tenant_id = d.tenant_id AND i.public_id = p.public_id
+                          AND i.status = 'active'
+         WHERE d.identity_id IS NULL
+         ORDER BY (p.n - 1 + jsonb_array_length(q.settings -> 'identities')
+                   - d.id % jsonb_array_length(q.settings -> 'identities'))
+                  % jsonb_array_length(q.settings -> 'identities')
+         LIMIT 1)
+        LIMIT 1
+    ) idn ON true
     WHERE q.status = 'active' AND (d.step = 0 OR d.last_status = 'sent')
+      -- A pool with no active identity left: the step waits rather than go from another.
+      AND (idn.id IS NOT NULL OR jsonb_typeof(q.settings -> 'identities') IS DISTINCT FROM 'array'
+           OR jsonb_array_length(q.settings -> 'identities') = 0)
 ), queued AS (
     INSERT INTO messages (tenant_id, message_id, from_email, from_name, recipient,
                           recipient_domain, subject, text_body, html_body, headers,
-                          personalization, settings, next_attempt_at, sandbox, priority)
+                          personalization, settings, next_attempt_at, sandbox, priority,
+                          identity_id)
     SELECT tenant_id, rfc_message_id, from_email, from_name, recipient, recipient_domain,
            subject, text_body, html_body, headers, personalization, settings,
            next_in_window(greatest(due_at, coalesce($3::timestamptz, now())), zone,
                           window_zone, window_days, window_start, window_end, window_skip,
                           random()),
-           sandbox, 1
+           sandbox, 1, identity_id
     FROM nxt
     RETURNING id, tenant_id, message_id, subject, next_attempt_at,
               EXISTS (SELECT 1 FROM suppressions s
@@ -92,6 +117,7 @@ WITH due AS (
     SET step = n.position, step_message_id = q.id,
         thread_message_id = coalesce(e.thread_message_id, q.message_id),
         thread_subject = coalesce(e.thread_subject, q.subject),
+        identity_id = coalesce(e.identity_id, n.identity_id),
         updated_at = now()
     FROM nxt n JOIN queued q ON q.message_id = n.rfc_message_id
     WHERE e.id = n.id

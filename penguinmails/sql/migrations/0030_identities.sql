@@ -65,12 +65,27 @@ ALTER TABLE messages
 CREATE INDEX messages_identity_due_idx ON messages (identity_id, priority, next_attempt_at)
     WHERE status IN ('queued', 'deferred') AND identity_id IS NOT NULL;
 
--- A sequence's pool; an enrolment keeps the identity of its first step for every follow-up.
-ALTER TABLE sequences ADD COLUMN identity_ids bigint[] NOT NULL DEFAULT '{}';
+-- A campaign's or a sequence's pool is `settings.identities` (public ids, in order); an
+-- enrolment keeps the identity of its first step for every follow-up.
 ALTER TABLE sequence_enrollments
     ADD COLUMN identity_id bigint REFERENCES identities (id) ON DELETE SET NULL;
--- A campaign's pool, rotated over its recipients when it is sent.
-ALTER TABLE campaigns ADD COLUMN identity_ids bigint[] NOT NULL DEFAULT '{}';
+
+-- A message's html with an identity's signature before its last </body> (or at its end).
+CREATE FUNCTION with_signature(html text, signature text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN html IS NULL OR signature IS NULL THEN html
+                WHEN strpos(reverse(lower(html)), '>ydob/<') = 0 THEN html || signature
+                ELSE left(html, length(html) - strpos(reverse(lower(html)), '>ydob/<') - 6)
+                     || signature
+                     || right(html, strpos(reverse(lower(html)), '>ydob/<') + 6) END
+$$;
+
+-- A text part with an identity's signature under the usual delimiter ("-- ", RFC 3676).
+CREATE FUNCTION with_text_signature(text_body text, signature text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN text_body IS NULL OR signature IS NULL THEN text_body
+                ELSE text_body || E'\n\n-- \n' || signature END
+$$;
 
 -- An identity's daily allowance today: its cap, or during warm-up the ramp's value (never
 -- above the cap).
