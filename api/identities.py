@@ -29,7 +29,7 @@ from typing import Annotated, Any
 import asyncpg
 from pydantic import Field, StringConstraints
 
-from api.errors import conflict, not_found, validation_error
+from api.errors import ApiError, conflict, not_found, validation_error
 from api.models import Email, ListQuery, Owned, Page, Request, Response, Sender
 from api.routing import API, Call, decode_cursor, keyset_page
 from api.senders import resolve_sender
@@ -204,7 +204,12 @@ async def _fetch(conn: asyncpg.Connection | asyncpg.Pool, tenant: int, public_id
 async def _check_address(call: Call[Any, Any], email: str, has_relay: bool) -> None:
     """The sender rule, unless the identity's own relay answers for its address."""
     if not has_relay:
-        await resolve_sender(call.pool, call.principal, Sender(email=email), field="email")
+        try:
+            await resolve_sender(call.pool, call.principal, Sender(email=email))
+        except ApiError as exc:
+            raise validation_error(
+                [{"field": "email", "message": d["message"]} for d in exc.details]
+            ) from None
 
 
 def _check_caps(daily: int | None, hourly: int | None, warmup: WarmupIn | None) -> None:
@@ -390,6 +395,7 @@ async def update_identity(call: Call[IdentityUpdate, None]) -> Identity:
     tag="Identities",
     tier="starter",
     body=PauseRequest,
+    body_optional=True,
     response=Identity,
     errors=(404,),
 )

@@ -584,6 +584,11 @@ class Message(Owned):
     reply_to: list[SenderOut]
     tags: list[str]
     metadata: dict[str, Any]
+    held_reason: str | None = Field(
+        description="Why it waits past its due time: its identity's cap, gap or pause, or a "
+        "paused sending domain or account (next_attempt_at is when it may go)."
+    )
+    identity_id: str | None = Field(description="The sending identity it goes out through.")
     created_at: datetime
     sent_at: datetime | None
     events: list[MessageEvent]

@@ -220,8 +220,19 @@ class Worker:
                     rows = await self._pool.fetch(SHAPING_SQL["campaign_breaker"], *limits)
                     tripped += [("campaign", r["campaign_id"], r["reason"]) for r in rows]
                 if broad:
-                    rows = await self._pool.fetch(SHAPING_SQL["sending_breaker"], broad, *limits)
+                    rows = await self._pool.fetch(
+                        SHAPING_SQL["sending_breaker"],
+                        broad,
+                        limits[0],
+                        breaker.broad_min_sample,
+                        *limits[2:],
+                    )
                     tripped += [(r["scope"], r["key"], r["reason"]) for r in rows]
+                await self._pool.execute(
+                    SHAPING_SQL["advance_warmups"],
+                    breaker.max_bounce_rate,
+                    breaker.max_complaint_rate,
+                )
             except DATABASE_ERRORS as exc:
                 log.warning("breaker check failed", extra={"action": "breaker", "error": str(exc)})
                 continue
@@ -323,15 +334,14 @@ class Worker:
         queue_id: int = row["id"]
         if row["suppressed"]:
             return Outcome("suppressed", "email.suppressed", attempted=0)
-        if row["campaign_id"] is not None:
-            try:
-                await self._shared.refresh()
-            except DATABASE_ERRORS:
-                pass  # last second's view stands
-            if row["campaign_id"] in self._shared.paused_campaigns:
-                # Paused after the claim (by hand or by the circuit breaker): back it goes,
-                # among its campaign's paused messages (queue.release), not out.
-                return GiveBack(datetime.now(UTC))
+        try:
+            await self._shared.refresh()
+        except DATABASE_ERRORS:
+            pass  # last second's view stands
+        if self._shared.stopped(row):
+            # Paused after the claim (its campaign, identity, domain or tenant, by hand or by
+            # the circuit breaker): back it goes (queue.release), not out.
+            return GiveBack(datetime.now(UTC))
         domain: str = row["recipient_domain"]
         throttle = self._throttles[domain]
         until = throttle.backoff_until()
@@ -415,10 +425,10 @@ class Worker:
                 row["recipient"],
                 data,
                 on_wire=lambda: self._on_wire.add(queue_id),
-                wanted=lambda: row["campaign_id"] not in self._shared.paused_campaigns,
+                wanted=lambda: not self._shared.stopped(row),
             )
         except NotWanted:
-            return GiveBack(datetime.now(UTC))  # its campaign was paused while it waited
+            return GiveBack(datetime.now(UTC))  # paused while it waited
         except DomainBusy:
             # Other processes hold every connection it may have: let one of them have it.
             return GiveBack(datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS))

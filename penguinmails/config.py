@@ -189,6 +189,9 @@ class BreakerSettings(Section):
     enabled: bool = True
     window_hours: float = Field(default=24.0, gt=0, le=24 * 30)
     min_sample: int = Field(default=100, ge=1)  # delivered + bounced before rates count
+    # A sending domain or a whole tenant is a bigger hammer: its rates count only over a
+    # larger sample, so a few early bounces of one list do not stop everything.
+    broad_min_sample: int = Field(default=1000, ge=1)
     max_bounce_rate: float = Field(default=0.05, gt=0, le=1)
     max_complaint_rate: float = Field(default=0.003, gt=0, le=1)
     check_interval: float = Field(default=30.0, gt=0)  # seconds between checks, per worker

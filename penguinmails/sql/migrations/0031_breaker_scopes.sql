@@ -193,3 +193,35 @@ RETURNS TABLE (scope text, key text, tenant_id bigint, reason text) LANGUAGE sql
     SELECT h.scope, coalesce(nullif(h.key, ''), h.tenant_id::text), h.tenant_id, h.reason
     FROM holds h
 $$;
+
+-- Warm-up: once a day, an identity on a ramp grows by its step if in the last day it sent and
+-- stayed under the breaker's limits; a day it sent nothing, was paused or sent badly does not
+-- count, so the ramp waits rather than reach full volume untested. Answers the identities
+-- that grew. Run by the MTA's breaker task; a day is counted once whoever runs it.
+CREATE FUNCTION advance_warmups(max_bounce float8, max_complaint float8)
+RETURNS TABLE (identity_id bigint, day integer) LANGUAGE sql AS $$
+    WITH due AS (
+        SELECT i.id,
+               coalesce(sum(s.total) FILTER (WHERE s.type = 'email.delivered'), 0) AS delivered,
+               coalesce(sum(s.total) FILTER (WHERE s.type = 'email.bounced'), 0) AS bounced,
+               coalesce(sum(s.total) FILTER (WHERE s.type = 'email.complained'), 0)
+                   AS complained
+        FROM identities i
+        LEFT JOIN sending_stats s
+            ON s.scope = 'identity' AND s.key = i.id::text
+           AND s.bucket >= date_trunc('hour', now() - interval '1 day', 'UTC')
+        WHERE i.warmup_start IS NOT NULL
+          AND coalesce(i.warmup_counted_on, i.created_at::date) < current_date
+        GROUP BY i.id
+    )
+    UPDATE identities i
+    SET warmup_day = i.warmup_day + CASE
+            WHEN i.status = 'active' AND d.delivered + d.bounced > 0
+                 AND d.bounced::float8 / (d.delivered + d.bounced) <= max_bounce
+                 AND d.complained::float8 / greatest(d.delivered, 1) <= max_complaint
+            THEN 1 ELSE 0 END,
+        warmup_counted_on = current_date
+    FROM due d
+    WHERE i.id = d.id
+    RETURNING i.id, i.warmup_day
+$$;
