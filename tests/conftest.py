@@ -147,6 +147,9 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
                 "poll_interval": 0.2,
                 "shutdown_grace": 3.0,
                 "retry_base_seconds": 60.0,
+                # Tests route live mail to private peers ([mta.routes]) from domains no public
+                # DNS knows; the deliverability tests turn the gate on.
+                "require_verified_domains": False,
             },
         }
         for section, values in sections.items():
