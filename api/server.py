@@ -25,6 +25,7 @@ from api import (  # noqa: F401
     campaigns,
     contacts,
     conversions,
+    domains,
     health,
     inbound,
     keys,
@@ -47,6 +48,7 @@ from api.ratelimit import WINDOW_SECONDS, RateLimiter
 from api.routing import API, STATE, State, install
 from penguinmails.config import Settings, split_hostport
 from penguinmails.database import DATABASE_ERRORS
+from penguinmails.deliverability import Reverifier
 from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.observability import HEALTH, DatabaseHealth, healthz, ops_app, serving
 from penguinmails.queries import load
@@ -121,6 +123,24 @@ def _sequence_scheduler(
     return run
 
 
+def _domain_reverifier(
+    enabled: bool,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Sending domains' DNS re-checks (penguinmails.deliverability.Reverifier), here because
+    the API is the role whose door reads the result; see the class for why not the MTA."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        if not enabled:
+            yield
+            return
+        reverifier = Reverifier(app[STATE].pool, app[STATE].settings)
+        reverifier.start()
+        yield
+        await reverifier.stop()
+
+    return run
+
+
 def create_app(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -129,6 +149,7 @@ def create_app(
     window: int = WINDOW_SECONDS,
     max_body: int = MAX_BODY_BYTES,
     sequence_interval: float | None = SEQUENCE_INTERVAL,
+    reverify_domains: bool = True,
 ) -> web.Application:
     metrics = ApiMetrics()
     app = web.Application(
@@ -156,6 +177,7 @@ def create_app(
     add_index(app, ALIAS, page=False)
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_sequence_scheduler(sequence_interval))
+    app.cleanup_ctx.append(_domain_reverifier(reverify_domains))
     return app
 
 

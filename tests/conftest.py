@@ -41,6 +41,10 @@ _numbers = itertools.count()
 ALLOWED_SKIPS: dict[str, str] = {}
 
 
+# The deliverability fixtures (a published sending domain), for the checks' and the API's tests.
+pytest_plugins = ["tests.deliverability"]
+
+
 def _under_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 

@@ -58,9 +58,3 @@ WHERE domain IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING domain;
-
--- name: domain_verification
--- The stored result the API's door reads: by domain, for the owning account only.
-SELECT domain, status, sending_allowed, checks, checked_at
-FROM domain_verifications
-WHERE domain = $1 AND tenant_id = $2;
