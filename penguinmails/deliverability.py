@@ -103,6 +103,10 @@ class Report:
     def failed(self) -> list[Check]:
         return [c for c in self.checks if c.status == FAIL]
 
+    def passed(self, name: str) -> bool:
+        """Whether the check called `name` ran and passed."""
+        return any(c.name == name and c.status == PASS for c in self.checks)
+
     @property
     def sending_allowed(self) -> bool:
         """DKIM and DMARC pass: what live sending from the domain requires."""
@@ -728,6 +732,8 @@ async def verify_and_store(
         report.sending_allowed,
         report.as_json(),
         failed,
+        report.passed("return_path"),
+        report.passed("tracking") and report.passed("tracking_tls"),
     )
     return report
 

@@ -18,13 +18,14 @@ WITH owner AS (
 ), stored AS (
     INSERT INTO domain_verifications AS v
         (domain, tenant_id, return_path_domain, tracking_domain, status, sending_allowed,
-         checks, checked_at)
-    SELECT $1, o.tenant_id, $2, $3, $4, $5, $6::jsonb, now() FROM owner o
+         checks, checked_at, return_path_verified, tracking_verified)
+    SELECT $1, o.tenant_id, $2, $3, $4, $5, $6::jsonb, now(), $8, $9 FROM owner o
     ON CONFLICT (domain) DO UPDATE
     SET tenant_id = excluded.tenant_id, return_path_domain = excluded.return_path_domain,
         tracking_domain = excluded.tracking_domain, status = excluded.status,
         sending_allowed = excluded.sending_allowed, checks = excluded.checks,
-        checked_at = excluded.checked_at
+        checked_at = excluded.checked_at, return_path_verified = excluded.return_path_verified,
+        tracking_verified = excluded.tracking_verified
     RETURNING v.tenant_id
 ), announced AS (
     INSERT INTO events (tenant_id, type, data)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import aiosmtplib
 import orjson
+import pytest
 
+from inbound.server import InboundServer
 from penguinmails.deliverability import (
     FAIL,
     PASS,
@@ -19,7 +22,9 @@ from penguinmails.deliverability import (
     verify_and_store,
 )
 from tests.deliverability import DOMAIN, EGRESS, publish
-from tests.helpers import run_cli
+from tests.helpers import queue_messages, run_cli, wait_for
+from tests.inbound.conftest import SentMessage, corpus, send
+from tracker.server import Tracker
 
 
 def by_name(report: Report) -> dict[str, Any]:
@@ -157,3 +162,66 @@ async def test_cli_prints_a_table_and_exits_non_zero_on_failure(
     assert re.search(r"FAIL\s+ptr:one", out) and "ptr:one: ask the address's owner" in out
     code, _, err = await run_cli(database_url, tmp_path, "domains", "verify", "other.test", **env)
     assert code != 0 and "not a sending domain" in err
+
+
+async def test_a_verified_domain_sends_with_its_own_return_path_and_tracking_host(
+    pool, deliv_settings, dns_server, smtp_peer, start_worker, http
+):
+    """The done-when: a message from a verified domain carries a return path under that
+    domain, a bounce to it is processed, and its links use the domain's tracking host, which
+    the tracker serves."""
+    await publish(pool, deliv_settings, dns_server)
+    report = await verify_and_store(pool, deliv_settings, DOMAIN)
+    assert report.passed("return_path") and report.passed("tracking_tls")
+    settings = deliv_settings.model_copy(
+        update={
+            "mta": deliv_settings.mta.model_copy(
+                update={"routes": {"dest.test": smtp_peer.hop}, "sources": {}}
+            ),
+            "inbound": deliv_settings.inbound.model_copy(update={"listen": "127.0.0.1:0"}),
+            "tracker": deliv_settings.tracker.model_copy(update={"listen": "127.0.0.1:0"}),
+        }
+    )
+    [queue_id] = await queue_messages(
+        pool,
+        ["ann@dest.test"],
+        from_email=f"news@{DOMAIN}",
+        html='<p>Hi <a href="https://acme.test/offer">the offer</a></p>',
+        settings={"track_opens": True, "track_clicks": True},
+    )
+    worker = await start_worker(settings)
+    await wait_for(lambda: smtp_peer.received)
+    await worker.stop()
+    [received] = smtp_peer.received
+    assert received.mail_from.endswith(f"@bounces.{DOMAIN}")  # SPF aligns with the From
+    unsubscribe = received.message["List-Unsubscribe"]
+    assert f"@bounces.{DOMAIN}?subject=unsubscribe>" in unsubscribe
+    html = received.message.get_body(("html",)).get_content()
+    [click] = re.findall(rf'href="(https://links\.{re.escape(DOMAIN)}/c/[^"]+)"', html)
+    assert re.search(rf'src="https://links\.{re.escape(DOMAIN)}/o/[^"]+\.gif"', html)
+
+    # The tracker answers for the domain's tracking host (real HTTP, the Host header given).
+    async with Tracker(pool, settings, dispatch=False) as tracker:
+        path = click.removeprefix(f"https://links.{DOMAIN}")
+        async with http.get(
+            f"{tracker.url}{path}", headers={"Host": f"links.{DOMAIN}"}, allow_redirects=False
+        ) as reply:
+            assert reply.status == 302
+            assert reply.headers["Location"].startswith("https://acme.test/offer")
+
+    # A bounce to the domain's own return path is accepted and processed.
+    inbound = await InboundServer(pool, settings).start()
+    try:
+        message_id = received.message["Message-ID"].strip("<>")
+        bounce = SentMessage(queue_id, message_id, "ann@dest.test", received.mail_from, "").fill(
+            corpus("postfix_hard_user_unknown_5.1.1.eml")
+        )
+        errors, _ = await send(inbound.port, bounce, "", [received.mail_from])
+        assert errors == {}
+        # The relaying rule still holds for every other domain.
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+            await send(inbound.port, b"Subject: x\r\n\r\nx\r\n", "", ["b@elsewhere.test"])
+    finally:
+        await inbound.stop(1.0)
+    assert await pool.fetchval("SELECT status FROM messages WHERE id = $1", queue_id) == "bounced"
+    assert await pool.fetchval("SELECT count(*) FROM suppressions") == 1

@@ -12,8 +12,14 @@ CREATE TABLE domain_verifications (
     status             text NOT NULL DEFAULT 'pending'
                        CHECK (status IN ('pending', 'pass', 'warn', 'fail')),
     sending_allowed    boolean NOT NULL DEFAULT false,
+    -- The aligned names passed their checks: the composer then uses them for this domain's
+    -- mail (VERP return path, tracking links), else the global bounce domain and base_url.
+    return_path_verified boolean NOT NULL DEFAULT false,
+    tracking_verified  boolean NOT NULL DEFAULT false,
     checks             jsonb NOT NULL DEFAULT '[]',
     checked_at         timestamptz NOT NULL DEFAULT '-infinity'
 );
 -- The scheduler's claim: the oldest results first.
 CREATE INDEX domain_verifications_checked_idx ON domain_verifications (checked_at);
+-- Inbound's RCPT check: is this a return-path domain of one of our sending domains?
+CREATE INDEX domain_verifications_return_path_idx ON domain_verifications (return_path_domain);
