@@ -149,7 +149,7 @@ def create_app(
     window: int = WINDOW_SECONDS,
     max_body: int = MAX_BODY_BYTES,
     sequence_interval: float | None = SEQUENCE_INTERVAL,
-    reverify_domains: bool = True,
+    reverify_domains: bool | None = None,
 ) -> web.Application:
     metrics = ApiMetrics()
     app = web.Application(
@@ -177,6 +177,10 @@ def create_app(
     add_index(app, ALIAS, page=False)
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_sequence_scheduler(sequence_interval))
+    # By default only where the result gates sending; `domains verify` and
+    # GET /api/v1/domains/{domain} check on demand either way.
+    if reverify_domains is None:
+        reverify_domains = settings.mta.require_verified_domains
     app.cleanup_ctx.append(_domain_reverifier(reverify_domains))
     return app
 

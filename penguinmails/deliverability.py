@@ -776,8 +776,16 @@ class Reverifier:
     async def run_once(self) -> list[Report]:
         reports = []
         await self.pool.execute(SQL["add_missing_verifications"])
-        for domain in await self.pool.fetch(SQL["claim_due_verifications"], self.max_age):
-            reports.append(await verify_and_store(self.pool, self.settings, domain["domain"]))
+        for row in await self.pool.fetch(SQL["claim_due_verifications"], self.max_age):
+            try:
+                reports.append(await verify_and_store(self.pool, self.settings, row["domain"]))
+            except DATABASE_ERRORS:
+                raise
+            except Exception:  # a bug one domain's DNS sets off must not stop the others
+                log.exception(
+                    "domain verification failed",
+                    extra={"action": "domain_reverify", "domain": row["domain"]},
+                )
         return reports
 
     async def _run(self) -> None:

@@ -14,7 +14,7 @@ from api.server import ApiServer
 from penguinmails.config import Settings
 from tests.deliverability import DOMAIN, publish
 from tests.dns_server import DNSServer
-from tests.helpers import Client, assert_error
+from tests.helpers import Client, assert_error, wait_for
 
 
 def message(**changes: Any) -> dict[str, Any]:
@@ -95,3 +95,19 @@ async def test_the_gate_is_off_when_not_required(
     server = await start_api(relaxed, reverify_domains=False)
     live = Client(http, server.url + "/api/v1", await make_key("acme", tier="enterprise"))
     assert (await live.post("/emails/send", json=message())).status == 202
+
+
+async def test_the_api_process_verifies_domains_by_itself(
+    pool: asyncpg.Pool,
+    deliv_settings: Settings,
+    dns_server: DNSServer,
+    start_api: Callable[..., Awaitable[ApiServer]],
+) -> None:
+    """Where verified domains are required, the API's scheduler checks a domain added with
+    `domains add` without anyone asking (its first pass runs at start)."""
+    await publish(pool, deliv_settings, dns_server)
+    await start_api(deliv_settings)
+    await wait_for(
+        lambda: pool.fetchval("SELECT sending_allowed FROM domain_verifications"), timeout=20
+    )
+    assert await pool.fetchval("SELECT status FROM domain_verifications") == "pass"
