@@ -339,7 +339,9 @@ async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
             if row["from_email"]
             else None
         )
-        from_email, from_name = await resolve_sender(conn, call.principal, stored)
+        from_email, from_name = await resolve_sender(
+            conn, call.principal, stored, settings=call.state.settings
+        )
         send_at = body.send_at or row["send_at"]  # None: now, in the database's clock
         draft = draft_from_row(row, from_email, from_name)
         check_draft(draft, recipients)

@@ -45,6 +45,7 @@ from api.routing import API, Call, is_public_id
 from api.senders import MAX_DETAILS, check_draft, resolve_sender
 from api.templates import content_of
 from penguinmails.attachments import Attachment, decode_content
+from penguinmails.config import Settings
 from penguinmails.messages import Address, Draft, InvalidMessage, enqueue_draft
 from penguinmails.queries import load
 
@@ -172,6 +173,7 @@ async def prepare_send(
     principal: Principal,
     body: SendRequest,
     senders: SenderCache | None = None,
+    settings: Settings | None = None,
 ) -> PreparedSend:
     """The checked Draft of one send request (one recipient per to, cc and bcc address), or
     a 422 naming the request's fields; writes nothing. `senders` keeps resolved senders
@@ -184,7 +186,7 @@ async def prepare_send(
     if senders is not None and key in senders:
         from_email, from_name = senders[key]
     else:
-        from_email, from_name = await resolve_sender(conn, principal, body.from_)
+        from_email, from_name = await resolve_sender(conn, principal, body.from_, settings=settings)
         if senders is not None:
             senders[key] = (from_email, from_name)
     kinds: list[tuple[Kind, int]] = [
@@ -263,7 +265,7 @@ async def send_email(call: Call[SendRequest, None]) -> SendResult:
     status and events; all show the same To and Cc, and no copy shows a Bcc."""
 
     async def work(conn: asyncpg.Connection) -> SendResult:
-        prepared = await prepare_send(conn, call.principal, call.body)
+        prepared = await prepare_send(conn, call.principal, call.body, settings=call.state.settings)
         return await queue_send(conn, call.principal.tenant_id, prepared)
 
     return await idempotent(call, SendResult, work)
@@ -303,7 +305,11 @@ async def send_batch(call: Call[BatchSendRequest, None]) -> BatchSendResult:
         senders: SenderCache = {}
         for i, body in enumerate(call.body.messages):
             try:
-                prepared.append(await prepare_send(conn, call.principal, body, senders))
+                prepared.append(
+                    await prepare_send(
+                        conn, call.principal, body, senders, settings=call.state.settings
+                    )
+                )
             except ApiError as exc:
                 if exc.status != 422:
                     raise
@@ -352,7 +358,9 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
             if row["from_email"]
             else None
         )
-        from_email, from_name = await resolve_sender(conn, call.principal, stored)
+        from_email, from_name = await resolve_sender(
+            conn, call.principal, stored, settings=call.state.settings
+        )
         base = draft_from_row(row, from_email, from_name)
         check_draft(base, body.recipients)
         base.campaign_id = row["id"]

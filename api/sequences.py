@@ -49,7 +49,7 @@ from api.models import (
 )
 from api.models import Sequence as SequenceModel
 from api.routing import API, Call, decode_cursor, is_public_id, keyset_page
-from api.senders import check_draft, resolve_sender
+from api.senders import check_draft, check_live_sender, resolve_sender
 from api.templates import check_content, resolve_content
 from penguinmails.messages import InvalidMessage, address_domain
 from penguinmails.queries import load
@@ -536,6 +536,7 @@ async def enroll(call: Call[EnrollmentCreate, None]) -> Enrolled:
                 if row["id"] not in chosen:
                     contacts.append(row)
             skipped = await conn.fetchval(SQL["tagged_enrolled"], *tag_args)
+        await check_live_sender(conn, call.principal, call.state.settings, sequence["from_email"])
         items = await _enroll(conn, tenant, sequence, contacts, body.re_enroll) if contacts else []
         return Enrolled(items=items, skipped=skipped)
 
@@ -562,6 +563,7 @@ async def trigger_sequence(call: Call[ContactSequenceEnroll, None]) -> Enrollmen
         contacts = await conn.fetch(SQL["contacts_by_id"], tenant, [contact_id])
         if not contacts:
             raise not_found("Contact")
+        await check_live_sender(conn, call.principal, call.state.settings, sequence["from_email"])
         (item,) = await _enroll(conn, tenant, sequence, list(contacts), body.re_enroll, "contact")
         return item
 

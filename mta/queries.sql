@@ -295,6 +295,14 @@ LEFT JOIN tenants t ON t.live_tenant_id = d.tenant_id
 WHERE d.domain = $1
 ORDER BY d.created_at DESC, d.id DESC;
 
+-- name: aligned_domains
+-- The domain's own return path and tracking host, each once its DNS check passed
+-- (penguinmails/deliverability.py); NULL: the global [mta] bounce_domain / [tracker] base_url.
+SELECT CASE WHEN return_path_verified THEN return_path_domain END AS return_path,
+       CASE WHEN tracking_verified THEN tracking_domain END AS tracking
+FROM domain_verifications
+WHERE domain = $1;
+
 -- name: lock_sending_domain
 -- Serialises `domains add` for one domain (held to the end of the transaction), so two
 -- tenants cannot both claim a domain that neither had a row for yet.

@@ -90,6 +90,9 @@ class TrackerSettings(Section):
     # The query parameter a click's redirect adds with its conversion token, for the site it
     # lands on to report a conversion without an API key. Empty: no token is added.
     conversion_param: str = "pm_cv"
+    # The port a tracking domain's TLS is checked on (`domains verify`); only a lab setup
+    # would change it.
+    https_port: int = Field(default=443, ge=1, le=65535)
 
     _listen = field_validator("listen")(_check_hostport)
     _metrics = field_validator("metrics_listen")(_check_optional_hostport)
@@ -207,6 +210,10 @@ class MtaSettings(Section):
     smarthost: SmarthostSettings = Field(default_factory=SmarthostSettings)
     sandbox: bool = False  # deliver everything to sandbox_sink, never to real MX hosts
     sandbox_sink: str = "127.0.0.1:2525"
+    # Live sends only from domains whose DKIM and DMARC checks pass (`penguinmails domains
+    # verify`), refused at the API's door otherwise; test mode is never gated. `up` and lab
+    # setups that route to private peers ([mta.routes]) turn it off.
+    require_verified_domains: bool = True
     throttle: dict[str, ThrottleRule] = Field(default_factory=dict)
     default_throttle: ThrottleRule = Field(default_factory=ThrottleRule)
 

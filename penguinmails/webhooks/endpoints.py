@@ -53,6 +53,7 @@ EVENT_TYPES = (
     "delivery.throttled",
     "sending.paused",
     "webhook.disabled",
+    "domain.verification_failed",
 )
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
 ROTATION_OVERLAP_SECONDS = 24 * 3600.0
