@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,10 @@ from tests.api.conftest import api, key, make_key, settings, start_api  # noqa: 
 from tests.helpers import ROOT
 
 SDK = ROOT / "sdk"
+# The Python client is its own distribution (sdk/python), not installed into the server's
+# environment: its tests import it from the tree (tests/sdk/test_packaging.py builds the wheel).
+if str(SDK / "python") not in sys.path:
+    sys.path.insert(0, str(SDK / "python"))
 NPM_TIMEOUT = 600.0
 
 
