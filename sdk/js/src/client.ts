@@ -27,6 +27,11 @@ export interface PenguinMailsOptions {
   timeout?: number;
   /** A fetch implementation; default the platform's. */
   fetch?: typeof fetch;
+  /**
+   * A secret key (sk_) in a web page is anyone's who opens it, so the client refuses one
+   * there unless this is true (a test in a simulated DOM, an internal tool you trust).
+   */
+  dangerouslyAllowBrowser?: boolean;
 }
 
 export interface RequestOptions {
@@ -72,6 +77,14 @@ export class HttpClient {
   constructor(options: PenguinMailsOptions) {
     if (!options || !options.apiKey) {
       throw new PenguinMailsError("apiKey is required", { code: "MISSING_API_KEY", status: 0 });
+    }
+    const inBrowser = typeof window !== "undefined" && typeof document !== "undefined";
+    if (inBrowser && options.apiKey.startsWith("sk_") && !options.dangerouslyAllowBrowser) {
+      throw new PenguinMailsError(
+        "a secret key (sk_) in a browser is public: use a publishable key (pk_) there, " +
+          "or set dangerouslyAllowBrowser",
+        { code: "SECRET_KEY_IN_BROWSER", status: 0 },
+      );
     }
     this.apiKey = options.apiKey;
     this.root = apiRoot(options.baseUrl ?? environmentBaseUrl() ?? DEFAULT_BASE_URL);

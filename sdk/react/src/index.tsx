@@ -64,6 +64,7 @@ export function PenguinMailsProvider({
   ...options
 }: PenguinMailsProviderProps) {
   const { apiKey, baseUrl, maxRetries, retryDelay, maxRetryDelay, timeout, fetch } = options;
+  const { dangerouslyAllowBrowser } = options;
   const client = useMemo(
     () =>
       given ??
@@ -75,8 +76,19 @@ export function PenguinMailsProvider({
         maxRetryDelay,
         timeout,
         fetch,
+        dangerouslyAllowBrowser,
       }),
-    [given, apiKey, baseUrl, maxRetries, retryDelay, maxRetryDelay, timeout, fetch],
+    [
+      given,
+      apiKey,
+      baseUrl,
+      maxRetries,
+      retryDelay,
+      maxRetryDelay,
+      timeout,
+      fetch,
+      dangerouslyAllowBrowser,
+    ],
   );
   const [campaigns, setCampaigns] = useState<Campaign[]>([]);
   const [loading, setLoading] = useState<boolean>(loadCampaigns);

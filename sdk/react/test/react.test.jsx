@@ -45,9 +45,9 @@ function CampaignCreator() {
   );
 }
 
-function App({ apiKey }) {
+function App({ apiKey, secret = false }) {
   return (
-    <PenguinMailsProvider apiKey={apiKey} baseUrl={BASE_URL}>
+    <PenguinMailsProvider apiKey={apiKey} baseUrl={BASE_URL} dangerouslyAllowBrowser={secret}>
       <CampaignCreator />
     </PenguinMailsProvider>
   );
@@ -55,10 +55,15 @@ function App({ apiKey }) {
 
 describe("PenguinMailsProvider and usePenguinMails", () => {
   test("loads the campaigns, then creates one that joins the list", async () => {
-    const server = new PenguinMails({ apiKey: API_KEY, baseUrl: BASE_URL });
+    const server = new PenguinMails({
+      apiKey: API_KEY,
+      baseUrl: BASE_URL,
+      dangerouslyAllowBrowser: true, // this test's "server" side runs in the same jsdom
+    });
     await server.campaigns.create({ name: "Existing", subject: "Hi", content: "<p>Hi</p>" });
 
-    render(<App apiKey={API_KEY} />);
+    // Creating needs a secret key; in a page it must be asked for by name.
+    render(<App apiKey={API_KEY} secret />);
     expect(screen.getByTestId("state").textContent).toBe("loading");
     await waitFor(() => expect(screen.getByText("Existing (draft)")).toBeTruthy());
     const before = Number(screen.getByTestId("state").textContent.split(" ")[0]);
@@ -72,7 +77,11 @@ describe("PenguinMailsProvider and usePenguinMails", () => {
   });
 
   test("a publishable key reads, and its create shows a PermissionError", async () => {
-    const server = new PenguinMails({ apiKey: API_KEY, baseUrl: BASE_URL });
+    const server = new PenguinMails({
+      apiKey: API_KEY,
+      baseUrl: BASE_URL,
+      dangerouslyAllowBrowser: true,
+    });
     const { key } = await server.http.request("POST", "/api-keys", {
       body: { type: "publishable" },
     });
@@ -100,6 +109,10 @@ describe("PenguinMailsProvider and usePenguinMails", () => {
   });
 });
 
-test("PermissionError is the SDK's", () => {
+test("a secret key in a page is refused unless asked for by name", () => {
+  expect(() => new PenguinMails({ apiKey: API_KEY, baseUrl: BASE_URL })).toThrow(
+    /secret key \(sk_\) in a browser/,
+  );
+  expect(() => new PenguinMails({ apiKey: "pk_test_x", baseUrl: BASE_URL })).not.toThrow();
   expect(new PermissionError("m", { code: "FORBIDDEN", status: 403 }).status).toBe(403);
 });
