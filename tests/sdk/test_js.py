@@ -38,3 +38,12 @@ async def test_js_sdk_suites_pass_against_the_server(
     passed = re.search(r"Tests\s+(\d+) passed", run.output)
     assert passed and int(passed.group(1)) >= 15, run.output
     assert "failed" not in run.output.split("Test Files")[-1], run.output
+
+
+async def test_the_types_accept_the_documented_examples_and_refuse_mistakes(js_sdk: Path) -> None:
+    """sdk/js/test/types.ts: the documentation's calls (camelCase and snake_case mixed,
+    content as a string) compile against the published declarations, and its
+    @ts-expect-error lines (an unknown field, a wrong type, a field answers lack) do not."""
+    tsc = str(js_sdk / "node_modules" / "typescript" / "bin" / "tsc")
+    run = await run_async(["node", tsc, "-p", "tsconfig.test.json"], js_sdk, {})
+    assert run.returncode == 0, run.output

@@ -21,7 +21,7 @@ type Plain<T> = T extends string | number | boolean | null | undefined ? T : nev
 export type Input<T> = [Plain<T>] extends [never]
   ? T extends Array<infer Item>
     ? Array<Input<Item>>
-    : T extends Record<string, unknown>
+    : T extends object
       ? string extends keyof T
         ? T
         : { [K in keyof T]?: Field<K, T[K]> } & {
