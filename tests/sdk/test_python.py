@@ -10,7 +10,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from penguinmails_client import (
     AsyncPenguinMails,
     AuthenticationError,
@@ -233,3 +235,72 @@ async def test_async_client_and_a_real_webhook_delivery(
         assert (await browser.campaigns.list())["items"]
         with pytest.raises(PermissionDeniedError):
             await browser.campaigns.create({"name": "x", "content": "<p>x</p>"})
+
+
+class Flaky:
+    """A real HTTP hop in front of the API that answers 503 to the first `failures` requests
+    and forwards the rest, recording each request's method and Idempotency-Key."""
+
+    def __init__(self, upstream: str, http: aiohttp.ClientSession) -> None:
+        self.upstream, self.http = upstream, http
+        self.failures = 0
+        self.seen: list[tuple[str, str | None]] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> Flaky:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        return self
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.method, request.headers.get("Idempotency-Key")))
+        if self.failures > 0:
+            self.failures -= 1
+            return web.json_response({}, status=503)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with self.http.request(
+            request.method,
+            self.upstream + request.path_qs,
+            data=await request.read(),
+            headers=headers,
+        ) as answer:
+            body = await answer.read()
+            return web.Response(body=body, status=answer.status, content_type="application/json")
+
+
+async def test_sync_retries_5xx_only_where_repeating_is_safe(
+    api: ApiServer, key: str, http: aiohttp.ClientSession
+) -> None:
+    flaky = await Flaky(api.url, http).start()
+    try:
+        client = PenguinMails(api_key=key, base_url=flaky.url, retry_delay=0.01)
+        flaky.failures = 2
+        email = {"to": "retry@example.com", "subject": "R", "content": "<p>r</p>"}
+        sent = await asyncio.to_thread(client.emails.send, email)
+        assert sent["message_id"].startswith("msg_")
+        assert len(flaky.seen) == 3 and len({k for _, k in flaky.seen}) == 1
+        assert flaky.seen[0][1]  # a generated key, the same on every retry
+
+        flaky.seen.clear()
+        flaky.failures = 1
+        with pytest.raises(PenguinMailsError) as failed:
+            await asyncio.to_thread(
+                client.campaigns.create, {"name": "x", "subject": "x", "content": "<p>x</p>"}
+            )
+        assert failed.value.status == 503 and len(flaky.seen) == 1  # a keyless POST: once
+
+        flaky.seen.clear()
+        flaky.failures = 5
+        bounded = PenguinMails(api_key=key, base_url=flaky.url, retry_delay=0.01, max_retries=1)
+        with pytest.raises(PenguinMailsError):
+            await asyncio.to_thread(bounded.campaigns.list)
+        assert len(flaky.seen) == 2
+    finally:
+        assert flaky.runner is not None
+        await flaky.runner.cleanup()
