@@ -129,6 +129,7 @@ export interface CampaignSettings {
   track_clicks?: boolean;
   ai_optimization?: boolean;
   egress_pool?: string | null;
+  identities?: Array<string>;
 }
 
 export interface CampaignUpdate {
@@ -284,6 +285,25 @@ export interface DkimSignature {
   reason?: string | null;
 }
 
+export interface DomainCheck {
+  name: string;
+  subject: string;
+  status: "pass" | "fail" | "warn";
+  found: string;
+  expected: string;
+  fix: string;
+}
+
+export interface DomainVerification {
+  domain: string;
+  status: "pass" | "fail" | "warn";
+  sending_allowed: boolean;
+  return_path_domain: string;
+  tracking_domain: string;
+  checked_at: string;
+  checks: Array<DomainCheck>;
+}
+
 export interface Engagement {
   total: number;
   unique: number;
@@ -341,6 +361,57 @@ export interface ErrorEnvelope {
 export interface Health {
   status: "ok";
   database: "ok";
+}
+
+export interface Identity {
+  livemode?: boolean;
+  id: string;
+  email: string;
+  name: string;
+  signature: Record<string, string | null>;
+  relay: RelayOut | null;
+  daily_cap: number | null;
+  hourly_cap: number | null;
+  min_gap_seconds: number;
+  random_gap_seconds: number;
+  warmup: WarmupOut | null;
+  status: string;
+  paused_reason: string | null;
+  usage: IdentityUsage;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface IdentityCreate {
+  name?: string;
+  signature?: SignatureIn | null;
+  relay?: RelayIn | null;
+  daily_cap?: number | null;
+  hourly_cap?: number | null;
+  min_gap_seconds?: number;
+  random_gap_seconds?: number;
+  warmup?: WarmupIn | null;
+  email: string;
+}
+
+export interface IdentityUpdate {
+  email?: string | null;
+  name?: string | null;
+  signature?: SignatureIn | null;
+  relay?: RelayUpdate | null;
+  daily_cap?: number | null;
+  hourly_cap?: number | null;
+  min_gap_seconds?: number | null;
+  random_gap_seconds?: number | null;
+  warmup?: WarmupIn | null;
+}
+
+export interface IdentityUsage {
+  sent_last_day: number;
+  sent_last_hour: number;
+  daily_limit: number | null;
+  held: number;
+  next_send_at: string | null;
 }
 
 export interface InboundAddress {
@@ -431,6 +502,8 @@ export interface Message {
   reply_to: Array<SenderOut>;
   tags: Array<string>;
   metadata: Record<string, unknown>;
+  held_reason: string | null;
+  identity_id: string | null;
   created_at: string;
   sent_at: string | null;
   events: Array<MessageEvent>;
@@ -507,6 +580,12 @@ export interface PageConversion {
 
 export interface PageEnrollment {
   items: Array<Enrollment>;
+  has_more: boolean;
+  next_cursor: string | null;
+}
+
+export interface PageIdentity {
+  items: Array<Identity>;
   has_more: boolean;
   next_cursor: string | null;
 }
@@ -588,6 +667,10 @@ export interface PasswordChange {
   new_password: string;
 }
 
+export interface PauseRequest {
+  reason?: string | null;
+}
+
 export interface Rates {
   delivery_rate: number;
   bounce_rate: number;
@@ -603,6 +686,27 @@ export interface Rates {
 export interface Recipient {
   email: string;
   personalization?: Record<string, unknown>;
+}
+
+export interface RelayIn {
+  host: string;
+  port: number;
+  username: string;
+  password: string;
+}
+
+export interface RelayOut {
+  host: string;
+  port: number;
+  username: string;
+  password_set: boolean;
+}
+
+export interface RelayUpdate {
+  host: string;
+  port: number;
+  username: string;
+  password?: string | null;
 }
 
 export interface RenderedTemplate {
@@ -627,6 +731,16 @@ export interface Reply {
   enrollment_id: string | null;
   step: number | null;
   snippet: string;
+}
+
+export interface ResumedPause {
+  livemode?: boolean;
+  id: string;
+  scope: string;
+  domain: string | null;
+  reason: string;
+  created_at: string;
+  released: number;
 }
 
 export interface RevenueImpact {
@@ -710,6 +824,19 @@ export interface Sender {
 export interface SenderOut {
   email: string;
   name?: string;
+}
+
+export interface SendingPause {
+  livemode?: boolean;
+  id: string;
+  scope: string;
+  domain: string | null;
+  reason: string;
+  created_at: string;
+}
+
+export interface SendingPauses {
+  items: Array<SendingPause>;
 }
 
 export interface SendingWindow {
@@ -812,6 +939,11 @@ export interface SeriesPoint {
   complained: number;
   replied: number;
   conversions: number;
+}
+
+export interface SignatureIn {
+  html?: string | null;
+  text?: string | null;
 }
 
 export interface StopOn {
@@ -932,6 +1064,17 @@ export interface UserCreate {
   password: string;
 }
 
+export interface WarmupIn {
+  start: number;
+  step?: number;
+}
+
+export interface WarmupOut {
+  start: number;
+  step: number;
+  day: number;
+}
+
 export interface Webhook {
   livemode?: boolean;
   id: string;
@@ -1022,6 +1165,7 @@ export interface WebhookUpdate {
 /** Every operation: its method, path (under /api/v1) and query parameters. */
 export const OPERATIONS = {
   add_suppression: { method: "POST", path: "/suppressions", query: [], idempotencyKey: false },
+  archive_identity: { method: "DELETE", path: "/identities/{id}", query: [], idempotencyKey: false },
   archive_sequence: { method: "DELETE", path: "/sequences/{id}", query: [], idempotencyKey: false },
   campaign_analytics: { method: "GET", path: "/analytics/campaigns/{id}", query: ["period", "interval"], idempotencyKey: false },
   cancel_campaign: { method: "POST", path: "/campaigns/{id}/cancel", query: [], idempotencyKey: false },
@@ -1032,6 +1176,7 @@ export const OPERATIONS = {
   create_campaign: { method: "POST", path: "/campaigns", query: [], idempotencyKey: false },
   create_contact: { method: "POST", path: "/contacts", query: [], idempotencyKey: false },
   create_conversion: { method: "POST", path: "/conversions", query: [], idempotencyKey: false },
+  create_identity: { method: "POST", path: "/identities", query: [], idempotencyKey: false },
   create_sequence: { method: "POST", path: "/sequences", query: [], idempotencyKey: false },
   create_template: { method: "POST", path: "/templates", query: [], idempotencyKey: false },
   create_user: { method: "POST", path: "/users", query: [], idempotencyKey: false },
@@ -1047,6 +1192,8 @@ export const OPERATIONS = {
   get_campaign: { method: "GET", path: "/campaigns/{id}", query: [], idempotencyKey: false },
   get_contact: { method: "GET", path: "/contacts/{id}", query: [], idempotencyKey: false },
   get_default_sender: { method: "GET", path: "/settings/sender", query: [], idempotencyKey: false },
+  get_domain: { method: "GET", path: "/domains/{domain}", query: [], idempotencyKey: false },
+  get_identity: { method: "GET", path: "/identities/{id}", query: [], idempotencyKey: false },
   get_inbound: { method: "GET", path: "/inbound/{id}", query: [], idempotencyKey: false },
   get_inbound_address: { method: "GET", path: "/settings/inbound", query: [], idempotencyKey: false },
   get_message: { method: "GET", path: "/messages/{id}", query: [], idempotencyKey: false },
@@ -1062,8 +1209,10 @@ export const OPERATIONS = {
   list_conversions: { method: "GET", path: "/conversions", query: ["limit", "cursor", "campaign_id"], idempotencyKey: false },
   list_enrollments: { method: "GET", path: "/sequences/{id}/enrollments", query: ["limit", "cursor", "status"], idempotencyKey: false },
   list_events: { method: "GET", path: "/events", query: ["limit", "cursor", "type", "message_id", "campaign_id", "since", "until"], idempotencyKey: false },
+  list_identities: { method: "GET", path: "/identities", query: ["limit", "cursor"], idempotencyKey: false },
   list_inbound: { method: "GET", path: "/inbound", query: ["limit", "cursor", "message_id"], idempotencyKey: false },
   list_messages: { method: "GET", path: "/messages", query: ["limit", "cursor", "recipient", "status", "campaign_id", "tag", "since", "until"], idempotencyKey: false },
+  list_pauses: { method: "GET", path: "/sending/pauses", query: [], idempotencyKey: false },
   list_replies: { method: "GET", path: "/replies", query: ["limit", "cursor", "category", "sequence_id"], idempotencyKey: false },
   list_sandbox_messages: { method: "GET", path: "/sandbox/messages", query: ["limit", "cursor"], idempotencyKey: false },
   list_sequences: { method: "GET", path: "/sequences", query: ["limit", "cursor"], idempotencyKey: false },
@@ -1076,10 +1225,13 @@ export const OPERATIONS = {
   login: { method: "POST", path: "/auth/login", query: [], idempotencyKey: false },
   logout: { method: "POST", path: "/auth/logout", query: [], idempotencyKey: false },
   pause_campaign: { method: "POST", path: "/campaigns/{id}/pause", query: [], idempotencyKey: false },
+  pause_identity: { method: "POST", path: "/identities/{id}/pause", query: [], idempotencyKey: false },
   render_template: { method: "POST", path: "/templates/{id}/render", query: [], idempotencyKey: false },
   reply_thread: { method: "GET", path: "/replies/{id}/thread", query: [], idempotencyKey: false },
   reschedule_message: { method: "PATCH", path: "/messages/{id}", query: [], idempotencyKey: false },
   resume_campaign: { method: "POST", path: "/campaigns/{id}/resume", query: [], idempotencyKey: false },
+  resume_identity: { method: "POST", path: "/identities/{id}/resume", query: [], idempotencyKey: false },
+  resume_pause: { method: "POST", path: "/sending/pauses/{id}/resume", query: [], idempotencyKey: false },
   revoke_api_key: { method: "DELETE", path: "/api-keys/{id}", query: [], idempotencyKey: false },
   rotate_inbound_address: { method: "POST", path: "/settings/inbound/rotate", query: [], idempotencyKey: false },
   rotate_webhook_secret: { method: "POST", path: "/webhooks/{id}/rotate-secret", query: [], idempotencyKey: false },
@@ -1095,6 +1247,7 @@ export const OPERATIONS = {
   trigger_sequence: { method: "POST", path: "/contacts/{id}/sequences", query: [], idempotencyKey: false },
   update_campaign: { method: "PATCH", path: "/campaigns/{id}", query: [], idempotencyKey: false },
   update_contact: { method: "PATCH", path: "/contacts/{id}", query: [], idempotencyKey: false },
+  update_identity: { method: "PATCH", path: "/identities/{id}", query: [], idempotencyKey: false },
   update_sequence: { method: "PATCH", path: "/sequences/{id}", query: [], idempotencyKey: false },
   update_template: { method: "PATCH", path: "/templates/{id}", query: [], idempotencyKey: false },
   update_webhook: { method: "PATCH", path: "/webhooks/{id}", query: [], idempotencyKey: false },
@@ -1103,6 +1256,7 @@ export const OPERATIONS = {
 /** Each operation's request body and the `data` of its answer. */
 export interface Bodies {
   add_suppression: SuppressionCreate;
+  archive_identity: undefined;
   archive_sequence: undefined;
   campaign_analytics: undefined;
   cancel_campaign: undefined;
@@ -1113,6 +1267,7 @@ export interface Bodies {
   create_campaign: CampaignCreate;
   create_contact: ContactCreate;
   create_conversion: ConversionCreate;
+  create_identity: IdentityCreate;
   create_sequence: SequenceCreate;
   create_template: TemplateCreate;
   create_user: UserCreate;
@@ -1128,6 +1283,8 @@ export interface Bodies {
   get_campaign: undefined;
   get_contact: undefined;
   get_default_sender: undefined;
+  get_domain: undefined;
+  get_identity: undefined;
   get_inbound: undefined;
   get_inbound_address: undefined;
   get_message: undefined;
@@ -1143,8 +1300,10 @@ export interface Bodies {
   list_conversions: undefined;
   list_enrollments: undefined;
   list_events: undefined;
+  list_identities: undefined;
   list_inbound: undefined;
   list_messages: undefined;
+  list_pauses: undefined;
   list_replies: undefined;
   list_sandbox_messages: undefined;
   list_sequences: undefined;
@@ -1157,10 +1316,13 @@ export interface Bodies {
   login: LoginRequest;
   logout: undefined;
   pause_campaign: undefined;
+  pause_identity: PauseRequest;
   render_template: TemplateRender;
   reply_thread: undefined;
   reschedule_message: MessageReschedule;
   resume_campaign: undefined;
+  resume_identity: undefined;
+  resume_pause: undefined;
   revoke_api_key: undefined;
   rotate_inbound_address: undefined;
   rotate_webhook_secret: WebhookRotate;
@@ -1176,12 +1338,14 @@ export interface Bodies {
   trigger_sequence: ContactSequenceEnroll;
   update_campaign: CampaignUpdate;
   update_contact: ContactUpdate;
+  update_identity: IdentityUpdate;
   update_sequence: SequenceUpdate;
   update_template: TemplateUpdate;
   update_webhook: WebhookUpdate;
 }
 export interface Responses {
   add_suppression: Suppression;
+  archive_identity: Identity;
   archive_sequence: Sequence;
   campaign_analytics: CampaignAnalytics;
   cancel_campaign: Campaign;
@@ -1192,6 +1356,7 @@ export interface Responses {
   create_campaign: Campaign;
   create_contact: Contact;
   create_conversion: Conversion;
+  create_identity: Identity;
   create_sequence: Sequence;
   create_template: Template;
   create_user: User;
@@ -1207,6 +1372,8 @@ export interface Responses {
   get_campaign: Campaign;
   get_contact: Contact;
   get_default_sender: DefaultSender;
+  get_domain: DomainVerification;
+  get_identity: Identity;
   get_inbound: InboundEmail;
   get_inbound_address: InboundAddress;
   get_message: Message;
@@ -1222,8 +1389,10 @@ export interface Responses {
   list_conversions: PageConversion;
   list_enrollments: PageEnrollment;
   list_events: PageLogEvent;
+  list_identities: PageIdentity;
   list_inbound: PageInboundEmailSummary;
   list_messages: PageMessageSummary;
+  list_pauses: SendingPauses;
   list_replies: PageReply;
   list_sandbox_messages: PageSandboxMessageSummary;
   list_sequences: PageSequence;
@@ -1236,10 +1405,13 @@ export interface Responses {
   login: Token;
   logout: LoggedOut;
   pause_campaign: Campaign;
+  pause_identity: Identity;
   render_template: RenderedTemplate;
   reply_thread: Thread;
   reschedule_message: Message;
   resume_campaign: Campaign;
+  resume_identity: Identity;
+  resume_pause: ResumedPause;
   revoke_api_key: ApiKey;
   rotate_inbound_address: InboundAddress;
   rotate_webhook_secret: WebhookSecretRotated;
@@ -1255,6 +1427,7 @@ export interface Responses {
   trigger_sequence: Enrollment;
   update_campaign: Campaign;
   update_contact: Contact;
+  update_identity: Identity;
   update_sequence: Sequence;
   update_template: Template;
   update_webhook: Webhook;

@@ -136,6 +136,7 @@ class CampaignSettings(TypedDict):
     track_clicks: NotRequired[bool]
     ai_optimization: NotRequired[bool]
     egress_pool: NotRequired[str | None]
+    identities: NotRequired[list[str]]
 
 
 CampaignUpdate = TypedDict("CampaignUpdate", {
@@ -293,6 +294,25 @@ class DkimSignature(TypedDict):
     reason: NotRequired[str | None]
 
 
+class DomainCheck(TypedDict):
+    name: str
+    subject: str
+    status: Literal["pass", "fail", "warn"]
+    found: str
+    expected: str
+    fix: str
+
+
+class DomainVerification(TypedDict):
+    domain: str
+    status: Literal["pass", "fail", "warn"]
+    sending_allowed: bool
+    return_path_domain: str
+    tracking_domain: str
+    checked_at: str
+    checks: list[DomainCheck]
+
+
 class Engagement(TypedDict):
     total: int
     unique: int
@@ -350,6 +370,57 @@ class ErrorEnvelope(TypedDict):
 class Health(TypedDict):
     status: Literal["ok"]
     database: Literal["ok"]
+
+
+class Identity(TypedDict):
+    livemode: NotRequired[bool]
+    id: str
+    email: str
+    name: str
+    signature: dict[str, str | None]
+    relay: RelayOut | None
+    daily_cap: int | None
+    hourly_cap: int | None
+    min_gap_seconds: int
+    random_gap_seconds: int
+    warmup: WarmupOut | None
+    status: str
+    paused_reason: str | None
+    usage: IdentityUsage
+    created_at: str
+    updated_at: str
+
+
+class IdentityCreate(TypedDict):
+    name: NotRequired[str]
+    signature: NotRequired[SignatureIn | None]
+    relay: NotRequired[RelayIn | None]
+    daily_cap: NotRequired[int | None]
+    hourly_cap: NotRequired[int | None]
+    min_gap_seconds: NotRequired[int]
+    random_gap_seconds: NotRequired[int]
+    warmup: NotRequired[WarmupIn | None]
+    email: str
+
+
+class IdentityUpdate(TypedDict):
+    email: NotRequired[str | None]
+    name: NotRequired[str | None]
+    signature: NotRequired[SignatureIn | None]
+    relay: NotRequired[RelayUpdate | None]
+    daily_cap: NotRequired[int | None]
+    hourly_cap: NotRequired[int | None]
+    min_gap_seconds: NotRequired[int | None]
+    random_gap_seconds: NotRequired[int | None]
+    warmup: NotRequired[WarmupIn | None]
+
+
+class IdentityUsage(TypedDict):
+    sent_last_day: int
+    sent_last_hour: int
+    daily_limit: int | None
+    held: int
+    next_send_at: str | None
 
 
 class InboundAddress(TypedDict):
@@ -442,6 +513,8 @@ class Message(TypedDict):
     reply_to: list[SenderOut]
     tags: list[str]
     metadata: dict[str, Any]
+    held_reason: str | None
+    identity_id: str | None
     created_at: str
     sent_at: str | None
     events: list[MessageEvent]
@@ -518,6 +591,12 @@ class PageConversion(TypedDict):
 
 class PageEnrollment(TypedDict):
     items: list[Enrollment]
+    has_more: bool
+    next_cursor: str | None
+
+
+class PageIdentity(TypedDict):
+    items: list[Identity]
     has_more: bool
     next_cursor: str | None
 
@@ -599,6 +678,10 @@ class PasswordChange(TypedDict):
     new_password: str
 
 
+class PauseRequest(TypedDict):
+    reason: NotRequired[str | None]
+
+
 class Rates(TypedDict):
     delivery_rate: float
     bounce_rate: float
@@ -614,6 +697,27 @@ class Rates(TypedDict):
 class Recipient(TypedDict):
     email: str
     personalization: NotRequired[dict[str, Any]]
+
+
+class RelayIn(TypedDict):
+    host: str
+    port: int
+    username: str
+    password: str
+
+
+class RelayOut(TypedDict):
+    host: str
+    port: int
+    username: str
+    password_set: bool
+
+
+class RelayUpdate(TypedDict):
+    host: str
+    port: int
+    username: str
+    password: NotRequired[str | None]
 
 
 class RenderedTemplate(TypedDict):
@@ -639,6 +743,16 @@ Reply = TypedDict("Reply", {
     "step": "int | None",
     "snippet": "str",
 })
+
+
+class ResumedPause(TypedDict):
+    livemode: NotRequired[bool]
+    id: str
+    scope: str
+    domain: str | None
+    reason: str
+    created_at: str
+    released: int
 
 
 class RevenueImpact(TypedDict):
@@ -725,6 +839,19 @@ class Sender(TypedDict):
 class SenderOut(TypedDict):
     email: str
     name: NotRequired[str]
+
+
+class SendingPause(TypedDict):
+    livemode: NotRequired[bool]
+    id: str
+    scope: str
+    domain: str | None
+    reason: str
+    created_at: str
+
+
+class SendingPauses(TypedDict):
+    items: list[SendingPause]
 
 
 class SendingWindow(TypedDict):
@@ -830,6 +957,11 @@ class SeriesPoint(TypedDict):
     complained: int
     replied: int
     conversions: int
+
+
+class SignatureIn(TypedDict):
+    html: NotRequired[str | None]
+    text: NotRequired[str | None]
 
 
 class StopOn(TypedDict):
@@ -950,6 +1082,17 @@ class UserCreate(TypedDict):
     password: str
 
 
+class WarmupIn(TypedDict):
+    start: int
+    step: NotRequired[int]
+
+
+class WarmupOut(TypedDict):
+    start: int
+    step: int
+    day: int
+
+
 class Webhook(TypedDict):
     livemode: NotRequired[bool]
     id: str
@@ -1046,6 +1189,7 @@ class Operation(TypedDict):
 
 OPERATIONS: dict[str, Operation] = {
     "add_suppression": {"method": "POST", "path": "/suppressions", "query": [], "idempotency_key": False},
+    "archive_identity": {"method": "DELETE", "path": "/identities/{id}", "query": [], "idempotency_key": False},
     "archive_sequence": {"method": "DELETE", "path": "/sequences/{id}", "query": [], "idempotency_key": False},
     "campaign_analytics": {"method": "GET", "path": "/analytics/campaigns/{id}", "query": ["period", "interval"], "idempotency_key": False},
     "cancel_campaign": {"method": "POST", "path": "/campaigns/{id}/cancel", "query": [], "idempotency_key": False},
@@ -1056,6 +1200,7 @@ OPERATIONS: dict[str, Operation] = {
     "create_campaign": {"method": "POST", "path": "/campaigns", "query": [], "idempotency_key": False},
     "create_contact": {"method": "POST", "path": "/contacts", "query": [], "idempotency_key": False},
     "create_conversion": {"method": "POST", "path": "/conversions", "query": [], "idempotency_key": False},
+    "create_identity": {"method": "POST", "path": "/identities", "query": [], "idempotency_key": False},
     "create_sequence": {"method": "POST", "path": "/sequences", "query": [], "idempotency_key": False},
     "create_template": {"method": "POST", "path": "/templates", "query": [], "idempotency_key": False},
     "create_user": {"method": "POST", "path": "/users", "query": [], "idempotency_key": False},
@@ -1071,6 +1216,8 @@ OPERATIONS: dict[str, Operation] = {
     "get_campaign": {"method": "GET", "path": "/campaigns/{id}", "query": [], "idempotency_key": False},
     "get_contact": {"method": "GET", "path": "/contacts/{id}", "query": [], "idempotency_key": False},
     "get_default_sender": {"method": "GET", "path": "/settings/sender", "query": [], "idempotency_key": False},
+    "get_domain": {"method": "GET", "path": "/domains/{domain}", "query": [], "idempotency_key": False},
+    "get_identity": {"method": "GET", "path": "/identities/{id}", "query": [], "idempotency_key": False},
     "get_inbound": {"method": "GET", "path": "/inbound/{id}", "query": [], "idempotency_key": False},
     "get_inbound_address": {"method": "GET", "path": "/settings/inbound", "query": [], "idempotency_key": False},
     "get_message": {"method": "GET", "path": "/messages/{id}", "query": [], "idempotency_key": False},
@@ -1086,8 +1233,10 @@ OPERATIONS: dict[str, Operation] = {
     "list_conversions": {"method": "GET", "path": "/conversions", "query": ["limit", "cursor", "campaign_id"], "idempotency_key": False},
     "list_enrollments": {"method": "GET", "path": "/sequences/{id}/enrollments", "query": ["limit", "cursor", "status"], "idempotency_key": False},
     "list_events": {"method": "GET", "path": "/events", "query": ["limit", "cursor", "type", "message_id", "campaign_id", "since", "until"], "idempotency_key": False},
+    "list_identities": {"method": "GET", "path": "/identities", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_inbound": {"method": "GET", "path": "/inbound", "query": ["limit", "cursor", "message_id"], "idempotency_key": False},
     "list_messages": {"method": "GET", "path": "/messages", "query": ["limit", "cursor", "recipient", "status", "campaign_id", "tag", "since", "until"], "idempotency_key": False},
+    "list_pauses": {"method": "GET", "path": "/sending/pauses", "query": [], "idempotency_key": False},
     "list_replies": {"method": "GET", "path": "/replies", "query": ["limit", "cursor", "category", "sequence_id"], "idempotency_key": False},
     "list_sandbox_messages": {"method": "GET", "path": "/sandbox/messages", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_sequences": {"method": "GET", "path": "/sequences", "query": ["limit", "cursor"], "idempotency_key": False},
@@ -1100,10 +1249,13 @@ OPERATIONS: dict[str, Operation] = {
     "login": {"method": "POST", "path": "/auth/login", "query": [], "idempotency_key": False},
     "logout": {"method": "POST", "path": "/auth/logout", "query": [], "idempotency_key": False},
     "pause_campaign": {"method": "POST", "path": "/campaigns/{id}/pause", "query": [], "idempotency_key": False},
+    "pause_identity": {"method": "POST", "path": "/identities/{id}/pause", "query": [], "idempotency_key": False},
     "render_template": {"method": "POST", "path": "/templates/{id}/render", "query": [], "idempotency_key": False},
     "reply_thread": {"method": "GET", "path": "/replies/{id}/thread", "query": [], "idempotency_key": False},
     "reschedule_message": {"method": "PATCH", "path": "/messages/{id}", "query": [], "idempotency_key": False},
     "resume_campaign": {"method": "POST", "path": "/campaigns/{id}/resume", "query": [], "idempotency_key": False},
+    "resume_identity": {"method": "POST", "path": "/identities/{id}/resume", "query": [], "idempotency_key": False},
+    "resume_pause": {"method": "POST", "path": "/sending/pauses/{id}/resume", "query": [], "idempotency_key": False},
     "revoke_api_key": {"method": "DELETE", "path": "/api-keys/{id}", "query": [], "idempotency_key": False},
     "rotate_inbound_address": {"method": "POST", "path": "/settings/inbound/rotate", "query": [], "idempotency_key": False},
     "rotate_webhook_secret": {"method": "POST", "path": "/webhooks/{id}/rotate-secret", "query": [], "idempotency_key": False},
@@ -1119,6 +1271,7 @@ OPERATIONS: dict[str, Operation] = {
     "trigger_sequence": {"method": "POST", "path": "/contacts/{id}/sequences", "query": [], "idempotency_key": False},
     "update_campaign": {"method": "PATCH", "path": "/campaigns/{id}", "query": [], "idempotency_key": False},
     "update_contact": {"method": "PATCH", "path": "/contacts/{id}", "query": [], "idempotency_key": False},
+    "update_identity": {"method": "PATCH", "path": "/identities/{id}", "query": [], "idempotency_key": False},
     "update_sequence": {"method": "PATCH", "path": "/sequences/{id}", "query": [], "idempotency_key": False},
     "update_template": {"method": "PATCH", "path": "/templates/{id}", "query": [], "idempotency_key": False},
     "update_webhook": {"method": "PATCH", "path": "/webhooks/{id}", "query": [], "idempotency_key": False},
