@@ -33,6 +33,9 @@ WITH due AS (
     FOR UPDATE OF e SKIP LOCKED
 ), nxt AS (
     SELECT d.id, d.tenant_id, s.position, coalesce(idn.email, q.from_email) AS from_email,
+           -- The message's key, taken now so that the rows linked to it below need not find
+           -- it again among the inserted ones.
+           nextval(pg_get_serial_sequence('messages', 'id')) AS msg_id,
            CASE WHEN idn.id IS NULL THEN q.from_name ELSE idn.name END AS from_name,
            q.settings, idn.id AS identity_id,
            c.email AS recipient, split_part(c.email, '@', 2) AS recipient_domain,
@@ -64,12 +67,27 @@ WITH due AS (
     JOIN sequence_steps s ON s.sequence_id = d.sequence_id AND s.position = d.step + 1
     JOIN contacts c ON c.id = d.contact_id
     JOIN tenants t ON t.id = d.tenant_id
+    -- Its turn in the pool (round robin by enrolment), computed once per enrolment (OFFSET 0
+    -- keeps it from being folded into the identity scan, where it would be re-read per row).
+    CROSS JOIN LATERAL (
+        SELECT q.settings -> 'identities'
+               ->> (d.id % greatest(jsonb_array_length(q.settings -> 'identities'), 1))::int
+               AS turn
+        OFFSET 0
+    ) pick
     -- The enrolment's identity (kept from its first step, whatever its state now), else the
-    -- pool's next active one, round robin by enrolment.
+    -- pool's next active one.
     LEFT JOIN LATERAL (
         (SELECT i.id, i.email, i.name, i.signature_html, i.signature_text
          FROM identities i WHERE i.id = d.identity_id)
         UNION ALL
+        -- Its turn in the pool, when that identity is active (one index probe)...
+        (SELECT i.id, i.email, i.name, i.signature_html, i.signature_text
+         FROM identities i
+         WHERE d.identity_id IS NULL AND i.tenant_id = d.tenant_id AND i.status = 'active'
+           AND i.public_id = pick.turn)
+        UNION ALL
+        -- ...else the next active one after it.
         (SELECT i.id, i.email, i.name, i.signature_html, i.signature_text
          FROM jsonb_array_elements_text(q.settings -> 'identities') WITH ORDINALITY
               AS p (public_id, n)
@@ -87,11 +105,12 @@ WITH due AS (
       AND (idn.id IS NOT NULL OR jsonb_typeof(q.settings -> 'identities') IS DISTINCT FROM 'array'
            OR jsonb_array_length(q.settings -> 'identities') = 0)
 ), queued AS (
-    INSERT INTO messages (tenant_id, message_id, from_email, from_name, recipient,
+    INSERT INTO messages (id, tenant_id, message_id, from_email, from_name, recipient,
                           recipient_domain, subject, text_body, html_body, headers,
                           personalization, settings, next_attempt_at, sandbox, priority,
                           identity_id)
-    SELECT tenant_id, rfc_message_id, from_email, from_name, recipient, recipient_domain,
+    OVERRIDING SYSTEM VALUE
+    SELECT msg_id, tenant_id, rfc_message_id, from_email, from_name, recipient, recipient_domain,
            subject, text_body, html_body, headers, personalization, settings,
            next_in_window(greatest(due_at, coalesce($3::timestamptz, now())), zone,
                           window_zone, window_days, window_start, window_end, window_skip,
@@ -104,7 +123,7 @@ WITH due AS (
                         AND s.email = lower(messages.recipient)) AS suppressed
 ), linked AS (
     INSERT INTO sequence_messages (enrollment_id, step, message_id)
-    SELECT n.id, n.position, q.id FROM nxt n JOIN queued q ON q.message_id = n.rfc_message_id
+    SELECT n.id, n.position, n.msg_id FROM nxt n
     RETURNING enrollment_id
 ), sent AS (
     INSERT INTO events (tenant_id, message_id, type, data)
@@ -114,12 +133,12 @@ WITH due AS (
     ORDER BY q.id
 ), advanced AS (
     UPDATE sequence_enrollments e
-    SET step = n.position, step_message_id = q.id,
-        thread_message_id = coalesce(e.thread_message_id, q.message_id),
-        thread_subject = coalesce(e.thread_subject, q.subject),
+    SET step = n.position, step_message_id = n.msg_id,
+        thread_message_id = coalesce(e.thread_message_id, n.rfc_message_id),
+        thread_subject = coalesce(e.thread_subject, n.subject),
         identity_id = coalesce(e.identity_id, n.identity_id),
         updated_at = now()
-    FROM nxt n JOIN queued q ON q.message_id = n.rfc_message_id
+    FROM nxt n
     WHERE e.id = n.id
     RETURNING e.id
 ), ended AS (
