@@ -35,10 +35,18 @@ from api.models import (
 from api.routing import API, Call, decode_cursor, keyset_page
 from api.senders import check_draft, resolve_sender
 from api.templates import content_of
-from penguinmails.messages import enqueue
+from api.variants import (
+    ab_test_dict,
+    check_variants,
+    enqueue_variants,
+    needs_variants,
+    resolve_variants,
+    variant_models,
+)
 from penguinmails.queries import load
 
 SQL = load("api")
+SQL_VARIANTS = load("api", "variants.sql")
 
 
 def settings_dict(settings: CampaignSettings, pools: Container[str] = ()) -> dict[str, Any]:
@@ -71,6 +79,9 @@ def campaign_model(row: asyncpg.Record) -> Campaign:
     )
     fields = {name: row[name] for name in _CAMPAIGN_COLUMNS}
     fields["paused_reason"] = row.get("paused_reason")
+    fields["variants"] = variant_models(row.get("variants") or [])
+    fields["ab_test"] = row.get("ab_test")
+    fields["ab_winner"] = row.get("ab_winner")
     return Campaign.model_validate(
         {
             **fields,
@@ -141,6 +152,10 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
         settings=settings,
     )
     check_draft(draft, body.recipients)
+    base = {"subject": content.subject, "html": content.html, "text": content.text}
+    variants = await resolve_variants(call.pool, call.principal.tenant_id, body.variants, base)
+    check_variants(draft, variants, body.recipients)
+    ab_test = ab_test_dict(body.ab_test, variants)
     async with call.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             SQL["insert_campaign"],
@@ -162,6 +177,7 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
             body.tags,
             body.metadata,
         )
+        await conn.execute(SQL_VARIANTS["set_campaign_ab"], row["id"], variants, ab_test)
         campaign = await fetch_campaign(conn, call.principal.tenant_id, row["public_id"])
         await campaign_event(
             conn,
@@ -232,6 +248,7 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
         "headers",
         "tags",
         "metadata",
+        "variants",
     ):
         if name in given and getattr(body, name) is None:
             raise validation_error([{"field": name, "message": "must not be null"}])
@@ -274,7 +291,19 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
             headers=headers,
             settings=settings,
         )
-        check_draft(draft, [Recipient.model_validate(r) for r in recipients])
+        checked = [Recipient.model_validate(r) for r in recipients]
+        check_draft(draft, checked)
+        variants = row["variants"]
+        if body.variants is not None:
+            base = {"subject": subject, "html": html, "text": text}
+            variants = await resolve_variants(conn, call.principal.tenant_id, body.variants, base)
+        check_variants(draft, variants, checked)
+        ab_test = (
+            ab_test_dict(body.ab_test, variants)
+            if "ab_test" in given
+            else needs_variants(row["ab_test"], variants)
+        )
+        await conn.execute(SQL_VARIANTS["set_campaign_ab"], row["id"], variants, ab_test)
         await conn.execute(
             SQL["update_draft"],
             call.principal.tenant_id,
@@ -341,7 +370,10 @@ async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
         draft.campaign_id = row["id"]
         draft.send_at = send_at
         draft.sandbox = row["sandbox"] or call.principal.sandbox
-        ids = await enqueue(conn, call.principal.tenant_id, draft)
+        winner = row["ab_winner"]["variant"] if row["ab_winner"] else None
+        ids = await enqueue_variants(
+            conn, call.principal.tenant_id, draft, row["variants"], row["ab_test"], winner
+        )
         await conn.execute(
             SQL["start_campaign"], row["id"], call.principal.tenant_id, send_at, len(ids)
         )

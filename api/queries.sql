@@ -171,7 +171,7 @@ INSERT INTO events (tenant_id, campaign_id, type, data) VALUES ($1, $2, $3, $4);
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
        cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
-       paused_reason,
+       paused_reason, variants, ab_test, ab_winner,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
@@ -183,7 +183,7 @@ FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
        cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
-       paused_reason,
+       paused_reason, variants, ab_test, ab_winner,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns
@@ -196,7 +196,7 @@ LIMIT $3;
 -- completion trigger's callers end up in, so the two serialise rather than race.
 SELECT id, public_id, tenant_id, name, subject, from_email, from_name, html_body, text_body,
        headers, settings, recipients, status, sandbox, send_at, paused_at, template_id,
-       template_version, tags, metadata
+       template_version, tags, metadata, variants, ab_test, ab_winner
 FROM campaigns WHERE tenant_id = $1 AND public_id = $2
 FOR UPDATE;
 
@@ -257,9 +257,11 @@ WITH resumed AS (
 SELECT campaign_try_complete(id), pg_notify('penguinmails_queue', '') FROM resumed;
 
 -- name: cancel_campaign_messages
--- Waiting messages are cancelled; a message mid-conversation finishes (it may be delivered).
+-- Waiting messages are cancelled (those held for an A/B test's winner too); a message
+-- mid-conversation finishes (it may be delivered).
 UPDATE messages SET status = 'cancelled', updated_at = now()
-WHERE campaign_id = $1 AND tenant_id = $2 AND status IN ('queued', 'deferred', 'paused');
+WHERE campaign_id = $1 AND tenant_id = $2
+  AND status IN ('queued', 'deferred', 'paused', 'held');
 
 -- name: set_campaign_cancelled
 -- Set before the messages are cancelled, so the completion trigger (which only completes

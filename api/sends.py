@@ -43,6 +43,7 @@ from api.models import (
 from api.routing import API, Call, is_public_id
 from api.senders import MAX_DETAILS, check_draft, resolve_sender
 from api.templates import content_of
+from api.variants import check_variants, enqueue_variants
 from penguinmails.attachments import Attachment, decode_content
 from penguinmails.messages import Address, Draft, InvalidMessage, enqueue_draft
 from penguinmails.queries import load
@@ -354,6 +355,8 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
         from_email, from_name = await resolve_sender(conn, call.principal, stored)
         base = draft_from_row(row, from_email, from_name)
         check_draft(base, body.recipients)
+        check_variants(base, row["variants"], body.recipients)
+        winner = row["ab_winner"]["variant"] if row["ab_winner"] else None
         base.campaign_id = row["id"]
         base.sandbox = row["sandbox"] or call.principal.sandbox
         size = body.batch_size or len(body.recipients)
@@ -370,7 +373,12 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
                 personalization=[r.personalization for r in chunk],
                 send_at=last if (batches or body.send_at) else None,
             )
-            queued += [q.public_id for q in await enqueue_draft(conn, tenant, batch)]
+            queued += [
+                q.public_id
+                for q in await enqueue_variants(
+                    conn, tenant, batch, row["variants"], row["ab_test"], winner
+                )
+            ]
             batches += 1
         await conn.execute(SQL["add_to_campaign"], row["id"], tenant, len(queued))
         await campaign_event(

@@ -19,12 +19,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import asyncpg
+import orjson
 
 from api.campaigns import settings_dict
 from api.drafts import new_draft
 from api.errors import ApiError, conflict, not_found, validation_error
 from api.models import (
     WEEKDAYS,
+    ABTest,
     ContactSequenceEnroll,
     ContentOut,
     DelayOut,
@@ -45,11 +47,14 @@ from api.models import (
     SequenceStepStats,
     SequenceUpdate,
     StopOn,
+    VariantStats,
 )
 from api.models import Sequence as SequenceModel
 from api.routing import API, Call, decode_cursor, is_public_id, keyset_page
 from api.senders import check_draft, resolve_sender
 from api.templates import check_content, resolve_content
+from api.variants import resolve_variants, variant_models
+from penguinmails.ab import step_variant_stats, variant_results
 from penguinmails.messages import InvalidMessage, address_domain
 from penguinmails.queries import load
 from penguinmails.sequences import schedule
@@ -99,6 +104,14 @@ async def _resolve_steps(
             if exc.status != 422:
                 raise
             raise _prefixed(exc, f"steps[{i}]") from None
+        base = {
+            "subject": content.subject or f"Re: {first_subject}",
+            "html": content.html,
+            "text": content.text,
+        }
+        variants = await resolve_variants(
+            conn, tenant_id, step.variants, base, field=f"steps[{i}].variants"
+        )
         resolved.append(
             {
                 "days": step.delay.days,
@@ -111,6 +124,7 @@ async def _resolve_steps(
                 "text": content.text,
                 "template_id": content.template_id,
                 "template_version": content.template_version,
+                "variants": variants,
             }
         )
     return resolved
@@ -125,7 +139,21 @@ async def _insert_steps(
         sequence_pk,
         *([s[c] for s in steps] for c in columns),
         [s["template_version"] for s in steps],
+        [orjson.dumps(s["variants"]).decode() for s in steps],
     )
+
+
+def _ab_test(
+    test: ABTest | dict[str, Any] | None, steps: Iterable[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """What the row holds; a test needs a step with two variants to choose between."""
+    if test is None:
+        return None
+    if not any(len(s["variants"]) >= 2 for s in steps):
+        raise validation_error(
+            [{"field": "ab_test", "message": "an A/B test needs a step with two variants"}]
+        )
+    return test.model_dump() if isinstance(test, ABTest) else test
 
 
 def _stop_on(stop_on: StopOn) -> list[str]:
@@ -175,12 +203,15 @@ def _sequence_model(row: asyncpg.Record, steps: Iterable[asyncpg.Record]) -> Seq
                         template_id=s["template_id"],
                         template_version=s["template_version"],
                     ),
+                    variants=variant_models(s["variants"]),
+                    ab_winner=s["ab_winner"],
                 )
                 for s in steps
             ],
             "stop_on": {reason: reason in row["stop_on"] for reason in STOP_REASONS},
             "settings": row["settings"],
             "window": _window_model(row),
+            "ab_test": row["ab_test"],
             "status": row["status"],
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],
@@ -249,6 +280,7 @@ async def create_sequence(call: Call[SequenceCreate, None]) -> SequenceModel:
         except asyncpg.UniqueViolationError:
             raise _name_taken(body.name) from None
         await _insert_steps(conn, row["id"], steps)
+        await conn.execute(SQL["set_sequence_ab"], row["id"], _ab_test(body.ab_test, steps))
         return await _fetch_sequence(conn, tenant, row["public_id"])
 
 
@@ -351,6 +383,14 @@ async def update_sequence(call: Call[SequenceUpdate, None]) -> SequenceModel:
             steps = await _resolve_steps(conn, tenant, body.steps)
             await conn.execute(SQL["delete_steps"], row["id"])
             await _insert_steps(conn, row["id"], steps)
+        if "ab_test" in given or body.steps is not None:
+            current = await conn.fetch(SQL["get_steps"], [row["id"]])
+            test = (
+                _ab_test(body.ab_test, current)
+                if "ab_test" in given
+                else _ab_test(row["ab_test"], current)
+            )
+            await conn.execute(SQL["set_sequence_ab"], row["id"], test)
         return await _fetch_sequence(conn, tenant, sequence_id)
 
 
@@ -629,8 +669,22 @@ async def sequence_analytics(call: Call[None, None]) -> SequenceAnalytics:
     for row in await call.pool.fetch(SQL["enrollment_counts"], sequence["id"]):
         counts[row["status"]] = row["n"]
     steps = await call.pool.fetch(SQL["step_stats"], sequence["id"])
+    defined = {s["position"]: s for s in await call.pool.fetch(SQL["get_steps"], [sequence["id"]])}
+    by_variant = await step_variant_stats(call.pool, sequence["id"])
     return SequenceAnalytics(
         sequence_id=sequence["public_id"],
         enrollments=counts,
-        steps=[SequenceStepStats(**dict(s)) for s in steps],
+        steps=[
+            SequenceStepStats(
+                **dict(s),
+                variants=[
+                    VariantStats(**v)
+                    for v in variant_results(
+                        defined[s["step"]]["variants"], by_variant.get(s["step"], [])
+                    )
+                ],
+                ab_winner=defined[s["step"]]["ab_winner"],
+            )
+            for s in steps
+        ],
     )

@@ -9,14 +9,21 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, 'UTC'), coalesce($11::
 RETURNING id, public_id;
 
 -- name: insert_steps
--- All of a sequence's steps in one statement, from parallel arrays in step order.
+-- All of a sequence's steps in one statement, from parallel arrays in step order (the
+-- variants as JSON text: a jsonb[] of JSON arrays would be read as a 2-D array).
 INSERT INTO sequence_steps (sequence_id, position, delay_days, business_days, delay_hours,
-                            subject, html_body, text_body, template_id, template_version)
+                            subject, html_body, text_body, template_id, template_version,
+                            variants)
 SELECT $1, s.ordinality, s.days, s.business, s.hours, s.subject, s.html, s.text, s.template,
-       s.version
+       s.version, s.variants::jsonb
 FROM unnest($2::int[], $3::bool[], $4::float8[], $5::text[], $6::text[], $7::text[],
-            $8::text[], $9::int[]) WITH ORDINALITY
-     AS s(days, business, hours, subject, html, text, template, version, ordinality);
+            $8::text[], $9::int[], $10::text[]) WITH ORDINALITY
+     AS s(days, business, hours, subject, html, text, template, version, variants,
+          ordinality);
+
+-- name: set_sequence_ab
+-- A sequence's A/B test, written beside insert_sequence and update_sequence.
+UPDATE sequences SET ab_test = $2 WHERE id = $1;
 
 -- name: delete_steps
 -- Replacing the steps: enrolments keep their progress (the step number) and continue with
@@ -28,7 +35,7 @@ DELETE FROM sequence_steps WHERE sequence_id = $1;
 -- only an active sequence.
 SELECT id, public_id, name, from_email, from_name, stop_on, settings, status, created_at,
        updated_at, archived_at, window_days, window_start, window_end, window_zone,
-       window_skip
+       window_skip, ab_test
 FROM sequences
 WHERE tenant_id = $1
   AND CASE WHEN $3::bool THEN name = $2 AND status = 'active' ELSE public_id = $2 END;
@@ -36,14 +43,14 @@ WHERE tenant_id = $1
 -- name: lock_sequence
 -- Changes to a sequence take its row lock first, so two updates do not interleave.
 SELECT id, public_id, name, from_email, from_name, stop_on, settings, status, window_days,
-       window_start, window_end, window_zone, window_skip
+       window_start, window_end, window_zone, window_skip, ab_test
 FROM sequences WHERE tenant_id = $1 AND public_id = $2
 FOR UPDATE;
 
 -- name: get_steps
 -- Steps of the sequences $1, in order.
 SELECT sequence_id, position, delay_days, business_days, delay_hours, subject, html_body,
-       text_body, template_id, template_version
+       text_body, template_id, template_version, variants, ab_winner
 FROM sequence_steps WHERE sequence_id = ANY ($1::bigint[])
 ORDER BY sequence_id, position;
 
@@ -51,7 +58,7 @@ ORDER BY sequence_id, position;
 -- Newest first, keyset-paginated on the public id through (tenant_id, public_id).
 SELECT id, public_id, name, from_email, from_name, stop_on, settings, status, created_at,
        updated_at, archived_at, window_days, window_start, window_end, window_zone,
-       window_skip
+       window_skip, ab_test
 FROM sequences
 WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
 ORDER BY public_id DESC

@@ -14,6 +14,8 @@
 -- test mode. Follow-ups answer step 1: In-Reply-To and References carry its Message-ID. A
 -- due time outside the sequence's sending window moves into the next one (next_in_window,
 -- migration 0028), in the contact's time zone. $3 is the clock (NULL: now()), for tests.
+-- A step with A/B variants gives each message one by weight, or the decided winner
+-- (step_variant, migration 0032); its parts replace the step's own, part by part.
 -- The conditions on the enrolment itself are what a concurrent scheduler's commit is
 -- rechecked against (FOR UPDATE rechecks the locked row's new version, not the joined
 -- message's): "no message" is read from e.step_message_id, never from the outer join, or an
@@ -37,9 +39,12 @@ WITH due AS (
            coalesce(c.custom_fields, '{}') || jsonb_strip_nulls(jsonb_build_object(
                'email', c.email, 'first_name', c.first_name, 'last_name', c.last_name,
                'company', c.company)) AS personalization,
-           CASE WHEN s.position = 1 OR s.subject IS NOT NULL THEN coalesce(s.subject, '')
-                ELSE 'Re: ' || coalesce(d.thread_subject, '') END AS subject,
-           s.html_body, s.text_body,
+           coalesce(pv.v ->> 'subject',
+                    CASE WHEN s.position = 1 OR s.subject IS NOT NULL
+                         THEN coalesce(s.subject, '')
+                         ELSE 'Re: ' || coalesce(d.thread_subject, '') END) AS subject,
+           coalesce(pv.v ->> 'html', s.html_body) AS html_body,
+           coalesce(pv.v ->> 'text', s.text_body) AS text_body, pv.v ->> 'name' AS variant,
            CASE WHEN d.thread_message_id IS NULL THEN '{}'::jsonb
                 ELSE jsonb_build_object('In-Reply-To', '<' || d.thread_message_id || '>',
                                         'References', '<' || d.thread_message_id || '>') END
@@ -59,19 +64,21 @@ WITH due AS (
     FROM due d
     JOIN sequences q ON q.id = d.sequence_id
     JOIN sequence_steps s ON s.sequence_id = d.sequence_id AND s.position = d.step + 1
+    CROSS JOIN LATERAL (SELECT step_variant(s.variants, s.ab_winner, random()) AS v) pv
     JOIN contacts c ON c.id = d.contact_id
     JOIN tenants t ON t.id = d.tenant_id
     WHERE q.status = 'active' AND (d.step = 0 OR d.last_status = 'sent')
 ), queued AS (
     INSERT INTO messages (tenant_id, message_id, from_email, from_name, recipient,
                           recipient_domain, subject, text_body, html_body, headers,
-                          personalization, settings, next_attempt_at, sandbox, priority)
+                          personalization, settings, next_attempt_at, sandbox, priority,
+                          variant)
     SELECT tenant_id, rfc_message_id, from_email, from_name, recipient, recipient_domain,
            subject, text_body, html_body, headers, personalization, settings,
            next_in_window(greatest(due_at, coalesce($3::timestamptz, now())), zone,
                           window_zone, window_days, window_start, window_end, window_skip,
                           random()),
-           sandbox, 1
+           sandbox, 1, variant
     FROM nxt
     RETURNING id, tenant_id, message_id, subject, next_attempt_at,
               EXISTS (SELECT 1 FROM suppressions s

@@ -52,6 +52,7 @@ EVENT_TYPES = (
     "email.rescheduled",
     "delivery.throttled",
     "sending.paused",
+    "ab_test.decided",
     "webhook.disabled",
 )
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
