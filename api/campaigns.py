@@ -43,6 +43,7 @@ from api.variants import (
     resolve_variants,
     variant_models,
 )
+from api.windows import into_window, set_campaign_window, window_columns, window_model
 from penguinmails.queries import load
 
 SQL = load("api")
@@ -82,6 +83,7 @@ def campaign_model(row: asyncpg.Record) -> Campaign:
     fields["variants"] = variant_models(row.get("variants") or [])
     fields["ab_test"] = row.get("ab_test")
     fields["ab_winner"] = row.get("ab_winner")
+    fields["window"] = window_model(row) if row.get("window_days") is not None else None
     return Campaign.model_validate(
         {
             **fields,
@@ -178,6 +180,7 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
             body.metadata,
         )
         await conn.execute(SQL_VARIANTS["set_campaign_ab"], row["id"], variants, ab_test)
+        await set_campaign_window(conn, row["id"], window_columns(body.window))
         campaign = await fetch_campaign(conn, call.principal.tenant_id, row["public_id"])
         await campaign_event(
             conn,
@@ -304,6 +307,8 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
             else needs_variants(row["ab_test"], variants)
         )
         await conn.execute(SQL_VARIANTS["set_campaign_ab"], row["id"], variants, ab_test)
+        if "window" in given:
+            await set_campaign_window(conn, row["id"], window_columns(body.window))
         await conn.execute(
             SQL["update_draft"],
             call.principal.tenant_id,
@@ -371,9 +376,11 @@ async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
         draft.send_at = send_at
         draft.sandbox = row["sandbox"] or call.principal.sandbox
         winner = row["ab_winner"]["variant"] if row["ab_winner"] else None
-        ids = await enqueue_variants(
+        queued = await enqueue_variants(
             conn, call.principal.tenant_id, draft, row["variants"], row["ab_test"], winner
         )
+        ids = [q.id for q in queued]
+        await into_window(conn, row["id"], ids)
         await conn.execute(
             SQL["start_campaign"], row["id"], call.principal.tenant_id, send_at, len(ids)
         )

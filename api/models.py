@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from api.tiers import Tier
+from penguinmails import windows
 from penguinmails.messages import (
     MAX_METADATA_BYTES,
     MAX_METADATA_KEY_CHARS,
@@ -476,6 +477,11 @@ class CampaignCreate(Request):
         "weight when its message is queued.",
     )
     ab_test: ABTest | None = Field(default=None, description="Let a winner take the rest.")
+    window: SendingWindow | None = Field(
+        default=None,
+        description="Omitted: messages go out when due. A message due outside the window "
+        "is due in the next one (in the recipient's zone), spread across it.",
+    )
 
 
 class CampaignUpdate(Request):
@@ -493,6 +499,7 @@ class CampaignUpdate(Request):
     send_at: AwareDatetime | None = None
     variants: Variants | None = None
     ab_test: ABTest | None = None
+    window: SendingWindow | None = Field(default=None, description="null: no window.")
 
 
 class CampaignSend(Request):
@@ -531,6 +538,7 @@ class Campaign(Owned):
     ab_winner: ABWinner | None = Field(
         default=None, description="The A/B test's decision, once made."
     )
+    window: SendingWindowOut | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1353,6 +1361,20 @@ def _weekdays() -> list[Weekday]:
 TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_time_zone)]
 
 
+def _holidays(value: str) -> str:
+    try:
+        return windows.check(value)
+    except windows.UnknownHolidays as exc:
+        raise PydanticCustomError("holidays", "{why}", {"why": str(exc)}) from None
+
+
+HolidayCode = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$"),
+    AfterValidator(_holidays),
+]
+
+
 class SendingWindow(Request):
     """When steps may be sent, in the recipient's time zone: a contact's
     `custom_fields.timezone` (an IANA name), else this window's `timezone`."""
@@ -1365,6 +1387,11 @@ class SendingWindow(Request):
         default_factory=list,
         max_length=366,
         description="Local dates with no sending (holidays), in the recipient's zone.",
+    )
+    holidays: HolidayCode | None = Field(
+        default=None,
+        description="Skip this country's public holidays too: ISO 3166-1 alpha-2, optionally "
+        'with a subdivision ("US", "US-CA", "DE-BY"), as the holidays library knows them.',
     )
 
     @model_validator(mode="after")
@@ -1382,6 +1409,11 @@ class SendingWindowOut(Response):
     end: time
     timezone: str
     skip_dates: list[date]
+    holidays: str | None = None
+    holidays_until: date | None = Field(
+        default=None,
+        description="The holidays are computed up to this date, and again a year before it.",
+    )
 
 
 SequenceName = Annotated[
@@ -1525,3 +1557,7 @@ class SequenceAnalytics(Response):
     sequence_id: str
     enrollments: dict[str, int]
     steps: list[SequenceStepStats]
+
+
+# Campaign (above) names the sending window models defined with the sequences.
+Campaign.model_rebuild()

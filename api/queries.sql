@@ -171,7 +171,8 @@ INSERT INTO events (tenant_id, campaign_id, type, data) VALUES ($1, $2, $3, $4);
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
        cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
-       paused_reason, variants, ab_test, ab_winner,
+       paused_reason, variants, ab_test, ab_winner, window_days, window_start, window_end,
+       window_zone, window_skip, window_holidays, window_holiday_dates, window_holidays_until,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
@@ -183,7 +184,8 @@ FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
        cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
-       paused_reason, variants, ab_test, ab_winner,
+       paused_reason, variants, ab_test, ab_winner, window_days, window_start, window_end,
+       window_zone, window_skip, window_holidays, window_holiday_dates, window_holidays_until,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns
@@ -196,7 +198,9 @@ LIMIT $3;
 -- completion trigger's callers end up in, so the two serialise rather than race.
 SELECT id, public_id, tenant_id, name, subject, from_email, from_name, html_body, text_body,
        headers, settings, recipients, status, sandbox, send_at, paused_at, template_id,
-       template_version, tags, metadata, variants, ab_test, ab_winner
+       template_version, tags, metadata, variants, ab_test, ab_winner, window_days,
+       window_start, window_end, window_zone, window_skip, window_holidays,
+       window_holiday_dates, window_holidays_until
 FROM campaigns WHERE tenant_id = $1 AND public_id = $2
 FOR UPDATE;
 

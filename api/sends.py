@@ -44,6 +44,7 @@ from api.routing import API, Call, is_public_id
 from api.senders import MAX_DETAILS, check_draft, resolve_sender
 from api.templates import content_of
 from api.variants import check_variants, enqueue_variants
+from api.windows import into_window
 from penguinmails.attachments import Attachment, decode_content
 from penguinmails.messages import Address, Draft, InvalidMessage, enqueue_draft
 from penguinmails.queries import load
@@ -373,12 +374,11 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
                 personalization=[r.personalization for r in chunk],
                 send_at=last if (batches or body.send_at) else None,
             )
-            queued += [
-                q.public_id
-                for q in await enqueue_variants(
-                    conn, tenant, batch, row["variants"], row["ab_test"], winner
-                )
-            ]
+            rows = await enqueue_variants(
+                conn, tenant, batch, row["variants"], row["ab_test"], winner
+            )
+            await into_window(conn, row["id"], [q.id for q in rows])
+            queued += [q.public_id for q in rows]
             batches += 1
         await conn.execute(SQL["add_to_campaign"], row["id"], tenant, len(queued))
         await campaign_event(

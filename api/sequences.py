@@ -25,7 +25,6 @@ from api.campaigns import settings_dict
 from api.drafts import new_draft
 from api.errors import ApiError, conflict, not_found, validation_error
 from api.models import (
-    WEEKDAYS,
     ABTest,
     ContactSequenceEnroll,
     ContentOut,
@@ -38,8 +37,6 @@ from api.models import (
     Page,
     Recipient,
     SenderOut,
-    SendingWindow,
-    SendingWindowOut,
     SequenceAnalytics,
     SequenceCreate,
     SequenceStep,
@@ -54,6 +51,7 @@ from api.routing import API, Call, decode_cursor, is_public_id, keyset_page
 from api.senders import check_draft, resolve_sender
 from api.templates import check_content, resolve_content
 from api.variants import resolve_variants, variant_models
+from api.windows import stored_columns, window_columns, window_model
 from penguinmails.ab import step_variant_stats, variant_results
 from penguinmails.messages import InvalidMessage, address_domain
 from penguinmails.queries import load
@@ -161,27 +159,6 @@ def _stop_on(stop_on: StopOn) -> list[str]:
     return [reason for reason in STOP_REASONS if chosen[reason]]
 
 
-def _window(window: SendingWindow | None) -> tuple[Any, ...]:
-    """The window as the columns hold it: ISO days of week, opening, closing, zone, dates
-    skipped."""
-    if window is None:
-        return (None, None, None, None, None)
-    days = sorted(WEEKDAYS.index(d) + 1 for d in set(window.days))
-    return (days, window.start, window.end, window.timezone, sorted(set(window.skip_dates)))
-
-
-def _window_model(row: asyncpg.Record) -> SendingWindowOut | None:
-    if row["window_days"] is None:
-        return None
-    return SendingWindowOut(
-        days=[WEEKDAYS[d - 1] for d in row["window_days"]],
-        start=row["window_start"],
-        end=row["window_end"],
-        timezone=row["window_zone"],
-        skip_dates=row["window_skip"],
-    )
-
-
 def _sequence_model(row: asyncpg.Record, steps: Iterable[asyncpg.Record]) -> SequenceModel:
     return SequenceModel.model_validate(
         {
@@ -210,7 +187,7 @@ def _sequence_model(row: asyncpg.Record, steps: Iterable[asyncpg.Record]) -> Seq
             ],
             "stop_on": {reason: reason in row["stop_on"] for reason in STOP_REASONS},
             "settings": row["settings"],
-            "window": _window_model(row),
+            "window": window_model(row),
             "ab_test": row["ab_test"],
             "status": row["status"],
             "created_at": row["created_at"],
@@ -275,7 +252,7 @@ async def create_sequence(call: Call[SequenceCreate, None]) -> SequenceModel:
                 from_name,
                 _stop_on(body.stop_on),
                 settings,
-                *_window(body.window),
+                *window_columns(body.window),
             )
         except asyncpg.UniqueViolationError:
             raise _name_taken(body.name) from None
@@ -358,14 +335,7 @@ async def update_sequence(call: Call[SequenceUpdate, None]) -> SequenceModel:
             if body.settings is not None
             else row["settings"]
         )
-        window = (
-            _window(body.window)
-            if "window" in given
-            else tuple(
-                row[c]
-                for c in ("window_days", "window_start", "window_end", "window_zone", "window_skip")
-            )
-        )
+        window = window_columns(body.window) if "window" in given else stored_columns(row)
         try:
             await conn.execute(
                 SQL["update_sequence"],

@@ -4,8 +4,10 @@
 -- name: insert_sequence
 -- A name taken by another active sequence of the tenant is a unique violation (409).
 INSERT INTO sequences (tenant_id, name, from_email, from_name, stop_on, settings,
-                       window_days, window_start, window_end, window_zone, window_skip)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, 'UTC'), coalesce($11::date[], '{}'))
+                       window_days, window_start, window_end, window_zone, window_skip,
+                       window_holidays, window_holiday_dates, window_holidays_until)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, 'UTC'), coalesce($11::date[], '{}'),
+        $12, coalesce($13::date[], '{}'), $14)
 RETURNING id, public_id;
 
 -- name: insert_steps
@@ -35,7 +37,8 @@ DELETE FROM sequence_steps WHERE sequence_id = $1;
 -- only an active sequence.
 SELECT id, public_id, name, from_email, from_name, stop_on, settings, status, created_at,
        updated_at, archived_at, window_days, window_start, window_end, window_zone,
-       window_skip, ab_test
+       window_skip, ab_test, window_holidays, window_holiday_dates,
+       window_holidays_until
 FROM sequences
 WHERE tenant_id = $1
   AND CASE WHEN $3::bool THEN name = $2 AND status = 'active' ELSE public_id = $2 END;
@@ -43,7 +46,8 @@ WHERE tenant_id = $1
 -- name: lock_sequence
 -- Changes to a sequence take its row lock first, so two updates do not interleave.
 SELECT id, public_id, name, from_email, from_name, stop_on, settings, status, window_days,
-       window_start, window_end, window_zone, window_skip, ab_test
+       window_start, window_end, window_zone, window_skip, ab_test, window_holidays, window_holiday_dates,
+       window_holidays_until
 FROM sequences WHERE tenant_id = $1 AND public_id = $2
 FOR UPDATE;
 
@@ -58,7 +62,8 @@ ORDER BY sequence_id, position;
 -- Newest first, keyset-paginated on the public id through (tenant_id, public_id).
 SELECT id, public_id, name, from_email, from_name, stop_on, settings, status, created_at,
        updated_at, archived_at, window_days, window_start, window_end, window_zone,
-       window_skip, ab_test
+       window_skip, ab_test, window_holidays, window_holiday_dates,
+       window_holidays_until
 FROM sequences
 WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
 ORDER BY public_id DESC
@@ -68,7 +73,8 @@ LIMIT $3;
 UPDATE sequences
 SET name = $2, from_email = $3, from_name = $4, stop_on = $5, settings = $6,
     window_days = $7, window_start = $8, window_end = $9, window_zone = coalesce($10, 'UTC'),
-    window_skip = coalesce($11::date[], '{}'),
+    window_skip = coalesce($11::date[], '{}'), window_holidays = $12,
+    window_holiday_dates = coalesce($13::date[], '{}'), window_holidays_until = $14,
     updated_at = now()
 WHERE id = $1;
 

@@ -30,6 +30,7 @@ from datetime import datetime
 
 import asyncpg
 
+from penguinmails import windows
 from penguinmails.ab import decide
 from penguinmails.database import DATABASE_ERRORS
 from penguinmails.queries import load
@@ -67,6 +68,8 @@ async def schedule(
     database's clock (tests of sending windows)."""
     total = Scheduled()
     ids = list(enrollments) if enrollments is not None else None
+    if ids is None:  # a tick (not an enrolment's own call): windows' holidays kept ahead
+        await windows.extend(conn, now)
     while True:
         row = await conn.fetchrow(SQL["schedule_steps"], batch, ids, now)
         done = Scheduled(row["queued"], row["completed"], row["stopped"])

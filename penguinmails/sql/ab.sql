@@ -68,18 +68,26 @@ SELECT EXISTS (
 -- name: release_held
 -- The decision on campaign $1 ($2, recorded as it is) and its held recipients released with
 -- the winner's ($3) content, part by part over the base content they were held with, due at
--- once ($4, the clock) or at their own later due time; with the `ab_test.decided` event.
+-- once ($4, the clock) or at their own later due time, moved into the campaign's sending
+-- window as campaign_into_window (api/windows.sql) does; with the `ab_test.decided` event.
 WITH decided AS (
     UPDATE campaigns SET ab_winner = $2, updated_at = now()
     WHERE id = $1
-    RETURNING id, tenant_id, public_id, variants
+    RETURNING id, tenant_id, public_id, variants, window_zone, window_days, window_start,
+              window_end, window_skip || window_holiday_dates AS window_skip
 ), released AS (
     UPDATE messages m
     SET status = 'queued', variant = $3,
         subject = coalesce(w.v ->> 'subject', m.subject),
         html_body = coalesce(w.v ->> 'html', m.html_body),
         text_body = coalesce(w.v ->> 'text', m.text_body),
-        next_attempt_at = greatest(m.next_attempt_at, $4::timestamptz),
+        next_attempt_at = next_in_window(
+            greatest(m.next_attempt_at, $4::timestamptz),
+            coalesce((SELECT ct.custom_fields ->> 'timezone' FROM contacts ct
+                      WHERE ct.tenant_id = m.tenant_id AND ct.email = lower(m.recipient)),
+                     m.personalization ->> 'timezone'),
+            d.window_zone, d.window_days, d.window_start, d.window_end, d.window_skip,
+            random()),
         updated_at = now()
     FROM decided d
     CROSS JOIN LATERAL (SELECT x FROM jsonb_array_elements(d.variants) x

@@ -13,7 +13,8 @@
 -- company, then its custom fields); sandbox follows the tenant's mode, so test mode stays
 -- test mode. Follow-ups answer step 1: In-Reply-To and References carry its Message-ID. A
 -- due time outside the sequence's sending window moves into the next one (next_in_window,
--- migration 0028), in the contact's time zone. $3 is the clock (NULL: now()), for tests.
+-- migration 0028), in the contact's time zone, skipping its dates and its country's
+-- holidays (migration 0033). $3 is the clock (NULL: now()), for tests.
 -- A step with A/B variants gives each message one by weight, or the decided winner
 -- (step_variant, migration 0032); its parts replace the step's own, part by part.
 -- The conditions on the enrolment itself are what a concurrent scheduler's commit is
@@ -58,7 +59,7 @@ WITH due AS (
                 END + s.delay_hours * interval '1 hour' AS due_at,
            t.mode = 'test' AS sandbox,
            c.custom_fields ->> 'timezone' AS zone, q.window_zone, q.window_days,
-           q.window_start, q.window_end, q.window_skip,
+           q.window_start, q.window_end, q.window_skip || q.window_holiday_dates AS window_skip,
            replace(gen_random_uuid()::text, '-', '') || '@'
                || lower(split_part(q.from_email, '@', 2)) AS rfc_message_id
     FROM due d

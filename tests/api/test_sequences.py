@@ -696,6 +696,8 @@ async def test_no_step_is_due_outside_the_window_in_the_recipients_zone(
         "end": "17:00:00",
         "timezone": "America/New_York",
         "skip_dates": [],
+        "holidays": None,
+        "holidays_until": None,
     }
     people = [f"p{i}@dest.test" for i in range(10)]
     await client.post(
