@@ -1492,6 +1492,12 @@ class EnrollmentCreate(Request):
         default=None,
         description="Enrol every contact with this tag (those already enrolled are skipped).",
     )
+    campaign_id: PublicId | None = Field(
+        default=None,
+        description="Enrol a campaign's recipients (those it was sent to, and a draft's list): "
+        "each address becomes a contact if it is not one yet; those already enrolled are "
+        "skipped.",
+    )
     re_enroll: bool = Field(
         default=False,
         description="Enrol again a contact whose earlier enrolment has ended (never two "
@@ -1500,8 +1506,8 @@ class EnrollmentCreate(Request):
 
     @model_validator(mode="after")
     def _someone(self) -> EnrollmentCreate:
-        if not self.contacts and self.tag is None:
-            raise PydanticCustomError("enrollment", "give contacts or a tag")
+        if not self.contacts and self.tag is None and self.campaign_id is None:
+            raise PydanticCustomError("enrollment", "give contacts, a tag or a campaign_id")
         return self
 
 
@@ -1533,7 +1539,9 @@ class Enrollment(Owned):
 
 class Enrolled(Response):
     items: list[Enrollment]
-    skipped: int = Field(description="Tagged contacts left out: already enrolled.")
+    skipped: int = Field(
+        description="Tagged contacts or campaign recipients left out: already enrolled."
+    )
 
 
 class EnrollmentQuery(ListQuery):

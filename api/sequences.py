@@ -516,10 +516,33 @@ def _name_contact(
     return {**detail, "message": f"step {step}: {who}{detail['message']}"}
 
 
+async def _campaign_contacts(
+    conn: asyncpg.Connection, tenant_id: int, sequence_pk: int, campaign_id: str, re_enroll: bool
+) -> tuple[list[asyncpg.Record], int]:
+    """A campaign's recipients as contacts (created if new), less those already enrolled;
+    and how many were left out as enrolled. An unknown campaign is a 404."""
+    campaign = (
+        await conn.fetchval(SQL["campaign_by_id"], tenant_id, campaign_id)
+        if is_public_id(campaign_id, "campaign")
+        else None
+    )
+    if campaign is None:
+        raise not_found("Campaign")
+    found = await conn.fetch(SQL["campaign_contacts"], tenant_id, campaign, MAX_TAG_ENROLL)
+    blocked = {
+        r["contact_id"]
+        for r in await conn.fetch(
+            SQL["enrolled_contacts"], sequence_pk, [c["id"] for c in found], re_enroll
+        )
+    }
+    return [c for c in found if c["id"] not in blocked], len(blocked)
+
+
 @API.route(
     "POST",
     "/sequences/{id}/enrollments",
-    summary="Enrol contacts (by id, by address or by tag); step 1 is queued at once",
+    summary="Enrol contacts (by id, by address, by tag or a campaign's recipients); step 1 "
+    "is queued at once",
     tag="Sequences",
     tier="starter",
     body=EnrollmentCreate,
@@ -542,6 +565,13 @@ async def enroll(call: Call[EnrollmentCreate, None]) -> Enrolled:
                 if row["id"] not in chosen:
                     contacts.append(row)
             skipped = await conn.fetchval(SQL["tagged_enrolled"], *tag_args)
+        if body.campaign_id is not None:
+            found, left_out = await _campaign_contacts(
+                conn, tenant, sequence["id"], body.campaign_id, body.re_enroll
+            )
+            chosen = {c["id"] for c in contacts}
+            contacts += [c for c in found if c["id"] not in chosen]
+            skipped += left_out
         items = await _enroll(conn, tenant, sequence, contacts, body.re_enroll) if contacts else []
         return Enrolled(items=items, skipped=skipped)
 

@@ -198,3 +198,24 @@ LEFT JOIN messages m ON m.id = sm.message_id
 WHERE s.sequence_id = $1
 GROUP BY s.position
 ORDER BY s.position;
+
+-- name: campaign_by_id
+SELECT id FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
+
+-- name: campaign_contacts
+-- The recipients of campaign $2 (its messages, and the list a draft holds) as contacts,
+-- created if new (as ensure_contacts does), at most $3, in address order.
+WITH addresses AS (
+    SELECT DISTINCT lower(a.email) AS email FROM (
+        SELECT recipient AS email FROM messages WHERE tenant_id = $1 AND campaign_id = $2
+        UNION
+        SELECT r ->> 'email' FROM campaigns c, jsonb_array_elements(c.recipients) r
+        WHERE c.tenant_id = $1 AND c.id = $2
+    ) a
+    ORDER BY 1
+    LIMIT $3
+)
+INSERT INTO contacts (tenant_id, email)
+SELECT $1, email FROM addresses
+ON CONFLICT (tenant_id, email) DO UPDATE SET email = EXCLUDED.email
+RETURNING id, public_id, email, first_name, last_name, company, custom_fields;
