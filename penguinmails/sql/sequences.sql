@@ -121,7 +121,9 @@ SELECT (SELECT count(*) FROM queued) AS queued,
 
 -- name: sequences_status
 -- For `penguinmails sequences`: every active sequence (of one tenant, $1, or all) with its
--- enrolments by status, the step messages sent and waiting, and the replies among them.
+-- enrolments by status, the step messages sent and waiting, and the replies among them; and
+-- its steps with A/B variants: `2:B` (step 2's winner is B), `2:testing` (its A/B test has
+-- not decided yet), `2:split` (variants by weight, no test), `-` (no variants).
 SELECT t.name AS tenant, t.mode, q.public_id, q.name,
        count(DISTINCT e.id) FILTER (WHERE e.status = 'active') AS active,
        count(DISTINCT e.id) FILTER (WHERE e.status = 'completed') AS completed,
@@ -129,7 +131,14 @@ SELECT t.name AS tenant, t.mode, q.public_id, q.name,
        count(DISTINCT m.id) FILTER (WHERE m.status = 'sent') AS sent,
        count(DISTINCT m.id) FILTER (WHERE m.status IN ('queued', 'deferred', 'sending'))
            AS waiting,
-       count(DISTINCT i.id) AS replies
+       count(DISTINCT i.id) AS replies,
+       (SELECT coalesce(string_agg(
+                   s.position || ':' || coalesce(s.ab_winner ->> 'variant',
+                                                 CASE WHEN q.ab_test IS NULL THEN 'split'
+                                                      ELSE 'testing' END),
+                   ',' ORDER BY s.position), '-')
+        FROM sequence_steps s
+        WHERE s.sequence_id = q.id AND jsonb_array_length(s.variants) > 0) AS ab
 FROM sequences q
 JOIN tenants t ON t.id = q.tenant_id
 LEFT JOIN sequence_enrollments e ON e.sequence_id = q.id
@@ -137,5 +146,5 @@ LEFT JOIN sequence_messages sm ON sm.enrollment_id = e.id
 LEFT JOIN messages m ON m.id = sm.message_id
 LEFT JOIN inbound_emails i ON i.message_id = sm.message_id
 WHERE q.status = 'active' AND ($1::text IS NULL OR t.name = $1)
-GROUP BY t.name, t.mode, q.public_id, q.name
+GROUP BY t.name, t.mode, q.id
 ORDER BY t.name, t.mode, q.name;

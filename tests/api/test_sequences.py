@@ -340,8 +340,8 @@ async def test_the_sequences_command_shows_enrolments_steps_and_replies(
     code, out, err = await run_cli(database_url, tmp_path, "sequences", "--tenant", "acme")
     assert code == 0, err
     [line] = [line for line in out.splitlines() if sequence["id"] in line]
-    # tenant, mode, id, name, active, completed, stopped, sent, waiting, replies
-    assert line.split()[3:] == ["nurture", "2", "0", "0", "1", "1", "0"]
+    # tenant, mode, id, name, active, completed, stopped, sent, waiting, replies, a/b
+    assert line.split()[3:] == ["nurture", "2", "0", "0", "1", "1", "0", "-"]
     code, out, _ = await run_cli(database_url, tmp_path, "sequences", "--tenant", "nobody")
     assert code == 0 and "no active sequences for tenant 'nobody'" in out
 

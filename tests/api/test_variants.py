@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,7 +15,7 @@ import asyncpg
 from mta.queue import claim
 from penguinmails.ab import decide
 from penguinmails.sequences import schedule
-from tests.helpers import Client, assert_error, campaign_body, row_pk
+from tests.helpers import Client, assert_error, campaign_body, row_pk, run_cli
 
 VARIANTS = [
     {"name": "A", "weight": 80, "subject": "Subject A"},
@@ -320,7 +321,7 @@ SEQUENCE: dict[str, Any] = {
 
 
 async def test_sequence_steps_get_variants_and_the_winner_after_the_decision(
-    client: Client, pool: asyncpg.Pool
+    client: Client, pool: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
     made = await client.post("/sequences", json=SEQUENCE)
     assert made.status == 201, made.body
@@ -352,6 +353,10 @@ async def test_sequence_steps_get_variants_and_the_winner_after_the_decision(
         "B": (len(b), 0),
     }
     assert stats["steps"][1]["variants"] == []  # step 2 has none
+    code, out, err = await run_cli(database_url, tmp_path, "sequences")
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if sequence["id"] in line]
+    assert line.split()[-1] == "1:A"
     event = await pool.fetchval("SELECT data FROM events WHERE type = 'ab_test.decided'")
     assert (event["scope"], event["sequence_id"], event["step"]) == (
         "sequence_step",
