@@ -241,12 +241,20 @@ WHERE id = $1;
 
 -- name: resume_campaign_messages
 -- Back in reach, each due time moved by the length of the pause, so batches keep their spacing
--- and a retry keeps its back-off.
-UPDATE messages
-SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
-    next_attempt_at = next_attempt_at + (now() - $3::timestamptz),
+-- and a retry keeps its back-off; and, for a campaign with a sending window, moved into it
+-- again where the shift took it out (as api/windows.sql campaign_into_window does).
+UPDATE messages m
+SET status = CASE WHEN m.attempts > 0 THEN 'deferred' ELSE 'queued' END,
+    next_attempt_at = next_in_window(
+        m.next_attempt_at + (now() - $3::timestamptz),
+        coalesce((SELECT ct.custom_fields ->> 'timezone' FROM contacts ct
+                  WHERE ct.tenant_id = m.tenant_id AND ct.email = lower(m.recipient)),
+                 m.personalization ->> 'timezone'),
+        c.window_zone, c.window_days, c.window_start, c.window_end,
+        c.window_skip || c.window_holiday_dates, random()),
     updated_at = now()
-WHERE campaign_id = $1 AND tenant_id = $2 AND status = 'paused';
+FROM campaigns c
+WHERE c.id = $1 AND m.campaign_id = $1 AND m.tenant_id = $2 AND m.status = 'paused';
 
 -- name: set_campaign_resumed
 -- The send_at moves with the messages; the completion check covers a campaign whose last

@@ -147,6 +147,21 @@ async def test_no_campaign_message_is_due_outside_its_window(
     assert max(spread) - min(spread) > timedelta(hours=2)  # not a burst at the opening
     assert await claim(pool, 1000, "test-worker", 60) == []
 
+    # Paused for ten hours: resuming shifts every message by the pause, which would take
+    # them past Friday's closing; they are moved into the next window (Monday) instead.
+    campaign_pk = await row_pk(pool, "campaigns", made.data["id"])
+    await client.post(f"/campaigns/{made.data['id']}/pause")
+    await pool.execute(
+        "UPDATE campaigns SET paused_at = now() - interval '10 hours' WHERE id = $1", campaign_pk
+    )
+    resumed = await client.post(f"/campaigns/{made.data['id']}/resume")
+    assert resumed.status == 200, resumed.body
+    for row in await pool.fetch(
+        "SELECT recipient, next_attempt_at FROM messages WHERE campaign_id = $1", campaign_pk
+    ):
+        zone = zones.get(row["recipient"], NEW_YORK)
+        assert _in_window(row["next_attempt_at"], zone), row["recipient"]
+
     # Inside the window, a message is due when sent.
     # The Tuesday after, 10:00 in New York.
     inside = datetime.combine(friday + timedelta(days=4), datetime.min.time(), UTC) + timedelta(
