@@ -110,9 +110,9 @@ def check_variants(
             check_draft(_variant_draft(draft, variant), recipients)
         except ApiError as exc:
             exc.details = [
-                {**d, "message": f"variant {variant['name']}: {d['message']}"} for d in exc.details
+                {**d, "message": f"variants[{i}] ({variant['name']}): {d['message']}"}
+                for d in exc.details
             ]
-            exc.details[0].setdefault("field", f"variants[{i}]")
             raise
 
 

@@ -162,7 +162,7 @@ async def test_variants_are_checked_and_named_in_errors(client: Client) -> None:
         422,
         "VALIDATION_ERROR",
     )
-    assert "variant B" in error["details"][0]["message"]
+    assert error["details"][0]["message"].startswith("variants[1] (B): ")
 
 
 AB_TEST = {"winner_by": "reply_rate", "min_sample": 5, "wait_hours": 2, "test_fraction": 0.4}
