@@ -5,7 +5,7 @@ holidays are skipped (computed into the row by penguinmails.windows)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -76,5 +76,14 @@ async def set_campaign_window(
 
 
 async def into_window(conn: asyncpg.Connection, campaign_pk: int, message_ids: list[int]) -> None:
-    """The campaign's messages just queued, due in its window (a no-op without one)."""
+    """The campaign's messages just queued, due in its window (a no-op without one). A
+    send_at beyond the holidays computed so far has them computed through its year first."""
+    row = await conn.fetchrow(SQL["campaign_holidays_reach"], campaign_pk, message_ids)
+    if row is not None and row["last_due"] is not None:
+        last_due = row["last_due"].date() + timedelta(days=14)  # a window or two past it
+        if row["window_holidays_until"] is None or row["window_holidays_until"] < last_due:
+            dates, until = windows.holiday_dates(
+                row["window_holidays"], datetime.now(UTC).date(), last_due
+            )
+            await conn.execute(SQL["set_campaign_holidays"], campaign_pk, dates, until)
     await conn.execute(SQL["campaign_into_window"], message_ids, campaign_pk)

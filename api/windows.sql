@@ -25,3 +25,15 @@ SET next_attempt_at = next_in_window(
         c.window_skip || c.window_holiday_dates, random())
 FROM campaigns c
 WHERE c.id = $2 AND c.window_days IS NOT NULL AND m.id = ANY ($1::bigint[]);
+
+-- name: campaign_holidays_reach
+-- For a campaign whose window skips a country's holidays: how far they are computed, and the
+-- latest due time among the messages $2 just queued (a send_at years ahead may pass it).
+SELECT c.window_holidays, c.window_holidays_until,
+       (SELECT max(m.next_attempt_at) FROM messages m WHERE m.id = ANY ($2::bigint[]))
+           AS last_due
+FROM campaigns c
+WHERE c.id = $1 AND c.window_days IS NOT NULL AND c.window_holidays IS NOT NULL;
+
+-- name: set_campaign_holidays
+UPDATE campaigns SET window_holiday_dates = $2, window_holidays_until = $3 WHERE id = $1;

@@ -27,11 +27,13 @@ class UnknownHolidays(ValueError):
     """Not a country (or subdivision) the holidays library knows."""
 
 
-def holiday_dates(code: str, today: date) -> tuple[list[date], date]:
+def holiday_dates(code: str, today: date, through: date | None = None) -> tuple[list[date], date]:
     """The public holidays of `code` ("US", "US-CA") from `today`'s year on, for
-    HOLIDAY_YEARS calendar years, and the last day they cover."""
+    HOLIDAY_YEARS calendar years (or through the year of `through` if later), and the last
+    day they cover."""
     country, _, subdivision = code.partition("-")
-    years = list(range(today.year, today.year + HOLIDAY_YEARS))
+    last = max(today.year + HOLIDAY_YEARS - 1, through.year if through else 0)
+    years = list(range(today.year, last + 1))
     try:
         found = holidays.country_holidays(country, subdiv=subdivision or None, years=years)
     except NotImplementedError as exc:

@@ -5,6 +5,7 @@ that later steps get."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,8 +15,8 @@ import asyncpg
 
 from mta.queue import claim
 from penguinmails.ab import decide
-from penguinmails.sequences import schedule
-from tests.helpers import Client, assert_error, campaign_body, row_pk, run_cli
+from penguinmails.sequences import Scheduler, schedule
+from tests.helpers import Client, assert_error, campaign_body, row_pk, run_cli, wait_for
 
 VARIANTS = [
     {"name": "A", "weight": 80, "subject": "Subject A"},
@@ -376,3 +377,28 @@ async def test_sequence_steps_get_variants_and_the_winner_after_the_decision(
         "WHERE sm.step = 2"
     )
     assert step_two and {r["variant"] for r in step_two} == {None}
+
+
+async def test_the_api_processs_scheduler_decides(client: Client, pool: asyncpg.Pool) -> None:
+    """The decision is the scheduler's tick's (the task the API process owns), not only a
+    function a test calls."""
+    made = await _campaign(
+        client,
+        variants=HALF_AND_HALF,
+        ab_test={**AB_TEST, "min_sample": 1, "wait_hours": 0},
+        recipients=_recipients(10),
+    )
+    await client.post(f"/campaigns/{made['id']}/send")
+    await pool.execute(
+        "UPDATE messages SET status = 'sent', sent_at = now() - interval '1 minute' "
+        "WHERE status = 'queued'"
+    )
+    scheduler = Scheduler(pool, interval=3600)
+    scheduler.start()
+
+    async def decided() -> bool:
+        return bool(await pool.fetchval("SELECT ab_winner IS NOT NULL FROM campaigns"))
+
+    await wait_for(decided, timeout=10)
+    await asyncio.wait_for(scheduler.stop(), timeout=2)
+    assert not await pool.fetchval("SELECT count(*) FROM messages WHERE status = 'held'")

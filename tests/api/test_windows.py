@@ -162,6 +162,28 @@ async def test_no_campaign_message_is_due_outside_its_window(
         zone = zones.get(row["recipient"], NEW_YORK)
         assert _in_window(row["next_attempt_at"], zone), row["recipient"]
 
+    # Sent for a holiday years past the ones computed at creation: they are computed through
+    # its year first (Christmas Day 2040 is a Tuesday: due on the Wednesday).
+    far = await client.post(
+        "/campaigns",
+        json=campaign_body(
+            name="far",
+            subject="Hi",
+            content={"text": "x"},
+            recipients=recipients[:2],
+            window={**WINDOW, "holidays": "US"},
+        ),
+    )
+    christmas = datetime(2040, 12, 25, 12, 0, tzinfo=UTC)
+    await client.post(f"/campaigns/{far.data['id']}/send", json={"send_at": christmas.isoformat()})
+    far_due = await pool.fetch(
+        "SELECT next_attempt_at FROM messages WHERE campaign_id = $1",
+        await row_pk(pool, "campaigns", far.data["id"]),
+    )
+    assert {r["next_attempt_at"].astimezone(NEW_YORK).date() for r in far_due} == {
+        date(2040, 12, 26)
+    }
+
     # Inside the window, a message is due when sent.
     # The Tuesday after, 10:00 in New York.
     inside = datetime.combine(friday + timedelta(days=4), datetime.min.time(), UTC) + timedelta(
