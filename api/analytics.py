@@ -41,6 +41,10 @@ period (`since` is its start, rounded down to the interval; `all`: the whole lif
     when nothing has a value. Amounts are shown with the currency's symbol and thousands
     separators ("$2,450.00", "¥1,234") and given in minor units beside (`..._minor`, cents).
   - conversions: every conversion in the period, with a value or without.
+- variants: per A/B variant of its content (in their order), over the campaign's whole life
+  (the rollups have no variant dimension; these come from its messages): messages sent with
+  it, delivered, opened, clicked, replied, bounced (distinct messages), and rates over
+  delivered (bounces over sent); ab_winner: the A/B test's decision, with its numbers.
 `ai_insights` is not served: nothing computes it yet.
 """
 
@@ -70,10 +74,12 @@ from api.models import (
     RevenueImpact,
     SeriesPoint,
     TagAnalytics,
+    VariantStats,
     period_seconds,
 )
 from api.routing import API, Call
 from api.tiers import Tier, at_least
+from penguinmails.ab import campaign_variant_stats
 from penguinmails.queries import load
 
 SQL = load("api", "analytics.sql")
@@ -131,6 +137,11 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
     rows = await call.pool.fetch(SQL["campaign_stats"], campaign_id, since, interval)
     dimensions = await call.pool.fetch(SQL["campaign_dimensions"], campaign_id, since)
     revenue = await call.pool.fetch(SQL["campaign_revenue"], campaign_id, since)
+    variants = (
+        await campaign_variant_stats(call.pool, campaign_id, campaign["variants"])
+        if campaign["variants"]
+        else []
+    )
 
     totals = _counters()
     buckets: dict[datetime, Counters] = defaultdict(_counters)
@@ -178,6 +189,8 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
             for value, o, c in by_dimension["country"]
         ],
         revenue_impact=_revenue_impact(revenue),
+        variants=[VariantStats(**v) for v in variants],
+        ab_winner=campaign["ab_winner"],
     )
     return _within_tier(answer, call.principal.tier)
 

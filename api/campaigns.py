@@ -37,10 +37,19 @@ from api.models import (
 from api.routing import API, Call, decode_cursor, keyset_page
 from api.senders import check_draft, resolve_sender
 from api.templates import content_of
-from penguinmails.messages import enqueue
+from api.variants import (
+    ab_test_dict,
+    check_variants,
+    enqueue_variants,
+    needs_variants,
+    resolve_variants,
+    variant_models,
+)
+from api.windows import into_window, set_campaign_window, window_columns, window_model
 from penguinmails.queries import load
 
 SQL = load("api")
+SQL_VARIANTS = load("api", "variants.sql")
 
 
 def settings_dict(settings: CampaignSettings, pools: Container[str] = ()) -> dict[str, Any]:
@@ -75,6 +84,10 @@ def campaign_model(row: asyncpg.Record) -> Campaign:
     )
     fields = {name: row[name] for name in _CAMPAIGN_COLUMNS}
     fields["paused_reason"] = row.get("paused_reason")
+    fields["variants"] = variant_models(row.get("variants") or [])
+    fields["ab_test"] = row.get("ab_test")
+    fields["ab_winner"] = row.get("ab_winner")
+    fields["window"] = window_model(row) if row.get("window_days") is not None else None
     return Campaign.model_validate(
         {
             **fields,
@@ -146,6 +159,10 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
         settings=settings,
     )
     check_draft(draft, body.recipients)
+    base = {"subject": content.subject, "html": content.html, "text": content.text}
+    variants = await resolve_variants(call.pool, call.principal.tenant_id, body.variants, base)
+    check_variants(draft, variants, body.recipients)
+    ab_test = ab_test_dict(body.ab_test, variants)
     async with call.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             SQL["insert_campaign"],
@@ -167,6 +184,8 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
             body.tags,
             body.metadata,
         )
+        await conn.execute(SQL_VARIANTS["set_campaign_ab"], row["id"], variants, ab_test)
+        await set_campaign_window(conn, row["id"], window_columns(body.window))
         campaign = await fetch_campaign(conn, call.principal.tenant_id, row["public_id"])
         await campaign_event(
             conn,
@@ -237,6 +256,7 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
         "headers",
         "tags",
         "metadata",
+        "variants",
     ):
         if name in given and getattr(body, name) is None:
             raise validation_error([{"field": name, "message": "must not be null"}])
@@ -281,7 +301,21 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
             headers=headers,
             settings=settings,
         )
-        check_draft(draft, [Recipient.model_validate(r) for r in recipients])
+        checked = [Recipient.model_validate(r) for r in recipients]
+        check_draft(draft, checked)
+        variants = row["variants"]
+        if body.variants is not None:
+            base = {"subject": subject, "html": html, "text": text}
+            variants = await resolve_variants(conn, call.principal.tenant_id, body.variants, base)
+        check_variants(draft, variants, checked)
+        ab_test = (
+            ab_test_dict(body.ab_test, variants)
+            if "ab_test" in given
+            else needs_variants(row["ab_test"], variants)
+        )
+        await conn.execute(SQL_VARIANTS["set_campaign_ab"], row["id"], variants, ab_test)
+        if "window" in given:
+            await set_campaign_window(conn, row["id"], window_columns(body.window))
         await conn.execute(
             SQL["update_draft"],
             call.principal.tenant_id,
@@ -350,10 +384,15 @@ async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
         draft.campaign_id = row["id"]
         draft.send_at = send_at
         draft.sandbox = row["sandbox"] or call.principal.sandbox
-        ids = await enqueue(conn, call.principal.tenant_id, draft)
+        winner = row["ab_winner"]["variant"] if row["ab_winner"] else None
+        queued = await enqueue_variants(
+            conn, call.principal.tenant_id, draft, row["variants"], row["ab_test"], winner
+        )
+        ids = [q.id for q in queued]
         await identities.assign(
             conn, call.principal.tenant_id, row["settings"].get("identities", []), ids
         )
+        await into_window(conn, row["id"], ids)
         await conn.execute(
             SQL["start_campaign"], row["id"], call.principal.tenant_id, send_at, len(ids)
         )

@@ -44,6 +44,8 @@ from api.models import (
 from api.routing import API, Call, is_public_id
 from api.senders import MAX_DETAILS, check_draft, resolve_sender
 from api.templates import content_of
+from api.variants import check_variants, enqueue_variants
+from api.windows import into_window
 from penguinmails.attachments import Attachment, decode_content
 from penguinmails.config import Settings
 from penguinmails.messages import Address, Draft, InvalidMessage, enqueue_draft
@@ -363,6 +365,8 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
         )
         base = draft_from_row(row, from_email, from_name)
         check_draft(base, body.recipients)
+        check_variants(base, row["variants"], body.recipients)
+        winner = row["ab_winner"]["variant"] if row["ab_winner"] else None
         base.campaign_id = row["id"]
         base.sandbox = row["sandbox"] or call.principal.sandbox
         size = body.batch_size or len(body.recipients)
@@ -379,11 +383,14 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
                 personalization=[r.personalization for r in chunk],
                 send_at=last if (batches or body.send_at) else None,
             )
-            made = await enqueue_draft(conn, tenant, batch)
-            await identities.assign(
-                conn, tenant, row["settings"].get("identities", []), [q.id for q in made]
+            rows = await enqueue_variants(
+                conn, tenant, batch, row["variants"], row["ab_test"], winner
             )
-            queued += [q.public_id for q in made]
+            await identities.assign(
+                conn, tenant, row["settings"].get("identities", []), [q.id for q in rows]
+            )
+            await into_window(conn, row["id"], [q.id for q in rows])
+            queued += [q.public_id for q in rows]
             batches += 1
         await conn.execute(SQL["add_to_campaign"], row["id"], tenant, len(queued))
         await campaign_event(

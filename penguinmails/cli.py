@@ -327,6 +327,7 @@ async def cmd_sequences(settings: Settings, args: argparse.Namespace) -> int:
                 "sent",
                 "waiting",
                 "replies",
+                "a/b",
             ],
             [
                 [
@@ -340,6 +341,7 @@ async def cmd_sequences(settings: Settings, args: argparse.Namespace) -> int:
                     r["sent"],
                     r["waiting"],
                     r["replies"],
+                    r["ab"],
                 ]
                 for r in rows
             ],
@@ -537,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sequences = command(
         "sequences",
-        "show active sequences: enrolments, steps sent and waiting, replies",
+        "show active sequences: enrolments, steps sent and waiting, replies, A/B winners",
         cmd_sequences,
     )
     sequences.add_argument("--tenant", help="only this tenant's (default: every tenant's)")

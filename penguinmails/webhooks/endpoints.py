@@ -52,6 +52,7 @@ EVENT_TYPES = (
     "email.rescheduled",
     "delivery.throttled",
     "sending.paused",
+    "ab_test.decided",
     "webhook.disabled",
     "domain.verification_failed",
 )

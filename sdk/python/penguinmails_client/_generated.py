@@ -6,6 +6,20 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = ["OPERATIONS", "USER_DATA_FIELDS", "Operation"]
 
+class ABTest(TypedDict):
+    winner_by: Literal["reply_rate", "click_rate", "open_rate"]
+    min_sample: NotRequired[int]
+    wait_hours: NotRequired[float]
+    test_fraction: NotRequired[float]
+
+
+class ABWinner(TypedDict):
+    variant: str
+    decided_at: str
+    winner_by: str
+    variants: list[VariantScore]
+
+
 class ApiKey(TypedDict):
     livemode: NotRequired[bool]
     id: str
@@ -93,6 +107,10 @@ Campaign = TypedDict("Campaign", {
     "cancelled_at": "str | None",
     "created_at": "str",
     "updated_at": "str",
+    "variants": "NotRequired[list[VariantOut]]",
+    "ab_test": "NotRequired[dict[str, Any] | None]",
+    "ab_winner": "NotRequired[ABWinner | None]",
+    "window": "NotRequired[SendingWindowOut | None]",
 })
 
 
@@ -109,6 +127,8 @@ class CampaignAnalytics(TypedDict):
     devices: list[DeviceEngagement] | None
     countries: list[CountryEngagement] | None
     revenue_impact: RevenueImpact | None
+    variants: NotRequired[list[VariantStats]]
+    ab_winner: NotRequired[ABWinner | None]
     left_out: NotRequired[dict[str, Literal["free", "starter", "professional", "enterprise"]]]
 
 
@@ -123,6 +143,9 @@ CampaignCreate = TypedDict("CampaignCreate", {
     "tags": "NotRequired[list[str]]",
     "metadata": "NotRequired[dict[str, str | bool | int | float]]",
     "send_at": "NotRequired[str | None]",
+    "variants": "NotRequired[list[VariantIn]]",
+    "ab_test": "NotRequired[ABTest | None]",
+    "window": "NotRequired[SendingWindow | None]",
 })
 
 
@@ -150,6 +173,9 @@ CampaignUpdate = TypedDict("CampaignUpdate", {
     "tags": "NotRequired[list[str] | None]",
     "metadata": "NotRequired[dict[str, str | bool | int | float] | None]",
     "send_at": "NotRequired[str | None]",
+    "variants": "NotRequired[list[VariantIn] | None]",
+    "ab_test": "NotRequired[ABTest | None]",
+    "window": "NotRequired[SendingWindow | None]",
 })
 
 
@@ -347,6 +373,7 @@ class Enrollment(TypedDict):
 class EnrollmentCreate(TypedDict):
     contacts: NotRequired[list[str]]
     tag: NotRequired[str | None]
+    campaign_id: NotRequired[str | None]
     re_enroll: NotRequired[bool]
 
 
@@ -860,6 +887,7 @@ class SendingWindow(TypedDict):
     end: str
     timezone: NotRequired[str]
     skip_dates: NotRequired[list[str]]
+    holidays: NotRequired[str | None]
 
 
 class SendingWindowOut(TypedDict):
@@ -868,6 +896,8 @@ class SendingWindowOut(TypedDict):
     end: str
     timezone: str
     skip_dates: list[str]
+    holidays: NotRequired[str | None]
+    holidays_until: NotRequired[str | None]
 
 
 class SentMessage(TypedDict):
@@ -885,6 +915,7 @@ Sequence = TypedDict("Sequence", {
     "stop_on": "dict[str, bool]",
     "settings": "dict[str, Any]",
     "window": "SendingWindowOut | None",
+    "ab_test": "NotRequired[dict[str, Any] | None]",
     "status": "Literal[\"active\", \"archived\"]",
     "created_at": "str",
     "updated_at": "str",
@@ -905,6 +936,7 @@ SequenceCreate = TypedDict("SequenceCreate", {
     "stop_on": "NotRequired[StopOn]",
     "settings": "NotRequired[CampaignSettings]",
     "window": "NotRequired[SendingWindow | None]",
+    "ab_test": "NotRequired[ABTest | None]",
 })
 
 
@@ -913,12 +945,15 @@ class SequenceStep(TypedDict):
     delay: DelayOut
     subject: str | None
     content: ContentOut
+    variants: NotRequired[list[VariantOut]]
+    ab_winner: NotRequired[ABWinner | None]
 
 
 class SequenceStepIn(TypedDict):
     delay: NotRequired[Delay]
     subject: NotRequired[str | None]
     content: str | Content
+    variants: NotRequired[list[VariantIn]]
 
 
 class SequenceStepStats(TypedDict):
@@ -930,6 +965,8 @@ class SequenceStepStats(TypedDict):
     replied: int
     bounced: int
     stopped: int
+    variants: NotRequired[list[VariantStats]]
+    ab_winner: NotRequired[ABWinner | None]
 
 
 SequenceUpdate = TypedDict("SequenceUpdate", {
@@ -939,6 +976,7 @@ SequenceUpdate = TypedDict("SequenceUpdate", {
     "stop_on": "NotRequired[StopOn | None]",
     "settings": "NotRequired[CampaignSettings | None]",
     "window": "NotRequired[SendingWindow | None]",
+    "ab_test": "NotRequired[ABTest | None]",
 })
 
 
@@ -1080,6 +1118,47 @@ class User(TypedDict):
 class UserCreate(TypedDict):
     email: str
     password: str
+
+
+class VariantIn(TypedDict):
+    name: str
+    weight: NotRequired[int]
+    subject: NotRequired[str | None]
+    html: NotRequired[str | None]
+    text: NotRequired[str | None]
+    template_id: NotRequired[str | None]
+
+
+class VariantOut(TypedDict):
+    name: str
+    weight: int
+    subject: str | None
+    html: str | None
+    text: str | None
+    template_id: NotRequired[str | None]
+    template_version: NotRequired[int | None]
+
+
+class VariantScore(TypedDict):
+    name: str
+    sample: int
+    rate: float
+
+
+class VariantStats(TypedDict):
+    name: str
+    weight: int
+    sent: int
+    delivered: int
+    opened: int
+    clicked: int
+    replied: int
+    bounced: int
+    delivery_rate: float
+    open_rate: float
+    click_rate: float
+    reply_rate: float
+    bounce_rate: float
 
 
 class WarmupIn(TypedDict):
