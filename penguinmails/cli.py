@@ -234,6 +234,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         webhooks = await conn.fetchrow(sql["webhook_backlog_summary"])
         sites = await conn.fetch(shaping["depth_by_site"], 20)
         held = await conn.fetch(shaping["held_seconds"])
+        paused = await conn.fetch(sql["paused_sending"], 50)
     finally:
         await conn.close()
     print(_table(["status", "messages"], [[r["status"], r["messages"]] for r in totals]))
@@ -278,6 +279,24 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                         r["reply"][:60],
                     ]
                     for r in held
+                ],
+            )
+        )
+    if paused:
+        print("\npaused (resume through the API: campaigns, identities, /sending/pauses)")
+        print(
+            _table(
+                ["scope", "tenant", "what", "since", "waiting", "reason"],
+                [
+                    [
+                        r["scope"],
+                        f"{r['tenant']} ({r['mode']})",
+                        r["name"],
+                        f"{r['since']:%Y-%m-%d %H:%M:%S}" if r["since"] else "-",
+                        r["waiting"],
+                        r["reason"][:60],
+                    ]
+                    for r in paused
                 ],
             )
         )
