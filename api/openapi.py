@@ -42,6 +42,19 @@ _RATE_HEADERS = {
 }
 
 
+
+# Path parameters by name: an id is a public id; a domain a host name (a fuzzer that fills it
+# with arbitrary text only ever gets 404s, and most of what it makes cannot be a URL segment).
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "id": {"type": "string", "minLength": 1, "maxLength": 100},
+    "domain": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 253,
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9.-]*$",
+    },
+}
+
 def _error_codes(op: Operation) -> list[int]:
     codes = set(op.errors) | {500}
     if op.auth:
@@ -61,11 +74,7 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = []
     for name in _PATH_PARAM.findall(op.path):
         # Ids are the public ids the API gave out (`campaign_…`); a template's may be chosen.
-        schema: dict[str, Any] = (
-            {"type": "string", "minLength": 1, "maxLength": 100}
-            if name == "id"
-            else {"type": "string", "maxLength": 254}
-        )
+        schema: dict[str, Any] = PATH_SCHEMAS.get(name, {"type": "string", "maxLength": 254})
         params.append({"name": name, "in": "path", "required": True, "schema": schema})
     if op.query is not None:
         schema = op.query.model_json_schema(mode="validation")

@@ -78,7 +78,8 @@ PROCESS_KEY = "test-process-key"  # the server key of every process started with
 
 def role_env(database_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:
     """The environment of a `penguinmails` process on this test's database, with nothing of
-    the developer's own PENGUINMAILS_* settings and no metrics listeners unless asked for."""
+    the developer's own PENGUINMAILS_* settings, no metrics listeners unless asked for, and no
+    verified-domain gate."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PENGUINMAILS_")}
     env.update(
         {
@@ -86,6 +87,9 @@ def role_env(database_url: str, data_dir: Path, **overrides: str) -> dict[str, s
             "PENGUINMAILS_PATHS__DATA_DIR": str(data_dir),
             "PENGUINMAILS_SECURITY__SECRET_KEYS": f'["{PROCESS_KEY}"]',
             "PENGUINMAILS_MTA__POLL_INTERVAL": "0.2",
+            # Test domains publish no DNS: the verified-domain gate is for real deployments
+            # (tests/api/test_domains.py turns it on where it is the subject).
+            "PENGUINMAILS_MTA__REQUIRE_VERIFIED_DOMAINS": "false",
             "PENGUINMAILS_MTA__METRICS_LISTEN": "",
             "PENGUINMAILS_API__METRICS_LISTEN": "",
             "PENGUINMAILS_TRACKER__METRICS_LISTEN": "",
