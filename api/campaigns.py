@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from api.ai import campaign_summary
+from api.content_checks import Content
 from api.drafts import campaign_event, draft_from_row, lock_campaign, new_draft
 from api.errors import conflict, not_found, validation_error
 from api.models import (
@@ -51,6 +53,8 @@ def settings_dict(settings: CampaignSettings, pools: Container[str] = ()) -> dic
         "track_opens": on and settings.track_opens,
         "track_clicks": on and settings.track_clicks,
     }
+    if settings.plain_text:
+        written["plain_text"] = True
     if settings.egress_pool is not None:
         if settings.egress_pool not in pools:
             raise validation_error(
@@ -163,6 +167,16 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
             body.metadata,
         )
         campaign = await fetch_campaign(conn, call.principal.tenant_id, row["public_id"])
+        if settings["ai_optimization"]:
+            # Suggestions only: the stored content is what was given.
+            campaign.ai_optimization = await campaign_summary(
+                conn,
+                call.principal.tenant_id,
+                call.principal.tier,
+                Content(content.subject or "", content.html, content.text),
+                settings,
+                call.state.settings.ai,
+            )
         await campaign_event(
             conn,
             call.principal.tenant_id,

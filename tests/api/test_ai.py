@@ -1,0 +1,269 @@
+"""Content intelligence: POST /ai/optimize-content's rules, sentiment, estimate, SpamAssassin
+and optional rewriting, and a campaign's `ai_optimization` summary."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+
+from api.server import ApiServer
+from penguinmails.config import Settings
+from tests.helpers import Client
+from tests.spamassassin import ensure_spamassassin
+
+CLEAN = {
+    "subject": "Quick question about your hiring plans",
+    "text": "Hi Ann,\n\nAre you hiring engineers this quarter? We help teams like yours find "
+    "them.\n\nBest,\nBob\n",
+}
+
+
+async def _optimize(client: Client, body: dict[str, Any]) -> dict[str, Any]:
+    reply = await client.post("/ai/optimize-content", json=body)
+    assert reply.status == 200, reply.body
+    return dict(reply.data)
+
+
+async def test_a_clean_plain_message_gets_no_changes(client: Client) -> None:
+    ensure_spamassassin()
+    data = await _optimize(client, {"content": CLEAN})
+    assert data["changes"] == []
+    assert data["optimized"] == {**CLEAN, "html": None} == data["original"]
+    # Nothing worse than a note: no visible unsubscribe link (the headers carry one).
+    assert {f["severity"] for f in data["findings"]} <= {"info"}
+    improvements = data["improvements"]
+    assert improvements["expected_open_rate_increase"] == 0.0
+    assert improvements["estimate"]["method"] == "prior"
+    assert improvements["estimate"]["sample_size"] == 0
+    assert -1 <= improvements["sentiment_score"] <= 1
+    assert improvements["sentiment"]["compound"] == improvements["sentiment_score"]
+    spam = data["spamassassin"]
+    assert spam["available"] is True, spam
+    assert spam["original"]["score"] < 1.0, spam
+
+
+async def test_capitals_and_punctuation_are_fixed_with_their_rule(client: Client) -> None:
+    data = await _optimize(
+        client,
+        {"content": {"subject": "FREE upgrade for your TEAM!!! Reply now!", "text": "Hi."}},
+    )
+    assert data["optimized"]["subject"] == "Free upgrade for your Team Reply now!"
+    [change] = [c for c in data["changes"] if c["part"] == "subject"]
+    assert change["made_by"] == "rule" and change["rule"] == "subject_case_and_punctuation"
+    assert "FREE, TEAM" in change["reason"]
+    checks = {f["check"]: f for f in data["findings"]}
+    assert checks["subject_all_caps"]["evidence"] == ["FREE", "TEAM"]
+    assert checks["subject_punctuation"]["evidence"] == ["!!!"]
+    # Acronyms are ordinary: a subject about the CEO's ROI is left alone.
+    plain = await _optimize(
+        client, {"content": {"subject": "The CEO asked about ROI", "text": "x"}}
+    )
+    assert plain["changes"] == []
+
+
+async def test_links_images_personalisation_and_the_pixel_are_reported(client: Client) -> None:
+    html = (
+        '<p>Hi {{first_name | default: ""}},</p>'
+        '<p><a href="https://bit.ly/abc">pricing</a> and '
+        '<a href="https://evil.test/login">https://bank.test/login</a> and '
+        '<a href="https://acme.test/docs">acme.test/docs</a></p>'
+    )
+    data = await _optimize(
+        client,
+        {
+            "content": {"subject": "Hello {{company}}", "html": html},
+            "personalization": {"first_name": "Ann"},
+        },
+    )
+    checks: dict[str, list[dict[str, Any]]] = {}
+    for finding in data["findings"]:
+        checks.setdefault(finding["check"], []).append(finding)
+    assert checks["url_shortener"][0]["evidence"] == ["https://bit.ly/abc"]
+    assert checks["mismatched_link_text"][0]["evidence"] == [
+        "https://bank.test/login -> https://evil.test/login"
+    ]
+    # Its own address as text: click tracking would make it mismatch.
+    assert checks["tracked_address_link"][0]["evidence"] == ["acme.test/docs"]
+    assert checks["personalization_empty"][0]["evidence"] == ["first_name"]
+    assert checks["personalization_missing"][0]["evidence"] == ["company"]
+    assert "image-only" in checks["open_pixel_left_out"][0]["message"]
+    assert checks["missing_text_part"][0]["part"] == "text"
+    # The derived text part is offered as a change made by a rule.
+    [text_change] = [c for c in data["changes"] if c["part"] == "text"]
+    assert (
+        text_change["rule"] == "text_part"
+        and "pricing (https://bit.ly/abc)" in text_change["after"]
+    )
+    # A plain-text send has no pixel to leave out.
+    plain = await _optimize(
+        client,
+        {"content": {"subject": "Hi", "html": "<p>Hi</p>"}, "tracking": {"plain_text": True}},
+    )
+    assert "open_pixel_left_out" not in {f["check"] for f in plain["findings"]}
+    assert plain["optimized"]["html"] is None and plain["optimized"]["text"] == "Hi\n"
+
+
+async def test_the_short_html_message_with_pixel_is_what_spamassassin_flags(
+    client: Client,
+) -> None:
+    """SpamAssassin scores the message as the composer builds it: the short html alone has
+    no pixel (left out), so no HTML_IMAGE_ONLY rule fires."""
+    ensure_spamassassin()
+    data = await _optimize(
+        client,
+        {"content": {"subject": "Hello Ann", "html": "<p>Hi Ann,</p><p>Quick question.</p>"}},
+    )
+    spam = data["spamassassin"]
+    assert spam["available"] is True
+    names = {r["name"] for r in spam["original"]["rules"]}
+    assert not any(name.startswith("HTML_IMAGE_ONLY") for name in names), spam
+    # With an image of its own and little text it is image-only, and SpamAssassin says so.
+    image = await _optimize(
+        client,
+        {
+            "content": {
+                "subject": "Hello Ann",
+                "html": '<p>Hi Ann,</p><img src="https://acme.test/a.png" alt="">',
+            }
+        },
+    )
+    rules = {r["name"]: r for r in image["spamassassin"]["original"]["rules"]}
+    assert "HTML_IMAGE_ONLY_04" in rules and rules["HTML_IMAGE_ONLY_04"]["score"] > 1
+    assert "image_to_text" in {f["check"] for f in image["findings"]}
+
+
+async def test_the_estimate_comes_from_the_account_s_own_history(
+    client: Client, pool: asyncpg.Pool, tenant_id: int
+) -> None:
+    # 150 delivered messages with a shouting subject (15 opened), 150 without (45 opened).
+    await pool.execute(
+        "INSERT INTO messages (tenant_id, message_id, from_email, recipient, recipient_domain,"
+        " subject, status, sandbox)"
+        " SELECT $1, 'h' || i || '@acme.test', 'a@acme.test', 'r' || i || '@dest.test',"
+        " 'dest.test', CASE WHEN i % 2 = 0 THEN 'BIG NEWS today' ELSE 'News today' END, 'sent',"
+        " true"
+        " FROM generate_series(1, 300) i",
+        tenant_id,
+    )
+    await pool.execute(
+        "INSERT INTO events (tenant_id, message_id, type, is_unique)"
+        " SELECT tenant_id, id, 'email.opened', true FROM ("
+        "   SELECT tenant_id, id, subject, row_number() OVER (PARTITION BY subject ORDER BY id) n"
+        "   FROM messages WHERE tenant_id = $1) m"
+        " WHERE (subject = 'BIG NEWS today' AND n <= 15) OR (subject = 'News today' AND n <= 45)",
+        tenant_id,
+    )
+    data = await _optimize(client, {"content": {"subject": "BIG NEWS for you", "text": "Hi."}})
+    improvements = data["improvements"]
+    estimate = improvements["estimate"]
+    assert estimate["method"] == "account_history" and estimate["sample_size"] == 300
+    [evidence] = estimate["evidence"]
+    assert evidence["feature"] == "all_caps"
+    assert evidence["with_feature"]["delivered"] == 150 and evidence["with_feature"]["opened"] == 15
+    assert evidence["without_feature"]["open_rate"] == 0.3
+    assert improvements["expected_open_rate_increase"] == pytest.approx(0.2)
+    # A clean subject removes nothing: no change is expected, on the same sample.
+    clean = await _optimize(client, {"content": CLEAN})
+    assert clean["improvements"]["expected_open_rate_increase"] == 0.0
+    assert clean["improvements"]["estimate"]["method"] == "account_history"
+
+
+async def test_optimisation_is_the_professional_tier_s(
+    make_key: Callable[..., Awaitable[str]], api: ApiServer, http: aiohttp.ClientSession
+) -> None:
+    starter = Client(http, api.url + "/api/v1", await make_key("small", tier="starter"))
+    reply = await starter.post("/ai/optimize-content", json={"content": CLEAN})
+    assert reply.status == 403 and reply.body["error"]["code"] == "TIER_REQUIRED"
+
+
+@pytest.fixture
+async def fake_model() -> AsyncIterator[tuple[str, list[dict[str, Any]], list[str]]]:
+    """An OpenAI-compatible chat endpoint on loopback answering the subjects queued in
+    `answers` (and recording what it was asked)."""
+    asked: list[dict[str, Any]] = []
+    answers: list[str] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        asked.append(await request.json())
+        content = answers.pop(0)
+        return web.json_response(
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/v1", asked, answers
+    await runner.cleanup()
+
+
+async def test_rewriting_by_a_configured_model_is_kept_only_when_it_passes(
+    start_api: Callable[..., Awaitable[ApiServer]],
+    make_settings: Callable[..., Settings],
+    http: aiohttp.ClientSession,
+    key: str,
+    fake_model: tuple[str, list[dict[str, Any]], list[str]],
+    client: Client,
+) -> None:
+    url, asked, answers = fake_model
+    # Off by default: asked for, not used, and said why.
+    off = await _optimize(client, {"content": CLEAN, "rewrite": True})
+    assert off["rewriting"] == {
+        "requested": True,
+        "used": False,
+        "model": None,
+        "reason": "no language model is configured ([ai] rewrite_url)",
+    }
+    settings = make_settings(
+        api={"listen": "127.0.0.1:0"}, ai={"rewrite_url": url, "rewrite_model": "local-test"}
+    )
+    server = await start_api(settings)
+    with_model = Client(http, server.url + "/api/v1", key)
+    answers.append(orjson.dumps({"subject": "A question about hiring at {{company}}"}).decode())
+    body = {"content": {"subject": "Hiring at {{company}}?", "text": "Hi."}, "rewrite": True}
+    data = await _optimize(with_model, body)
+    assert asked[0]["model"] == "local-test"
+    assert "Hiring at {{company}}?" in asked[0]["messages"][1]["content"]
+    assert data["optimized"]["subject"] == "A question about hiring at {{company}}"
+    [change] = data["changes"]
+    assert change["made_by"] == "model" and change["rule"] == "local-test"
+    assert data["rewriting"]["used"] is True
+    # A shouting answer fails the checks and is not used.
+    answers.append('{"subject": "HIRING at {{company}}!!!"}')
+    refused = await _optimize(with_model, body)
+    assert refused["optimized"]["subject"] == "Hiring at {{company}}?"
+    assert refused["changes"] == [] and refused["rewriting"]["used"] is False
+    assert "fails the checks" in refused["rewriting"]["reason"]
+
+
+async def test_a_campaign_with_ai_optimization_gets_suggestions_and_keeps_its_content(
+    client: Client,
+) -> None:
+    body = {
+        "name": "Shouting",
+        "subject": "BIG SALE!!!",
+        "content": {"html": "<p>Act now</p>", "text": "Act now"},
+        "settings": {"ai_optimization": True},
+    }
+    reply = await client.post("/campaigns", json=body)
+    assert reply.status == 201, reply.body
+    made = reply.data
+    assert made["subject"] == "BIG SALE!!!" and made["content"]["html"] == "<p>Act now</p>"
+    summary = made["ai_optimization"]
+    assert summary["enabled"] is True and summary["changes_applied"] is False
+    assert summary["improvement_score"] == 0.0 and summary["estimate"]["method"] == "prior"
+    assert any("'BIG SALE!!!' -> 'Big Sale!'" in s for s in summary["suggestions"])
+    assert any("act now" in s for s in summary["suggestions"])
+    # Off: no analysis in the answer.
+    quiet = await client.post("/campaigns", json={**body, "settings": {}})
+    assert quiet.data["ai_optimization"] is None
