@@ -1017,6 +1017,12 @@ class CampaignAnalytics(Owned):
     revenue_impact: RevenueImpact | None = Field(
         description="From the professional tier; null below it."
     )
+    ai_insights: AiInsights | None = Field(
+        default=None,
+        description="From the professional tier: findings from the campaign's numbers and the "
+        "account's history (the subject that won, best send hours, domains that bounce), "
+        "each with its evidence; an empty list while the numbers are too few.",
+    )
     left_out: dict[str, Tier] = Field(
         default_factory=dict,
         description="The parts this account's plan tier leaves out (null above), each with the "

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from api.server import ApiServer
 from penguinmails.config import Settings
-from tests.helpers import Client
+from tests.helpers import Client, campaign_keys, create_campaign
 from tests.spamassassin import ensure_spamassassin
 
 CLEAN = {
@@ -267,3 +267,56 @@ async def test_a_campaign_with_ai_optimization_gets_suggestions_and_keeps_its_co
     # Off: no analysis in the answer.
     quiet = await client.post("/campaigns", json={**body, "settings": {}})
     assert quiet.data["ai_optimization"] is None
+
+
+async def test_ai_insights_name_the_subject_that_won_with_its_sample(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    made = await create_campaign(
+        client,
+        recipients=[
+            {
+                "email": f"r{i}@{'gone.test' if i < 6 else 'dest.test'}",
+                "personalization": {"first_name": "R"},
+            }
+            for i in range(80)
+        ],
+    )
+    empty = await client.get(f"/analytics/campaigns/{made['id']}")
+    assert empty.status == 200 and empty.data["ai_insights"] == {"recommendations": []}
+    await client.post(f"/campaigns/{made['id']}/send")
+    key, public_id = await campaign_keys(pool, made["id"])
+    # Two subject variants of 37 delivered messages each (as an A/B test writes them), the
+    # second opened far more; six messages to gone.test bounced.
+    await pool.execute(
+        "UPDATE messages SET status = CASE WHEN recipient LIKE '%@gone.test' THEN 'bounced'"
+        " ELSE 'sent' END, sent_at = now(),"
+        " subject = CASE WHEN id % 2 = 0 THEN 'Variant A' ELSE 'Variant B' END"
+        " WHERE campaign_id = $1",
+        key,
+    )
+    await pool.execute(
+        "INSERT INTO events (tenant_id, message_id, campaign_id, type, is_unique)"
+        " SELECT tenant_id, id, campaign_id, 'email.opened', true FROM ("
+        "   SELECT *, row_number() OVER (PARTITION BY subject ORDER BY id) n FROM messages"
+        "   WHERE campaign_id = $1 AND status = 'sent') m"
+        " WHERE (subject = 'Variant A' AND n <= 5) OR (subject = 'Variant B' AND n <= 25)",
+        key,
+    )
+    reply = await client.get(f"/analytics/campaigns/{public_id}")
+    insights = {i["type"]: i for i in reply.data["ai_insights"]["recommendations"]}
+    subject = insights["subject_line"]
+    assert subject["evidence"]["winner"] == "Variant B"
+    assert subject["evidence"]["sample"] == 37
+    assert subject["evidence"]["significant"] is True
+    assert [v["opened"] for v in subject["evidence"]["variants"]] == [25, 5]
+    assert "'Variant B'" in subject["finding"] and "25/37" in subject["finding"]
+    bounce = insights["recipient_domain"]
+    assert bounce["evidence"] == {
+        "domain": "gone.test",
+        "attempted": 6,
+        "bounced": 6,
+        "bounce_rate": 1.0,
+    }
+    # 74 delivered messages are too few for send hours: nothing said.
+    assert "send_time" not in insights
