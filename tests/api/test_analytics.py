@@ -94,9 +94,10 @@ async def test_the_documented_shape_and_its_counts(client: Client, pool: asyncpg
         "countries",
         "series",
         "revenue_impact",
+        "ai_insights",
         "left_out",
         "livemode",
-    }  # no ai_insights: nothing computes it yet
+    }
     assert data["left_out"] == {}  # an enterprise key: nothing left out
     assert (data["campaign_id"], data["livemode"], data["interval"]) == (campaign_id, False, "day")
     assert data["overview"] == {
