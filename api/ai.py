@@ -15,6 +15,10 @@
   OpenAI-compatible endpoint ([ai] rewrite_url) and the request asks (`rewrite: true`); its
   answer is kept only if it passes the subject checks.
 
+`POST /ai/analyze-contact` (the SDK's analyzeContact) derives only what is local: role or
+person, free mail or company, the MX through a resolver configured as the MTA's, past
+engagement with this account. Campaign analytics' `ai_insights` is `campaign_insights`.
+
 Every route is the professional tier's (the documentation's table: AI optimisation).
 """
 
@@ -34,6 +38,10 @@ from typing import Any
 import aiohttp
 import asyncpg
 import dkim
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -45,6 +53,9 @@ from api.models import (
     AiInsight,
     AiInsights,
     CampaignAiOptimization,
+    ContactAnalysis,
+    ContactAnalysisRequest,
+    ContactEngagement,
     ContentChange,
     ContentFinding,
     Estimate,
@@ -62,8 +73,9 @@ from api.models import (
 from api.routing import API, Call
 from api.tiers import at_least
 from penguinmails import template
-from penguinmails.config import AiSettings
+from penguinmails.config import AiSettings, MtaSettings, split_hostport
 from penguinmails.html_text import pixel_left_out
+from penguinmails.messages import InvalidMessage, address_domain
 from penguinmails.queries import load
 
 log = logging.getLogger(__name__)
@@ -626,3 +638,138 @@ def _two_proportion_z(x1: int, n1: int, x2: int, n2: int) -> float:
     pooled = (x1 + x2) / (n1 + n2)
     spread = (pooled * (1 - pooled) * (1 / n1 + 1 / n2)) ** 0.5
     return (x1 / n1 - x2 / n2) / spread if spread else 0.0
+
+
+# -- analyze-contact -------------------------------------------------------------------------
+
+# Mailboxes of a function rather than a person: mail to them reaches whoever reads the queue,
+# and cold mail to them is what complaint buttons are pressed on.
+ROLE_LOCAL_PARTS = frozenset(
+    "abuse accounting accounts admin administrator billing careers contact contactus "
+    "customerservice enquiries finance hello help helpdesk hostmaster hr info inquiries jobs "
+    "legal mail marketing media no-reply noreply office orders postmaster press privacy "
+    "sales security service support team webmaster".split()
+)
+# Consumer webmail: a person's own address, not a company's domain.
+FREE_MAIL = frozenset(
+    "163.com 126.com aol.com fastmail.com gmail.com googlemail.com gmx.com gmx.de gmx.net "
+    "hey.com hotmail.co.uk hotmail.com hotmail.fr icloud.com live.com mac.com mail.com "
+    "mail.ru me.com msn.com outlook.com pm.me proton.me protonmail.com qq.com "
+    "tutanota.com web.de yahoo.co.uk yahoo.com yahoo.fr yandex.com yandex.ru zoho.com".split()
+)
+# Who hosts a domain's mail, by the end of its MX host names.
+MX_PROVIDERS = (
+    ("google.com", "Google"),
+    ("googlemail.com", "Google"),
+    ("outlook.com", "Microsoft"),
+    ("hotmail.com", "Microsoft"),
+    ("yahoodns.net", "Yahoo"),
+    ("icloud.com", "Apple iCloud"),
+    ("zoho.com", "Zoho"),
+    ("zoho.eu", "Zoho"),
+    ("protonmail.ch", "Proton"),
+    ("messagingengine.com", "Fastmail"),
+    ("pphosted.com", "Proofpoint"),
+    ("mimecast.com", "Mimecast"),
+    ("barracudanetworks.com", "Barracuda"),
+    ("secureserver.net", "GoDaddy"),
+    ("mail.ovh.net", "OVH"),
+    ("ovh.net", "OVH"),
+    ("yandex.net", "Yandex"),
+    ("qq.com", "Tencent"),
+)
+
+
+def mx_resolver(settings: MtaSettings) -> dns.asyncresolver.Resolver:
+    """A resolver like the MTA's ([mta] dns_servers, else the system's): the answer is about
+    the MX hosts the MTA would deliver to."""
+    resolver = dns.asyncresolver.Resolver(configure=not settings.dns_servers)
+    if settings.dns_servers:
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(*split_hostport(s)) for s in settings.dns_servers
+        ]
+    resolver.lifetime = settings.dns_timeout
+    return resolver
+
+
+def mx_provider(hosts: list[str]) -> str | None:
+    for host in hosts:
+        for suffix, name in MX_PROVIDERS:
+            if host == suffix or host.endswith("." + suffix):
+                return name
+    return None
+
+
+async def _mx(
+    resolver: dns.asyncresolver.Resolver, domain: str
+) -> tuple[list[str], bool | None, str | None]:
+    """(MX hosts by preference, whether the domain accepts mail, the DNS error if any)."""
+    try:
+        answer = await resolver.resolve(domain, "MX")
+        records = sorted(answer, key=lambda r: r.preference)
+        hosts = [r.exchange.to_text(omit_final_dot=True).lower() for r in records]
+        if hosts == [""] or hosts == ["."]:
+            return [], False, None  # RFC 7505 null MX: the domain takes no mail
+        return hosts, True, None
+    except dns.resolver.NXDOMAIN:
+        return [], False, None
+    except dns.resolver.NoAnswer:
+        pass
+    except dns.exception.DNSException as exc:
+        return [], None, f"MX lookup failed: {exc.__class__.__name__}"
+    # No MX: an address record is the implicit MX (RFC 5321 5.1).
+    for rdtype in ("A", "AAAA"):
+        try:
+            await resolver.resolve(domain, rdtype)
+            return [], True, None
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            continue
+        except dns.exception.DNSException as exc:
+            return [], None, f"{rdtype} lookup failed: {exc.__class__.__name__}"
+    return [], False, None
+
+
+@API.route(
+    "POST",
+    "/ai/analyze-contact",
+    summary="What can be derived locally about a contact: role or person, free mail or "
+    "company, its domain's mail provider and MX, past engagement with this account",
+    tag="AI",
+    tier="professional",
+    body=ContactAnalysisRequest,
+    response=ContactAnalysis,
+)
+async def analyze_contact(call: Call[ContactAnalysisRequest, None]) -> ContactAnalysis:
+    body = call.body
+    email = body.email.strip() if body.email is not None else None
+    result = ContactAnalysis(
+        email=email,
+        syntax_valid=None,
+        role_address=None,
+        free_mail=None,
+        domain=None,
+        mx_hosts=[],
+        mx_provider=None,
+        accepts_mail=None,
+        engagement=None,
+        company=body.company,
+        lifecycle_stage=body.lifecycle_stage,
+    )
+    if email is None:
+        return result
+    try:
+        domain = address_domain(email, "email")
+    except InvalidMessage:
+        result.syntax_valid = False
+        return result
+    local = email.rsplit("@", 1)[0].lower()
+    result.syntax_valid = True
+    result.domain = domain
+    result.role_address = local.split("+", 1)[0] in ROLE_LOCAL_PARTS
+    result.free_mail = domain in FREE_MAIL
+    hosts, accepts, error = await _mx(mx_resolver(call.state.settings.mta), domain)
+    result.mx_hosts, result.accepts_mail, result.dns_error = hosts, accepts, error
+    result.mx_provider = mx_provider(hosts)
+    row = await call.pool.fetchrow(SQL["contact_engagement"], call.principal.tenant_id, email)
+    result.engagement = ContactEngagement(**dict(row))
+    return result

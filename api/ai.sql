@@ -63,3 +63,22 @@ FROM (SELECT id, sent_at FROM messages
       WHERE tenant_id = $1 AND status = 'sent' AND sent_at IS NOT NULL
       ORDER BY id DESC LIMIT $2) m
 GROUP BY 1;
+
+-- name: contact_engagement
+-- This account's messages to one address (messages_recipient_search_idx): how many, and
+-- what became of them.
+SELECT count(*)::int AS messages,
+       count(*) FILTER (WHERE m.status = 'sent')::int AS delivered,
+       count(*) FILTER (WHERE m.status = 'bounced')::int AS bounced,
+       count(*) FILTER (WHERE EXISTS (
+           SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'email.opened'
+                                    AND NOT e.is_machine))::int AS opened,
+       count(*) FILTER (WHERE EXISTS (
+           SELECT 1 FROM events e WHERE e.message_id = m.id
+                                    AND e.type = 'email.clicked' AND NOT e.is_machine))::int AS clicked,
+       count(*) FILTER (WHERE EXISTS (
+           SELECT 1 FROM events e WHERE e.message_id = m.id
+                                    AND e.type = 'email.replied'))::int AS replied,
+       max(m.sent_at) AS last_sent_at
+FROM messages m
+WHERE m.tenant_id = $1 AND lower(m.recipient) = lower($2);

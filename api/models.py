@@ -442,7 +442,7 @@ class Campaign(Owned):
     ai_optimization: CampaignAiOptimization | None = Field(
         default=None,
         description="In the answer to its creation when settings.ai_optimization is on: the "
-        "content analysis (POST /api/v1/ai/optimize-content) as suggestions; absent otherwise.",
+        "content analysis (POST /api/v1/ai/optimize-content) as suggestions; null otherwise.",
     )
 
 

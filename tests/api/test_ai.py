@@ -14,6 +14,7 @@ from aiohttp import web
 
 from api.server import ApiServer
 from penguinmails.config import Settings
+from tests.dns_server import NXDOMAIN, SERVFAIL, DNSServer
 from tests.helpers import Client, campaign_keys, create_campaign
 from tests.spamassassin import ensure_spamassassin
 
@@ -320,3 +321,77 @@ async def test_ai_insights_name_the_subject_that_won_with_its_sample(
     }
     # 74 delivered messages are too few for send hours: nothing said.
     assert "send_time" not in insights
+
+
+async def test_analyze_contact_derives_what_it_can_locally(
+    start_api: Callable[..., Awaitable[ApiServer]],
+    make_settings: Callable[..., Settings],
+    http: aiohttp.ClientSession,
+    key: str,
+    dns_server: DNSServer,
+    pool: asyncpg.Pool,
+    tenant_id: int,
+) -> None:
+    dns_server.load(
+        {
+            "acme.test": {"MX": ["10 aspmx.l.google.com.", "20 alt1.aspmx.l.google.com."]},
+            "gmail.com": {"MX": ["5 gmail-smtp-in.l.google.com."]},
+            "own.test": {"MX": ["10 mx.own.test."]},
+            "bare.test": {"A": ["192.0.2.1"]},
+            "nomail.test": {"MX": ["0 ."]},
+            "gone.test": NXDOMAIN,
+            "broken.test": SERVFAIL,
+        }
+    )
+    settings = make_settings(
+        api={"listen": "127.0.0.1:0"},
+        mta={"dns_servers": [dns_server.address], "dns_timeout": 2.0},
+    )
+    server = await start_api(settings)
+    client = Client(http, server.url + "/api/v1", key)
+
+    async def analyse(body: dict[str, Any]) -> dict[str, Any]:
+        reply = await client.post("/ai/analyze-contact", json=body)
+        assert reply.status == 200, reply.body
+        return dict(reply.data)
+
+    sales = await analyse({"email": "Sales@acme.test"})
+    assert sales["syntax_valid"] is True and sales["role_address"] is True
+    assert sales["free_mail"] is False and sales["domain"] == "acme.test"
+    assert sales["mx_hosts"] == ["aspmx.l.google.com", "alt1.aspmx.l.google.com"]
+    assert sales["mx_provider"] == "Google" and sales["accepts_mail"] is True
+    assert sales["enrichment"] == "local"
+    person = await analyse({"email": "ann.lee@gmail.com"})
+    assert person["role_address"] is False and person["free_mail"] is True
+    own = await analyse({"email": "bob@own.test"})
+    assert own["mx_provider"] is None and own["mx_hosts"] == ["mx.own.test"]
+    assert (await analyse({"email": "bob@bare.test"}))["accepts_mail"] is True  # implicit MX
+    assert (await analyse({"email": "bob@nomail.test"}))["accepts_mail"] is False  # null MX
+    assert (await analyse({"email": "bob@gone.test"}))["accepts_mail"] is False
+    broken = await analyse({"email": "bob@broken.test"})
+    assert broken["accepts_mail"] is None and "MX lookup failed" in broken["dns_error"]
+    bad = await analyse({"email": "not an address"})
+    assert bad["syntax_valid"] is False and bad["domain"] is None
+
+    # Past engagement with this account: a delivered message that was opened.
+    await pool.execute(
+        "INSERT INTO messages (tenant_id, message_id, from_email, recipient, recipient_domain,"
+        " status, sandbox, sent_at) VALUES ($1, 'e1@acme.test', 'a@acme.test',"
+        " 'ann.lee@gmail.com', 'gmail.com', 'sent', true, now())",
+        tenant_id,
+    )
+    await pool.execute(
+        "INSERT INTO events (tenant_id, message_id, type, is_unique)"
+        " SELECT tenant_id, id, 'email.opened', true FROM messages"
+        " WHERE message_id = 'e1@acme.test'"
+    )
+    again = await analyse({"email": "Ann.Lee@gmail.com"})
+    engagement = again["engagement"]
+    assert engagement["messages"] == 1 and engagement["delivered"] == 1
+    assert engagement["opened"] == 1 and engagement["clicked"] == 0
+    assert engagement["last_sent_at"] is not None
+
+    # The SDK's own call (company and lifecycle stage, no address): nothing is made up.
+    sdk = await analyse({"company": "Acme Corp", "lifecycleStage": "lead"})
+    assert sdk["company"] == "Acme Corp" and sdk["lifecycle_stage"] == "lead"
+    assert sdk["email"] is None and sdk["mx_provider"] is None and sdk["engagement"] is None
