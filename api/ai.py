@@ -218,7 +218,8 @@ def sample_message(
     message = EmailMessage()
     message["From"] = sender
     message["To"] = "recipient@example.org"
-    message["Subject"] = render(content.subject).replace("\n", " ")
+    # Every character Python's email package takes for a line break, as spaces.
+    message["Subject"] = " ".join(render(content.subject).splitlines())
     message["Date"] = format_datetime(__import__("datetime").datetime.now().astimezone())
     message["Message-ID"] = make_msgid(domain="example.com")
     message["List-Unsubscribe"] = f"<{unsubscribe}>"
@@ -320,10 +321,15 @@ async def spamassassin(
             reason="SpamAssassin is not installed on the API server (Debian: apt-get install "
             "spamassassin)",
         )
-    messages = [
-        sample_message(c, values, track_opens=track_opens, tracker_url=tracker_url)
-        for c in (analysis.original, analysis.optimized)
-    ]
+    try:
+        messages = [
+            sample_message(c, values, track_opens=track_opens, tracker_url=tracker_url)
+            for c in (analysis.original, analysis.optimized)
+        ]
+    except (ValueError, UnicodeError) as exc:  # a lone surrogate, a control character
+        return SpamAssassinResult(
+            available=False, reason=f"the content cannot be made into a message: {exc}"
+        )
     try:
         original, optimized = await asyncio.gather(
             *(spam_score(m, settings.spamassassin_timeout) for m in messages)
