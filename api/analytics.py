@@ -44,6 +44,10 @@ period (`since` is its start, rounded down to the interval; `all`: the whole lif
 - ai_insights: findings from the campaign's own numbers and the account's history (api.ai:
   the subject that won, best send hours, recipient domains that bounce), each with its
   evidence; an empty list while there are too few messages to say anything.
+- variants: per A/B variant of its content (in their order), over the campaign's whole life
+  (the rollups have no variant dimension; these come from its messages): messages sent with
+  it, delivered, opened, clicked, replied, bounced (distinct messages), and rates over
+  delivered (bounces over sent); ab_winner: the A/B test's decision, with its numbers.
 """
 
 from __future__ import annotations
@@ -73,10 +77,12 @@ from api.models import (
     RevenueImpact,
     SeriesPoint,
     TagAnalytics,
+    VariantStats,
     period_seconds,
 )
 from api.routing import API, Call
 from api.tiers import Tier, at_least
+from penguinmails.ab import campaign_variant_stats
 from penguinmails.queries import load
 
 SQL = load("api", "analytics.sql")
@@ -134,6 +140,11 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
     rows = await call.pool.fetch(SQL["campaign_stats"], campaign_id, since, interval)
     dimensions = await call.pool.fetch(SQL["campaign_dimensions"], campaign_id, since)
     revenue = await call.pool.fetch(SQL["campaign_revenue"], campaign_id, since)
+    variants = (
+        await campaign_variant_stats(call.pool, campaign_id, campaign["variants"])
+        if campaign["variants"]
+        else []
+    )
 
     totals = _counters()
     buckets: dict[datetime, Counters] = defaultdict(_counters)
@@ -186,6 +197,8 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
         )
         if at_least(call.principal.tier, "professional")
         else None,
+        variants=[VariantStats(**v) for v in variants],
+        ab_winner=campaign["ab_winner"],
     )
     return _within_tier(answer, call.principal.tier)
 

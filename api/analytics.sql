@@ -4,7 +4,8 @@
 -- name: campaign_by_public_id
 -- The campaign a path names, within the caller's tenant row (another tenant's, or the other
 -- mode's, is not found). Unique-index probe on public_id.
-SELECT id, public_id, recipient_count FROM campaigns WHERE public_id = $1 AND tenant_id = $2;
+SELECT id, public_id, recipient_count, variants, ab_winner
+FROM campaigns WHERE public_id = $1 AND tenant_id = $2;
 
 -- name: campaign_stats
 -- The rollup (campaign_stats, kept by a trigger on events) read by its primary key: at most

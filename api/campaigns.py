@@ -17,10 +17,12 @@ from typing import Any
 
 import asyncpg
 
+from api import identities
 from api.ai import campaign_summary
 from api.content_checks import Content
 from api.drafts import campaign_event, draft_from_row, lock_campaign, new_draft
 from api.errors import conflict, not_found, validation_error
+from api.identities import pool_ids
 from api.models import (
     Campaign,
     CampaignCreate,
@@ -37,10 +39,19 @@ from api.models import (
 from api.routing import API, Call, decode_cursor, keyset_page
 from api.senders import check_draft, resolve_sender
 from api.templates import content_of
-from penguinmails.messages import enqueue
+from api.variants import (
+    ab_test_dict,
+    check_variants,
+    enqueue_variants,
+    needs_variants,
+    resolve_variants,
+    variant_models,
+)
+from api.windows import into_window, set_campaign_window, window_columns, window_model
 from penguinmails.queries import load
 
 SQL = load("api")
+SQL_VARIANTS = load("api", "variants.sql")
 
 
 def settings_dict(settings: CampaignSettings, pools: Container[str] = ()) -> dict[str, Any]:
@@ -66,6 +77,8 @@ def settings_dict(settings: CampaignSettings, pools: Container[str] = ()) -> dic
                 ]
             )
         written["egress_pool"] = settings.egress_pool
+    if settings.identities:
+        written["identities"] = list(dict.fromkeys(settings.identities))
     return written
 
 
@@ -75,6 +88,10 @@ def campaign_model(row: asyncpg.Record) -> Campaign:
     )
     fields = {name: row[name] for name in _CAMPAIGN_COLUMNS}
     fields["paused_reason"] = row.get("paused_reason")
+    fields["variants"] = variant_models(row.get("variants") or [])
+    fields["ab_test"] = row.get("ab_test")
+    fields["ab_winner"] = row.get("ab_winner")
+    fields["window"] = window_model(row) if row.get("window_days") is not None else None
     return Campaign.model_validate(
         {
             **fields,
@@ -135,6 +152,7 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
     if body.from_ is not None:
         from_email, from_name = await resolve_sender(call.pool, call.principal, body.from_)
     settings = settings_dict(body.settings, call.state.settings.mta.pools)
+    await pool_ids(call.pool, call.principal.tenant_id, body.settings.identities)
     draft = new_draft(
         from_email=from_email,
         from_name=from_name,
@@ -145,6 +163,10 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
         settings=settings,
     )
     check_draft(draft, body.recipients)
+    base = {"subject": content.subject, "html": content.html, "text": content.text}
+    variants = await resolve_variants(call.pool, call.principal.tenant_id, body.variants, base)
+    check_variants(draft, variants, body.recipients)
+    ab_test = ab_test_dict(body.ab_test, variants)
     async with call.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             SQL["insert_campaign"],
@@ -166,6 +188,8 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
             body.tags,
             body.metadata,
         )
+        await conn.execute(SQL_VARIANTS["set_campaign_ab"], row["id"], variants, ab_test)
+        await set_campaign_window(conn, row["id"], window_columns(body.window))
         campaign = await fetch_campaign(conn, call.principal.tenant_id, row["public_id"])
         if settings["ai_optimization"]:
             # Suggestions only: the stored content is what was given.
@@ -246,6 +270,7 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
         "headers",
         "tags",
         "metadata",
+        "variants",
     ):
         if name in given and getattr(body, name) is None:
             raise validation_error([{"field": name, "message": "must not be null"}])
@@ -273,6 +298,8 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
             if body.settings is not None
             else row["settings"]
         )
+        if body.settings is not None:
+            await pool_ids(conn, call.principal.tenant_id, body.settings.identities)
         headers = body.headers if body.headers is not None else row["headers"]
         recipients = (
             [r.model_dump() for r in body.recipients]
@@ -288,7 +315,21 @@ async def update_campaign(call: Call[CampaignUpdate, None]) -> Campaign:
             headers=headers,
             settings=settings,
         )
-        check_draft(draft, [Recipient.model_validate(r) for r in recipients])
+        checked = [Recipient.model_validate(r) for r in recipients]
+        check_draft(draft, checked)
+        variants = row["variants"]
+        if body.variants is not None:
+            base = {"subject": subject, "html": html, "text": text}
+            variants = await resolve_variants(conn, call.principal.tenant_id, body.variants, base)
+        check_variants(draft, variants, checked)
+        ab_test = (
+            ab_test_dict(body.ab_test, variants)
+            if "ab_test" in given
+            else needs_variants(row["ab_test"], variants)
+        )
+        await conn.execute(SQL_VARIANTS["set_campaign_ab"], row["id"], variants, ab_test)
+        if "window" in given:
+            await set_campaign_window(conn, row["id"], window_columns(body.window))
         await conn.execute(
             SQL["update_draft"],
             call.principal.tenant_id,
@@ -346,7 +387,9 @@ async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
             if row["from_email"]
             else None
         )
-        from_email, from_name = await resolve_sender(conn, call.principal, stored)
+        from_email, from_name = await resolve_sender(
+            conn, call.principal, stored, settings=call.state.settings
+        )
         send_at = body.send_at or row["send_at"]  # None: now, in the database's clock
         draft = draft_from_row(row, from_email, from_name)
         check_draft(draft, recipients)
@@ -355,7 +398,15 @@ async def send_campaign(call: Call[CampaignSend, None]) -> Campaign:
         draft.campaign_id = row["id"]
         draft.send_at = send_at
         draft.sandbox = row["sandbox"] or call.principal.sandbox
-        ids = await enqueue(conn, call.principal.tenant_id, draft)
+        winner = row["ab_winner"]["variant"] if row["ab_winner"] else None
+        queued = await enqueue_variants(
+            conn, call.principal.tenant_id, draft, row["variants"], row["ab_test"], winner
+        )
+        ids = [q.id for q in queued]
+        await identities.assign(
+            conn, call.principal.tenant_id, row["settings"].get("identities", []), ids
+        )
+        await into_window(conn, row["id"], ids)
         await conn.execute(
             SQL["start_campaign"], row["id"], call.principal.tenant_id, send_at, len(ids)
         )

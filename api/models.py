@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from api.tiers import Tier
+from penguinmails import windows
 from penguinmails.messages import (
     MAX_METADATA_BYTES,
     MAX_METADATA_KEY_CHARS,
@@ -330,6 +331,13 @@ class CampaignSettings(Request):
         description="The operator's pool of sending IPs its messages leave from ([mta.pools] "
         "of the server's configuration); unset: your account's pool, else the default.",
     )
+    identities: list[Annotated[str, StringConstraints(max_length=100)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Sending identities (idn_ ids) to send through, rotating over the "
+        "recipients; a sequence's contact keeps its first step's identity for every follow-up. "
+        "Each message then is from the identity's address, with its signature, at its pace.",
+    )
 
 
 class Tracking(Request):
@@ -374,6 +382,96 @@ CampaignStatus = Literal["draft", "scheduled", "sending", "paused", "completed",
 Subject = Annotated[str, StringConstraints(min_length=1, max_length=998)]
 
 
+# A/B variants (campaigns and sequence steps)
+MAX_VARIANTS = 10
+VariantName = Annotated[
+    str, StringConstraints(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+
+
+class VariantIn(Request):
+    """One version of the content; each part left out is the base content's."""
+
+    name: VariantName = Field(description="Unique among the variants, e.g. A, B.")
+    weight: int = Field(
+        default=1, ge=1, le=10_000, description="Share of the recipients: weight / sum of weights."
+    )
+    subject: Subject | None = None
+    html: Body | None = None
+    text: Body | None = None
+    template_id: str | None = Field(
+        default=None,
+        max_length=100,
+        description="A stored template; its current version fills the parts not given here.",
+    )
+
+
+def _unique_names(variants: list[VariantIn]) -> list[VariantIn]:
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise PydanticCustomError("variants", "variant names must be unique")
+    return variants
+
+
+Variants = Annotated[list[VariantIn], Field(max_length=MAX_VARIANTS), AfterValidator(_unique_names)]
+
+
+class ABTest(Request):
+    """The winner takes the remaining sends once every variant has `min_sample` messages
+    delivered at least `wait_hours` ago (so replies and clicks had time to come in)."""
+
+    winner_by: Literal["reply_rate", "click_rate", "open_rate"]
+    min_sample: int = Field(default=100, ge=1, le=1_000_000)
+    wait_hours: float = Field(default=4, ge=0, le=30 * 24)
+    test_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Campaigns: the share of recipients sent the variants first; the rest are "
+        "held (status held) and sent the winner. Sequences: unused (every step's messages "
+        "before the decision are the test).",
+    )
+
+
+class VariantOut(Response):
+    name: str
+    weight: int
+    subject: str | None
+    html: str | None
+    text: str | None
+    template_id: str | None = None
+    template_version: int | None = None
+
+
+class VariantScore(Response):
+    name: str
+    sample: int = Field(description="Messages delivered at least wait_hours before the decision.")
+    rate: float
+
+
+class ABWinner(Response):
+    variant: str
+    decided_at: datetime
+    winner_by: str
+    variants: list[VariantScore] = Field(description="The numbers the decision was made on.")
+
+
+class VariantStats(Response):
+    name: str
+    weight: int
+    sent: int = Field(description="Messages created with this variant.")
+    delivered: int = Field(description="Accepted by the receiving server (and not bounced).")
+    opened: int
+    clicked: int
+    replied: int
+    bounced: int
+    delivery_rate: float
+    open_rate: float = Field(description="Over delivered, as are click and reply rates.")
+    click_rate: float
+    reply_rate: float
+    bounce_rate: float = Field(description="Over sent.")
+
+
 class CampaignCreate(Request):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     subject: Subject | None = Field(
@@ -391,6 +489,17 @@ class CampaignCreate(Request):
     send_at: AwareDatetime | None = Field(
         default=None, description="The schedule `send` uses when it is given no send_at."
     )
+    variants: Variants = Field(
+        default_factory=list,
+        description="A/B variants of the subject and content; each recipient gets one by "
+        "weight when its message is queued.",
+    )
+    ab_test: ABTest | None = Field(default=None, description="Let a winner take the rest.")
+    window: SendingWindow | None = Field(
+        default=None,
+        description="Omitted: messages go out when due. A message due outside the window "
+        "is due in the next one (in the recipient's zone), spread across it.",
+    )
 
 
 class CampaignUpdate(Request):
@@ -406,6 +515,9 @@ class CampaignUpdate(Request):
     tags: list[MessageTag] | None = Field(default=None, max_length=MAX_TAGS)
     metadata: Metadata | None = None
     send_at: AwareDatetime | None = None
+    variants: Variants | None = None
+    ab_test: ABTest | None = None
+    window: SendingWindow | None = Field(default=None, description="null: no window.")
 
 
 class CampaignSend(Request):
@@ -439,6 +551,12 @@ class Campaign(Owned):
     cancelled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    variants: list[VariantOut] = Field(default_factory=list)
+    ab_test: dict[str, Any] | None = None
+    ab_winner: ABWinner | None = Field(
+        default=None, description="The A/B test's decision, once made."
+    )
+    window: SendingWindowOut | None = None
     ai_optimization: CampaignAiOptimization | None = Field(
         default=None,
         description="In the answer to its creation when settings.ai_optimization is on: the "
@@ -608,6 +726,11 @@ class Message(Owned):
     reply_to: list[SenderOut]
     tags: list[str]
     metadata: dict[str, Any]
+    held_reason: str | None = Field(
+        description="Why it waits past its due time: its identity's cap, gap or pause, or a "
+        "paused sending domain or account (next_attempt_at is when it may go)."
+    )
+    identity_id: str | None = Field(description="The sending identity it goes out through.")
     created_at: datetime
     sent_at: datetime | None
     tracking: MessageTracking
@@ -624,6 +747,7 @@ MessageStatus = Literal[
     "suppressed",
     "cancelled",
     "paused",
+    "held",
 ]
 
 
@@ -1017,6 +1141,11 @@ class CampaignAnalytics(Owned):
     revenue_impact: RevenueImpact | None = Field(
         description="From the professional tier; null below it."
     )
+    variants: list[VariantStats] = Field(
+        default_factory=list,
+        description="Per A/B variant, over the campaign's whole life (not the period).",
+    )
+    ab_winner: ABWinner | None = None
     ai_insights: AiInsights | None = Field(
         default=None,
         description="From the professional tier: findings from the campaign's numbers and the "
@@ -1243,6 +1372,11 @@ class SequenceStepIn(Request):
         'without one is sent as "Re: " and step 1\'s subject, threaded under step 1.',
     )
     content: ContentIn
+    variants: Variants = Field(
+        default_factory=list,
+        description="A/B variants of this step; each message gets one by weight (or the "
+        "winner, once the sequence's ab_test decided it).",
+    )
 
 
 class StopOn(Request):
@@ -1277,6 +1411,20 @@ def _weekdays() -> list[Weekday]:
 TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_time_zone)]
 
 
+def _holidays(value: str) -> str:
+    try:
+        return windows.check(value)
+    except windows.UnknownHolidays as exc:
+        raise PydanticCustomError("holidays", "{why}", {"why": str(exc)}) from None
+
+
+HolidayCode = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$"),
+    AfterValidator(_holidays),
+]
+
+
 class SendingWindow(Request):
     """When steps may be sent, in the recipient's time zone: a contact's
     `custom_fields.timezone` (an IANA name), else this window's `timezone`."""
@@ -1289,6 +1437,11 @@ class SendingWindow(Request):
         default_factory=list,
         max_length=366,
         description="Local dates with no sending (holidays), in the recipient's zone.",
+    )
+    holidays: HolidayCode | None = Field(
+        default=None,
+        description="Skip this country's public holidays too: ISO 3166-1 alpha-2, optionally "
+        'with a subdivision ("US", "US-CA", "DE-BY"), as the holidays library knows them.',
     )
 
     @model_validator(mode="after")
@@ -1306,6 +1459,11 @@ class SendingWindowOut(Response):
     end: time
     timezone: str
     skip_dates: list[date]
+    holidays: str | None = None
+    holidays_until: date | None = Field(
+        default=None,
+        description="The holidays are computed up to this date, and again a year before it.",
+    )
 
 
 SequenceName = Annotated[
@@ -1324,6 +1482,9 @@ class SequenceCreate(Request):
         description="Omitted: steps go out whenever they are due. A step due outside the "
         "window goes out in the next one, spread across it.",
     )
+    ab_test: ABTest | None = Field(
+        default=None, description="For each step with variants: let a winner take the rest."
+    )
 
 
 class SequenceUpdate(Request):
@@ -1337,6 +1498,7 @@ class SequenceUpdate(Request):
     window: SendingWindow | None = Field(
         default=None, description="null: no window any more (steps go out when due)."
     )
+    ab_test: ABTest | None = None
 
 
 class DelayOut(Response):
@@ -1350,6 +1512,8 @@ class SequenceStep(Response):
     delay: DelayOut
     subject: str | None
     content: ContentOut
+    variants: list[VariantOut] = Field(default_factory=list)
+    ab_winner: ABWinner | None = None
 
 
 class Sequence(Owned):
@@ -1360,6 +1524,7 @@ class Sequence(Owned):
     stop_on: dict[str, bool]
     settings: dict[str, Any]
     window: SendingWindowOut | None
+    ab_test: dict[str, Any] | None = None
     status: Literal["active", "archived"]
     created_at: datetime
     updated_at: datetime
@@ -1377,6 +1542,12 @@ class EnrollmentCreate(Request):
         default=None,
         description="Enrol every contact with this tag (those already enrolled are skipped).",
     )
+    campaign_id: PublicId | None = Field(
+        default=None,
+        description="Enrol a campaign's recipients (those it was sent to, and a draft's list): "
+        "each address becomes a contact if it is not one yet; those already enrolled are "
+        "skipped.",
+    )
     re_enroll: bool = Field(
         default=False,
         description="Enrol again a contact whose earlier enrolment has ended (never two "
@@ -1385,8 +1556,8 @@ class EnrollmentCreate(Request):
 
     @model_validator(mode="after")
     def _someone(self) -> EnrollmentCreate:
-        if not self.contacts and self.tag is None:
-            raise PydanticCustomError("enrollment", "give contacts or a tag")
+        if not self.contacts and self.tag is None and self.campaign_id is None:
+            raise PydanticCustomError("enrollment", "give contacts, a tag or a campaign_id")
         return self
 
 
@@ -1418,7 +1589,9 @@ class Enrollment(Owned):
 
 class Enrolled(Response):
     items: list[Enrollment]
-    skipped: int = Field(description="Tagged contacts left out: already enrolled.")
+    skipped: int = Field(
+        description="Tagged contacts or campaign recipients left out: already enrolled."
+    )
 
 
 class EnrollmentQuery(ListQuery):
@@ -1434,6 +1607,8 @@ class SequenceStepStats(Response):
     replied: int
     bounced: int
     stopped: int = Field(description="Enrolments that stopped at this step.")
+    variants: list[VariantStats] = Field(default_factory=list)
+    ab_winner: ABWinner | None = None
 
 
 class SequenceAnalytics(Response):
@@ -1644,3 +1819,9 @@ class AiInsight(Response):
 
 class AiInsights(Response):
     recommendations: list[AiInsight]
+
+
+# Campaign (above) names the sending window models defined with the sequences, and the
+# content analysis models defined last.
+Campaign.model_rebuild()
+CampaignAnalytics.model_rebuild()

@@ -171,7 +171,8 @@ INSERT INTO events (tenant_id, campaign_id, type, data) VALUES ($1, $2, $3, $4);
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
        cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
-       paused_reason,
+       paused_reason, variants, ab_test, ab_winner, window_days, window_start, window_end,
+       window_zone, window_skip, window_holidays, window_holiday_dates, window_holidays_until,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
@@ -183,7 +184,8 @@ FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
 SELECT public_id, name, subject, from_email, from_name, html_body, text_body, headers,
        settings, recipient_count, sandbox, send_at, started_at, paused_at, completed_at,
        cancelled_at, created_at, updated_at, template_id, template_version, tags, metadata,
-       paused_reason,
+       paused_reason, variants, ab_test, ab_winner, window_days, window_start, window_end,
+       window_zone, window_skip, window_holidays, window_holiday_dates, window_holidays_until,
        CASE WHEN status = 'sending' AND send_at > now() THEN 'scheduled' ELSE status END
            AS status
 FROM campaigns
@@ -196,7 +198,9 @@ LIMIT $3;
 -- completion trigger's callers end up in, so the two serialise rather than race.
 SELECT id, public_id, tenant_id, name, subject, from_email, from_name, html_body, text_body,
        headers, settings, recipients, status, sandbox, send_at, paused_at, template_id,
-       template_version, tags, metadata
+       template_version, tags, metadata, variants, ab_test, ab_winner, window_days,
+       window_start, window_end, window_zone, window_skip, window_holidays,
+       window_holiday_dates, window_holidays_until
 FROM campaigns WHERE tenant_id = $1 AND public_id = $2
 FOR UPDATE;
 
@@ -237,12 +241,20 @@ WHERE id = $1;
 
 -- name: resume_campaign_messages
 -- Back in reach, each due time moved by the length of the pause, so batches keep their spacing
--- and a retry keeps its back-off.
-UPDATE messages
-SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
-    next_attempt_at = next_attempt_at + (now() - $3::timestamptz),
+-- and a retry keeps its back-off; and, for a campaign with a sending window, moved into it
+-- again where the shift took it out (as api/windows.sql campaign_into_window does).
+UPDATE messages m
+SET status = CASE WHEN m.attempts > 0 THEN 'deferred' ELSE 'queued' END,
+    next_attempt_at = next_in_window(
+        m.next_attempt_at + (now() - $3::timestamptz),
+        coalesce((SELECT ct.custom_fields ->> 'timezone' FROM contacts ct
+                  WHERE ct.tenant_id = m.tenant_id AND ct.email = lower(m.recipient)),
+                 m.personalization ->> 'timezone'),
+        c.window_zone, c.window_days, c.window_start, c.window_end,
+        c.window_skip || c.window_holiday_dates, random()),
     updated_at = now()
-WHERE campaign_id = $1 AND tenant_id = $2 AND status = 'paused';
+FROM campaigns c
+WHERE c.id = $1 AND m.campaign_id = $1 AND m.tenant_id = $2 AND m.status = 'paused';
 
 -- name: set_campaign_resumed
 -- The send_at moves with the messages; the completion check covers a campaign whose last
@@ -257,9 +269,11 @@ WITH resumed AS (
 SELECT campaign_try_complete(id), pg_notify('penguinmails_queue', '') FROM resumed;
 
 -- name: cancel_campaign_messages
--- Waiting messages are cancelled; a message mid-conversation finishes (it may be delivered).
+-- Waiting messages are cancelled (those held for an A/B test's winner too); a message
+-- mid-conversation finishes (it may be delivered).
 UPDATE messages SET status = 'cancelled', updated_at = now()
-WHERE campaign_id = $1 AND tenant_id = $2 AND status IN ('queued', 'deferred', 'paused');
+WHERE campaign_id = $1 AND tenant_id = $2
+  AND status IN ('queued', 'deferred', 'paused', 'held');
 
 -- name: set_campaign_cancelled
 -- Set before the messages are cancelled, so the completion trigger (which only completes
@@ -280,9 +294,11 @@ SELECT m.id AS pk, m.public_id AS id, m.message_id, c.public_id AS campaign_id, 
        m.last_reply, m.enhanced_status, m.sandbox, m.created_at, m.sent_at,
        coalesce(m.to_header, jsonb_build_array(jsonb_build_object('email', m.recipient))) AS "to",
        coalesce(m.cc_header, '[]') AS cc, coalesce(m.reply_to, '[]') AS reply_to,
-       m.tags, m.metadata, m.settings, m.html_body IS NOT NULL AS has_html
+       m.tags, m.metadata, m.held_reason, i.public_id AS identity_id, m.settings,
+       m.html_body IS NOT NULL AS has_html
 FROM messages m
 LEFT JOIN campaigns c ON c.id = m.campaign_id
+LEFT JOIN identities i ON i.id = m.identity_id
 WHERE m.tenant_id = $1 AND m.public_id = $2;
 
 -- name: message_events

@@ -22,10 +22,13 @@ from api.auth import Principal
 from api.errors import validation_error
 from api.models import DefaultSender, DefaultSenderSet, Recipient, Sender
 from api.routing import API, Call
+from penguinmails.config import Settings
+from penguinmails.deliverability import GATING
 from penguinmails.messages import Draft, InvalidMessage, address_domain
 from penguinmails.queries import load
 
 SQL = load("api")
+DOMAIN_SQL = load("api", "domains.sql")
 MAX_DETAILS = 100
 DEFAULT_LOCAL_PART = "noreply"
 
@@ -37,13 +40,59 @@ HOW_TO_SET = (
 )
 
 
+async def _check_verified(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    principal: Principal,
+    settings: Settings | None,
+    domain: str,
+) -> None:
+    if settings is None or not settings.mta.require_verified_domains or principal.sandbox:
+        return
+    row = await conn.fetchrow(DOMAIN_SQL["domain_verification"], domain, principal.account_id)
+    if row is not None and row["sending_allowed"]:
+        return
+    if row is None or row["status"] == "pending":
+        why = "has not been verified yet"
+    else:
+        failed = [
+            f"{c['name']} ({c['fix']})"
+            for c in row["checks"]
+            if c["status"] == "fail" and c["name"].partition(":")[0] in GATING
+        ]
+        why = "fails its DNS checks: " + "; ".join(failed)
+    raise validation_error(
+        [
+            {
+                "field": "from.email",
+                "message": f"{domain} {why}; live mail from it would be refused by receivers. "
+                f"Fix its DNS and run `penguinmails domains verify {domain}` "
+                f"(or GET /api/v1/domains/{domain})",
+            }
+        ]
+    )
+
+
+async def check_live_sender(
+    conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, settings: Settings, email: str
+) -> None:
+    """The door for messages whose sender was resolved earlier (a sequence's steps): a live
+    sender's domain must pass its checks, as in resolve_sender."""
+    await _check_verified(conn, principal, settings, email.rpartition("@")[2].lower())
+
+
 async def resolve_sender(
     conn: asyncpg.Connection | asyncpg.Pool,
     principal: Principal,
     sender: Sender | None,
     field: str = "from",
+    settings: Settings | None = None,
 ) -> tuple[str, str]:
-    """(from_email, from_name) the message will carry, or a 422 naming `from`."""
+    """(from_email, from_name) the message will carry, or a 422 naming `from`.
+
+    With `settings` whose `[mta] require_verified_domains` is on, a live sender's domain must
+    have passed its DKIM and DMARC checks (penguinmails.deliverability), else 422 naming the
+    domain and the failed checks: refused at the door, never accepted for the MTA to refuse.
+    """
     if sender is None:
         stored = await conn.fetchrow(SQL["default_sender"], principal.tenant_id)
         if stored is not None and stored["default_from_email"] is not None:
@@ -57,13 +106,15 @@ async def resolve_sender(
     own = [r["domain"] for r in rows if r["own"]]
     if sender is None:
         if own:
+            await _check_verified(conn, principal, settings, own[0])
             return f"{DEFAULT_LOCAL_PART}@{own[0]}", ""
         if principal.sandbox:
             return SANDBOX_SENDER, ""
         raise validation_error(
             [{"field": "from", "message": f"required: there is no default sender ({HOW_TO_SET})"}]
         )
-    if wanted in own:
+    if wanted is not None and wanted in own:
+        await _check_verified(conn, principal, settings, wanted)
         return sender.email, sender.name
     taken = any(r["domain"] == wanted and not r["own"] for r in rows)
     if not own and not taken and principal.sandbox:

@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 from pydantic import BaseModel
 
+from api import identities
 from api.auth import Principal
 from api.drafts import campaign_event, draft_from_row, lock_campaign
 from api.errors import ApiError, conflict, not_found, validation_error
@@ -43,7 +44,10 @@ from api.models import (
 from api.routing import API, Call, is_public_id
 from api.senders import MAX_DETAILS, check_draft, resolve_sender
 from api.templates import content_of
+from api.variants import check_variants, enqueue_variants
+from api.windows import into_window
 from penguinmails.attachments import Attachment, decode_content
+from penguinmails.config import Settings
 from penguinmails.messages import Address, Draft, InvalidMessage, enqueue_draft
 from penguinmails.queries import load
 
@@ -171,6 +175,7 @@ async def prepare_send(
     principal: Principal,
     body: SendRequest,
     senders: SenderCache | None = None,
+    settings: Settings | None = None,
 ) -> PreparedSend:
     """The checked Draft of one send request (one recipient per to, cc and bcc address), or
     a 422 naming the request's fields; writes nothing. `senders` keeps resolved senders
@@ -183,7 +188,7 @@ async def prepare_send(
     if senders is not None and key in senders:
         from_email, from_name = senders[key]
     else:
-        from_email, from_name = await resolve_sender(conn, principal, body.from_)
+        from_email, from_name = await resolve_sender(conn, principal, body.from_, settings=settings)
         if senders is not None:
             senders[key] = (from_email, from_name)
     kinds: list[tuple[Kind, int]] = [
@@ -263,7 +268,7 @@ async def send_email(call: Call[SendRequest, None]) -> SendResult:
     status and events; all show the same To and Cc, and no copy shows a Bcc."""
 
     async def work(conn: asyncpg.Connection) -> SendResult:
-        prepared = await prepare_send(conn, call.principal, call.body)
+        prepared = await prepare_send(conn, call.principal, call.body, settings=call.state.settings)
         return await queue_send(conn, call.principal.tenant_id, prepared)
 
     return await idempotent(call, SendResult, work)
@@ -303,7 +308,11 @@ async def send_batch(call: Call[BatchSendRequest, None]) -> BatchSendResult:
         senders: SenderCache = {}
         for i, body in enumerate(call.body.messages):
             try:
-                prepared.append(await prepare_send(conn, call.principal, body, senders))
+                prepared.append(
+                    await prepare_send(
+                        conn, call.principal, body, senders, settings=call.state.settings
+                    )
+                )
             except ApiError as exc:
                 if exc.status != 422:
                     raise
@@ -352,9 +361,13 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
             if row["from_email"]
             else None
         )
-        from_email, from_name = await resolve_sender(conn, call.principal, stored)
+        from_email, from_name = await resolve_sender(
+            conn, call.principal, stored, settings=call.state.settings
+        )
         base = draft_from_row(row, from_email, from_name)
         check_draft(base, body.recipients)
+        check_variants(base, row["variants"], body.recipients)
+        winner = row["ab_winner"]["variant"] if row["ab_winner"] else None
         base.campaign_id = row["id"]
         base.sandbox = row["sandbox"] or call.principal.sandbox
         size = body.batch_size or len(body.recipients)
@@ -371,7 +384,14 @@ async def send_bulk(call: Call[BulkSendRequest, None]) -> BulkSendResult:
                 personalization=[r.personalization for r in chunk],
                 send_at=last if (batches or body.send_at) else None,
             )
-            queued += [q.public_id for q in await enqueue_draft(conn, tenant, batch)]
+            rows = await enqueue_variants(
+                conn, tenant, batch, row["variants"], row["ab_test"], winner
+            )
+            await identities.assign(
+                conn, tenant, row["settings"].get("identities", []), [q.id for q in rows]
+            )
+            await into_window(conn, row["id"], [q.id for q in rows])
+            queued += [q.public_id for q in rows]
             batches += 1
         await conn.execute(SQL["add_to_campaign"], row["id"], tenant, len(queued))
         await campaign_event(

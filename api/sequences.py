@@ -19,12 +19,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import asyncpg
+import orjson
 
 from api.campaigns import settings_dict
 from api.drafts import new_draft
 from api.errors import ApiError, conflict, not_found, validation_error
+from api.identities import pool_ids
 from api.models import (
-    WEEKDAYS,
+    ABTest,
     ContactSequenceEnroll,
     ContentOut,
     DelayOut,
@@ -36,8 +38,6 @@ from api.models import (
     Page,
     Recipient,
     SenderOut,
-    SendingWindow,
-    SendingWindowOut,
     SequenceAnalytics,
     SequenceCreate,
     SequenceStep,
@@ -45,11 +45,15 @@ from api.models import (
     SequenceStepStats,
     SequenceUpdate,
     StopOn,
+    VariantStats,
 )
 from api.models import Sequence as SequenceModel
 from api.routing import API, Call, decode_cursor, is_public_id, keyset_page
-from api.senders import check_draft, resolve_sender
+from api.senders import check_draft, check_live_sender, resolve_sender
 from api.templates import check_content, resolve_content
+from api.variants import resolve_variants, variant_models
+from api.windows import stored_columns, window_columns, window_model
+from penguinmails.ab import step_variant_stats, variant_results
 from penguinmails.messages import InvalidMessage, address_domain
 from penguinmails.queries import load
 from penguinmails.sequences import schedule
@@ -99,6 +103,14 @@ async def _resolve_steps(
             if exc.status != 422:
                 raise
             raise _prefixed(exc, f"steps[{i}]") from None
+        base = {
+            "subject": content.subject or f"Re: {first_subject}",
+            "html": content.html,
+            "text": content.text,
+        }
+        variants = await resolve_variants(
+            conn, tenant_id, step.variants, base, field=f"steps[{i}].variants"
+        )
         resolved.append(
             {
                 "days": step.delay.days,
@@ -111,6 +123,7 @@ async def _resolve_steps(
                 "text": content.text,
                 "template_id": content.template_id,
                 "template_version": content.template_version,
+                "variants": variants,
             }
         )
     return resolved
@@ -125,33 +138,26 @@ async def _insert_steps(
         sequence_pk,
         *([s[c] for s in steps] for c in columns),
         [s["template_version"] for s in steps],
+        [orjson.dumps(s["variants"]).decode() for s in steps],
     )
+
+
+def _ab_test(
+    test: ABTest | dict[str, Any] | None, steps: Iterable[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """What the row holds; a test needs a step with two variants to choose between."""
+    if test is None:
+        return None
+    if not any(len(s["variants"]) >= 2 for s in steps):
+        raise validation_error(
+            [{"field": "ab_test", "message": "an A/B test needs a step with two variants"}]
+        )
+    return test.model_dump() if isinstance(test, ABTest) else test
 
 
 def _stop_on(stop_on: StopOn) -> list[str]:
     chosen = stop_on.model_dump()
     return [reason for reason in STOP_REASONS if chosen[reason]]
-
-
-def _window(window: SendingWindow | None) -> tuple[Any, ...]:
-    """The window as the columns hold it: ISO days of week, opening, closing, zone, dates
-    skipped."""
-    if window is None:
-        return (None, None, None, None, None)
-    days = sorted(WEEKDAYS.index(d) + 1 for d in set(window.days))
-    return (days, window.start, window.end, window.timezone, sorted(set(window.skip_dates)))
-
-
-def _window_model(row: asyncpg.Record) -> SendingWindowOut | None:
-    if row["window_days"] is None:
-        return None
-    return SendingWindowOut(
-        days=[WEEKDAYS[d - 1] for d in row["window_days"]],
-        start=row["window_start"],
-        end=row["window_end"],
-        timezone=row["window_zone"],
-        skip_dates=row["window_skip"],
-    )
 
 
 def _sequence_model(row: asyncpg.Record, steps: Iterable[asyncpg.Record]) -> SequenceModel:
@@ -175,12 +181,15 @@ def _sequence_model(row: asyncpg.Record, steps: Iterable[asyncpg.Record]) -> Seq
                         template_id=s["template_id"],
                         template_version=s["template_version"],
                     ),
+                    variants=variant_models(s["variants"]),
+                    ab_winner=s["ab_winner"],
                 )
                 for s in steps
             ],
             "stop_on": {reason: reason in row["stop_on"] for reason in STOP_REASONS},
             "settings": row["settings"],
-            "window": _window_model(row),
+            "window": window_model(row),
+            "ab_test": row["ab_test"],
             "status": row["status"],
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],
@@ -233,6 +242,7 @@ async def create_sequence(call: Call[SequenceCreate, None]) -> SequenceModel:
     tenant = call.principal.tenant_id
     from_email, from_name = await resolve_sender(call.pool, call.principal, body.from_)
     settings = settings_dict(body.settings, call.state.settings.mta.pools)
+    await pool_ids(call.pool, call.principal.tenant_id, body.settings.identities)
     steps = await _resolve_steps(call.pool, tenant, body.steps)
     async with call.pool.acquire() as conn, conn.transaction():
         try:
@@ -244,11 +254,12 @@ async def create_sequence(call: Call[SequenceCreate, None]) -> SequenceModel:
                 from_name,
                 _stop_on(body.stop_on),
                 settings,
-                *_window(body.window),
+                *window_columns(body.window),
             )
         except asyncpg.UniqueViolationError:
             raise _name_taken(body.name) from None
         await _insert_steps(conn, row["id"], steps)
+        await conn.execute(SQL["set_sequence_ab"], row["id"], _ab_test(body.ab_test, steps))
         return await _fetch_sequence(conn, tenant, row["public_id"])
 
 
@@ -326,14 +337,9 @@ async def update_sequence(call: Call[SequenceUpdate, None]) -> SequenceModel:
             if body.settings is not None
             else row["settings"]
         )
-        window = (
-            _window(body.window)
-            if "window" in given
-            else tuple(
-                row[c]
-                for c in ("window_days", "window_start", "window_end", "window_zone", "window_skip")
-            )
-        )
+        if body.settings is not None:
+            await pool_ids(conn, call.principal.tenant_id, body.settings.identities)
+        window = window_columns(body.window) if "window" in given else stored_columns(row)
         try:
             await conn.execute(
                 SQL["update_sequence"],
@@ -351,6 +357,14 @@ async def update_sequence(call: Call[SequenceUpdate, None]) -> SequenceModel:
             steps = await _resolve_steps(conn, tenant, body.steps)
             await conn.execute(SQL["delete_steps"], row["id"])
             await _insert_steps(conn, row["id"], steps)
+        if "ab_test" in given or body.steps is not None:
+            current = await conn.fetch(SQL["get_steps"], [row["id"]])
+            test = (
+                _ab_test(body.ab_test, current)
+                if "ab_test" in given
+                else _ab_test(row["ab_test"], current)
+            )
+            await conn.execute(SQL["set_sequence_ab"], row["id"], test)
         return await _fetch_sequence(conn, tenant, sequence_id)
 
 
@@ -506,10 +520,33 @@ def _name_contact(
     return {**detail, "message": f"step {step}: {who}{detail['message']}"}
 
 
+async def _campaign_contacts(
+    conn: asyncpg.Connection, tenant_id: int, sequence_pk: int, campaign_id: str, re_enroll: bool
+) -> tuple[list[asyncpg.Record], int]:
+    """A campaign's recipients as contacts (created if new), less those already enrolled;
+    and how many were left out as enrolled. An unknown campaign is a 404."""
+    campaign = (
+        await conn.fetchval(SQL["campaign_by_id"], tenant_id, campaign_id)
+        if is_public_id(campaign_id, "campaign")
+        else None
+    )
+    if campaign is None:
+        raise not_found("Campaign")
+    found = await conn.fetch(SQL["campaign_contacts"], tenant_id, campaign, MAX_TAG_ENROLL)
+    blocked = {
+        r["contact_id"]
+        for r in await conn.fetch(
+            SQL["enrolled_contacts"], sequence_pk, [c["id"] for c in found], re_enroll
+        )
+    }
+    return [c for c in found if c["id"] not in blocked], len(blocked)
+
+
 @API.route(
     "POST",
     "/sequences/{id}/enrollments",
-    summary="Enrol contacts (by id, by address or by tag); step 1 is queued at once",
+    summary="Enrol contacts (by id, by address, by tag or a campaign's recipients); step 1 "
+    "is queued at once",
     tag="Sequences",
     tier="starter",
     body=EnrollmentCreate,
@@ -532,6 +569,14 @@ async def enroll(call: Call[EnrollmentCreate, None]) -> Enrolled:
                 if row["id"] not in chosen:
                     contacts.append(row)
             skipped = await conn.fetchval(SQL["tagged_enrolled"], *tag_args)
+        if body.campaign_id is not None:
+            found, left_out = await _campaign_contacts(
+                conn, tenant, sequence["id"], body.campaign_id, body.re_enroll
+            )
+            chosen = {c["id"] for c in contacts}
+            contacts += [c for c in found if c["id"] not in chosen]
+            skipped += left_out
+        await check_live_sender(conn, call.principal, call.state.settings, sequence["from_email"])
         items = await _enroll(conn, tenant, sequence, contacts, body.re_enroll) if contacts else []
         return Enrolled(items=items, skipped=skipped)
 
@@ -558,6 +603,7 @@ async def trigger_sequence(call: Call[ContactSequenceEnroll, None]) -> Enrollmen
         contacts = await conn.fetch(SQL["contacts_by_id"], tenant, [contact_id])
         if not contacts:
             raise not_found("Contact")
+        await check_live_sender(conn, call.principal, call.state.settings, sequence["from_email"])
         (item,) = await _enroll(conn, tenant, sequence, list(contacts), body.re_enroll, "contact")
         return item
 
@@ -629,8 +675,22 @@ async def sequence_analytics(call: Call[None, None]) -> SequenceAnalytics:
     for row in await call.pool.fetch(SQL["enrollment_counts"], sequence["id"]):
         counts[row["status"]] = row["n"]
     steps = await call.pool.fetch(SQL["step_stats"], sequence["id"])
+    defined = {s["position"]: s for s in await call.pool.fetch(SQL["get_steps"], [sequence["id"]])}
+    by_variant = await step_variant_stats(call.pool, sequence["id"])
     return SequenceAnalytics(
         sequence_id=sequence["public_id"],
         enrollments=counts,
-        steps=[SequenceStepStats(**dict(s)) for s in steps],
+        steps=[
+            SequenceStepStats(
+                **dict(s),
+                variants=[
+                    VariantStats(**v)
+                    for v in variant_results(
+                        defined[s["step"]]["variants"], by_variant.get(s["step"], [])
+                    )
+                ],
+                ab_winner=defined[s["step"]]["ab_winner"],
+            )
+            for s in steps
+        ],
     )

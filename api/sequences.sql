@@ -4,19 +4,28 @@
 -- name: insert_sequence
 -- A name taken by another active sequence of the tenant is a unique violation (409).
 INSERT INTO sequences (tenant_id, name, from_email, from_name, stop_on, settings,
-                       window_days, window_start, window_end, window_zone, window_skip)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, 'UTC'), coalesce($11::date[], '{}'))
+                       window_days, window_start, window_end, window_zone, window_skip,
+                       window_holidays, window_holiday_dates, window_holidays_until)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, 'UTC'), coalesce($11::date[], '{}'),
+        $12, coalesce($13::date[], '{}'), $14)
 RETURNING id, public_id;
 
 -- name: insert_steps
--- All of a sequence's steps in one statement, from parallel arrays in step order.
+-- All of a sequence's steps in one statement, from parallel arrays in step order (the
+-- variants as JSON text: a jsonb[] of JSON arrays would be read as a 2-D array).
 INSERT INTO sequence_steps (sequence_id, position, delay_days, business_days, delay_hours,
-                            subject, html_body, text_body, template_id, template_version)
+                            subject, html_body, text_body, template_id, template_version,
+                            variants)
 SELECT $1, s.ordinality, s.days, s.business, s.hours, s.subject, s.html, s.text, s.template,
-       s.version
+       s.version, s.variants::jsonb
 FROM unnest($2::int[], $3::bool[], $4::float8[], $5::text[], $6::text[], $7::text[],
-            $8::text[], $9::int[]) WITH ORDINALITY
-     AS s(days, business, hours, subject, html, text, template, version, ordinality);
+            $8::text[], $9::int[], $10::text[]) WITH ORDINALITY
+     AS s(days, business, hours, subject, html, text, template, version, variants,
+          ordinality);
+
+-- name: set_sequence_ab
+-- A sequence's A/B test, written beside insert_sequence and update_sequence.
+UPDATE sequences SET ab_test = $2 WHERE id = $1;
 
 -- name: delete_steps
 -- Replacing the steps: enrolments keep their progress (the step number) and continue with
@@ -28,7 +37,8 @@ DELETE FROM sequence_steps WHERE sequence_id = $1;
 -- only an active sequence.
 SELECT id, public_id, name, from_email, from_name, stop_on, settings, status, created_at,
        updated_at, archived_at, window_days, window_start, window_end, window_zone,
-       window_skip
+       window_skip, ab_test, window_holidays, window_holiday_dates,
+       window_holidays_until
 FROM sequences
 WHERE tenant_id = $1
   AND CASE WHEN $3::bool THEN name = $2 AND status = 'active' ELSE public_id = $2 END;
@@ -36,14 +46,15 @@ WHERE tenant_id = $1
 -- name: lock_sequence
 -- Changes to a sequence take its row lock first, so two updates do not interleave.
 SELECT id, public_id, name, from_email, from_name, stop_on, settings, status, window_days,
-       window_start, window_end, window_zone, window_skip
+       window_start, window_end, window_zone, window_skip, ab_test, window_holidays, window_holiday_dates,
+       window_holidays_until
 FROM sequences WHERE tenant_id = $1 AND public_id = $2
 FOR UPDATE;
 
 -- name: get_steps
 -- Steps of the sequences $1, in order.
 SELECT sequence_id, position, delay_days, business_days, delay_hours, subject, html_body,
-       text_body, template_id, template_version
+       text_body, template_id, template_version, variants, ab_winner
 FROM sequence_steps WHERE sequence_id = ANY ($1::bigint[])
 ORDER BY sequence_id, position;
 
@@ -51,7 +62,8 @@ ORDER BY sequence_id, position;
 -- Newest first, keyset-paginated on the public id through (tenant_id, public_id).
 SELECT id, public_id, name, from_email, from_name, stop_on, settings, status, created_at,
        updated_at, archived_at, window_days, window_start, window_end, window_zone,
-       window_skip
+       window_skip, ab_test, window_holidays, window_holiday_dates,
+       window_holidays_until
 FROM sequences
 WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
 ORDER BY public_id DESC
@@ -61,7 +73,8 @@ LIMIT $3;
 UPDATE sequences
 SET name = $2, from_email = $3, from_name = $4, stop_on = $5, settings = $6,
     window_days = $7, window_start = $8, window_end = $9, window_zone = coalesce($10, 'UTC'),
-    window_skip = coalesce($11::date[], '{}'),
+    window_skip = coalesce($11::date[], '{}'), window_holidays = $12,
+    window_holiday_dates = coalesce($13::date[], '{}'), window_holidays_until = $14,
     updated_at = now()
 WHERE id = $1;
 
@@ -185,3 +198,24 @@ LEFT JOIN messages m ON m.id = sm.message_id
 WHERE s.sequence_id = $1
 GROUP BY s.position
 ORDER BY s.position;
+
+-- name: campaign_by_id
+SELECT id FROM campaigns WHERE tenant_id = $1 AND public_id = $2;
+
+-- name: campaign_contacts
+-- The recipients of campaign $2 (its messages, and the list a draft holds) as contacts,
+-- created if new (as ensure_contacts does), at most $3, in address order.
+WITH addresses AS (
+    SELECT DISTINCT lower(a.email) AS email FROM (
+        SELECT recipient AS email FROM messages WHERE tenant_id = $1 AND campaign_id = $2
+        UNION
+        SELECT r ->> 'email' FROM campaigns c, jsonb_array_elements(c.recipients) r
+        WHERE c.tenant_id = $1 AND c.id = $2
+    ) a
+    ORDER BY 1
+    LIMIT $3
+)
+INSERT INTO contacts (tenant_id, email)
+SELECT $1, email FROM addresses
+ON CONFLICT (tenant_id, email) DO UPDATE SET email = EXCLUDED.email
+RETURNING id, public_id, email, first_name, last_name, company, custom_fields;

@@ -26,10 +26,13 @@ from api import (  # noqa: F401
     campaigns,
     contacts,
     conversions,
+    domains,
     health,
+    identities,
     inbound,
     keys,
     messages,
+    pauses,
     replies,
     sandbox,
     senders,
@@ -48,6 +51,7 @@ from api.ratelimit import WINDOW_SECONDS, RateLimiter
 from api.routing import API, STATE, State, install
 from penguinmails.config import Settings, split_hostport
 from penguinmails.database import DATABASE_ERRORS
+from penguinmails.deliverability import Reverifier
 from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.observability import HEALTH, DatabaseHealth, healthz, ops_app, serving
 from penguinmails.queries import load
@@ -122,6 +126,24 @@ def _sequence_scheduler(
     return run
 
 
+def _domain_reverifier(
+    enabled: bool,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Sending domains' DNS re-checks (penguinmails.deliverability.Reverifier), here because
+    the API is the role whose door reads the result; see the class for why not the MTA."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        if not enabled:
+            yield
+            return
+        reverifier = Reverifier(app[STATE].pool, app[STATE].settings)
+        reverifier.start()
+        yield
+        await reverifier.stop()
+
+    return run
+
+
 def create_app(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -130,6 +152,7 @@ def create_app(
     window: int = WINDOW_SECONDS,
     max_body: int = MAX_BODY_BYTES,
     sequence_interval: float | None = SEQUENCE_INTERVAL,
+    reverify_domains: bool | None = None,
 ) -> web.Application:
     metrics = ApiMetrics()
     app = web.Application(
@@ -157,6 +180,11 @@ def create_app(
     add_index(app, ALIAS, page=False)
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_sequence_scheduler(sequence_interval))
+    # By default only where the result gates sending; `domains verify` and
+    # GET /api/v1/domains/{domain} check on demand either way.
+    if reverify_domains is None:
+        reverify_domains = settings.mta.require_verified_domains
+    app.cleanup_ctx.append(_domain_reverifier(reverify_domains))
     return app
 
 

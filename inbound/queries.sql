@@ -143,3 +143,10 @@ WITH logged AS (
 SELECT (SELECT count(*) FROM logged) AS logged,
        (SELECT count(*) FROM stored_attachments) AS attachments,
        (SELECT public_id FROM stored) AS inbound_id;
+
+-- name: is_return_path_domain
+-- A sending domain's own return path (`bounces.<domain>`, penguinmails/deliverability.py):
+-- accepted like [inbound] bounce_domains. Any stored one, verified now or not: mail sent
+-- while it was verified still brings its bounces back after its DNS changes. Nothing is
+-- relayed either way, and the VERP MAC decides what a message is about.
+SELECT EXISTS (SELECT 1 FROM domain_verifications WHERE return_path_domain = $1);

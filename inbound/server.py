@@ -85,6 +85,7 @@ SQL = load("inbound")
 log = logging.getLogger(__name__)
 
 MAX_RECIPIENTS = 100
+RETURN_PATH_TTL = 60.0  # seconds a return-path lookup is kept (InboundServer.accepts)
 SESSION_TIMEOUT = 120.0  # seconds of silence before a session is dropped
 _SIGNED_SHAPE = re.compile(r"^[bu]-[0-9]+-", re.IGNORECASE)
 # A tenant's own inbound address (tenants.inbound_token, 20 hex characters).
@@ -126,7 +127,11 @@ class InboundHandler:
         rcpt_options: list[str],
     ) -> str:
         domain = address.rpartition("@")[2].lower().rstrip(".")
-        if domain not in self._server.domains:
+        try:
+            accepted = await self._server.accepts(domain)
+        except _DB_ERRORS:
+            return "451 4.3.0 temporary local problem, try again later"
+        if not accepted:
             self._server.metrics.refused.labels("relaying").inc()
             return "550 5.7.1 relaying denied"
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
@@ -304,6 +309,10 @@ class InboundServer:
         self.clients = ClientLimits(self.settings, clock)
         self.hostname = settings.mta.hostname
         self.domains = frozenset(settings.inbound_domains())
+        # Sending domains' own return paths, looked up on first RCPT and kept a minute (an
+        # answer either way), so a newly verified domain's bounces arrive within the minute.
+        self._return_paths: dict[str, tuple[float, bool]] = {}
+        self._clock = clock
         self.verp = Verp.from_settings(settings)
         self.metrics = metrics or InboundMetrics()
         self.transports: set[asyncio.BaseTransport] = set()
@@ -316,6 +325,21 @@ class InboundServer:
         self._handler = InboundHandler(self)
         self._grace = settings.mta.shutdown_grace
         self.port = 0
+
+    async def accepts(self, domain: str) -> bool:
+        """Mail to `domain` is ours: [inbound] bounce_domains, or a sending domain's return
+        path (RETURN_PATH_TTL seconds cached)."""
+        if domain in self.domains:
+            return True
+        cached = self._return_paths.get(domain)
+        now = self._clock()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = bool(await self.pool.fetchval(SQL["is_return_path_domain"], domain))
+        if len(self._return_paths) > 10_000:  # names tried by strangers: forget them all
+            self._return_paths.clear()
+        self._return_paths[domain] = (now + RETURN_PATH_TTL, found)
+        return found
 
     async def __aenter__(self) -> InboundServer:
         return await self.start()

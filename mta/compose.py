@@ -108,9 +108,15 @@ class Composer:
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, *, key_ttl: float = 60.0) -> None:
         keys = server_keys(settings)
+        self._server_keys = keys
         self.keys = KeyCache(pool, settings, ttl=key_ttl)
         self.links = Links(LinkSigner(keys), settings.tracker.base_url)
         self.verp = Verp(keys, settings.mta.bounce_domain)
+        # A verified sending domain's own return path and tracking host (KeyCache.aligned_for),
+        # one signer each, made on first use: SPF then aligns with the From domain, and each
+        # domain's links carry its own name's reputation.
+        self._verps: dict[str, Verp] = {}
+        self._links: dict[str, Links] = {}
         self._unsigned_warned: set[tuple[str, int]] = set()
 
     async def render(
@@ -129,7 +135,18 @@ class Composer:
         keys = await self.keys.keys_for(domain, row["tenant_id"])
         if not keys:
             self._warn_unsigned(domain, row["tenant_id"])
-        return render_signed(row, keys, links=self.links, verp=self.verp, attachments=attachments)
+        aligned = await self.keys.aligned_for(domain, row["tenant_id"])
+        verp, links = self.verp, self.links
+        if aligned.return_path is not None:
+            verp = self._verps.get(aligned.return_path) or self._verps.setdefault(
+                aligned.return_path, Verp(self._server_keys, aligned.return_path)
+            )
+        if aligned.tracking is not None:
+            links = self._links.get(aligned.tracking) or self._links.setdefault(
+                aligned.tracking,
+                Links(LinkSigner(self._server_keys), f"https://{aligned.tracking}"),
+            )
+        return render_signed(row, keys, links=links, verp=verp, attachments=attachments)
 
     def _warn_unsigned(self, domain: str, tenant_id: int) -> None:
         if (domain, tenant_id) in self._unsigned_warned:

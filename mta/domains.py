@@ -171,10 +171,20 @@ async def show_domain(conn: asyncpg.Connection, domain: str) -> list[str]:
 # -- the signer's cache ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Aligned:
+    """A From domain's own return-path domain and tracking host, once verified; None: the
+    global [mta] bounce_domain and [tracker] base_url."""
+
+    return_path: str | None = None
+    tracking: str | None = None
+
+
 @dataclass
 class _Entry:
     expires: float
     by_tenant: dict[int, list[dkim.DkimKey]] = field(default_factory=dict)
+    aligned: Aligned = field(default_factory=Aligned)
 
 
 def _signing_keys(
@@ -222,10 +232,19 @@ class KeyCache:
 
     async def keys_for(self, domain: str, tenant_id: int) -> list[dkim.DkimKey]:
         """The keys to sign a message of `tenant_id` from `domain` with; [] for unsigned."""
+        return (await self._entry(domain)).by_tenant.get(tenant_id, [])
+
+    async def aligned_for(self, domain: str, tenant_id: int) -> Aligned:
+        """The domain's verified return path and tracking host, for the tenant (either mode)
+        that owns it; another tenant's mail from the domain uses the global ones."""
+        entry = await self._entry(domain)
+        return entry.aligned if tenant_id in entry.by_tenant else Aligned()
+
+    async def _entry(self, domain: str) -> _Entry:
         entry = self._entries.get(domain)
         if entry is None or entry.expires <= self._clock():
             entry = await self._refresh(domain, entry)
-        return entry.by_tenant.get(tenant_id, [])
+        return entry
 
     async def _refresh(self, domain: str, stale: _Entry | None) -> _Entry:
         pending = self._loading.get(domain)
@@ -244,7 +263,7 @@ class KeyCache:
                 "refreshing DKIM keys failed; signing with the keys already loaded",
                 extra={"action": "dkim_keys", "domain": domain, "error": str(exc)},
             )
-            entry = _Entry(self._clock() + min(self._ttl, 5.0), stale.by_tenant)
+            entry = _Entry(self._clock() + min(self._ttl, 5.0), stale.by_tenant, stale.aligned)
             self._entries[domain] = entry
             future.set_result(entry)
             return entry
@@ -257,7 +276,9 @@ class KeyCache:
     async def _load(self, domain: str) -> _Entry:
         self.loads += 1
         rows = await self._pool.fetch(SQL["signing_keys"], domain)
-        return _Entry(self._clock() + self._ttl, _signing_keys(rows, self._keys, domain))
+        row = await self._pool.fetchrow(SQL["aligned_domains"], domain)
+        aligned = Aligned(row["return_path"], row["tracking"]) if row is not None else Aligned()
+        return _Entry(self._clock() + self._ttl, _signing_keys(rows, self._keys, domain), aligned)
 
     def invalidate(self, domain: str | None = None) -> None:
         """Forget cached keys (one domain, or all): the next message reloads them."""

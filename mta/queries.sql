@@ -34,7 +34,7 @@ WITH RECURSIVE queued_tenants AS (
     CROSS JOIN LATERAL (
         SELECT m.id, m.priority, m.next_attempt_at FROM messages m
         WHERE m.tenant_id = t.tenant_id AND m.status IN ('queued', 'deferred')
-          AND m.next_attempt_at <= now()
+          AND m.next_attempt_at <= now() AND m.identity_id IS NULL
         ORDER BY m.priority, m.next_attempt_at
         LIMIT share.per_tenant
         FOR UPDATE SKIP LOCKED
@@ -57,6 +57,7 @@ SET status = 'sending',
     lease_token = gen_random_uuid(),
     lease_expires_at = now() + make_interval(secs => $3),
     possible_duplicate = m.possible_duplicate OR m.status = 'sending',
+    held_reason = NULL,
     updated_at = now()
 FROM picked
 WHERE m.id = picked.id
@@ -64,7 +65,145 @@ RETURNING m.id, m.tenant_id, m.campaign_id, m.message_id, m.from_email, m.from_n
           m.recipient, m.recipient_domain, m.subject, m.text_body, m.html_body, m.headers,
           m.personalization, m.settings, m.attempts, m.created_at, m.lease_token,
           m.possible_duplicate, m.sandbox, m.to_header, m.cc_header, m.reply_to,
-          m.attachments,
+          m.attachments, m.identity_id,
+          EXISTS (SELECT 1 FROM suppressions s
+                  WHERE s.tenant_id = m.tenant_id AND s.email = lower(m.recipient)) AS suppressed;
+
+-- name: claim_identity_batch
+-- Messages sent through a sending identity (migration 0030), which the fair claim leaves
+-- alone: each identity with due messages is locked (SKIP LOCKED: another MTA process is
+-- taking its messages right now; next claim) while its sends of the last day and hour are
+-- counted and its allowance taken, so its caps hold across every process. The allowance is
+-- the least of what its daily limit (warm-up ramp included) and hourly cap leave, one when it
+-- keeps a gap between sends (none before next_send_at), none while it is paused. Each message
+-- taken is logged in identity_sends (a re-claim of the same message is not a second send);
+-- its next_send_at moves by the gap (min + random). The due messages a cap, gap or pause
+-- leaves behind are moved to the moment it lets the next one go ('infinity' while paused:
+-- resuming brings them back), with the reason in held_reason, so they are not re-read by
+-- every claim until then. $1, $2, $3 as for claim_batch.
+WITH RECURSIVE queued_identities AS (
+    (SELECT identity_id FROM messages
+     WHERE status IN ('queued', 'deferred') AND identity_id IS NOT NULL
+     ORDER BY identity_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.identity_id FROM messages m
+            WHERE m.status IN ('queued', 'deferred') AND m.identity_id IS NOT NULL
+              AND m.identity_id > q.identity_id
+            ORDER BY m.identity_id LIMIT 1)
+    FROM queued_identities q
+    WHERE q.identity_id IS NOT NULL
+), locked AS (
+    SELECT i.id, i.status, i.paused_reason, i.hourly_cap, i.next_send_at,
+           identity_daily_limit(i) AS daily_limit,
+           i.min_gap_seconds + random() * i.random_gap_seconds AS gap
+    FROM identities i
+    WHERE i.id IN (SELECT identity_id FROM queued_identities)
+      AND EXISTS (SELECT 1 FROM messages m
+                  WHERE m.identity_id = i.id AND m.status IN ('queued', 'deferred')
+                    AND m.next_attempt_at <= now())
+    ORDER BY i.id
+    FOR UPDATE SKIP LOCKED
+), counted AS (
+    SELECT l.*, w.day_count, w.hour_count, w.day_oldest, w.hour_oldest,
+           CASE WHEN l.status <> 'active' OR l.next_send_at > now() THEN 0
+                ELSE greatest(0, least(l.daily_limit - w.day_count, l.hourly_cap - w.hour_count,
+                                       CASE WHEN l.gap > 0 THEN 1 END, $1))
+           END AS allowance
+    FROM locked l
+    CROSS JOIN LATERAL (
+        SELECT count(*)::int AS day_count,
+               (count(*) FILTER (WHERE s.sent_at > now() - interval '1 hour'))::int
+                   AS hour_count,
+               min(s.sent_at) AS day_oldest,
+               min(s.sent_at) FILTER (WHERE s.sent_at > now() - interval '1 hour')
+                   AS hour_oldest
+        FROM identity_sends s
+        WHERE s.identity_id = l.id AND s.sent_at > now() - interval '1 day'
+    ) w
+), offered AS (
+    SELECT o.id, c.id AS identity_id,
+           row_number() OVER (PARTITION BY c.id ORDER BY o.priority, o.next_attempt_at) AS turn
+    FROM counted c
+    CROSS JOIN LATERAL (
+        SELECT m.id, m.priority, m.next_attempt_at FROM messages m
+        WHERE m.identity_id = c.id AND m.status IN ('queued', 'deferred')
+          AND m.next_attempt_at <= now()
+        ORDER BY m.priority, m.next_attempt_at
+        LIMIT c.allowance
+        FOR UPDATE SKIP LOCKED
+    ) o
+), picked AS (
+    SELECT id, identity_id FROM offered ORDER BY turn, identity_id LIMIT $1
+), paced AS (
+    SELECT c.id, c.status, c.paused_reason, c.hourly_cap, c.next_send_at, c.daily_limit,
+           c.gap, c.day_count, c.hour_count, c.day_oldest, c.hour_oldest,
+           (SELECT count(*) FROM picked p WHERE p.identity_id = c.id)::int AS taken
+    FROM counted c
+), holds AS (
+    -- Why the rest waits, and until when; NULL until: nothing holds it (the batch was full).
+    SELECT p.id,
+           CASE WHEN p.status <> 'active' THEN 'infinity'::timestamptz
+                ELSE greatest(
+                    CASE WHEN p.taken > 0 AND p.gap > 0
+                         THEN now() + make_interval(secs => p.gap) END,
+                    CASE WHEN p.taken = 0 AND p.next_send_at > now() THEN p.next_send_at END,
+                    CASE WHEN p.day_count + p.taken >= p.daily_limit
+                         THEN coalesce(p.day_oldest, now()) + interval '1 day' END,
+                    CASE WHEN p.hour_count + p.taken >= p.hourly_cap
+                         THEN coalesce(p.hour_oldest, now()) + interval '1 hour' END)
+           END AS until,
+           CASE WHEN p.status <> 'active'
+                    THEN 'identity paused' || coalesce(': ' || p.paused_reason, '')
+                WHEN p.day_count + p.taken >= p.daily_limit
+                    THEN format('identity daily cap (%s a day) reached', p.daily_limit)
+                WHEN p.hour_count + p.taken >= p.hourly_cap
+                    THEN format('identity hourly cap (%s an hour) reached', p.hourly_cap)
+                ELSE 'identity gap between sends' END AS reason
+    FROM paced p
+), held AS (
+    UPDATE messages m
+    SET next_attempt_at = CASE
+            WHEN h.until = 'infinity' THEN h.until
+            -- A sequence step held past its sending window waits for the next window.
+            ELSE coalesce((SELECT next_in_window(h.until, c.custom_fields ->> 'timezone',
+                                                 q.window_zone, q.window_days, q.window_start,
+                                                 q.window_end, q.window_skip, random())
+                           FROM sequence_messages sm
+                           JOIN sequence_enrollments e ON e.id = sm.enrollment_id
+                           JOIN sequences q ON q.id = e.sequence_id
+                           JOIN contacts c ON c.id = e.contact_id
+                           WHERE sm.message_id = m.id), h.until) END,
+        held_reason = h.reason, updated_at = now()
+    FROM holds h
+    WHERE h.until IS NOT NULL AND m.identity_id = h.id
+      AND m.status IN ('queued', 'deferred') AND m.next_attempt_at <= now()
+      AND m.id NOT IN (SELECT id FROM picked)
+    RETURNING m.id
+), logged AS (
+    INSERT INTO identity_sends (identity_id, message_id)
+    SELECT identity_id, id FROM picked
+    ON CONFLICT DO NOTHING
+), spaced AS (
+    UPDATE identities i
+    SET next_send_at = now() + make_interval(secs => p.gap)
+    FROM paced p
+    WHERE i.id = p.id AND p.taken > 0 AND p.gap > 0
+)
+UPDATE messages m
+SET status = 'sending',
+    lease_owner = $2,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => $3),
+    possible_duplicate = m.possible_duplicate OR m.status = 'sending',
+    held_reason = NULL,
+    updated_at = now()
+FROM picked
+WHERE m.id = picked.id
+RETURNING m.id, m.tenant_id, m.campaign_id, m.message_id, m.from_email, m.from_name,
+          m.recipient, m.recipient_domain, m.subject, m.text_body, m.html_body, m.headers,
+          m.personalization, m.settings, m.attempts, m.created_at, m.lease_token,
+          m.possible_duplicate, m.sandbox, m.to_header, m.cc_header, m.reply_to,
+          m.attachments, m.identity_id,
           EXISTS (SELECT 1 FROM suppressions s
                   WHERE s.tenant_id = m.tenant_id AND s.email = lower(m.recipient)) AS suppressed;
 
@@ -118,11 +257,17 @@ SELECT id FROM updated;
 -- attempt is counted and no event written; they are due again at $3. $4 marks them possible
 -- duplicates: released mid-transaction, the peer may already have accepted them. A message of
 -- a campaign paused meanwhile (by hand or by the circuit breaker) joins its paused messages,
--- for the campaign's resume to bring back.
+-- for the campaign's resume to bring back; so does one of a sending domain or tenant the
+-- breaker paused (sending_holds, migration 0031), for that pause's resume.
 UPDATE messages
 SET status = CASE WHEN campaign_id IS NOT NULL
                        AND EXISTS (SELECT 1 FROM campaigns c
                                    WHERE c.id = messages.campaign_id AND c.status = 'paused')
+                  THEN 'paused'
+                  WHEN EXISTS (SELECT 1 FROM sending_holds h
+                               WHERE h.tenant_id = messages.tenant_id
+                                 AND (h.scope = 'tenant'
+                                      OR h.key = lower(split_part(messages.from_email, '@', 2))))
                   THEN 'paused'
                   WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
     next_attempt_at = $3,
@@ -149,6 +294,14 @@ FROM sending_domains d
 LEFT JOIN tenants t ON t.live_tenant_id = d.tenant_id
 WHERE d.domain = $1
 ORDER BY d.created_at DESC, d.id DESC;
+
+-- name: aligned_domains
+-- The domain's own return path and tracking host, each once its DNS check passed
+-- (penguinmails/deliverability.py); NULL: the global [mta] bounce_domain / [tracker] base_url.
+SELECT CASE WHEN return_path_verified THEN return_path_domain END AS return_path,
+       CASE WHEN tracking_verified THEN tracking_domain END AS tracking
+FROM domain_verifications
+WHERE domain = $1;
 
 -- name: lock_sending_domain
 -- Serialises `domains add` for one domain (held to the end of the transaction), so two
@@ -253,3 +406,9 @@ ON CONFLICT (domain) DO UPDATE
 SET policy_id = EXCLUDED.policy_id, mode = EXCLUDED.mode, mx = EXCLUDED.mx,
     max_age = EXCLUDED.max_age, fetched_at = EXCLUDED.fetched_at,
     expires_at = EXCLUDED.expires_at;
+
+-- name: identity_relay
+-- A sending identity's own relay (migration 0030), read when a claimed message is sent
+-- through it and cached for a short while. Primary-key probe.
+SELECT public_id, relay_host, relay_port, relay_username, relay_password
+FROM identities WHERE id = $1;

@@ -135,7 +135,23 @@ SELECT key, tokens FROM inserted;
 -- The circuit breaker's check (migration 0029): the campaigns it paused just now, and why.
 SELECT campaign_id, reason FROM campaign_breaker($1, $2, $3, $4);
 
+-- name: sending_breaker
+-- The same check for identities, sending domains and tenants (migration 0031): what it
+-- paused just now, and why. $1: the scopes to check.
+SELECT scope, key, reason FROM sending_breaker($1, $2, $3, $4, $5);
+
+-- name: advance_warmups
+-- Identities on a warm-up ramp grow once a day while healthy (migration 0031).
+SELECT identity_id, day FROM advance_warmups($1, $2);
+
 -- name: paused_campaigns
--- Campaigns paused now (by hand or by the circuit breaker): their messages already leased
--- by a worker go back rather than out. Read with the suspensions, about once a second.
-SELECT id FROM campaigns WHERE status = 'paused';
+-- What is paused now, by hand or by the circuit breaker: campaigns, identities (paused or
+-- archived) and sending holds of a domain or a tenant. A message of any of them already
+-- leased by a worker goes back rather than out. Read with the suspensions, about once a
+-- second.
+SELECT 'campaign' AS kind, id AS id, NULL::bigint AS tenant_id, NULL AS domain
+FROM campaigns WHERE status = 'paused'
+UNION ALL
+SELECT 'identity', id, NULL, NULL FROM identities WHERE status <> 'active'
+UNION ALL
+SELECT 'hold', NULL, tenant_id, key FROM sending_holds;

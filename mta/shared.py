@@ -68,6 +68,8 @@ class SharedShaping:
         self._sites: dict[str, tuple[str, str | None]] = {}
         self._stash: dict[str, _Stash] = {}
         self.paused_campaigns: frozenset[int] = frozenset()
+        self.paused_identities: frozenset[int] = frozenset()
+        self.holds: frozenset[tuple[int, str]] = frozenset()  # (tenant, domain or "")
         self._reserving = asyncio.Lock()
 
     # -- rates ----------------------------------------------------------------------------
@@ -174,8 +176,23 @@ class SharedShaping:
         rows = await self._pool.fetch(SQL["active_suspensions"])
         self._active = {r["key"]: Suspension(**dict(r)) for r in rows}
         paused = await self._pool.fetch(SQL["paused_campaigns"])
-        self.paused_campaigns = frozenset(r["id"] for r in paused)
+        self.paused_campaigns = frozenset(r["id"] for r in paused if r["kind"] == "campaign")
+        self.paused_identities = frozenset(r["id"] for r in paused if r["kind"] == "identity")
+        self.holds = frozenset((r["tenant_id"], r["domain"]) for r in paused if r["kind"] == "hold")
         self._refreshed = now
+
+    def stopped(self, row: Mapping[str, Any]) -> bool:
+        """Whether a claimed message's campaign, identity, sending domain or tenant is paused
+        (as last read): it goes back rather than out."""
+        if row["campaign_id"] is not None and row["campaign_id"] in self.paused_campaigns:
+            return True
+        if row["identity_id"] is not None and row["identity_id"] in self.paused_identities:
+            return True
+        if self.holds:
+            tenant = row["tenant_id"]
+            domain = str(row["from_email"]).rpartition("@")[2].lower()
+            return (tenant, "") in self.holds or (tenant, domain) in self.holds
+        return False
 
     def holding(self, keys: Sequence[str]) -> Suspension | None:
         """The suspension (not a throttle) in force on any of `keys`, latest ending first."""

@@ -54,6 +54,9 @@ def _opportunistic_tls() -> ssl.SSLContext:
     return context
 
 
+# Submission with implicit TLS (RFC 8314): TLS from the first byte, no STARTTLS.
+IMPLICIT_TLS_PORT = 465
+
 # How long a message waits for another MTA process to free one of a domain's connections
 # before it is given back to the queue (for whichever process holds the connections).
 SLOT_WAIT = 2.0
@@ -461,18 +464,22 @@ class DomainPool:
         settings = self._settings
         last = Reply(None, f"4.4.1 no host to connect to for {self.domain}")
         for host, port in route.hosts:
+            implicit = port == IMPLICIT_TLS_PORT
             client = aiosmtplib.SMTP(
                 hostname=host,
                 port=port,
                 local_hostname=settings.hostname,
                 timeout=settings.connect_timeout,
                 start_tls=False,
-                validate_certs=False,
+                use_tls=implicit,
+                tls_context=self._tls_context() if implicit else None,
+                validate_certs=self.shape.verify,
             )
             try:
                 await client.connect()
                 await client.ehlo(timeout=settings.command_timeout)
-                await self._secure(client, route)
+                if not implicit:
+                    await self._secure(client, route)
                 if route.username:
                     await client.login(
                         route.username, route.password, timeout=settings.command_timeout
@@ -496,12 +503,17 @@ class DomainPool:
                 break  # a 5xx other than "no service here" answers for every MX alike
         raise _NoConnection(last)
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """Verified against the host name (and [mta] tls_ca_file) where the shape asks for
+        it (an identity's relay, which gets our credentials), opportunistic otherwise."""
+        return verifying_context(self._settings) if self.shape.verify else _opportunistic_tls()
+
     async def _secure(self, client: aiosmtplib.SMTP, route: Route) -> None:
         must = self.shape.tls_required or route.require_starttls
         if client.supports_extension("starttls") and (self._settings.opportunistic_tls or must):
             try:
                 await client.starttls(
-                    tls_context=_opportunistic_tls(), timeout=self._settings.command_timeout
+                    tls_context=self._tls_context(), timeout=self._settings.command_timeout
                 )
             except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
                 raise _NoConnection(Reply(None, f"4.7.0 STARTTLS failed: {exc}")) from exc

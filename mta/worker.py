@@ -28,6 +28,7 @@ from mta.domains import KeyUnavailable
 from mta.metrics import MtaMetrics
 from mta.mtasts import MtaSts, Policy
 from mta.outcomes import Outcome, Reply, decide
+from mta.relays import Relays, RelayUnavailable
 from mta.routing import Route, RouteError, Router
 from mta.shaping import Automation, Level, Scope, Shaper, load_rules
 from mta.shared import MAX_WAIT, SharedShaping, scope_key
@@ -133,6 +134,7 @@ class Worker:
         self._shared = SharedShaping(pool)
         self._egress = Egress(pool, settings.mta)
         self._sts = MtaSts(pool, settings.mta, self._router.resolver)
+        self._relays = Relays(pool, settings)
         self._tenant_names: dict[int, str] = {}
         self._writer = ResultWriter(pool, interval=settings.mta.outcome_flush_interval)
         self.metrics = MtaMetrics(settings.mta)
@@ -190,18 +192,44 @@ class Worker:
                 )
 
     async def _breaker(self) -> None:
-        """Side task: pause sending campaigns whose bounce or complaint rate passed its limit
-        (every worker checks; the first to see a campaign pauses it, once)."""
+        """Side task: pause what sends badly: identities, campaigns, sending domains, tenants
+        whose bounce or complaint rate passed its limit (every worker checks; the first to
+        see one pauses it, once)."""
         breaker = self._mta.breaker
         if not breaker.enabled:
             return
+        # Narrowest first, each in a statement of its own: a domain's and a tenant's rates
+        # leave out what a pause of an identity or a campaign just stopped.
+        broad = [s for s in breaker.scopes if s in ("domain", "tenant")]
         while True:
             await asyncio.sleep(breaker.check_interval)
+            limits = (
+                breaker.window_hours,
+                breaker.min_sample,
+                breaker.max_bounce_rate,
+                breaker.max_complaint_rate,
+            )
+            tripped: list[tuple[str, object, str]] = []
             try:
-                tripped = await self._pool.fetch(
-                    SHAPING_SQL["campaign_breaker"],
-                    breaker.window_hours,
-                    breaker.min_sample,
+                if "identity" in breaker.scopes:
+                    rows = await self._pool.fetch(
+                        SHAPING_SQL["sending_breaker"], ["identity"], *limits
+                    )
+                    tripped += [(r["scope"], r["key"], r["reason"]) for r in rows]
+                if "campaign" in breaker.scopes:
+                    rows = await self._pool.fetch(SHAPING_SQL["campaign_breaker"], *limits)
+                    tripped += [("campaign", r["campaign_id"], r["reason"]) for r in rows]
+                if broad:
+                    rows = await self._pool.fetch(
+                        SHAPING_SQL["sending_breaker"],
+                        broad,
+                        limits[0],
+                        breaker.broad_min_sample,
+                        *limits[2:],
+                    )
+                    tripped += [(r["scope"], r["key"], r["reason"]) for r in rows]
+                await self._pool.execute(
+                    SHAPING_SQL["advance_warmups"],
                     breaker.max_bounce_rate,
                     breaker.max_complaint_rate,
                 )
@@ -211,14 +239,10 @@ class Worker:
             if tripped:
                 with contextlib.suppress(*DATABASE_ERRORS):
                     await self._shared.refresh(force=True)  # hold them here at once
-            for row in tripped:
+            for scope, key, reason in tripped:
                 log.warning(
-                    "campaign paused by the circuit breaker",
-                    extra={
-                        "action": "breaker",
-                        "campaign_id": row["campaign_id"],
-                        "reason": row["reason"],
-                    },
+                    "sending paused by the circuit breaker",
+                    extra={"action": "breaker", "scope": scope, "key": key, "reason": reason},
                 )
 
     async def _check_sources(self) -> None:
@@ -310,15 +334,14 @@ class Worker:
         queue_id: int = row["id"]
         if row["suppressed"]:
             return Outcome("suppressed", "email.suppressed", attempted=0)
-        if row["campaign_id"] is not None:
-            try:
-                await self._shared.refresh()
-            except DATABASE_ERRORS:
-                pass  # last second's view stands
-            if row["campaign_id"] in self._shared.paused_campaigns:
-                # Paused after the claim (by hand or by the circuit breaker): back it goes,
-                # among its campaign's paused messages (queue.release), not out.
-                return GiveBack(datetime.now(UTC))
+        try:
+            await self._shared.refresh()
+        except DATABASE_ERRORS:
+            pass  # last second's view stands
+        if self._shared.stopped(row):
+            # Paused after the claim (its campaign, identity, domain or tenant, by hand or by
+            # the circuit breaker): back it goes (queue.release), not out.
+            return GiveBack(datetime.now(UTC))
         domain: str = row["recipient_domain"]
         throttle = self._throttles[domain]
         until = throttle.backoff_until()
@@ -355,11 +378,28 @@ class Worker:
                 "composing failed unexpectedly", extra={"action": "compose", "queue_id": queue_id}
             )
             return self._decide(row, Reply(None, f"4.3.0 internal error composing: {exc!r}"))
+        relay = None
+        if row["identity_id"] is not None and not row["sandbox"]:
+            try:
+                relay = await self._relays.route(row["identity_id"])
+            except DATABASE_ERRORS:
+                return GiveBack(datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS))
+            except RelayUnavailable as exc:
+                log.warning(
+                    "identity relay password unreadable; message released",
+                    extra={"action": "relay_unavailable", "queue_id": queue_id, "error": str(exc)},
+                )
+                return GiveBack(datetime.now(UTC) + timedelta(seconds=KEY_RETRY_SECONDS))
         if row["sandbox"]:
             # Test-mode messages share one pool toward the sink, apart from real domains',
             # and no receiver's shaping applies to them.
             await throttle.bucket.acquire()
             pool, scope, policy = self.pools[SANDBOX_POOL], None, None
+        elif relay is not None:
+            # The identity's own mailbox provider sends it on: its caps (the claim's) are
+            # the pace, not the receiver's shaping, which the provider applies itself.
+            route, scope, policy = relay, None, None
+            pool = self.pools.shaped(Relays.shape(relay), self._mta.rule_for(domain))
         else:
             try:
                 shaped = await self._shaped(row, domain, route)
@@ -385,10 +425,10 @@ class Worker:
                 row["recipient"],
                 data,
                 on_wire=lambda: self._on_wire.add(queue_id),
-                wanted=lambda: row["campaign_id"] not in self._shared.paused_campaigns,
+                wanted=lambda: not self._shared.stopped(row),
             )
         except NotWanted:
-            return GiveBack(datetime.now(UTC))  # its campaign was paused while it waited
+            return GiveBack(datetime.now(UTC))  # paused while it waited
         except DomainBusy:
             # Other processes hold every connection it may have: let one of them have it.
             return GiveBack(datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS))

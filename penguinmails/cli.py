@@ -161,6 +161,28 @@ async def cmd_domains(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_domains_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """`domains verify`: every DNS check of the domain as a table, stored for the API's door;
+    exit 1 when a check fails."""
+    from mta.domains import DomainError, normalise_domain
+    from penguinmails.deliverability import stored_keys, table, verify_and_store
+
+    conn = await _connect_migrated(settings)
+    try:
+        name = normalise_domain(args.domain)
+        if not await stored_keys(conn, name):
+            raise DomainError(
+                f"{name} is not a sending domain; add it with `penguinmails domains add`"
+            )
+        report = await verify_and_store(conn, settings, name)
+    except DomainError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        await conn.close()
+    print(table(report))
+    return 1 if report.failed else 0
+
+
 async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     from penguinmails.messages import Draft, InvalidMessage, enqueue, find_tenant
 
@@ -212,6 +234,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         webhooks = await conn.fetchrow(sql["webhook_backlog_summary"])
         sites = await conn.fetch(shaping["depth_by_site"], 20)
         held = await conn.fetch(shaping["held_seconds"])
+        paused = await conn.fetch(sql["paused_sending"], 50)
     finally:
         await conn.close()
     print(_table(["status", "messages"], [[r["status"], r["messages"]] for r in totals]))
@@ -256,6 +279,24 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                         r["reply"][:60],
                     ]
                     for r in held
+                ],
+            )
+        )
+    if paused:
+        print("\npaused (resume through the API: campaigns, identities, /sending/pauses)")
+        print(
+            _table(
+                ["scope", "tenant", "what", "since", "waiting", "reason"],
+                [
+                    [
+                        r["scope"],
+                        f"{r['tenant']} ({r['mode']})",
+                        r["name"],
+                        f"{r['since']:%Y-%m-%d %H:%M:%S}" if r["since"] else "-",
+                        r["waiting"],
+                        r["reason"][:60],
+                    ]
+                    for r in paused
                 ],
             )
         )
@@ -305,6 +346,7 @@ async def cmd_sequences(settings: Settings, args: argparse.Namespace) -> int:
                 "sent",
                 "waiting",
                 "replies",
+                "a/b",
             ],
             [
                 [
@@ -318,6 +360,7 @@ async def cmd_sequences(settings: Settings, args: argparse.Namespace) -> int:
                     r["sent"],
                     r["waiting"],
                     r["replies"],
+                    r["ab"],
                 ]
                 for r in rows
             ],
@@ -493,6 +536,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("domain", help="a registered sending domain")
     show.set_defaults(func=cmd_domains)
+    verify = domain_actions.add_parser(
+        "verify",
+        help="check the domain's DNS: DKIM, SPF, DMARC, return path, PTR, tracking",
+        description="check the domain's DNS (DKIM, SPF, DMARC, return path, reverse DNS of "
+        "each source, tracking domain) and print what to fix; exit 1 when a check fails",
+    )
+    verify.add_argument("domain", help="a registered sending domain")
+    verify.set_defaults(func=cmd_domains_verify)
 
     queue = command("queue", "retry or cancel unfinished messages", cmd_queue)
     queue.add_argument(
@@ -507,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sequences = command(
         "sequences",
-        "show active sequences: enrolments, steps sent and waiting, replies",
+        "show active sequences: enrolments, steps sent and waiting, replies, A/B winners",
         cmd_sequences,
     )
     sequences.add_argument("--tenant", help="only this tenant's (default: every tenant's)")

@@ -90,6 +90,9 @@ class TrackerSettings(Section):
     # The query parameter a click's redirect adds with its conversion token, for the site it
     # lands on to report a conversion without an API key. Empty: no token is added.
     conversion_param: str = "pm_cv"
+    # The port a tracking domain's TLS is checked on (`domains verify`); only a lab setup
+    # would change it.
+    https_port: int = Field(default=443, ge=1, le=65535)
 
     _listen = field_validator("listen")(_check_hostport)
     _metrics = field_validator("metrics_listen")(_check_optional_hostport)
@@ -177,6 +180,10 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+BreakerScope = Literal["identity", "campaign", "domain", "tenant"]
+BREAKER_SCOPES: tuple[BreakerScope, ...] = ("identity", "campaign", "domain", "tenant")
+
+
 class BreakerSettings(Section):
     """The circuit breaker: a sending campaign whose rates over the window pass a limit is
     paused until resumed by hand. Defaults sit under the mailbox providers' published limits
@@ -185,9 +192,15 @@ class BreakerSettings(Section):
     enabled: bool = True
     window_hours: float = Field(default=24.0, gt=0, le=24 * 30)
     min_sample: int = Field(default=100, ge=1)  # delivered + bounced before rates count
+    # A sending domain or a whole tenant is a bigger hammer: its rates count only over a
+    # larger sample, so a few early bounces of one list do not stop everything.
+    broad_min_sample: int = Field(default=1000, ge=1)
     max_bounce_rate: float = Field(default=0.05, gt=0, le=1)
     max_complaint_rate: float = Field(default=0.003, gt=0, le=1)
     check_interval: float = Field(default=30.0, gt=0)  # seconds between checks, per worker
+    # What is watched: each sending identity, each campaign, each tenant's sending (From)
+    # domain, each tenant as a whole; each paused on its own rates.
+    scopes: list[BreakerScope] = Field(default_factory=lambda: list(BREAKER_SCOPES))
 
 
 class MtaSettings(Section):
@@ -197,6 +210,10 @@ class MtaSettings(Section):
     smarthost: SmarthostSettings = Field(default_factory=SmarthostSettings)
     sandbox: bool = False  # deliver everything to sandbox_sink, never to real MX hosts
     sandbox_sink: str = "127.0.0.1:2525"
+    # Live sends only from domains whose DKIM and DMARC checks pass (`penguinmails domains
+    # verify`), refused at the API's door otherwise; test mode is never gated. `up` and lab
+    # setups that route to private peers ([mta.routes]) turn it off.
+    require_verified_domains: bool = True
     throttle: dict[str, ThrottleRule] = Field(default_factory=dict)
     default_throttle: ThrottleRule = Field(default_factory=ThrottleRule)
 

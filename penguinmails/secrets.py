@@ -169,3 +169,9 @@ def unseal(keys: Sequence[bytes], blob: bytes, aad: bytes) -> bytes:
         except InvalidTag:
             continue
     raise SealError("no configured server key opens it (was a server key removed?)")
+
+
+def identity_relay_aad(public_id: str) -> bytes:
+    """What a sending identity's relay password is sealed to (the API seals, the MTA opens):
+    a sealed password copied onto another identity's row does not open."""
+    return f"identity-relay:{public_id}".encode()

@@ -15,7 +15,8 @@ an SMTP conversation: it finishes, as a cancelled campaign's messages do.
 
 `Scheduler` runs `schedule` every `interval` seconds in the API process (the role that
 creates sequences and enrolments, and the only one besides the MTA that writes messages);
-on stop it lets a batch in flight commit, then ends.
+on stop it lets a batch in flight commit, then ends. Each tick first decides the A/B tests
+that can be decided (penguinmails.ab), so steps queued in it already carry a new winner.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from datetime import datetime
 
 import asyncpg
 
+from penguinmails import windows
+from penguinmails.ab import decide
 from penguinmails.database import DATABASE_ERRORS
 from penguinmails.queries import load
 
@@ -65,6 +68,8 @@ async def schedule(
     database's clock (tests of sending windows)."""
     total = Scheduled()
     ids = list(enrollments) if enrollments is not None else None
+    if ids is None:  # a tick (not an enrolment's own call): windows' holidays kept ahead
+        await windows.extend(conn, now)
     while True:
         row = await conn.fetchrow(SQL["schedule_steps"], batch, ids, now)
         done = Scheduled(row["queued"], row["completed"], row["stopped"])
@@ -101,6 +106,7 @@ class Scheduler:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
+                await decide(self.pool)
                 done = await schedule(self.pool)
                 if done.queued or done.completed or done.stopped:
                     log.info(

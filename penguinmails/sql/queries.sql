@@ -150,3 +150,33 @@ WHERE a.tenant_id = $1;
 -- Done after enqueue_messages, in its transaction, so that query stays as it is: the rows
 -- are not visible to the MTA before the commit, when they already carry their attachments.
 UPDATE messages SET attachments = $2 WHERE id = ANY($1::bigint[]);
+
+-- name: paused_sending
+-- For `penguinmails status`: what is paused now, by hand or by the circuit breaker (a
+-- campaign, a sending identity, a tenant's sending domain, a whole tenant), with the reason,
+-- since when, and how many of its messages wait; newest first.
+SELECT * FROM (
+    SELECT 'campaign' AS scope, t.name AS tenant, t.mode, c.public_id AS name,
+           coalesce(c.paused_reason, 'paused by hand') AS reason, c.paused_at AS since,
+           (SELECT count(*) FROM messages m
+            WHERE m.campaign_id = c.id AND m.status = 'paused') AS waiting
+    FROM campaigns c JOIN tenants t ON t.id = c.tenant_id
+    WHERE c.status = 'paused'
+    UNION ALL
+    SELECT 'identity', t.name, t.mode, i.email, coalesce(i.paused_reason, 'paused'),
+           i.paused_at,
+           (SELECT count(*) FROM messages m
+            WHERE m.identity_id = i.id AND m.status IN ('queued', 'deferred'))
+    FROM identities i JOIN tenants t ON t.id = i.tenant_id
+    WHERE i.status = 'paused'
+    UNION ALL
+    SELECT h.scope, t.name, t.mode, coalesce(nullif(h.key, ''), t.name), h.reason,
+           h.created_at,
+           (SELECT count(*) FROM messages m
+            WHERE m.tenant_id = h.tenant_id AND m.status = 'paused'
+              AND m.held_reason = 'sending paused'
+              AND (h.scope = 'tenant' OR lower(split_part(m.from_email, '@', 2)) = h.key))
+    FROM sending_holds h JOIN tenants t ON t.id = h.tenant_id
+) paused
+ORDER BY since DESC NULLS LAST
+LIMIT $1;

@@ -52,7 +52,9 @@ EVENT_TYPES = (
     "email.rescheduled",
     "delivery.throttled",
     "sending.paused",
+    "ab_test.decided",
     "webhook.disabled",
+    "domain.verification_failed",
 )
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
 ROTATION_OVERLAP_SECONDS = 24 * 3600.0

@@ -97,7 +97,10 @@ async def test_the_documented_shape_and_its_counts(client: Client, pool: asyncpg
         "ai_insights",
         "left_out",
         "livemode",
+        "variants",
+        "ab_winner",
     }
+    assert (data["variants"], data["ab_winner"]) == ([], None)  # no A/B variants
     assert data["left_out"] == {}  # an enterprise key: nothing left out
     assert (data["campaign_id"], data["livemode"], data["interval"]) == (campaign_id, False, "day")
     assert data["overview"] == {

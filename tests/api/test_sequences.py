@@ -23,7 +23,15 @@ from inbound.server import InboundServer
 from mta.domains import add_domain
 from penguinmails.config import Settings
 from penguinmails.sequences import Scheduled, Scheduler, schedule
-from tests.helpers import Client, Receiver, assert_error, run_cli, verify, wait_for
+from tests.helpers import (
+    Client,
+    Receiver,
+    assert_error,
+    create_campaign,
+    run_cli,
+    verify,
+    wait_for,
+)
 from tests.inbound.conftest import REPLY_ADDRESS, send
 from tests.smtp_peer import SMTPPeer
 from tracker.server import Tracker
@@ -332,8 +340,8 @@ async def test_the_sequences_command_shows_enrolments_steps_and_replies(
     code, out, err = await run_cli(database_url, tmp_path, "sequences", "--tenant", "acme")
     assert code == 0, err
     [line] = [line for line in out.splitlines() if sequence["id"] in line]
-    # tenant, mode, id, name, active, completed, stopped, sent, waiting, replies
-    assert line.split()[3:] == ["nurture", "2", "0", "0", "1", "1", "0"]
+    # tenant, mode, id, name, active, completed, stopped, sent, waiting, replies, a/b
+    assert line.split()[3:] == ["nurture", "2", "0", "0", "1", "1", "0", "-"]
     code, out, _ = await run_cli(database_url, tmp_path, "sequences", "--tenant", "nobody")
     assert code == 0 and "no active sequences for tenant 'nobody'" in out
 
@@ -696,6 +704,8 @@ async def test_no_step_is_due_outside_the_window_in_the_recipients_zone(
         "end": "17:00:00",
         "timezone": "America/New_York",
         "skip_dates": [],
+        "holidays": None,
+        "holidays_until": None,
     }
     people = [f"p{i}@dest.test" for i in range(10)]
     await client.post(
@@ -821,3 +831,41 @@ async def test_a_large_tag_is_enrolled_batch_by_batch(
     third = (await client.post(path, json={"tag": "big"})).data
     assert [len(first["items"]), len(second["items"]), len(third["items"])] == [2, 1, 0]
     assert [first["skipped"], second["skipped"], third["skipped"]] == [0, 2, 3]
+
+
+async def test_enrol_a_campaigns_recipients(
+    pool: asyncpg.Pool, client: Client, make_key: Callable[..., Awaitable[str]]
+) -> None:
+    """Those it was sent to and those a draft holds, as contacts (an existing one is found,
+    a new address becomes one); enrolled once, the rest skipped."""
+    existing = await client.post("/contacts", json={"email": "ann@dest.test"})
+    sent = await create_campaign(client)
+    await client.post(f"/campaigns/{sent['id']}/send")
+    await client.post(
+        "/emails/send-bulk",
+        json={
+            "campaign_id": sent["id"],
+            "recipients": [{"email": "Cy@Dest.test", "personalization": {"first_name": "Cy"}}],
+        },
+    )
+    sequence = await _create(client, FOLLOW_UP_IN_AN_HOUR)
+    path = f"/sequences/{sequence['id']}/enrollments"
+    enrolled = await client.post(path, json={"campaign_id": sent["id"]})
+    assert enrolled.status == 201, enrolled.body
+    items = {e["email"]: e for e in enrolled.data["items"]}
+    assert set(items) == {"ann@dest.test", "bob@dest.test", "cy@dest.test"}
+    assert items["ann@dest.test"]["contact_id"] == existing.data["id"]
+    assert all(e["step"] == 1 for e in items.values())
+    again = await client.post(path, json={"campaign_id": sent["id"]})
+    assert (again.data["items"], again.data["skipped"]) == ([], 3)
+
+    draft = await create_campaign(
+        client, recipients=[{"email": "dee@dest.test", "personalization": {"first_name": "D"}}]
+    )
+    from_draft = await client.post(path, json={"campaign_id": draft["id"]})
+    assert [e["email"] for e in from_draft.data["items"]] == ["dee@dest.test"]
+
+    assert_error(await client.post(path, json={"campaign_id": "campaign_nope"}), 404, "NOT_FOUND")
+    other = client.with_key(await make_key("other", tier="starter", test=True))
+    theirs = await create_campaign(other)
+    assert_error(await client.post(path, json={"campaign_id": theirs["id"]}), 404, "NOT_FOUND")

@@ -49,6 +49,40 @@ async def test_claim_reads_only_due_rows_through_the_partial_indexes(pool):
     assert ("Seq Scan", "messages") not in _scans(plan)
 
 
+async def test_the_identity_claim_reads_only_identities_due_rows(pool):
+    tenant = await pool.fetchval("INSERT INTO tenants (name) VALUES ('plan') RETURNING id")
+    identity = await pool.fetchval(
+        "INSERT INTO identities (tenant_id, email, daily_cap) VALUES ($1, 'a@plan.test', 50)"
+        " RETURNING id",
+        tenant,
+    )
+    # 50,000 finished messages, a few of them the identity's, and a handful of its due.
+    await pool.execute(
+        """INSERT INTO messages (tenant_id, message_id, from_email, recipient, recipient_domain,
+                                 status, identity_id)
+           SELECT $1, 'm' || g || '@plan.test', 'a@plan.test', 'r' || g || '@dest.test',
+                  'dest.test', CASE WHEN g % 10000 = 0 THEN 'queued' ELSE 'sent' END,
+                  CASE WHEN g % 100 = 0 THEN $2::bigint END
+           FROM generate_series(1, 50000) g""",
+        tenant,
+        identity,
+    )
+    await pool.execute(
+        "INSERT INTO identity_sends (identity_id, message_id, sent_at)"
+        " SELECT $1, g, now() - g * interval '1 minute' FROM generate_series(1, 5000) g",
+        identity,
+    )
+    await pool.execute("ANALYZE")
+    async with pool.acquire() as conn, conn.transaction():
+        plan = await _plan(conn, SQL["claim_identity_batch"], 100, "planner", 60.0)
+
+    indexes = _index_names(plan)
+    assert "messages_identity_due_idx" in indexes
+    assert "identity_sends_window_idx" in indexes or "identity_sends_pkey" in indexes
+    assert ("Seq Scan", "messages") not in _scans(plan)
+    assert ("Seq Scan", "identity_sends") not in _scans(plan)
+
+
 def _scans(plan: dict) -> set[tuple[str, str]]:
     found = set()
     stack = [plan]

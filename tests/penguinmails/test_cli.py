@@ -70,6 +70,35 @@ async def test_status_shows_sites_providers_and_what_shaping_holds_which_lift_en
     assert code == 1 and "nothing holds 'provider:google'" in err
 
 
+async def test_status_shows_what_is_paused_and_why(pool, database_url, tmp_path):
+    await queue_messages(pool, ["y@dest.test"])  # makes tenant acme
+    tenant = await pool.fetchval("SELECT id FROM tenants WHERE name = 'acme' AND mode = 'live'")
+    await pool.execute(
+        "INSERT INTO identities (tenant_id, email, status, paused_reason, paused_at)"
+        " VALUES ($1, 'ann@acme.test', 'paused', 'bounce rate 20.00% over 20 messages"
+        " (limit 10.00%)', now())",
+        tenant,
+    )
+    await pool.execute(
+        "INSERT INTO sending_holds (tenant_id, scope, key, reason)"
+        " VALUES ($1, 'domain', 'acme.test', 'complaint rate 0.500% over 1000 messages')",
+        tenant,
+    )
+    await queue_messages(pool, ["x@dest.test"])
+
+    code, out, err = await _cli(database_url, tmp_path, "status")
+
+    assert code == 0, err
+    assert "identity  acme (live)  ann@acme.test" in out
+    assert "bounce rate 20.00% over 20 messages" in out
+    # The hold covers the message queued from its domain: the trigger paused it.
+    assert "domain    acme (live)  acme.test" in out
+    assert (
+        await pool.fetchval("SELECT held_reason FROM messages WHERE recipient = 'x@dest.test'")
+        == "sending paused"
+    )
+
+
 async def test_queue_retry_makes_only_the_matching_messages_due(pool, database_url, tmp_path):
     ids = await queue_messages(pool, ["a@slow.test", "b@other.test"])
     await _defer(pool, ids, "4.4.1 timeout")
