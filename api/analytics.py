@@ -41,11 +41,13 @@ period (`since` is its start, rounded down to the interval; `all`: the whole lif
     when nothing has a value. Amounts are shown with the currency's symbol and thousands
     separators ("$2,450.00", "¥1,234") and given in minor units beside (`..._minor`, cents).
   - conversions: every conversion in the period, with a value or without.
+- ai_insights: findings from the campaign's own numbers and the account's history (api.ai:
+  the subject that won, best send hours, recipient domains that bounce), each with its
+  evidence; an empty list while there are too few messages to say anything.
 - variants: per A/B variant of its content (in their order), over the campaign's whole life
   (the rollups have no variant dimension; these come from its messages): messages sent with
   it, delivered, opened, clicked, replied, bounced (distinct messages), and rates over
   delivered (bounces over sent); ab_winner: the A/B test's decision, with its numbers.
-`ai_insights` is not served: nothing computes it yet.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from typing import Literal
 import asyncpg
 
 from api import money
+from api.ai import campaign_insights
 from api.errors import not_found, validation_error
 from api.models import (
     AnalyticsQuery,
@@ -189,6 +192,11 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
             for value, o, c in by_dimension["country"]
         ],
         revenue_impact=_revenue_impact(revenue),
+        ai_insights=await campaign_insights(
+            call.pool, call.principal.tenant_id, campaign_id, call.state.settings.ai
+        )
+        if at_least(call.principal.tier, "professional")
+        else None,
         variants=[VariantStats(**v) for v in variants],
         ab_winner=campaign["ab_winner"],
     )
@@ -203,6 +211,7 @@ _PARTS: dict[str, Tier] = {
     "devices": "professional",
     "countries": "professional",
     "revenue_impact": "professional",
+    "ai_insights": "professional",
 }
 
 

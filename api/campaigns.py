@@ -18,6 +18,8 @@ from typing import Any
 import asyncpg
 
 from api import identities
+from api.ai import campaign_summary
+from api.content_checks import Content
 from api.drafts import campaign_event, draft_from_row, lock_campaign, new_draft
 from api.errors import conflict, not_found, validation_error
 from api.identities import pool_ids
@@ -62,6 +64,8 @@ def settings_dict(settings: CampaignSettings, pools: Container[str] = ()) -> dic
         "track_opens": on and settings.track_opens,
         "track_clicks": on and settings.track_clicks,
     }
+    if settings.plain_text:
+        written["plain_text"] = True
     if settings.egress_pool is not None:
         if settings.egress_pool not in pools:
             raise validation_error(
@@ -187,6 +191,16 @@ async def create_campaign(call: Call[CampaignCreate, None]) -> Campaign:
         await conn.execute(SQL_VARIANTS["set_campaign_ab"], row["id"], variants, ab_test)
         await set_campaign_window(conn, row["id"], window_columns(body.window))
         campaign = await fetch_campaign(conn, call.principal.tenant_id, row["public_id"])
+        if settings["ai_optimization"]:
+            # Suggestions only: the stored content is what was given.
+            campaign.ai_optimization = await campaign_summary(
+                conn,
+                call.principal.tenant_id,
+                call.principal.tier,
+                Content(content.subject or "", content.html, content.text),
+                settings,
+                call.state.settings.ai,
+            )
         await campaign_event(
             conn,
             call.principal.tenant_id,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -28,6 +29,7 @@ from api.models import (
     MessageListQuery,
     MessageReschedule,
     MessageSummary,
+    MessageTracking,
     Page,
 )
 from api.routing import API, Call, decode_cursor, is_public_id, keyset_page
@@ -152,10 +154,26 @@ async def fetch_message(
     if row is None:
         return None
     events = await conn.fetch(DETAIL_SQL["message_events"], row["pk"])
-    fields = {k: v for k, v in row.items() if k != "pk"}
+    fields = {k: v for k, v in row.items() if k not in ("pk", "settings", "has_html")}
     return Message(
         **fields,
+        tracking=_tracking(row["settings"], row["has_html"]),
         events=[MessageEvent(**{**dict(e), "data": public_data(e["data"])}) for e in events],
+    )
+
+
+def _tracking(settings: dict[str, Any], has_html: bool) -> MessageTracking:
+    """The message's tracking state from its settings (penguinmails.messages
+    .tracking_settings wrote it when it was queued)."""
+    opens = settings.get("track_opens") is True
+    plain = settings.get("plain_text") is True or not has_html
+    left_out = settings.get("open_pixel_left_out") if opens and not plain else None
+    return MessageTracking(
+        opens=opens,
+        clicks=settings.get("track_clicks") is True,
+        plain_text=settings.get("plain_text") is True,
+        open_pixel=opens and not plain and settings.get("open_pixel") is not False,
+        open_pixel_left_out=left_out,
     )
 
 

@@ -314,10 +314,16 @@ class CampaignSettings(Request):
     analytics_enabled: bool = True
     track_opens: bool = True
     track_clicks: bool = True
+    plain_text: bool = Field(
+        default=False,
+        description="Send the text part alone (given, or derived from the html): no html "
+        "part, so no open pixel and no rewritten links. Cold first touches land better so.",
+    )
     ai_optimization: bool = Field(
         default=False,
-        description="Stored and shown; content optimisation itself is not built yet, so it "
-        "changes nothing and no optimisation result is returned.",
+        description="Analyse the content when the campaign is created (as POST "
+        "/api/v1/ai/optimize-content does) and answer the result in `ai_optimization`; "
+        "never changes the content.",
     )
     egress_pool: str | None = Field(
         default=None,
@@ -339,6 +345,11 @@ class Tracking(Request):
 
     track_opens: bool = True
     track_clicks: bool = True
+    plain_text: bool = Field(
+        default=False,
+        description="Send the text part alone (given, or derived from the html): no html "
+        "part, so no open pixel and no rewritten links.",
+    )
 
 
 T = TypeVar("T")
@@ -546,6 +557,11 @@ class Campaign(Owned):
         default=None, description="The A/B test's decision, once made."
     )
     window: SendingWindowOut | None = None
+    ai_optimization: CampaignAiOptimization | None = Field(
+        default=None,
+        description="In the answer to its creation when settings.ai_optimization is on: the "
+        "content analysis (POST /api/v1/ai/optimize-content) as suggestions; null otherwise.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -676,6 +692,21 @@ class MessageEvent(Response):
     created_at: datetime
 
 
+class MessageTracking(Response):
+    """What the message was queued to track, and what its copy carries."""
+
+    opens: bool = Field(description="Opens were asked for.")
+    clicks: bool = Field(description="Clicks were asked for (links in the html part).")
+    plain_text: bool = Field(description="Sent as its text part alone: nothing is tracked.")
+    open_pixel: bool = Field(
+        description="The open pixel is in the html part: false when opens were not asked for, "
+        "for a plain-text send, or when the message is too short to carry it."
+    )
+    open_pixel_left_out: str | None = Field(
+        default=None, description="Why a pixel that was asked for is left out."
+    )
+
+
 class Message(Owned):
     id: str
     message_id: str = Field(description="The RFC 5322 Message-ID header, without brackets.")
@@ -702,6 +733,7 @@ class Message(Owned):
     identity_id: str | None = Field(description="The sending identity it goes out through.")
     created_at: datetime
     sent_at: datetime | None
+    tracking: MessageTracking
     events: list[MessageEvent]
 
 
@@ -1114,6 +1146,12 @@ class CampaignAnalytics(Owned):
         description="Per A/B variant, over the campaign's whole life (not the period).",
     )
     ab_winner: ABWinner | None = None
+    ai_insights: AiInsights | None = Field(
+        default=None,
+        description="From the professional tier: findings from the campaign's numbers and the "
+        "account's history (the subject that won, best send hours, domains that bounce), "
+        "each with its evidence; an empty list while the numbers are too few.",
+    )
     left_out: dict[str, Tier] = Field(
         default_factory=dict,
         description="The parts this account's plan tier leaves out (null above), each with the "
@@ -1579,5 +1617,211 @@ class SequenceAnalytics(Response):
     steps: list[SequenceStepStats]
 
 
-# Campaign (above) names the sending window models defined with the sequences.
+# ---------------------------------------------------------------------------------------------
+# Content intelligence (api.ai)
+
+
+class OptimizeContentIn(Request):
+    subject: Subject
+    html: Body | None = None
+    text: Body | None = None
+
+
+class OptimizeRequest(Request):
+    content: OptimizeContentIn
+    audience: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Accepted as the product documentation shows it; nothing here is "
+        "derived from it (no model of audiences is claimed).",
+    )
+    optimization_goals: list[Literal["open_rate", "click_rate", "reply_rate", "revenue"]] = Field(
+        default_factory=list, max_length=4
+    )
+    tracking: Tracking = Field(
+        default_factory=Tracking,
+        description="How it would be sent: the checks of the pixel and of tracked links "
+        "depend on it.",
+    )
+    personalization: Personalization | None = Field(
+        default=None,
+        description="A sample recipient's values: variables it lacks or leaves empty are reported.",
+    )
+    rewrite: bool = Field(
+        default=False,
+        description="Also ask the operator's language model ([ai] rewrite_url) for a subject; "
+        "its answer is used only when it passes the subject checks.",
+    )
+
+
+class OptimizedContent(Response):
+    subject: str
+    html: str | None
+    text: str | None
+
+
+class ContentFinding(Response):
+    check: str
+    severity: Literal["high", "medium", "low", "info"]
+    part: Literal["subject", "html", "text"]
+    message: str
+    evidence: list[str]
+
+
+class ContentChange(Response):
+    part: Literal["subject", "html", "text"]
+    before: str
+    after: str
+    made_by: Literal["rule", "model"]
+    rule: str = Field(description="The rule's name, or the model's.")
+    reason: str
+
+
+class FeatureEvidence(Response):
+    feature: str
+    with_feature: dict[str, float | int] = Field(
+        description="delivered, opened, clicked and their rates among the account's messages "
+        "whose subject has the feature."
+    )
+    without_feature: dict[str, float | int]
+
+
+class Estimate(Response):
+    method: Literal["account_history", "prior"] = Field(
+        description="account_history: a comparison fitted on this account's delivered "
+        "messages; prior: too few of them, and the documented prior (no change) is answered."
+    )
+    sample_size: int = Field(description="Delivered messages the estimate rests on.")
+    basis: str
+    evidence: list[FeatureEvidence] = Field(default_factory=list)
+
+
+class Sentiment(Response):
+    compound: float
+    positive: float
+    neutral: float
+    negative: float
+    model: str
+
+
+class Improvements(Response):
+    expected_open_rate_increase: float = Field(
+        description="The change in open rate (a difference of rates, 0.02 = two points) the "
+        "changes made are expected to bring; see `estimate` for how it was obtained."
+    )
+    expected_click_rate_increase: float
+    sentiment_score: float = Field(
+        description="VADER's compound score of the optimized subject and text, -1 to 1."
+    )
+    sentiment: Sentiment
+    estimate: Estimate
+
+
+class SpamRule(Response):
+    name: str
+    score: float
+    description: str
+
+
+class SpamScore(Response):
+    score: float
+    rules: list[SpamRule]
+
+
+class SpamAssassinResult(Response):
+    available: bool
+    reason: str | None = Field(default=None, description="Why it did not run.")
+    original: SpamScore | None = None
+    optimized: SpamScore | None = None
+
+
+class Rewriting(Response):
+    requested: bool
+    used: bool
+    model: str | None = None
+    reason: str | None = None
+
+
+class OptimizeResult(Response):
+    original: OptimizedContent
+    optimized: OptimizedContent
+    improvements: Improvements
+    changes: list[ContentChange]
+    findings: list[ContentFinding]
+    spamassassin: SpamAssassinResult
+    rewriting: Rewriting
+
+
+class CampaignAiOptimization(Response):
+    enabled: bool
+    improvement_score: float | None = Field(
+        description="The expected open-rate change of the suggested changes (as "
+        "improvements.expected_open_rate_increase); null below the professional tier."
+    )
+    suggestions: list[str]
+    changes_applied: bool = Field(
+        default=False, description="Always false: the analysis never changes the content."
+    )
+    estimate: Estimate | None = None
+    left_out: Tier | None = Field(
+        default=None, description="The tier that includes the analysis, when this one does not."
+    )
+
+
+class ContactAnalysisRequest(Request):
+    email: Annotated[str, StringConstraints(min_length=3, max_length=254)] | None = None
+    company: Annotated[str, StringConstraints(max_length=200)] | None = None
+    lifecycle_stage: Annotated[str, StringConstraints(max_length=100)] | None = Field(
+        default=None, alias="lifecycleStage"
+    )
+
+
+class ContactEngagement(Response):
+    messages: int
+    delivered: int
+    opened: int
+    clicked: int
+    replied: int
+    bounced: int
+    last_sent_at: datetime | None
+
+
+class ContactAnalysis(Response):
+    email: str | None
+    syntax_valid: bool | None
+    role_address: bool | None = Field(
+        description="A mailbox of a function (info@, sales@), not of a person."
+    )
+    free_mail: bool | None = Field(description="A free webmail domain, not a company's.")
+    domain: str | None
+    mx_hosts: list[str]
+    mx_provider: str | None = Field(description="Who hosts the domain's mail, from its MX.")
+    accepts_mail: bool | None = Field(
+        description="The domain has MX records (or an address, the implicit MX); null when "
+        "DNS did not answer."
+    )
+    dns_error: str | None = None
+    engagement: ContactEngagement | None = Field(
+        description="This account's past messages to the address."
+    )
+    company: str | None
+    lifecycle_stage: str | None
+    enrichment: Literal["local"] = Field(
+        default="local",
+        description="Everything here is derived locally; no outside enrichment service is asked.",
+    )
+
+
+class AiInsight(Response):
+    type: Literal["subject_line", "send_time", "recipient_domain"]
+    finding: str
+    evidence: dict[str, Any]
+
+
+class AiInsights(Response):
+    recommendations: list[AiInsight]
+
+
+# Campaign (above) names the sending window models defined with the sequences, and the
+# content analysis models defined last.
 Campaign.model_rebuild()
+CampaignAnalytics.model_rebuild()

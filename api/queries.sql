@@ -294,7 +294,8 @@ SELECT m.id AS pk, m.public_id AS id, m.message_id, c.public_id AS campaign_id, 
        m.last_reply, m.enhanced_status, m.sandbox, m.created_at, m.sent_at,
        coalesce(m.to_header, jsonb_build_array(jsonb_build_object('email', m.recipient))) AS "to",
        coalesce(m.cc_header, '[]') AS cc, coalesce(m.reply_to, '[]') AS reply_to,
-       m.tags, m.metadata, m.held_reason, i.public_id AS identity_id
+       m.tags, m.metadata, m.held_reason, i.public_id AS identity_id, m.settings,
+       m.html_body IS NOT NULL AS has_html
 FROM messages m
 LEFT JOIN campaigns c ON c.id = m.campaign_id
 LEFT JOIN identities i ON i.id = m.identity_id

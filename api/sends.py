@@ -209,6 +209,7 @@ async def prepare_send(
         settings={
             "track_opens": body.tracking.track_opens,
             "track_clicks": body.tracking.track_clicks,
+            **({"plain_text": True} if body.tracking.plain_text else {}),
         },
         send_at=body.send_at,
         sandbox=principal.sandbox,

@@ -21,6 +21,7 @@ from aiohttp import web
 
 # Route modules register their operations on import.
 from api import (  # noqa: F401
+    ai,
     analytics,
     campaigns,
     contacts,

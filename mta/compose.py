@@ -56,7 +56,13 @@ import asyncpg
 from mta import dkim
 from mta.domains import KeyCache
 from mta.headers import HeaderError, fold, format_address, header_value
-from mta.tracking import add_pixel, rewrite_links, tracking_requested
+from mta.tracking import (
+    add_pixel,
+    pixel_fits,
+    plain_text_requested,
+    rewrite_links,
+    tracking_requested,
+)
 from penguinmails import template
 from penguinmails.config import Settings
 from penguinmails.html_text import derived_text
@@ -235,12 +241,15 @@ def _compose(
     if page is not None:
         if text is None:
             text = derived_text(row["html_body"], page, values, rfc_message_id)
+        if plain_text_requested(row["settings"]):
+            page = None  # the text part alone: no html, so no pixel and no tracked links
+    if page is not None:
         track_opens, track_clicks = tracking_requested(row["settings"])
         if track_clicks:
             page = rewrite_links(
                 page, lambda i, url: links.click_url(queue_id, i, url), keep={unsubscribe_url}
             )
-        if track_opens:
+        if track_opens and pixel_fits(row["settings"], page):
             page = add_pixel(page, links.open_url(queue_id))
 
     headers: list[tuple[str, str]] = [

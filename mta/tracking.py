@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from mta.headers import CONTROL
-from penguinmails.html_text import HREF
+from penguinmails.html_text import HREF, pixel_left_out
 
 # `[aA]` rather than IGNORECASE: the same matches, and the scan over the page runs about a
 # third faster without case folding.
@@ -28,6 +28,23 @@ def tracking_requested(settings: Mapping[str, Any] | None) -> tuple[bool, bool]:
     """(opens, clicks): on only when the send asked for it."""
     settings = settings or {}
     return settings.get("track_opens") is True, settings.get("track_clicks") is True
+
+
+def plain_text_requested(settings: Mapping[str, Any] | None) -> bool:
+    """The send asked for its text part alone (`plain_text`): no html part, so no pixel and
+    no rewritten links; cold first touches land better as plain text."""
+    return (settings or {}).get("plain_text") is True
+
+
+def pixel_fits(settings: Mapping[str, Any] | None, page: str) -> bool:
+    """Whether the open pixel may go into this rendered page. The message's own tracking
+    state decides when it has one (`open_pixel`, written when it was queued:
+    penguinmails.messages.tracking_settings); a row without it (queued before, or by a
+    path that does not write it) is judged on the page itself, by the same rule."""
+    settings = settings or {}
+    if "open_pixel" in settings:
+        return settings["open_pixel"] is not False
+    return pixel_left_out(page) is None
 
 
 def rewrite_links(

@@ -369,6 +369,24 @@ class SecuritySettings(Section):
         return None if value == "" else value
 
 
+class AiSettings(Section):
+    """Content analysis (api.ai). Everything but rewriting runs locally and is always on."""
+
+    # An OpenAI-compatible endpoint (its base URL, ".../v1") that rewrites a subject when an
+    # optimize-content request asks for it (`rewrite: true`). Empty: off; nothing needs it.
+    rewrite_url: str = ""
+    rewrite_model: str = ""
+    rewrite_api_key: str = ""  # sent as a Bearer token when set
+    rewrite_timeout: float = Field(default=30.0, gt=0)
+    # Score content with the local `spamassassin -L` (Debian's spamassassin package) when it
+    # is installed; the answer says when it is not.
+    spamassassin: bool = True
+    spamassassin_timeout: float = Field(default=30.0, gt=0)
+    # Delivered messages of an account before its own history is used to estimate what a
+    # change does to opens and clicks (fewer: the documented prior, no change claimed).
+    min_history: int = Field(default=200, ge=10)
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -384,6 +402,7 @@ class Settings(Section):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    ai: AiSettings = Field(default_factory=AiSettings)
 
     def inbound_domains(self) -> list[str]:
         """The domains `penguinmails inbound` accepts mail for, first the one addresses are

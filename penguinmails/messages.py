@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 
 from penguinmails import template
+from penguinmails.html_text import pixel_left_out
 from penguinmails.queries import load
 
 if TYPE_CHECKING:
@@ -274,6 +275,23 @@ class Queued:
     suppressed: bool  # on the suppression list now: the MTA will record it email.suppressed
 
 
+def tracking_settings(settings: Mapping[str, Any], html: str | None) -> dict[str, Any]:
+    """The settings a message is queued with, its tracking state written out: an html
+    send that asked for opens but is too short to carry the pixel (html_text.pixel_left_out)
+    says so in `open_pixel: false` and `open_pixel_left_out` (the reason), one that carries it
+    in `open_pixel: true`; the composer honours it and GET /messages/{id} shows it. Decided
+    once per draft from its html template (variables count as the expressions written), so
+    every recipient's copy agrees."""
+    written = dict(settings)
+    if html is None or written.get("plain_text") is True or written.get("track_opens") is not True:
+        return written
+    reason = pixel_left_out(html)
+    written["open_pixel"] = reason is None
+    if reason is not None:
+        written["open_pixel_left_out"] = reason
+    return written
+
+
 async def enqueue(
     conn: asyncpg.Connection | asyncpg.Pool, tenant_id: int, draft: Draft
 ) -> list[int]:
@@ -313,7 +331,7 @@ async def _enqueue(
         draft.text,
         draft.html,
         dict(draft.headers),
-        dict(draft.settings),
+        tracking_settings(draft.settings, draft.html),
         draft.send_at,
         ids,
         list(draft.recipients),

@@ -242,7 +242,8 @@ async def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
             items = await _eventually(inbox)
             assert {m["subject"] for m in items} == {"Hello", "Hello Ann", "Hello Bob"}, items
 
-            # The browser: the page, then Ann's message with its html (and so its pixel).
+            # The browser: the page, then Ann's message with its html: a tracked link, and no
+            # pixel (too short to carry one without looking image-only to filters).
             async with http.get(f"{api_url}/sandbox") as r:
                 assert r.status == 200 and "Content-Security-Policy" in r.headers
             ann = next(m for m in items if m["subject"] == "Hello Ann")
@@ -253,11 +254,9 @@ async def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
             assert message["dkim"]["result"] == "pass", message["dkim"]
             assert message["dkim"]["domain"] == "example.net"
             html = message["html"]
-            pixel = re.search(rf'src="({re.escape(tracker_url)}/o/[^"]+)"', html)
+            assert f"{tracker_url}/o/" not in html and "<img" not in html, html
             link = re.search(rf'href="({re.escape(tracker_url)}/c/[^"]+)"', html)
-            assert pixel and link, html
-            async with http.get(pixel.group(1).replace("&amp;", "&")) as r:
-                assert r.status == 200 and r.content_type == "image/gif"
+            assert link, html
             async with http.get(link.group(1).replace("&amp;", "&"), allow_redirects=False) as r:
                 assert r.status in (302, 303)
                 # The page, with the click's conversion token.
@@ -268,9 +267,9 @@ async def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
             for block in last:
                 out = await shell.run(block.replace(README_API, api_url))
             overview = json.loads(out.strip().splitlines()[-1])["data"]["overview"]
-            return overview["opened"] >= 1 and overview["clicked"] >= 1
+            return bool(overview["clicked"] >= 1)
 
-        assert await _eventually(engaged), "opened/clicked never showed in the analytics"
+        assert await _eventually(engaged), "the click never showed in the analytics"
 
         # A webhook received on this machine: allowed under `up`, signed, logged by the
         # README's own receiver (on a free port here).

@@ -94,11 +94,12 @@ async def test_the_documented_shape_and_its_counts(client: Client, pool: asyncpg
         "countries",
         "series",
         "revenue_impact",
+        "ai_insights",
         "left_out",
         "livemode",
         "variants",
         "ab_winner",
-    }  # no ai_insights: nothing computes it yet
+    }
     assert (data["variants"], data["ab_winner"]) == ([], None)  # no A/B variants
     assert data["left_out"] == {}  # an enterprise key: nothing left out
     assert (data["campaign_id"], data["livemode"], data["interval"]) == (campaign_id, False, "day")

@@ -131,6 +131,11 @@ async def test_every_documented_request_works_as_written(
     # The request's own html and text win over the template's, part by part.
     assert campaign["content"]["template_id"] == "welcome_template"
     assert campaign["content"]["html"] == "<h1>Welcome!</h1><p>Thank you for joining us.</p>"
+    # settings.ai_optimization: the analysis, in the documented shape, content unchanged.
+    ai_optimization = campaign["ai_optimization"]
+    assert ai_optimization["enabled"] is True
+    assert isinstance(ai_optimization["improvement_score"], float)
+    assert isinstance(ai_optimization["suggestions"], list)
 
     sent = _envelope(await _send(sandbox, _example("POST", "/api/v1/emails/send")), 202)
     assert re.fullmatch(r"msg_[0-9a-f]{32}", sent["message_id"])
@@ -162,9 +167,26 @@ async def test_every_documented_request_works_as_written(
     assert hook["url"] == "https://yourapp.com/webhooks/penguinmails"
     assert hook["events"] == ["email.sent", "email.delivered", "email.opened", "campaign.completed"]
 
-    # Content optimisation is documented but not built: it is absent, never a fake answer.
-    ai = await _send(sandbox, _example("POST", "/api/v1/ai/optimize-content"))
-    assert ai.status == 404 and ai.body["error"]["code"] == "NOT_FOUND"
+    ai = _envelope(await _send(sandbox, _example("POST", "/api/v1/ai/optimize-content")), 200)
+    assert ai["original"] == {
+        "subject": "Don't miss our sale!",
+        "html": "<h1>50% OFF Everything!</h1><p>Limited time offer.</p>",
+        "text": None,
+    }
+    # Our optimized subject has no capitals and no excess punctuation; each change and
+    # finding says why.
+    subject = ai["optimized"]["subject"]
+    assert not re.search(r"\b[A-Z]{3,}\b", subject) and not re.search(r"[!?]{2,}", subject)
+    assert subject.count("!") <= 1
+    assert ai["optimized"]["html"] == "<h1>50% Off Everything!</h1><p>Limited time offer.</p>"
+    assert all(c["reason"] and c["made_by"] in ("rule", "model") for c in ai["changes"])
+    found = {f["check"]: f for f in ai["findings"]}
+    assert found["body_all_caps"]["evidence"] == ["OFF"]
+    assert set(found["spam_phrases"]["evidence"]) == {"don't miss", "limited time", "% off"}
+    improvements = ai["improvements"]
+    for name in ("expected_open_rate_increase", "expected_click_rate_increase", "sentiment_score"):
+        assert isinstance(improvements[name], float)
+    assert improvements["estimate"]["method"] == "prior"  # a new account: no history
 
 
 async def test_the_sdk_examples_json_is_accepted_too(sandbox: Client) -> None:

@@ -76,7 +76,9 @@ async def test_campaign_end_to_end(
                 "subject": "Hello {{first_name}}",
                 "from": {"email": "news@acme.test", "name": "Acme News"},
                 "content": {
-                    "html": '<p>Hi {{first_name}}, see <a href="https://acme.test/pricing">'
+                    # An image of its own: the open pixel then goes in whatever the length.
+                    "html": '<p><img src="https://acme.test/logo.png" alt="Acme"></p>'
+                    '<p>Hi {{first_name}}, see <a href="https://acme.test/pricing">'
                     "pricing</a></p>",
                 },
                 "recipients": [

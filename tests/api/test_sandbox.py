@@ -19,7 +19,11 @@ from penguinmails.config import Settings
 from penguinmails.messages import Draft, enqueue, ensure_tenant
 from tests.helpers import Client, wait_for
 
-HTML = '<p>Hello <b>Ann</b>, see <a href="https://acme.test/pricing">pricing</a></p>'
+# With an image of its own, so the open pixel goes in (a short image-less page gets none).
+HTML = (
+    '<p><img src="https://acme.test/logo.png" alt="Acme"></p>'
+    '<p>Hello <b>Ann</b>, see <a href="https://acme.test/pricing">pricing</a></p>'
+)
 
 
 @pytest.fixture

@@ -36,7 +36,17 @@ async def test_send_one(client: Client, pool: asyncpg.Pool) -> None:
     assert data["status"] == "queued" and data["sandbox"] is True
     row = await pool.fetchrow("SELECT * FROM messages WHERE public_id = $1", data["message_id"])
     assert row["recipient"] == "ann@dest.test" and row["status"] == "queued"
-    assert row["settings"] == {"track_opens": True, "track_clicks": False}
+    # Opens asked for, and the tracking state of a message too short to carry the pixel.
+    assert row["settings"]["track_opens"] is True and row["settings"]["track_clicks"] is False
+    assert row["settings"]["open_pixel"] is False and row["settings"]["open_pixel_left_out"]
+    message = await client.get(f"/messages/{data['message_id']}")
+    assert message.data["tracking"] == {
+        "opens": True,
+        "clicks": False,
+        "plain_text": False,
+        "open_pixel": False,
+        "open_pixel_left_out": row["settings"]["open_pixel_left_out"],
+    }
     assert row["personalization"] == {"name": "Ann"} and row["sandbox"] is True
 
     status = (await client.get(f"/messages/{data['message_id']}")).data

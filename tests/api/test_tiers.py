@@ -64,6 +64,7 @@ async def test_analytics_parts_follow_the_tier(
         "devices": "professional",
         "countries": "professional",
         "revenue_impact": "professional",
+        "ai_insights": "professional",
     }
     await make_key("tiny", tier="starter")
     basic = (await free.get(path)).data
@@ -72,6 +73,7 @@ async def test_analytics_parts_follow_the_tier(
         "devices",
         "countries",
         "revenue_impact",
+        "ai_insights",
     }
     await make_key("tiny", tier="professional")
     advanced = (await free.get(path)).data

@@ -186,7 +186,9 @@ async def test_a_verified_domain_sends_with_its_own_return_path_and_tracking_hos
         pool,
         ["ann@dest.test"],
         from_email=f"news@{DOMAIN}",
-        html='<p>Hi <a href="https://acme.test/offer">the offer</a></p>',
+        # An image of its own, so the open pixel goes in (a short image-less page gets none).
+        html='<p><img src="https://acme.test/logo.png" alt="Acme"></p>'
+        '<p>Hi <a href="https://acme.test/offer">the offer</a></p>',
         settings={"track_opens": True, "track_clicks": True},
     )
     worker = await start_worker(settings)

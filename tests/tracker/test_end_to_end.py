@@ -37,7 +37,9 @@ async def test_tracked_message_to_signed_webhooks(
             from_email="news@acme.test",
             subject="Our offer",
             recipients=["john@dest.test"],
-            html=f'<html><body><p>Hi</p><p><a href="{OFFER.replace("&", "&amp;")}">Offer</a>'
+            # An image of its own, so the open pixel goes in (a short image-less page gets none).
+            html=f'<html><body><p><img src="https://acme.test/logo.png" alt="Acme"></p>'
+            f'<p>Hi</p><p><a href="{OFFER.replace("&", "&amp;")}">Offer</a>'
             "</p></body></html>",
             settings={"track_opens": True, "track_clicks": True},
             tags=["launch", "q3"],

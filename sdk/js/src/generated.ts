@@ -15,6 +15,16 @@ export interface ABWinner {
   variants: Array<VariantScore>;
 }
 
+export interface AiInsight {
+  type: "subject_line" | "send_time" | "recipient_domain";
+  finding: string;
+  evidence: Record<string, unknown>;
+}
+
+export interface AiInsights {
+  recommendations: Array<AiInsight>;
+}
+
 export interface ApiKey {
   livemode?: boolean;
   id: string;
@@ -106,6 +116,16 @@ export interface Campaign {
   ab_test?: Record<string, unknown> | null;
   ab_winner?: ABWinner | null;
   window?: SendingWindowOut | null;
+  ai_optimization?: CampaignAiOptimization | null;
+}
+
+export interface CampaignAiOptimization {
+  enabled: boolean;
+  improvement_score: number | null;
+  suggestions: Array<string>;
+  changes_applied?: boolean;
+  estimate?: Estimate | null;
+  left_out?: "free" | "starter" | "professional" | "enterprise" | null;
 }
 
 export interface CampaignAnalytics {
@@ -123,6 +143,7 @@ export interface CampaignAnalytics {
   revenue_impact: RevenueImpact | null;
   variants?: Array<VariantStats>;
   ab_winner?: ABWinner | null;
+  ai_insights?: AiInsights | null;
   left_out?: Record<string, "free" | "starter" | "professional" | "enterprise">;
 }
 
@@ -150,6 +171,7 @@ export interface CampaignSettings {
   analytics_enabled?: boolean;
   track_opens?: boolean;
   track_clicks?: boolean;
+  plain_text?: boolean;
   ai_optimization?: boolean;
   egress_pool?: string | null;
   identities?: Array<string>;
@@ -184,6 +206,28 @@ export interface Contact {
   updated_at: string;
 }
 
+export interface ContactAnalysis {
+  email: string | null;
+  syntax_valid: boolean | null;
+  role_address: boolean | null;
+  free_mail: boolean | null;
+  domain: string | null;
+  mx_hosts: Array<string>;
+  mx_provider: string | null;
+  accepts_mail: boolean | null;
+  dns_error?: string | null;
+  engagement: ContactEngagement | null;
+  company: string | null;
+  lifecycle_stage: string | null;
+  enrichment?: "local";
+}
+
+export interface ContactAnalysisRequest {
+  email?: string | null;
+  company?: string | null;
+  lifecycleStage?: string | null;
+}
+
 export interface ContactCreate {
   email: string;
   first_name?: string | null;
@@ -191,6 +235,16 @@ export interface ContactCreate {
   company?: string | null;
   custom_fields?: Record<string, unknown>;
   tags?: Array<string>;
+}
+
+export interface ContactEngagement {
+  messages: number;
+  delivered: number;
+  opened: number;
+  clicked: number;
+  replied: number;
+  bounced: number;
+  last_sent_at: string | null;
 }
 
 export interface ContactSequenceEnroll {
@@ -211,6 +265,23 @@ export interface Content {
   html?: string | null;
   text?: string | null;
   template_id?: string | null;
+}
+
+export interface ContentChange {
+  part: "subject" | "html" | "text";
+  before: string;
+  after: string;
+  made_by: "rule" | "model";
+  rule: string;
+  reason: string;
+}
+
+export interface ContentFinding {
+  check: string;
+  severity: "high" | "medium" | "low" | "info";
+  part: "subject" | "html" | "text";
+  message: string;
+  evidence: Array<string>;
 }
 
 export interface ContentOut {
@@ -385,6 +456,19 @@ export interface ErrorEnvelope {
   error: ErrorBody;
 }
 
+export interface Estimate {
+  method: "account_history" | "prior";
+  sample_size: number;
+  basis: string;
+  evidence?: Array<FeatureEvidence>;
+}
+
+export interface FeatureEvidence {
+  feature: string;
+  with_feature: Record<string, number>;
+  without_feature: Record<string, number>;
+}
+
 export interface Health {
   status: "ok";
   database: "ok";
@@ -439,6 +523,14 @@ export interface IdentityUsage {
   daily_limit: number | null;
   held: number;
   next_send_at: string | null;
+}
+
+export interface Improvements {
+  expected_open_rate_increase: number;
+  expected_click_rate_increase: number;
+  sentiment_score: number;
+  sentiment: Sentiment;
+  estimate: Estimate;
 }
 
 export interface InboundAddress {
@@ -533,6 +625,7 @@ export interface Message {
   identity_id: string | null;
   created_at: string;
   sent_at: string | null;
+  tracking: MessageTracking;
   events: Array<MessageEvent>;
 }
 
@@ -561,9 +654,48 @@ export interface MessageSummary {
   last_reply_code: number | null;
 }
 
+export interface MessageTracking {
+  opens: boolean;
+  clicks: boolean;
+  plain_text: boolean;
+  open_pixel: boolean;
+  open_pixel_left_out?: string | null;
+}
+
 export interface Meta {
   request_id: string;
   timestamp: string;
+}
+
+export interface OptimizeContentIn {
+  subject: string;
+  html?: string | null;
+  text?: string | null;
+}
+
+export interface OptimizeRequest {
+  content: OptimizeContentIn;
+  audience?: Record<string, unknown>;
+  optimization_goals?: Array<"open_rate" | "click_rate" | "reply_rate" | "revenue">;
+  tracking?: Tracking;
+  personalization?: Record<string, unknown> | null;
+  rewrite?: boolean;
+}
+
+export interface OptimizeResult {
+  original: OptimizedContent;
+  optimized: OptimizedContent;
+  improvements: Improvements;
+  changes: Array<ContentChange>;
+  findings: Array<ContentFinding>;
+  spamassassin: SpamAssassinResult;
+  rewriting: Rewriting;
+}
+
+export interface OptimizedContent {
+  subject: string;
+  html: string | null;
+  text: string | null;
 }
 
 export interface Overview {
@@ -780,6 +912,13 @@ export interface RevenueImpact {
   by_currency: Array<CurrencyRevenue>;
 }
 
+export interface Rewriting {
+  requested: boolean;
+  used: boolean;
+  model?: string | null;
+  reason?: string | null;
+}
+
 export interface SandboxHeader {
   name: string;
   value: string;
@@ -891,6 +1030,14 @@ export interface SentMessage {
   kind: "to" | "cc" | "bcc";
 }
 
+export interface Sentiment {
+  compound: number;
+  positive: number;
+  neutral: number;
+  negative: number;
+  model: string;
+}
+
 export interface Sequence {
   livemode?: boolean;
   id: string;
@@ -982,6 +1129,24 @@ export interface SeriesPoint {
 export interface SignatureIn {
   html?: string | null;
   text?: string | null;
+}
+
+export interface SpamAssassinResult {
+  available: boolean;
+  reason?: string | null;
+  original?: SpamScore | null;
+  optimized?: SpamScore | null;
+}
+
+export interface SpamRule {
+  name: string;
+  score: number;
+  description: string;
+}
+
+export interface SpamScore {
+  score: number;
+  rules: Array<SpamRule>;
 }
 
 export interface StopOn {
@@ -1088,6 +1253,7 @@ export interface Token {
 export interface Tracking {
   track_opens?: boolean;
   track_clicks?: boolean;
+  plain_text?: boolean;
 }
 
 export interface User {
@@ -1244,6 +1410,7 @@ export interface WebhookUpdate {
 /** Every operation: its method, path (under /api/v1) and query parameters. */
 export const OPERATIONS = {
   add_suppression: { method: "POST", path: "/suppressions", query: [], idempotencyKey: false },
+  analyze_contact: { method: "POST", path: "/ai/analyze-contact", query: [], idempotencyKey: false },
   archive_identity: { method: "DELETE", path: "/identities/{id}", query: [], idempotencyKey: false },
   archive_sequence: { method: "DELETE", path: "/sequences/{id}", query: [], idempotencyKey: false },
   campaign_analytics: { method: "GET", path: "/analytics/campaigns/{id}", query: ["period", "interval"], idempotencyKey: false },
@@ -1303,6 +1470,7 @@ export const OPERATIONS = {
   list_webhooks: { method: "GET", path: "/webhooks", query: ["limit", "cursor"], idempotencyKey: false },
   login: { method: "POST", path: "/auth/login", query: [], idempotencyKey: false },
   logout: { method: "POST", path: "/auth/logout", query: [], idempotencyKey: false },
+  optimize_content: { method: "POST", path: "/ai/optimize-content", query: [], idempotencyKey: false },
   pause_campaign: { method: "POST", path: "/campaigns/{id}/pause", query: [], idempotencyKey: false },
   pause_identity: { method: "POST", path: "/identities/{id}/pause", query: [], idempotencyKey: false },
   render_template: { method: "POST", path: "/templates/{id}/render", query: [], idempotencyKey: false },
@@ -1335,6 +1503,7 @@ export const OPERATIONS = {
 /** Each operation's request body and the `data` of its answer. */
 export interface Bodies {
   add_suppression: SuppressionCreate;
+  analyze_contact: ContactAnalysisRequest;
   archive_identity: undefined;
   archive_sequence: undefined;
   campaign_analytics: undefined;
@@ -1394,6 +1563,7 @@ export interface Bodies {
   list_webhooks: undefined;
   login: LoginRequest;
   logout: undefined;
+  optimize_content: OptimizeRequest;
   pause_campaign: undefined;
   pause_identity: PauseRequest;
   render_template: TemplateRender;
@@ -1424,6 +1594,7 @@ export interface Bodies {
 }
 export interface Responses {
   add_suppression: Suppression;
+  analyze_contact: ContactAnalysis;
   archive_identity: Identity;
   archive_sequence: Sequence;
   campaign_analytics: CampaignAnalytics;
@@ -1483,6 +1654,7 @@ export interface Responses {
   list_webhooks: PageWebhook;
   login: Token;
   logout: LoggedOut;
+  optimize_content: OptimizeResult;
   pause_campaign: Campaign;
   pause_identity: Identity;
   render_template: RenderedTemplate;
@@ -1513,4 +1685,4 @@ export interface Responses {
 }
 
 /** Request fields holding your own data, whose keys are sent as given. */
-export const USER_DATA_FIELDS = ["custom_fields", "headers", "metadata", "personalization"] as const;
+export const USER_DATA_FIELDS = ["audience", "custom_fields", "headers", "metadata", "personalization"] as const;

@@ -20,6 +20,16 @@ class ABWinner(TypedDict):
     variants: list[VariantScore]
 
 
+class AiInsight(TypedDict):
+    type: Literal["subject_line", "send_time", "recipient_domain"]
+    finding: str
+    evidence: dict[str, Any]
+
+
+class AiInsights(TypedDict):
+    recommendations: list[AiInsight]
+
+
 class ApiKey(TypedDict):
     livemode: NotRequired[bool]
     id: str
@@ -111,7 +121,17 @@ Campaign = TypedDict("Campaign", {
     "ab_test": "NotRequired[dict[str, Any] | None]",
     "ab_winner": "NotRequired[ABWinner | None]",
     "window": "NotRequired[SendingWindowOut | None]",
+    "ai_optimization": "NotRequired[CampaignAiOptimization | None]",
 })
+
+
+class CampaignAiOptimization(TypedDict):
+    enabled: bool
+    improvement_score: float | None
+    suggestions: list[str]
+    changes_applied: NotRequired[bool]
+    estimate: NotRequired[Estimate | None]
+    left_out: NotRequired[Literal["free", "starter", "professional", "enterprise"] | None]
 
 
 class CampaignAnalytics(TypedDict):
@@ -129,6 +149,7 @@ class CampaignAnalytics(TypedDict):
     revenue_impact: RevenueImpact | None
     variants: NotRequired[list[VariantStats]]
     ab_winner: NotRequired[ABWinner | None]
+    ai_insights: NotRequired[AiInsights | None]
     left_out: NotRequired[dict[str, Literal["free", "starter", "professional", "enterprise"]]]
 
 
@@ -157,6 +178,7 @@ class CampaignSettings(TypedDict):
     analytics_enabled: NotRequired[bool]
     track_opens: NotRequired[bool]
     track_clicks: NotRequired[bool]
+    plain_text: NotRequired[bool]
     ai_optimization: NotRequired[bool]
     egress_pool: NotRequired[str | None]
     identities: NotRequired[list[str]]
@@ -192,6 +214,28 @@ class Contact(TypedDict):
     updated_at: str
 
 
+class ContactAnalysis(TypedDict):
+    email: str | None
+    syntax_valid: bool | None
+    role_address: bool | None
+    free_mail: bool | None
+    domain: str | None
+    mx_hosts: list[str]
+    mx_provider: str | None
+    accepts_mail: bool | None
+    dns_error: NotRequired[str | None]
+    engagement: ContactEngagement | None
+    company: str | None
+    lifecycle_stage: str | None
+    enrichment: NotRequired[Literal["local"]]
+
+
+class ContactAnalysisRequest(TypedDict):
+    email: NotRequired[str | None]
+    company: NotRequired[str | None]
+    lifecycleStage: NotRequired[str | None]
+
+
 class ContactCreate(TypedDict):
     email: str
     first_name: NotRequired[str | None]
@@ -199,6 +243,16 @@ class ContactCreate(TypedDict):
     company: NotRequired[str | None]
     custom_fields: NotRequired[dict[str, Any]]
     tags: NotRequired[list[str]]
+
+
+class ContactEngagement(TypedDict):
+    messages: int
+    delivered: int
+    opened: int
+    clicked: int
+    replied: int
+    bounced: int
+    last_sent_at: str | None
 
 
 class ContactSequenceEnroll(TypedDict):
@@ -219,6 +273,23 @@ class Content(TypedDict):
     html: NotRequired[str | None]
     text: NotRequired[str | None]
     template_id: NotRequired[str | None]
+
+
+class ContentChange(TypedDict):
+    part: Literal["subject", "html", "text"]
+    before: str
+    after: str
+    made_by: Literal["rule", "model"]
+    rule: str
+    reason: str
+
+
+class ContentFinding(TypedDict):
+    check: str
+    severity: Literal["high", "medium", "low", "info"]
+    part: Literal["subject", "html", "text"]
+    message: str
+    evidence: list[str]
 
 
 class ContentOut(TypedDict):
@@ -394,6 +465,19 @@ class ErrorEnvelope(TypedDict):
     error: ErrorBody
 
 
+class Estimate(TypedDict):
+    method: Literal["account_history", "prior"]
+    sample_size: int
+    basis: str
+    evidence: NotRequired[list[FeatureEvidence]]
+
+
+class FeatureEvidence(TypedDict):
+    feature: str
+    with_feature: dict[str, float | int]
+    without_feature: dict[str, float | int]
+
+
 class Health(TypedDict):
     status: Literal["ok"]
     database: Literal["ok"]
@@ -448,6 +532,14 @@ class IdentityUsage(TypedDict):
     daily_limit: int | None
     held: int
     next_send_at: str | None
+
+
+class Improvements(TypedDict):
+    expected_open_rate_increase: float
+    expected_click_rate_increase: float
+    sentiment_score: float
+    sentiment: Sentiment
+    estimate: Estimate
 
 
 class InboundAddress(TypedDict):
@@ -544,6 +636,7 @@ class Message(TypedDict):
     identity_id: str | None
     created_at: str
     sent_at: str | None
+    tracking: MessageTracking
     events: list[MessageEvent]
 
 
@@ -572,9 +665,48 @@ class MessageSummary(TypedDict):
     last_reply_code: int | None
 
 
+class MessageTracking(TypedDict):
+    opens: bool
+    clicks: bool
+    plain_text: bool
+    open_pixel: bool
+    open_pixel_left_out: NotRequired[str | None]
+
+
 class Meta(TypedDict):
     request_id: str
     timestamp: str
+
+
+class OptimizeContentIn(TypedDict):
+    subject: str
+    html: NotRequired[str | None]
+    text: NotRequired[str | None]
+
+
+class OptimizeRequest(TypedDict):
+    content: OptimizeContentIn
+    audience: NotRequired[dict[str, Any]]
+    optimization_goals: NotRequired[list[Literal["open_rate", "click_rate", "reply_rate", "revenue"]]]
+    tracking: NotRequired[Tracking]
+    personalization: NotRequired[dict[str, Any] | None]
+    rewrite: NotRequired[bool]
+
+
+class OptimizeResult(TypedDict):
+    original: OptimizedContent
+    optimized: OptimizedContent
+    improvements: Improvements
+    changes: list[ContentChange]
+    findings: list[ContentFinding]
+    spamassassin: SpamAssassinResult
+    rewriting: Rewriting
+
+
+class OptimizedContent(TypedDict):
+    subject: str
+    html: str | None
+    text: str | None
 
 
 class Overview(TypedDict):
@@ -792,6 +924,13 @@ class RevenueImpact(TypedDict):
     by_currency: list[CurrencyRevenue]
 
 
+class Rewriting(TypedDict):
+    requested: bool
+    used: bool
+    model: NotRequired[str | None]
+    reason: NotRequired[str | None]
+
+
 class SandboxHeader(TypedDict):
     name: str
     value: str
@@ -906,6 +1045,14 @@ class SentMessage(TypedDict):
     kind: Literal["to", "cc", "bcc"]
 
 
+class Sentiment(TypedDict):
+    compound: float
+    positive: float
+    neutral: float
+    negative: float
+    model: str
+
+
 Sequence = TypedDict("Sequence", {
     "livemode": "NotRequired[bool]",
     "id": "str",
@@ -1000,6 +1147,24 @@ class SeriesPoint(TypedDict):
 class SignatureIn(TypedDict):
     html: NotRequired[str | None]
     text: NotRequired[str | None]
+
+
+class SpamAssassinResult(TypedDict):
+    available: bool
+    reason: NotRequired[str | None]
+    original: NotRequired[SpamScore | None]
+    optimized: NotRequired[SpamScore | None]
+
+
+class SpamRule(TypedDict):
+    name: str
+    score: float
+    description: str
+
+
+class SpamScore(TypedDict):
+    score: float
+    rules: list[SpamRule]
 
 
 class StopOn(TypedDict):
@@ -1106,6 +1271,7 @@ class Token(TypedDict):
 class Tracking(TypedDict):
     track_opens: NotRequired[bool]
     track_clicks: NotRequired[bool]
+    plain_text: NotRequired[bool]
 
 
 class User(TypedDict):
@@ -1268,6 +1434,7 @@ class Operation(TypedDict):
 
 OPERATIONS: dict[str, Operation] = {
     "add_suppression": {"method": "POST", "path": "/suppressions", "query": [], "idempotency_key": False},
+    "analyze_contact": {"method": "POST", "path": "/ai/analyze-contact", "query": [], "idempotency_key": False},
     "archive_identity": {"method": "DELETE", "path": "/identities/{id}", "query": [], "idempotency_key": False},
     "archive_sequence": {"method": "DELETE", "path": "/sequences/{id}", "query": [], "idempotency_key": False},
     "campaign_analytics": {"method": "GET", "path": "/analytics/campaigns/{id}", "query": ["period", "interval"], "idempotency_key": False},
@@ -1327,6 +1494,7 @@ OPERATIONS: dict[str, Operation] = {
     "list_webhooks": {"method": "GET", "path": "/webhooks", "query": ["limit", "cursor"], "idempotency_key": False},
     "login": {"method": "POST", "path": "/auth/login", "query": [], "idempotency_key": False},
     "logout": {"method": "POST", "path": "/auth/logout", "query": [], "idempotency_key": False},
+    "optimize_content": {"method": "POST", "path": "/ai/optimize-content", "query": [], "idempotency_key": False},
     "pause_campaign": {"method": "POST", "path": "/campaigns/{id}/pause", "query": [], "idempotency_key": False},
     "pause_identity": {"method": "POST", "path": "/identities/{id}/pause", "query": [], "idempotency_key": False},
     "render_template": {"method": "POST", "path": "/templates/{id}/render", "query": [], "idempotency_key": False},
@@ -1356,4 +1524,4 @@ OPERATIONS: dict[str, Operation] = {
     "update_webhook": {"method": "PATCH", "path": "/webhooks/{id}", "query": [], "idempotency_key": False},
 }
 
-USER_DATA_FIELDS = frozenset(["custom_fields", "headers", "metadata", "personalization"])
+USER_DATA_FIELDS = frozenset(["audience", "custom_fields", "headers", "metadata", "personalization"])
