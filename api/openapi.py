@@ -42,7 +42,6 @@ _RATE_HEADERS = {
 }
 
 
-
 # Path parameters by name: an id is a public id; a domain a host name (a fuzzer that fills it
 # with arbitrary text only ever gets 404s, and most of what it makes cannot be a URL segment).
 PATH_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -54,6 +53,7 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
         "pattern": "^[A-Za-z0-9][A-Za-z0-9.-]*$",
     },
 }
+
 
 def _error_codes(op: Operation) -> list[int]:
     codes = set(op.errors) | {500}
