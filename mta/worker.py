@@ -425,10 +425,10 @@ class Worker:
                 row["recipient"],
                 data,
                 on_wire=lambda: self._on_wire.add(queue_id),
-                wanted=lambda: not self._shared.stopped(row),
+                wanted=lambda: self._wanted(row, scope),
             )
         except NotWanted:
-            return GiveBack(datetime.now(UTC))  # paused while it waited
+            return GiveBack(datetime.now(UTC))  # paused or suspended while it waited
         except DomainBusy:
             # Other processes hold every connection it may have: let one of them have it.
             return GiveBack(datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS))
@@ -452,12 +452,7 @@ class Worker:
         scope = self._shaper.scope(domain, route)
         await self._shared.note_site(scope)
         await self._shared.refresh()
-        held = self._shared.holding(
-            [
-                scope_key(kind, scope, row["tenant_id"], row["campaign_id"])
-                for kind in ("site", "provider", "tenant", "campaign")
-            ]
-        )
+        held = self._shared.holding(self._hold_keys(row, scope))
         if held is not None:
             return GiveBack(held.until)
         policy = await self._sts.policy(domain) if route.names else None
@@ -497,6 +492,23 @@ class Worker:
             verify=enforce,
         )
         return self.pools.shaped(shape, rule), route, scope, policy
+
+    @staticmethod
+    def _hold_keys(row: asyncpg.Record, scope: Scope) -> list[str]:
+        """The keys a shaping suspension may hold this message under."""
+        return [
+            scope_key(kind, scope, row["tenant_id"], row["campaign_id"])
+            for kind in ("site", "provider", "tenant", "campaign")
+        ]
+
+    def _wanted(self, row: asyncpg.Record, scope: Scope | None) -> bool:
+        """Asked once a connection is ours, after any wait for it: still to go now? Not if
+        its campaign, identity, domain or tenant was paused meanwhile, nor if a shaping rule
+        suspended its site, provider, tenant or campaign meanwhile (it goes back, and the
+        next claim holds it until the suspension ends)."""
+        if self._shared.stopped(row):
+            return False
+        return scope is None or self._shared.holding(self._hold_keys(row, scope)) is None
 
     def _sourced(self, level: Level, source: Source) -> Level:
         """A level as one egress source sees it: receivers count per sending address, so
