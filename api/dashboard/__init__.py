@@ -45,7 +45,7 @@ from api import analytics, campaigns, contacts, identities, keys, pauses, sandbo
 from api.auth import Principal, principal_for_token
 from api.envelope import pydantic_details
 from api.errors import ApiError
-from api.models import LIVEMODE, ContactCreate, LoginRequest
+from api.models import LIVEMODE, ContactCreate, LoginRequest, Token
 from api.ratelimit import rate_limited
 from api.routing import API, STATE, Call, Handler, Operation
 from api.tiers import TIERS, at_least, tier_required
@@ -139,7 +139,10 @@ async def invoke(
         if not at_least(principal.tier, op.tier):
             raise tier_required(op.tier, principal.tier, op.summary)
         usage = await state.limiter.hit(
-            principal.tenant_id, principal.tier, bucket=principal.rate_bucket, test=principal.sandbox
+            principal.tenant_id,
+            principal.tier,
+            bucket=principal.rate_bucket,
+            test=principal.sandbox,
         )
         if usage.exceeded:
             raise rate_limited(usage)
@@ -195,8 +198,10 @@ async def _check_csrf(request: web.Request, form: Mapping[str, Any]) -> None:
             raise web.HTTPForbidden(text="Cross-origin form refused")
     nonce = request.cookies.get(CSRF_COOKIE, "")
     sent = form.get(CSRF_FIELD, "")
-    if not nonce or not isinstance(sent, str) or not hmac.compare_digest(
-        sent, csrf_token(request, nonce)
+    if (
+        not nonce
+        or not isinstance(sent, str)
+        or not hmac.compare_digest(sent, csrf_token(request, nonce))
     ):
         raise web.HTTPForbidden(text="Missing or invalid CSRF token; reload the page and retry")
 
@@ -276,7 +281,11 @@ def page(handler: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamRe
             return await handler(request, session)
         except DashboardError as exc:
             return render(
-                request, "error.html", session, status=exc.status, message=exc.message,
+                request,
+                "error.html",
+                session,
+                status=exc.status,
+                message=exc.message,
                 fields=exc.fields,
             )
 
@@ -295,7 +304,9 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     await _check_csrf(request, form)
     state = request.app[STATE]
-    fields = {k: form.get(k) for k in ("email", "password", "tenant") if form.get(k)}
+    fields: dict[str, Any] = {
+        k: form.get(k) for k in ("email", "password", "tenant") if form.get(k)
+    }
     if form.get("mode") in ("live", "test"):
         fields["livemode"] = form.get("mode") == "live"
     email = str(form.get("email", ""))
@@ -303,8 +314,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         body = LoginRequest.model_validate(fields)
         # The API's own login: its throttle counts this browser's address and account.
         token = await keys.login(Call(request, state, None, body, None))
+        assert isinstance(token, Token)
     except ValidationError:
-        return render(request, "login.html", None, 422, error="Enter an email and a password", email=email)
+        return render(
+            request, "login.html", None, 422, error="Enter an email and a password", email=email
+        )
     except ApiError as exc:
         return render(request, "login.html", None, exc.status, error=exc.message, email=email)
     response = web.HTTPSeeOther(PREFIX)
@@ -329,7 +343,9 @@ async def overview(request: web.Request, session: Session) -> web.StreamResponse
 
 async def campaign_list(request: web.Request, session: Session) -> web.StreamResponse:
     listed = await invoke(
-        request, session, campaigns.list_campaigns,
+        request,
+        session,
+        campaigns.list_campaigns,
         query={"limit": 50, **_cursor(request)},
     )
     return render(request, "campaigns.html", session, page=dump(listed), form={}, errors=[])
@@ -358,19 +374,27 @@ async def campaign_create(request: web.Request, session: Session) -> web.StreamR
     body: dict[str, Any] = {
         "name": str(form.get("name", "")),
         "subject": str(form.get("subject", "")) or None,
-        "content": {"html": str(form.get("html", "")) or None, "text": str(form.get("text", "")) or None},
+        "content": {
+            "html": str(form.get("html", "")) or None,
+            "text": str(form.get("text", "")) or None,
+        },
         "recipients": _recipients(str(form.get("recipients", ""))),
         "settings": {"track_opens": True, "track_clicks": True},
     }
     if form.get("from_email"):
-        body["from"] = {"email": str(form["from_email"]), "name": str(form.get("from_name", "")) or None}
+        body["from"] = {"email": str(form["from_email"])}
     try:
         made = await invoke(request, session, campaigns.create_campaign, body=body)
     except DashboardError as exc:
         listed = await invoke(request, session, campaigns.list_campaigns, query={"limit": 50})
         return render(
-            request, "campaigns.html", session, status=exc.status, page=dump(listed),
-            form=dict(form), errors=[exc.message, *(f"{f['field']}: {f['message']}" for f in exc.fields)],
+            request,
+            "campaigns.html",
+            session,
+            status=exc.status,
+            page=dump(listed),
+            form=dict(form),
+            errors=[exc.message, *(f"{f['field']}: {f['message']}" for f in exc.fields)],
         )
     raise web.HTTPSeeOther(f"{PREFIX}/campaigns/{made.id}")
 
@@ -379,7 +403,10 @@ async def campaign_detail(request: web.Request, session: Session) -> web.StreamR
     public_id = request.match_info["id"]
     campaign = await invoke(request, session, campaigns.get_campaign, params={"id": public_id})
     stats = await invoke(
-        request, session, analytics.campaign_analytics, params={"id": public_id},
+        request,
+        session,
+        analytics.campaign_analytics,
+        params={"id": public_id},
         query={"period": "30d"},
     )
     return render(request, "campaign.html", session, campaign=dump(campaign), stats=dump(stats))
@@ -388,7 +415,10 @@ async def campaign_detail(request: web.Request, session: Session) -> web.StreamR
 async def campaign_series(request: web.Request, session: Session) -> web.StreamResponse:
     """The chart's data, polled by dash.js so the chart follows opens and clicks as they come."""
     stats = await invoke(
-        request, session, analytics.campaign_analytics, params={"id": request.match_info["id"]},
+        request,
+        session,
+        analytics.campaign_analytics,
+        params={"id": request.match_info["id"]},
         query={"period": "48h", "interval": "hour"},
     )
     data = dump(stats)
@@ -401,7 +431,10 @@ async def campaign_series(request: web.Request, session: Session) -> web.StreamR
 async def campaign_csv(request: web.Request, session: Session) -> web.StreamResponse:
     public_id = request.match_info["id"]
     stats = await invoke(
-        request, session, analytics.campaign_analytics, params={"id": public_id},
+        request,
+        session,
+        analytics.campaign_analytics,
+        params={"id": public_id},
         query={"period": "all"},
     )
     out = io.StringIO()
@@ -441,10 +474,7 @@ async def inbox(request: web.Request, session: Session) -> web.StreamResponse:
     items = dump(listed)["items"]
     search = request.query.get("q", "").strip().lower()
     if search:
-        items = [
-            m for m in items
-            if search in f"{m['subject']} {m['from']} {m['to']}".lower()
-        ]
+        items = [m for m in items if search in f"{m['subject']} {m['from']} {m['to']}".lower()]
     return render(request, "inbox.html", session, page=dump(listed), items=items, q=search)
 
 
@@ -464,8 +494,14 @@ async def contact_list(request: web.Request, session: Session) -> web.StreamResp
     if request.query.get("tag"):
         query["tag"] = request.query["tag"]
     listed = await invoke(request, session, contacts.list_contacts, query=query)
-    return render(request, "contacts.html", session, page=dump(listed), report=None,
-                  tag=request.query.get("tag", ""))
+    return render(
+        request,
+        "contacts.html",
+        session,
+        page=dump(listed),
+        report=None,
+        tag=request.query.get("tag", ""),
+    )
 
 
 def _import_rows(data: bytes) -> tuple[list[ContactCreate], list[tuple[int, str]]]:
@@ -530,9 +566,14 @@ async def contact_import(request: web.Request, session: Session) -> web.StreamRe
             await transaction.start()
             for number, contact in enumerate(good, start=2):
                 row = await conn.fetchrow(
-                    SQL["insert_contact"], session.principal.tenant_id, contact.email,
-                    contact.first_name, contact.last_name, contact.company,
-                    contact.custom_fields, list(dict.fromkeys(contact.tags)),
+                    SQL["insert_contact"],
+                    session.principal.tenant_id,
+                    contact.email,
+                    contact.first_name,
+                    contact.last_name,
+                    contact.company,
+                    contact.custom_fields,
+                    list(dict.fromkeys(contact.tags)),
                 )
                 if row is None:
                     bad.append((number, "email: a contact with this address already exists"))
@@ -544,18 +585,29 @@ async def contact_import(request: web.Request, session: Session) -> web.StreamRe
     listed = await invoke(request, session, contacts.list_contacts, query={"limit": 50})
     report = {"imported": imported, "rows": len(good) + len(bad), "errors": bad}
     return render(
-        request, "contacts.html", session, status=422 if bad else 200, page=dump(listed),
-        report=report, tag="",
+        request,
+        "contacts.html",
+        session,
+        status=422 if bad else 200,
+        page=dump(listed),
+        report=report,
+        tag="",
     )
 
 
-async def developers(request: web.Request, session: Session, created: Any = None,
-                     secret: str | None = None) -> web.StreamResponse:
+async def developers(
+    request: web.Request, session: Session, created: Any = None, secret: str | None = None
+) -> web.StreamResponse:
     api_keys = await invoke(request, session, keys.list_api_keys, query={"limit": 100})
     hooks = await invoke(request, session, webhooks.list_webhooks, query={"limit": 100})
     return render(
-        request, "developers.html", session, keys=dump(api_keys)["items"],
-        hooks=dump(hooks)["items"], created=created, secret=secret,
+        request,
+        "developers.html",
+        session,
+        keys=dump(api_keys)["items"],
+        hooks=dump(hooks)["items"],
+        created=created,
+        secret=secret,
     )
 
 
@@ -566,7 +618,9 @@ async def developers_page(request: web.Request, session: Session) -> web.StreamR
 async def key_create(request: web.Request, session: Session) -> web.StreamResponse:
     form = await request.post()
     made = await invoke(
-        request, session, keys.create_api_key,
+        request,
+        session,
+        keys.create_api_key,
         body={"name": str(form.get("name", "")), "type": str(form.get("type", "secret"))},
     )
     return await developers(request, session, created=dump(made))
@@ -581,23 +635,34 @@ async def webhook_create(request: web.Request, session: Session) -> web.StreamRe
     form = await request.post()
     events = [e.strip() for e in str(form.get("events", "")).split(",") if e.strip()]
     made = await invoke(
-        request, session, webhooks.create_webhook,
+        request,
+        session,
+        webhooks.create_webhook,
         body={"url": str(form.get("url", "")), "events": events or ["email.*"]},
     )
     return await developers(request, session, secret=made.secret)
 
 
-async def webhook_detail(request: web.Request, session: Session, secret: str | None = None,
-                         ping: Any = None) -> web.StreamResponse:
+async def webhook_detail(
+    request: web.Request, session: Session, secret: str | None = None, ping: Any = None
+) -> web.StreamResponse:
     hook_id = request.match_info["id"]
     hook = await invoke(request, session, webhooks.get_webhook, params={"id": hook_id})
     deliveries = await invoke(
-        request, session, webhooks.list_webhook_deliveries, params={"id": hook_id},
+        request,
+        session,
+        webhooks.list_webhook_deliveries,
+        params={"id": hook_id},
         query={"limit": 50},
     )
     return render(
-        request, "webhook.html", session, hook=dump(hook),
-        deliveries=dump(deliveries)["items"], secret=secret, ping=ping,
+        request,
+        "webhook.html",
+        session,
+        hook=dump(hook),
+        deliveries=dump(deliveries)["items"],
+        secret=secret,
+        ping=ping,
     )
 
 
@@ -607,8 +672,11 @@ async def webhook_page(request: web.Request, session: Session) -> web.StreamResp
 
 async def webhook_rotate(request: web.Request, session: Session) -> web.StreamResponse:
     rotated = await invoke(
-        request, session, webhooks.rotate_webhook_secret,
-        params={"id": request.match_info["id"]}, body={},
+        request,
+        session,
+        webhooks.rotate_webhook_secret,
+        params={"id": request.match_info["id"]},
+        body={},
     )
     return await webhook_detail(request, session, secret=rotated.secret)
 
@@ -629,14 +697,21 @@ async def deliverability(request: web.Request, session: Session) -> web.StreamRe
     search = request.query.get("q", "").strip().lower()
     items = [s for s in dump(suppressed)["items"] if search in s["email"].lower()]
     return render(
-        request, "deliverability.html", session, identities=dump(idents)["items"],
-        pauses=dump(paused), suppressions=items, q=search,
+        request,
+        "deliverability.html",
+        session,
+        identities=dump(idents)["items"],
+        pauses=dump(paused),
+        suppressions=items,
+        q=search,
     )
 
 
 async def suppression_add(request: web.Request, session: Session) -> web.StreamResponse:
     form = await request.post()
-    await invoke(request, session, contacts.add_suppression, body={"email": str(form.get("email", ""))})
+    await invoke(
+        request, session, contacts.add_suppression, body={"email": str(form.get("email", ""))}
+    )
     raise web.HTTPSeeOther(f"{PREFIX}/deliverability")
 
 
@@ -659,7 +734,12 @@ async def billing(request: web.Request, session: Session) -> web.StreamResponse:
     )
     configured = getattr(state.settings, "billing", None) is not None
     return render(
-        request, "billing.html", session, tier=principal.tier, tiers=TIERS, usage=usage,
+        request,
+        "billing.html",
+        session,
+        tier=principal.tier,
+        tiers=TIERS,
+        usage=usage,
         billing_configured=configured,
     )
 

@@ -17,8 +17,8 @@ from tests.helpers import Client
 PASSWORD = "correct horse battery staple"
 
 
-async def make_user(client: Client, email: str) -> dict[str, str]:
-    made = await client.post("/users", json={"email": email, "password": PASSWORD})
+async def make_user(api_client: Client, email: str) -> dict[str, str]:
+    made = await api_client.post("/users", json={"email": email, "password": PASSWORD})
     assert made.status == 201, made.body
     return {"email": email, "password": PASSWORD}
 
@@ -86,7 +86,9 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def page(browser: Any) -> AsyncIterator[Any]:
-    context = await browser.new_context(user_agent=USER_AGENT, viewport={"width": 1100, "height": 900})
+    context = await browser.new_context(
+        user_agent=USER_AGENT, viewport={"width": 1100, "height": 900}
+    )
     page = await context.new_page()
     yield page
     await context.close()

@@ -76,8 +76,11 @@ async def test_login_sets_a_secure_session_and_logout_ends_it(
     assert "__Host-pm_session" not in session.cookies
     async with session.http.post(
         api.url + "/dashboard/login",
-        data={"email": "ann@acme.test", "password": "correct horse battery staple",
-              "csrf_token": token},
+        data={
+            "email": "ann@acme.test",
+            "password": "correct horse battery staple",
+            "csrf_token": token,
+        },
         headers={"Cookie": f"__Host-pm_csrf={session.cookies['__Host-pm_csrf']}"},
         allow_redirects=False,
     ) as response:
@@ -106,13 +109,17 @@ async def test_every_form_refuses_a_post_without_its_token(ann: Browserless) -> 
             assert headers["Content-Security-Policy"] == CSP
     # The right token from another site's page is refused too.
     status, _, _ = await ann.request(
-        "POST", "/dashboard/developers/keys", data={"csrf_token": good, "name": "x"},
+        "POST",
+        "/dashboard/developers/keys",
+        data={"csrf_token": good, "name": "x"},
         headers={"Origin": "https://evil.test"},
     )
     assert status == 403
     # Another browser's token does not fit this browser's cookie.
     ann.cookies["__Host-pm_csrf"] = "A" * 43
-    status, _, _ = await ann.request("POST", "/dashboard/developers/keys", data={"csrf_token": good})
+    status, _, _ = await ann.request(
+        "POST", "/dashboard/developers/keys", data={"csrf_token": good}
+    )
     assert status == 403
     # And nothing was made by any of it.
     status, _, html = await ann.request("GET", "/dashboard/developers")
@@ -179,12 +186,14 @@ async def test_one_tenant_sees_nothing_of_another(
     token = await gus.csrf("/dashboard")
     for action in ("send", "cancel"):
         status, _, _ = await gus.request(
-            "POST", f"/dashboard/campaigns/{campaign.data['id']}/{action}",
+            "POST",
+            f"/dashboard/campaigns/{campaign.data['id']}/{action}",
             data={"csrf_token": token},
         )
         assert status == 404
     status, _, _ = await gus.request(
-        "POST", f"/dashboard/developers/webhooks/{hook.data['id']}/rotate",
+        "POST",
+        f"/dashboard/developers/webhooks/{hook.data['id']}/rotate",
         data={"csrf_token": token},
     )
     assert status == 404

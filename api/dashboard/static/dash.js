@@ -38,6 +38,8 @@ function drawChart(el) {
             { label: "Bounced", stroke: "#b3261e" },
             { label: "Complained", stroke: "#a15c00" }
           ],
+          scales: { x: { time: true, range: function () {
+            var now = Date.now() / 1000; return [now - 48 * 3600, now + 3600]; } } },
           axes: [{}, {}]
         }, cols, el);
       })
