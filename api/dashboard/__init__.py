@@ -32,16 +32,26 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import jinja2
 import orjson
 from aiohttp import web
-from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from pydantic import BaseModel, ValidationError
 
-from api import analytics, campaigns, contacts, identities, keys, pauses, sandbox, webhooks
+from api import (
+    analytics,
+    campaigns,
+    contacts,
+    domains,
+    identities,
+    keys,
+    pauses,
+    sandbox,
+    sequences,
+    webhooks,
+)
 from api.auth import Principal, principal_for_token
 from api.envelope import pydantic_details
 from api.errors import ApiError
@@ -51,8 +61,10 @@ from api.routing import API, STATE, Call, Handler, Operation
 from api.tiers import TIERS, at_least, tier_required
 from penguinmails.queries import load
 from penguinmails.secrets import derive, server_keys
+from penguinmails.status import queue_status
 
 SQL = load("api")
+DASHBOARD_SQL = load("api", "dashboard.sql")
 PREFIX = "/dashboard"
 SESSION_COOKIE = "__Host-pm_session"
 CSRF_COOKIE = "__Host-pm_csrf"
@@ -98,6 +110,7 @@ PageHandler = Callable[[web.Request, "Session"], Awaitable[web.StreamResponse]]
 class Session:
     principal: Principal
     csrf: str  # the form token for this browser
+    operator: bool = False  # may see the installation's queue (migration 0039)
 
 
 class DashboardError(Exception):
@@ -153,17 +166,26 @@ async def invoke(
         except ValidationError as exc:
             details = pydantic_details(exc)
             raise DashboardError(422, "Please correct the fields below", details) from None
-        # The handler reads its path parameters from the request, as under its own route:
-        # this page's request carries them for the call (a request whose form was read
-        # cannot be cloned), and gets its own back after.
-        own = request._match_info
-        request._match_info = UrlMappingMatchInfo(dict(params or {}), request.match_info.route)
-        try:
-            return await handler(Call(request, state, principal, body_model, query_model))
-        finally:
-            request._match_info = own
+        call_request = cast(web.Request, _AsRouted(request, params or {}))
+        return await handler(Call(call_request, state, principal, body_model, query_model))
     except ApiError as exc:
         raise DashboardError(exc.status, exc.message, exc.details) from None
+
+
+class _AsRouted:
+    """This page's request as the operation's handler sees it under its own route: the path
+    parameters are the operation's; everything else (the caller's address, headers, app)
+    is the page's request."""
+
+    def __init__(self, request: web.Request, params: Mapping[str, str]) -> None:
+        self._request = request
+        self.match_info = dict(params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._request[key]
 
 
 def dump(model: BaseModel | None) -> Any:
@@ -245,6 +267,7 @@ def render(
     body = _ENV.get_template(name).render(
         csrf=csrf_token(request, nonce),
         principal=principal,
+        operator=session is not None and session.operator,
         test_mode=principal is not None and principal.sandbox,
         path=request.path,
         **context,
@@ -276,7 +299,10 @@ def page(handler: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamRe
         if request.method == "POST":
             await _check_csrf(request, await request.post())
         nonce, _ = _nonce(request)
-        session = Session(principal, csrf_token(request, nonce))
+        operator = await request.app[STATE].pool.fetchval(
+            DASHBOARD_SQL["user_is_operator"], principal.user_id
+        )
+        session = Session(principal, csrf_token(request, nonce), bool(operator))
         try:
             return await handler(request, session)
         except DashboardError as exc:
@@ -348,7 +374,24 @@ async def campaign_list(request: web.Request, session: Session) -> web.StreamRes
         campaigns.list_campaigns,
         query={"limit": 50, **_cursor(request)},
     )
-    return render(request, "campaigns.html", session, page=dump(listed), form={}, errors=[])
+    return render(
+        request,
+        "campaigns.html",
+        session,
+        page=dump(listed),
+        form={},
+        errors=[],
+        sequences=await _sequences(request, session),
+    )
+
+
+async def _sequences(request: web.Request, session: Session) -> list[Any] | None:
+    """The tenant's sequences, or None below the tier that has them (said on the page)."""
+    if not at_least(session.principal.tier, _operation(sequences.list_sequences).tier):
+        return None
+    listed = await invoke(request, session, sequences.list_sequences, query={"limit": 50})
+    items: list[Any] = dump(listed)["items"]
+    return items
 
 
 def _cursor(request: web.Request) -> dict[str, str]:
@@ -393,6 +436,7 @@ async def campaign_create(request: web.Request, session: Session) -> web.StreamR
             session,
             status=exc.status,
             page=dump(listed),
+            sequences=await _sequences(request, session),
             form=dict(form),
             errors=[exc.message, *(f"{f['field']}: {f['message']}" for f in exc.fields)],
         )
@@ -707,6 +751,16 @@ async def deliverability(request: web.Request, session: Session) -> web.StreamRe
     )
 
 
+async def domain_check(request: web.Request, session: Session) -> web.StreamResponse:
+    """One sending domain's DNS checked now (the API's GET /domains/{domain}): each check's
+    result with the record found, the record to publish and how to fix it."""
+    name = request.query.get("domain", "").strip()
+    result = None
+    if name:
+        result = dump(await invoke(request, session, domains.get_domain, params={"domain": name}))
+    return render(request, "domain.html", session, domain=name, result=result)
+
+
 async def suppression_add(request: web.Request, session: Session) -> web.StreamResponse:
     form = await request.post()
     await invoke(
@@ -742,6 +796,15 @@ async def billing(request: web.Request, session: Session) -> web.StreamResponse:
         usage=usage,
         billing_configured=configured,
     )
+
+
+async def system(request: web.Request, session: Session) -> web.StreamResponse:
+    """The installation's queue for operators: what `penguinmails status` prints, from the
+    same queries (penguinmails.status). Every tenant's numbers, so absent (404) for others."""
+    if not session.operator:
+        raise web.HTTPNotFound()
+    status = await queue_status(request.app[STATE].pool)
+    return render(request, "system.html", session, queue=status)
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
@@ -781,6 +844,8 @@ def add_dashboard(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/developers/webhooks/{{id}}/rotate", page(webhook_rotate))
     r.add_post(f"{PREFIX}/developers/webhooks/{{id}}/test", page(webhook_test))
     r.add_get(f"{PREFIX}/deliverability", page(deliverability))
+    r.add_get(f"{PREFIX}/deliverability/domain", page(domain_check))
     r.add_post(f"{PREFIX}/deliverability/suppressions", page(suppression_add))
     r.add_post(f"{PREFIX}/deliverability/suppressions/remove", page(suppression_remove))
     r.add_get(f"{PREFIX}/settings/billing", page(billing))
+    r.add_get(f"{PREFIX}/system", page(system))

@@ -4,13 +4,18 @@ answer carries the strict Content-Security-Policy."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import pytest
 
 from api.dashboard import CSP
 from api.server import ApiServer
+from mta.domains import add_domain
+from penguinmails.cli import cmd_operators, cmd_status
+from penguinmails.config import Settings
 from tests.dashboard.conftest import Browserless, make_user
 from tests.helpers import Client
 
@@ -149,7 +154,11 @@ async def test_one_tenant_sees_nothing_of_another(
     make_key: Callable[..., Awaitable[str]],
     ann: Browserless,
     browserless: Callable[[str], Browserless],
+    pool: asyncpg.Pool,
+    settings: Settings,
 ) -> None:
+    async with pool.acquire() as conn:
+        await add_domain(conn, settings, "acme.test", tenant="acme")
     campaign = await client.post(
         "/campaigns",
         json={
@@ -180,6 +189,7 @@ async def test_one_tenant_sees_nothing_of_another(
         f"/dashboard/campaigns/{campaign.data['id']}",
         f"/dashboard/campaigns/{campaign.data['id']}/series.json",
         f"/dashboard/developers/webhooks/{hook.data['id']}",
+        "/dashboard/deliverability/domain?domain=acme.test",
     ):
         status, _, html = await gus.request("GET", path)
         assert status == 404 and "Acme" not in html, path
@@ -198,3 +208,47 @@ async def test_one_tenant_sees_nothing_of_another(
     )
     assert status == 404
     assert (await client.get(f"/campaigns/{campaign.data['id']}")).data["status"] == "draft"
+
+
+async def test_the_system_page_shows_the_status_numbers_to_operators_only(
+    api: ApiServer,
+    client: Client,
+    settings: Settings,
+    ann: Browserless,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sent = await client.post(
+        "/emails/send",
+        json={
+            "from": {"email": "news@acme.test"},
+            "to": ["zed@later.test"],
+            "subject": "Queued",
+            "content": {"text": "Hello"},
+        },
+    )
+    assert sent.status in (200, 201, 202), sent.body
+    status, _, html = await ann.request("GET", "/dashboard/system")
+    assert status == 404
+    _, _, html = await ann.request("GET", "/dashboard")
+    assert "/dashboard/system" not in html
+
+    def operators(action: str, email: str) -> argparse.Namespace:
+        return argparse.Namespace(action=action, email=email, tenant="acme", test=True)
+
+    assert await cmd_operators(settings, operators("grant", "nobody@acme.test")) == 1
+    assert await cmd_operators(settings, operators("grant", "ann@acme.test")) == 0
+    _, _, html = await ann.request("GET", "/dashboard")
+    assert 'href="/dashboard/system"' in html
+    status, headers, html = await ann.request("GET", "/dashboard/system")
+    assert status == 200 and headers["Content-Security-Policy"] == CSP
+    capsys.readouterr()
+    assert await cmd_status(settings, argparse.Namespace()) == 0
+    printed = capsys.readouterr().out
+    # The CLI's lines and the page's rows: the same numbers.
+    cli_totals = dict(re.findall(r"^(\w+) +(\d+) *$", printed, re.M))
+    page_totals = dict(re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td></tr>", html))
+    assert page_totals == cli_totals == {"queued": "1"}, (printed, page_totals)
+    assert "later.test" in html and "later.test" in printed
+    assert await cmd_operators(settings, operators("revoke", "ann@acme.test")) == 0
+    status, _, _ = await ann.request("GET", "/dashboard/system")
+    assert status == 404
