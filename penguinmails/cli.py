@@ -515,7 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="let a dashboard user see the whole queue (or stop)",
         description="let a dashboard user see the whole installation's queue (or stop)",
     )
-    operators.add_argument("action", choices=["grant", "revoke"])
+    operators.add_argument(
+        "action", choices=["grant", "revoke"], help="grant the view, or revoke it"
+    )
     operators.add_argument("email", help="the user's login address")
     operators.add_argument("--tenant", required=True, help="the user's tenant")
     operators.add_argument("--test", action="store_true", help="the tenant's test-mode user")
