@@ -50,6 +50,7 @@ from api import (
     pauses,
     sandbox,
     sequences,
+    templates,
     webhooks,
 )
 from api.auth import Principal, principal_for_token
@@ -382,7 +383,14 @@ async def campaign_list(request: web.Request, session: Session) -> web.StreamRes
         form={},
         errors=[],
         sequences=await _sequences(request, session),
+        templates=await _templates(request, session),
     )
+
+
+async def _templates(request: web.Request, session: Session) -> list[Any]:
+    listed = await invoke(request, session, templates.list_templates, query={"limit": 100})
+    items: list[Any] = dump(listed)["items"]
+    return items
 
 
 async def _sequences(request: web.Request, session: Session) -> list[Any] | None:
@@ -424,6 +432,8 @@ async def campaign_create(request: web.Request, session: Session) -> web.StreamR
         "recipients": _recipients(str(form.get("recipients", ""))),
         "settings": {"track_opens": True, "track_clicks": True},
     }
+    if form.get("template_id"):
+        body["content"] = {"template_id": str(form["template_id"])}
     if form.get("from_email"):
         body["from"] = {"email": str(form["from_email"])}
     try:
@@ -437,6 +447,7 @@ async def campaign_create(request: web.Request, session: Session) -> web.StreamR
             status=exc.status,
             page=dump(listed),
             sequences=await _sequences(request, session),
+            templates=await _templates(request, session),
             form=dict(form),
             errors=[exc.message, *(f"{f['field']}: {f['message']}" for f in exc.fields)],
         )
@@ -507,7 +518,13 @@ async def campaign_action(request: web.Request, session: Session) -> web.StreamR
     action = _ACTIONS.get(request.match_info["action"])
     if action is None:
         raise web.HTTPNotFound()
-    await invoke(request, session, action, params={"id": public_id}, body={})
+    body = {}
+    form = await request.post()
+    send_at = form.get("send_at")
+    if action is campaigns.send_campaign and isinstance(send_at, str) and send_at:
+        # A datetime-local field has no zone: the page says it is UTC.
+        body["send_at"] = f"{send_at}:00+00:00"
+    await invoke(request, session, action, params={"id": public_id}, body=body)
     raise web.HTTPSeeOther(f"{PREFIX}/campaigns/{public_id}")
 
 
@@ -545,6 +562,38 @@ async def contact_list(request: web.Request, session: Session) -> web.StreamResp
         page=dump(listed),
         report=None,
         tag=request.query.get("tag", ""),
+    )
+
+
+async def contact_export(request: web.Request, session: Session) -> web.StreamResponse:
+    """Every contact (of the tag, if one is given) as CSV, in the import's columns, read page by
+    page through the API's list."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["email", "first_name", "last_name", "company", "tags", "custom_fields"])
+    query: dict[str, Any] = {"limit": 100}
+    if request.query.get("tag"):
+        query["tag"] = request.query["tag"]
+    while True:
+        listed = dump(await invoke(request, session, contacts.list_contacts, query=query))
+        for c in listed["items"]:
+            writer.writerow(
+                [
+                    c["email"],
+                    c["first_name"] or "",
+                    c["last_name"] or "",
+                    c["company"] or "",
+                    ";".join(c["tags"]),
+                    orjson.dumps(c["custom_fields"]).decode() if c["custom_fields"] else "",
+                ]
+            )
+        if not listed["has_more"]:
+            break
+        query["cursor"] = listed["next_cursor"]
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="contacts.csv"'},
     )
 
 
@@ -836,6 +885,7 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/inbox/{{id}}", page(inbox_message))
     r.add_get(f"{PREFIX}/contacts", page(contact_list))
     r.add_post(f"{PREFIX}/contacts/import", page(contact_import))
+    r.add_get(f"{PREFIX}/contacts/export.csv", page(contact_export))
     r.add_get(f"{PREFIX}/developers", page(developers_page))
     r.add_post(f"{PREFIX}/developers/keys", page(key_create))
     r.add_post(f"{PREFIX}/developers/keys/{{id}}/revoke", page(key_revoke))

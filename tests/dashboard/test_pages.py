@@ -5,6 +5,8 @@ answer carries the strict Content-Security-Policy."""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import re
 from collections.abc import Awaitable, Callable
 
@@ -252,3 +254,74 @@ async def test_the_system_page_shows_the_status_numbers_to_operators_only(
     assert await cmd_operators(settings, operators("revoke", "ann@acme.test")) == 0
     status, _, _ = await ann.request("GET", "/dashboard/system")
     assert status == 404
+
+
+async def test_a_template_campaign_scheduled_paused_resumed_and_cancelled(
+    client: Client, ann: Browserless
+) -> None:
+    made = await client.post(
+        "/templates",
+        json={"name": "Welcome", "subject": "Welcome {{first_name}}", "html": "<p>Hi</p>"},
+    )
+    assert made.status == 201, made.body
+    template = made.data["id"]
+    _, _, html = await ann.request("GET", "/dashboard/campaigns")
+    assert f'<option value="{template}">Welcome (v1)</option>' in html
+    token = await ann.csrf("/dashboard/campaigns")
+    status, headers, body = await ann.request(
+        "POST",
+        "/dashboard/campaigns",
+        data={
+            "csrf_token": token,
+            "name": "From a template",
+            "from_email": "news@acme.test",
+            "template_id": template,
+            "recipients": "zed@dest.test, Zed\nyan@dest.test, Yan",
+        },
+    )
+    assert status == 303, body
+    campaign_id = headers["Location"].rsplit("/", 1)[1]
+    campaign = (await client.get(f"/campaigns/{campaign_id}")).data
+    assert campaign["content"]["template_id"] == template
+    assert campaign["recipient_count"] == 2
+
+    async def act(action: str, **form: str) -> str:
+        status, _, body = await ann.request(
+            "POST",
+            f"/dashboard/campaigns/{campaign_id}/{action}",
+            data={"csrf_token": token, **form},
+        )
+        assert status == 303, body
+        return str((await client.get(f"/campaigns/{campaign_id}")).data["status"])
+
+    assert await act("send", send_at="2099-01-02T03:04") == "scheduled"
+    assert (
+        (await client.get(f"/campaigns/{campaign_id}"))
+        .data["send_at"]
+        .startswith("2099-01-02T03:04:00")
+    )
+    assert await act("pause") == "paused"
+    assert await act("resume") == "scheduled"
+    assert await act("cancel") == "cancelled"
+    # A refused action is shown, not done: a cancelled campaign cannot be sent.
+    status, _, body = await ann.request(
+        "POST", f"/dashboard/campaigns/{campaign_id}/send", data={"csrf_token": token}
+    )
+    assert status == 409 and "draft" in body
+
+
+async def test_contacts_export_as_csv(client: Client, ann: Browserless) -> None:
+    for i in range(105):  # more than one page of the API's list
+        made = await client.post(
+            "/contacts",
+            json={"email": f"c{i}@dest.test", "first_name": f"C{i}", "tags": ["vip"]},
+        )
+        assert made.status == 201
+    await client.post("/contacts", json={"email": "plain@dest.test"})
+    status, headers, text = await ann.request("GET", "/dashboard/contacts/export.csv?tag=vip")
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 105 and {r["tags"] for r in rows} == {"vip"}
+    assert {r["email"] for r in rows} == {f"c{i}@dest.test" for i in range(105)}
+    _, _, text = await ann.request("GET", "/dashboard/contacts/export.csv")
+    assert "plain@dest.test" in text and len(list(csv.DictReader(io.StringIO(text)))) == 106
