@@ -4,7 +4,6 @@ tracker. Screenshots of each page are written under the test's tmp path for revi
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 from collections.abc import Awaitable, Callable
@@ -82,9 +81,19 @@ async def _walk(
     base = api.url
     page.set_default_timeout(TIMEOUT)
 
-    # No session: the login page.
+    # No session: the login page, under 100 KB of transfer with everything it loads.
+    loaded: list[Any] = []
+
+    def keep(response: Any) -> None:
+        loaded.append(response)
+
+    page.on("response", keep)
     await page.goto(base + "/dashboard")
     assert page.url == base + "/dashboard/login"
+    await page.wait_for_load_state("load")
+    page.remove_listener("response", keep)
+    sizes = [len(await r.body()) for r in loaded if r.status == 200]
+    assert len(sizes) >= 3 and sum(sizes) < 100_000, sizes
     await shots(page, "01-login")
     await page.get_by_label("Email").fill("ann@acme.test")
     await page.get_by_label("Password").fill(PASSWORD)
@@ -193,4 +202,11 @@ async def _walk(
         await page.get_by_role("link", name=name, exact=True).click()
         await shots(page, shot)
     assert await page.locator("#plan").inner_text() == "enterprise"
-    await asyncio.sleep(0)
+
+    # On a phone: nothing wider than the screen but the tables, which scroll in their box.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    for path, shot in (("/dashboard", "12-phone-overview"), (campaign_url, "13-phone-campaign")):
+        await page.goto(path if path.startswith("http") else base + path)
+        wide = await page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= 390, (path, wide)
+        await shots(page, shot)
