@@ -42,6 +42,7 @@ from api import (  # noqa: F401
     webhooks,
 )
 from api.auth import LoginTokens
+from api.dashboard import add_dashboard
 from api.docs import add_docs
 from api.envelope import MAX_BODY, envelope_middleware
 from api.index import add_index
@@ -176,6 +177,7 @@ def create_app(
         install(app, prefix)
         inbound.add_downloads(app, prefix)
     sandbox.add_page(app)
+    add_dashboard(app)
     add_index(app, PREFIX)
     add_index(app, ALIAS, page=False)
     app.cleanup_ctx.append(_housekeeping)

@@ -129,6 +129,27 @@ async def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_operators(settings: Settings, args: argparse.Namespace) -> int:
+    """Grant or revoke a dashboard user's view of the whole installation's queue."""
+    from penguinmails.queries import load
+
+    sql = load("penguinmails", "sql/queries.sql")
+    mode = "test" if args.test else "live"
+    conn = await _connect_migrated(settings)
+    try:
+        found = await conn.fetchval(
+            sql["set_operator"], args.tenant, mode, args.email, args.action == "grant"
+        )
+    finally:
+        await conn.close()
+    if found is None:
+        print(f"no {mode} user {args.email!r} in tenant {args.tenant!r}", file=sys.stderr)
+        return 1
+    done = "is now an operator" if args.action == "grant" else "is no longer an operator"
+    print(f"{args.email} ({args.tenant}, {mode}) {done}")
+    return 0
+
+
 async def cmd_tracker(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.server import serve
 
@@ -222,21 +243,19 @@ async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from penguinmails.queries import load
+    from penguinmails.status import queue_status
 
-    sql = load("penguinmails", "sql/queries.sql")
     shaping = load("mta", "shaping.sql")
     conn = await _connect_migrated(settings)
     try:
-        totals = await conn.fetch(sql["status_totals"])
-        depth = await conn.fetch(sql["queue_depth"], 20)
-        oldest = await conn.fetchrow(sql["oldest_deferred"])
-        reasons = await conn.fetch(sql["deferral_reasons"], 10)
-        webhooks = await conn.fetchrow(sql["webhook_backlog_summary"])
+        # The same numbers as the dashboard's system page (penguinmails.status).
+        status = await queue_status(conn)
         sites = await conn.fetch(shaping["depth_by_site"], 20)
         held = await conn.fetch(shaping["held_seconds"])
-        paused = await conn.fetch(sql["paused_sending"], 50)
     finally:
         await conn.close()
+    totals, depth, oldest = status.totals, status.depth, status.oldest
+    reasons, webhooks, paused = status.reasons, status.webhooks, status.paused
     print(_table(["status", "messages"], [[r["status"], r["messages"]] for r in totals]))
     if depth:
         print("\nqueue by destination domain")
@@ -490,6 +509,19 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "status", "show the queue: messages by status and domain, deferrals, webhooks", cmd_status
     )
+
+    operators = sub.add_parser(
+        "operators",
+        help="let a dashboard user see the whole queue (or stop)",
+        description="let a dashboard user see the whole installation's queue (or stop)",
+    )
+    operators.add_argument(
+        "action", choices=["grant", "revoke"], help="grant the view, or revoke it"
+    )
+    operators.add_argument("email", help="the user's login address")
+    operators.add_argument("--tenant", required=True, help="the user's tenant")
+    operators.add_argument("--test", action="store_true", help="the tenant's test-mode user")
+    operators.set_defaults(func=cmd_operators)
 
     keys = sub.add_parser("keys", help="make API keys", description="make API keys")
     key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")

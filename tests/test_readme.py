@@ -66,6 +66,7 @@ def test_every_shipped_config_is_valid(path):
 WALKTHROUGH = "## A first message"
 BROWSER_STEP = "### 5. Open it and click"
 WEBHOOK_STEP = "### 6. Receive the events as webhooks"
+DASHBOARD_STEP = "### 7. The dashboard"
 README_RECEIVER = "127.0.0.1:9000"
 README_API = "http://127.0.0.1:8080"
 CHROME = (
@@ -193,6 +194,11 @@ async def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
     text = README[README.index(WALKTHROUGH) :]
     before, after = text.split(BROWSER_STEP, 1)
     after, hooks_text = after.split(WEBHOOK_STEP, 1)
+    hooks_text, dashboard_text = hooks_text.split(DASHBOARD_STEP, 1)
+    dashboard_text = dashboard_text.split("\n## ", 1)[0]
+    [make_user] = _sh_blocks(dashboard_text)
+    screenshot = re.search(r"!\[[^\]]+\]\((docs/[\w.-]+\.png)\)", dashboard_text)
+    assert screenshot and (ROOT / screenshot.group(1)).stat().st_size < 200_000
     first, walkthrough, last = _sh_blocks(before)[0], _sh_blocks(before)[1:], _sh_blocks(after)
     hooks = _sh_blocks(hooks_text)
     assert len(hooks) == 2
@@ -282,6 +288,33 @@ async def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
         assert ping["delivered"] is True and ping["status_code"] == 204, ping
         logged = await shell.run(hooks[1])
         assert ping["webhook_id"] in logged and '"type"' in logged, logged
+
+        # The dashboard: the README's user logs in and sees the test-mode banner.
+        made = await shell.run(make_user.replace(README_API, api_url))
+        user = json.loads(made.strip().splitlines()[-1])["data"]
+        password = re.search(r'"password": "([^"]+)"', make_user)
+        assert password and user["email"] == "me@example.net", made
+        async with aiohttp.ClientSession() as browser:
+            async with browser.get(f"{api_url}/dashboard/login") as r:
+                page = await r.text()
+                csrf_cookie = r.cookies["__Host-pm_csrf"].value
+            token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
+            assert token, page
+            cookies = {"Cookie": f"__Host-pm_csrf={csrf_cookie}"}
+            form = {"email": user["email"], "password": password.group(1)}
+            async with browser.post(
+                f"{api_url}/dashboard/login",
+                data={**form, "csrf_token": token.group(1)},
+                headers=cookies,
+                allow_redirects=False,
+            ) as r:
+                assert r.status == 303, await r.text()
+                session = r.cookies["__Host-pm_session"].value
+            cookies["Cookie"] += f"; __Host-pm_session={session}"
+            async with browser.get(f"{api_url}/dashboard/campaigns", headers=cookies) as r:
+                page = await r.text()
+                assert r.status == 200 and 'id="test-mode"' in page
+                assert "Hello {{first_name}}" in page or "Hello" in page
     finally:
         await shell.close()
         if up.returncode is None:

@@ -180,3 +180,11 @@ SELECT * FROM (
 ) paused
 ORDER BY since DESC NULLS LAST
 LIMIT $1;
+
+-- name: set_operator
+-- `penguinmails operators grant|revoke`: one user of one tenant's mode; the user's id, or
+-- nothing when there is no such user.
+UPDATE users u SET operator = $4
+FROM tenants t
+WHERE t.id = u.tenant_id AND t.name = $1 AND t.mode = $2 AND u.email = lower($3)
+RETURNING u.id;

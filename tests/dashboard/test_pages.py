@@ -1,0 +1,327 @@
+"""The dashboard's doors over plain HTTP: no page without a session, one tenant's session
+sees nothing of another's, every form refuses a POST without its CSRF token, and every
+answer carries the strict Content-Security-Policy."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from api.dashboard import CSP
+from api.server import ApiServer
+from mta.domains import add_domain
+from penguinmails.cli import cmd_operators, cmd_status
+from penguinmails.config import Settings
+from tests.dashboard.conftest import Browserless, make_user
+from tests.helpers import Client
+
+PAGES = [
+    "/dashboard",
+    "/dashboard/campaigns",
+    "/dashboard/contacts",
+    "/dashboard/deliverability",
+    "/dashboard/inbox",
+    "/dashboard/developers",
+    "/dashboard/settings/billing",
+]
+FORMS = [
+    "/dashboard/logout",
+    "/dashboard/campaigns",
+    "/dashboard/contacts/import",
+    "/dashboard/developers/keys",
+    "/dashboard/developers/webhooks",
+    "/dashboard/deliverability/suppressions",
+    "/dashboard/deliverability/suppressions/remove",
+]
+
+
+@pytest.fixture
+async def ann(
+    api: ApiServer, client: Client, browserless: Callable[[str], Browserless]
+) -> Browserless:
+    user = await make_user(client, "ann@acme.test")
+    session = browserless(api.url)
+    await session.login(user["email"])
+    return session
+
+
+async def test_no_page_without_a_session(
+    api: ApiServer, browserless: Callable[[str], Browserless]
+) -> None:
+    anonymous = browserless(api.url)
+    for path in [*PAGES, "/dashboard/campaigns/campaign_" + "0" * 32]:
+        status, headers, _ = await anonymous.request("GET", path)
+        assert (status, headers["Location"]) == (303, "/dashboard/login"), path
+        assert headers["Content-Security-Policy"] == CSP
+    for path in FORMS:
+        status, _, _ = await anonymous.request("POST", path, data={})
+        assert status == 401, path
+    # A forged or expired cookie is no session either.
+    anonymous.cookies["__Host-pm_session"] = "eyJhbGciOiJub25lIn0.e30."
+    status, headers, _ = await anonymous.request("GET", "/dashboard")
+    assert (status, headers["Location"]) == (303, "/dashboard/login")
+
+
+async def test_login_sets_a_secure_session_and_logout_ends_it(
+    api: ApiServer, client: Client, browserless: Callable[[str], Browserless]
+) -> None:
+    await make_user(client, "ann@acme.test")
+    session = browserless(api.url)
+    token = await session.csrf()
+    status, _, body = await session.request(
+        "POST",
+        "/dashboard/login",
+        data={"email": "ann@acme.test", "password": "wrong password!", "csrf_token": token},
+    )
+    assert status == 401 and "Invalid email or password" in body
+    assert "__Host-pm_session" not in session.cookies
+    async with session.http.post(
+        api.url + "/dashboard/login",
+        data={
+            "email": "ann@acme.test",
+            "password": "correct horse battery staple",
+            "csrf_token": token,
+        },
+        headers={"Cookie": f"__Host-pm_csrf={session.cookies['__Host-pm_csrf']}"},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 303
+        cookie = response.headers["Set-Cookie"]
+        session._keep(response)
+    for attribute in ("HttpOnly", "Secure", "SameSite=Strict", "Path=/"):
+        assert attribute in cookie
+    status, _, html = await session.request("GET", "/dashboard")
+    assert status == 200 and 'id="test-mode"' in html  # a test-mode user sees the banner
+    token = await session.csrf("/dashboard")
+    status, headers, _ = await session.request(
+        "POST", "/dashboard/logout", data={"csrf_token": token}
+    )
+    assert (status, headers["Location"]) == (303, "/dashboard/login")
+    status, _, _ = await session.request("GET", "/dashboard")
+    assert status == 303
+
+
+async def test_every_form_refuses_a_post_without_its_token(ann: Browserless) -> None:
+    good = await ann.csrf("/dashboard")
+    for path in FORMS:
+        for data in ({}, {"csrf_token": "0" * 64}):
+            status, headers, body = await ann.request("POST", path, data=data)
+            assert status == 403 and "CSRF" in body, (path, data)
+            assert headers["Content-Security-Policy"] == CSP
+    # The right token from another site's page is refused too.
+    status, _, _ = await ann.request(
+        "POST",
+        "/dashboard/developers/keys",
+        data={"csrf_token": good, "name": "x"},
+        headers={"Origin": "https://evil.test"},
+    )
+    assert status == 403
+    # Another browser's token does not fit this browser's cookie.
+    ann.cookies["__Host-pm_csrf"] = "A" * 43
+    status, _, _ = await ann.request(
+        "POST", "/dashboard/developers/keys", data={"csrf_token": good}
+    )
+    assert status == 403
+    # And nothing was made by any of it.
+    status, _, html = await ann.request("GET", "/dashboard/developers")
+    assert 'id="new-key"' not in html and html.count("<code>sk_") == 1  # the fixture's key only
+
+
+async def test_strict_csp_on_every_page(ann: Browserless) -> None:
+    for path in [*PAGES, "/dashboard/login", "/dashboard/static/dash.js"]:
+        status, headers, html = await ann.request("GET", path)
+        assert status == 200, path
+        csp = headers["Content-Security-Policy"]
+        assert csp == CSP
+        assert "script-src 'self';" in csp and "unsafe-inline" not in csp.split("style-src")[0]
+        assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        if path.endswith(".js"):
+            continue
+        # No inline script or handler anywhere in the markup.
+        assert re.search(r"<script(?![^>]*\bsrc=)", html) is None, path
+        assert re.search(r"\son[a-z]+=", html) is None, path
+        assert len(html.encode()) < 100_000
+
+
+async def test_one_tenant_sees_nothing_of_another(
+    api: ApiServer,
+    client: Client,
+    make_key: Callable[..., Awaitable[str]],
+    ann: Browserless,
+    browserless: Callable[[str], Browserless],
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    async with pool.acquire() as conn:
+        await add_domain(conn, settings, "acme.test", tenant="acme")
+    campaign = await client.post(
+        "/campaigns",
+        json={
+            "name": "Acme secret launch",
+            "subject": "Hi",
+            "content": {"html": "<p>Hi</p>"},
+            "recipients": [{"email": "zed@dest.test"}],
+        },
+    )
+    assert campaign.status == 201
+    await client.post("/contacts", json={"email": "acme-contact@dest.test"})
+    await client.post("/suppressions", json={"email": "acme-suppressed@dest.test"})
+    hook = await client.post("/webhooks", json={"url": "http://127.0.0.1:9/acme-hook"})
+    other = client.with_key(await make_key("globex", tier="enterprise", test=True))
+    await make_user(other, "gus@globex.test")
+    gus = browserless(api.url)
+    await gus.login("gus@globex.test")
+
+    for path in PAGES:
+        status, _, html = await gus.request("GET", path)
+        assert status == 200
+        for secret in ("Acme secret launch", "acme-contact@", "acme-suppressed@", "acme-hook"):
+            assert secret not in html, (path, secret)
+    # Ann sees her own, so the absence above means something.
+    _, _, html = await ann.request("GET", "/dashboard/campaigns")
+    assert "Acme secret launch" in html
+    for path in (
+        f"/dashboard/campaigns/{campaign.data['id']}",
+        f"/dashboard/campaigns/{campaign.data['id']}/series.json",
+        f"/dashboard/developers/webhooks/{hook.data['id']}",
+        "/dashboard/deliverability/domain?domain=acme.test",
+    ):
+        status, _, html = await gus.request("GET", path)
+        assert status == 404 and "Acme" not in html, path
+    token = await gus.csrf("/dashboard")
+    for action in ("send", "cancel"):
+        status, _, _ = await gus.request(
+            "POST",
+            f"/dashboard/campaigns/{campaign.data['id']}/{action}",
+            data={"csrf_token": token},
+        )
+        assert status == 404
+    status, _, _ = await gus.request(
+        "POST",
+        f"/dashboard/developers/webhooks/{hook.data['id']}/rotate",
+        data={"csrf_token": token},
+    )
+    assert status == 404
+    assert (await client.get(f"/campaigns/{campaign.data['id']}")).data["status"] == "draft"
+
+
+async def test_the_system_page_shows_the_status_numbers_to_operators_only(
+    api: ApiServer,
+    client: Client,
+    settings: Settings,
+    ann: Browserless,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sent = await client.post(
+        "/emails/send",
+        json={
+            "from": {"email": "news@acme.test"},
+            "to": ["zed@later.test"],
+            "subject": "Queued",
+            "content": {"text": "Hello"},
+        },
+    )
+    assert sent.status in (200, 201, 202), sent.body
+    status, _, html = await ann.request("GET", "/dashboard/system")
+    assert status == 404
+    _, _, html = await ann.request("GET", "/dashboard")
+    assert "/dashboard/system" not in html
+
+    def operators(action: str, email: str) -> argparse.Namespace:
+        return argparse.Namespace(action=action, email=email, tenant="acme", test=True)
+
+    assert await cmd_operators(settings, operators("grant", "nobody@acme.test")) == 1
+    assert await cmd_operators(settings, operators("grant", "ann@acme.test")) == 0
+    _, _, html = await ann.request("GET", "/dashboard")
+    assert 'href="/dashboard/system"' in html
+    status, headers, html = await ann.request("GET", "/dashboard/system")
+    assert status == 200 and headers["Content-Security-Policy"] == CSP
+    capsys.readouterr()
+    assert await cmd_status(settings, argparse.Namespace()) == 0
+    printed = capsys.readouterr().out
+    # The CLI's lines and the page's rows: the same numbers.
+    cli_totals = dict(re.findall(r"^(\w+) +(\d+) *$", printed, re.M))
+    page_totals = dict(re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td></tr>", html))
+    assert page_totals == cli_totals == {"queued": "1"}, (printed, page_totals)
+    assert "later.test" in html and "later.test" in printed
+    assert await cmd_operators(settings, operators("revoke", "ann@acme.test")) == 0
+    status, _, _ = await ann.request("GET", "/dashboard/system")
+    assert status == 404
+
+
+async def test_a_template_campaign_scheduled_paused_resumed_and_cancelled(
+    client: Client, ann: Browserless
+) -> None:
+    made = await client.post(
+        "/templates",
+        json={"name": "Welcome", "subject": "Welcome {{first_name}}", "html": "<p>Hi</p>"},
+    )
+    assert made.status == 201, made.body
+    template = made.data["id"]
+    _, _, html = await ann.request("GET", "/dashboard/campaigns")
+    assert f'<option value="{template}">Welcome (v1)</option>' in html
+    token = await ann.csrf("/dashboard/campaigns")
+    status, headers, body = await ann.request(
+        "POST",
+        "/dashboard/campaigns",
+        data={
+            "csrf_token": token,
+            "name": "From a template",
+            "from_email": "news@acme.test",
+            "template_id": template,
+            "recipients": "zed@dest.test, Zed\nyan@dest.test, Yan",
+        },
+    )
+    assert status == 303, body
+    campaign_id = headers["Location"].rsplit("/", 1)[1]
+    campaign = (await client.get(f"/campaigns/{campaign_id}")).data
+    assert campaign["content"]["template_id"] == template
+    assert campaign["recipient_count"] == 2
+
+    async def act(action: str, **form: str) -> str:
+        status, _, body = await ann.request(
+            "POST",
+            f"/dashboard/campaigns/{campaign_id}/{action}",
+            data={"csrf_token": token, **form},
+        )
+        assert status == 303, body
+        return str((await client.get(f"/campaigns/{campaign_id}")).data["status"])
+
+    assert await act("send", send_at="2099-01-02T03:04") == "scheduled"
+    assert (
+        (await client.get(f"/campaigns/{campaign_id}"))
+        .data["send_at"]
+        .startswith("2099-01-02T03:04:00")
+    )
+    assert await act("pause") == "paused"
+    assert await act("resume") == "scheduled"
+    assert await act("cancel") == "cancelled"
+    # A refused action is shown, not done: a cancelled campaign cannot be sent.
+    status, _, body = await ann.request(
+        "POST", f"/dashboard/campaigns/{campaign_id}/send", data={"csrf_token": token}
+    )
+    assert status == 409 and "draft" in body
+
+
+async def test_contacts_export_as_csv(client: Client, ann: Browserless) -> None:
+    for i in range(105):  # more than one page of the API's list
+        made = await client.post(
+            "/contacts",
+            json={"email": f"c{i}@dest.test", "first_name": f"C{i}", "tags": ["vip"]},
+        )
+        assert made.status == 201
+    await client.post("/contacts", json={"email": "plain@dest.test"})
+    status, headers, text = await ann.request("GET", "/dashboard/contacts/export.csv?tag=vip")
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 105 and {r["tags"] for r in rows} == {"vip"}
+    assert {r["email"] for r in rows} == {f"c{i}@dest.test" for i in range(105)}
+    _, _, text = await ann.request("GET", "/dashboard/contacts/export.csv")
+    assert "plain@dest.test" in text and len(list(csv.DictReader(io.StringIO(text)))) == 106
