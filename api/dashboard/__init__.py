@@ -111,7 +111,7 @@ PageHandler = Callable[[web.Request, "Session"], Awaitable[web.StreamResponse]]
 class Session:
     principal: Principal
     csrf: str  # the form token for this browser
-    operator: bool = False  # may see the installation's queue (migration 0039)
+    operator: bool = False  # may see the installation's queue (migration 0035)
 
 
 class DashboardError(Exception):
