@@ -31,6 +31,7 @@ from api import (  # noqa: F401
     inbound,
     keys,
     messages,
+    oauth,
     pauses,
     replies,
     sandbox,
@@ -175,6 +176,7 @@ def create_app(
         install(app, prefix)
         inbound.add_downloads(app, prefix)
     sandbox.add_page(app)
+    oauth.add_routes(app)
     add_index(app, PREFIX)
     add_index(app, ALIAS, page=False)
     app.cleanup_ctx.append(_housekeeping)

@@ -19,11 +19,13 @@ export interface ApiKey {
   livemode?: boolean;
   id: string;
   prefix: string;
-  type: "secret" | "publishable";
+  type: "secret" | "publishable" | "oauth";
   mode: "live" | "test";
   name: string;
   created_at: string;
   revoked_at: string | null;
+  client?: string | null;
+  scope?: string | null;
 }
 
 export interface ApiKeyCreate {
@@ -36,11 +38,13 @@ export interface ApiKeyCreated {
   livemode?: boolean;
   id: string;
   prefix: string;
-  type: "secret" | "publishable";
+  type: "secret" | "publishable" | "oauth";
   mode: "live" | "test";
   name: string;
   created_at: string;
   revoked_at: string | null;
+  client?: string | null;
+  scope?: string | null;
   key: string;
 }
 
@@ -566,6 +570,33 @@ export interface Meta {
   timestamp: string;
 }
 
+export interface OAuthClient {
+  livemode?: boolean;
+  id: string;
+  name: string;
+  redirect_uris: Array<string>;
+  public: boolean;
+  created_at: string;
+  revoked_at: string | null;
+}
+
+export interface OAuthClientCreate {
+  name: string;
+  redirect_uris: Array<string>;
+  public?: boolean;
+}
+
+export interface OAuthClientCreated {
+  livemode?: boolean;
+  id: string;
+  name: string;
+  redirect_uris: Array<string>;
+  public: boolean;
+  created_at: string;
+  revoked_at: string | null;
+  client_secret: string | null;
+}
+
 export interface Overview {
   sent: number;
   delivered: number;
@@ -631,6 +662,12 @@ export interface PageLogEvent {
 
 export interface PageMessageSummary {
   items: Array<MessageSummary>;
+  has_more: boolean;
+  next_cursor: string | null;
+}
+
+export interface PageOAuthClient {
+  items: Array<OAuthClient>;
   has_more: boolean;
   next_cursor: string | null;
 }
@@ -1256,6 +1293,7 @@ export const OPERATIONS = {
   create_contact: { method: "POST", path: "/contacts", query: [], idempotencyKey: false },
   create_conversion: { method: "POST", path: "/conversions", query: [], idempotencyKey: false },
   create_identity: { method: "POST", path: "/identities", query: [], idempotencyKey: false },
+  create_oauth_client: { method: "POST", path: "/oauth/clients", query: [], idempotencyKey: false },
   create_sequence: { method: "POST", path: "/sequences", query: [], idempotencyKey: false },
   create_template: { method: "POST", path: "/templates", query: [], idempotencyKey: false },
   create_user: { method: "POST", path: "/users", query: [], idempotencyKey: false },
@@ -1291,6 +1329,7 @@ export const OPERATIONS = {
   list_identities: { method: "GET", path: "/identities", query: ["limit", "cursor"], idempotencyKey: false },
   list_inbound: { method: "GET", path: "/inbound", query: ["limit", "cursor", "message_id"], idempotencyKey: false },
   list_messages: { method: "GET", path: "/messages", query: ["limit", "cursor", "recipient", "status", "campaign_id", "tag", "since", "until"], idempotencyKey: false },
+  list_oauth_clients: { method: "GET", path: "/oauth/clients", query: ["limit", "cursor"], idempotencyKey: false },
   list_pauses: { method: "GET", path: "/sending/pauses", query: [], idempotencyKey: false },
   list_replies: { method: "GET", path: "/replies", query: ["limit", "cursor", "category", "sequence_id"], idempotencyKey: false },
   list_sandbox_messages: { method: "GET", path: "/sandbox/messages", query: ["limit", "cursor"], idempotencyKey: false },
@@ -1312,6 +1351,7 @@ export const OPERATIONS = {
   resume_identity: { method: "POST", path: "/identities/{id}/resume", query: [], idempotencyKey: false },
   resume_pause: { method: "POST", path: "/sending/pauses/{id}/resume", query: [], idempotencyKey: false },
   revoke_api_key: { method: "DELETE", path: "/api-keys/{id}", query: [], idempotencyKey: false },
+  revoke_oauth_client: { method: "DELETE", path: "/oauth/clients/{id}", query: [], idempotencyKey: false },
   rotate_inbound_address: { method: "POST", path: "/settings/inbound/rotate", query: [], idempotencyKey: false },
   rotate_webhook_secret: { method: "POST", path: "/webhooks/{id}/rotate-secret", query: [], idempotencyKey: false },
   send_batch: { method: "POST", path: "/emails/batch", query: [], idempotencyKey: true },
@@ -1347,6 +1387,7 @@ export interface Bodies {
   create_contact: ContactCreate;
   create_conversion: ConversionCreate;
   create_identity: IdentityCreate;
+  create_oauth_client: OAuthClientCreate;
   create_sequence: SequenceCreate;
   create_template: TemplateCreate;
   create_user: UserCreate;
@@ -1382,6 +1423,7 @@ export interface Bodies {
   list_identities: undefined;
   list_inbound: undefined;
   list_messages: undefined;
+  list_oauth_clients: undefined;
   list_pauses: undefined;
   list_replies: undefined;
   list_sandbox_messages: undefined;
@@ -1403,6 +1445,7 @@ export interface Bodies {
   resume_identity: undefined;
   resume_pause: undefined;
   revoke_api_key: undefined;
+  revoke_oauth_client: undefined;
   rotate_inbound_address: undefined;
   rotate_webhook_secret: WebhookRotate;
   send_batch: BatchSendRequest;
@@ -1436,6 +1479,7 @@ export interface Responses {
   create_contact: Contact;
   create_conversion: Conversion;
   create_identity: Identity;
+  create_oauth_client: OAuthClientCreated;
   create_sequence: Sequence;
   create_template: Template;
   create_user: User;
@@ -1471,6 +1515,7 @@ export interface Responses {
   list_identities: PageIdentity;
   list_inbound: PageInboundEmailSummary;
   list_messages: PageMessageSummary;
+  list_oauth_clients: PageOAuthClient;
   list_pauses: SendingPauses;
   list_replies: PageReply;
   list_sandbox_messages: PageSandboxMessageSummary;
@@ -1492,6 +1537,7 @@ export interface Responses {
   resume_identity: Identity;
   resume_pause: ResumedPause;
   revoke_api_key: ApiKey;
+  revoke_oauth_client: OAuthClient;
   rotate_inbound_address: InboundAddress;
   rotate_webhook_secret: WebhookSecretRotated;
   send_batch: BatchSendResult;

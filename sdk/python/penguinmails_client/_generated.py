@@ -24,11 +24,13 @@ class ApiKey(TypedDict):
     livemode: NotRequired[bool]
     id: str
     prefix: str
-    type: Literal["secret", "publishable"]
+    type: Literal["secret", "publishable", "oauth"]
     mode: Literal["live", "test"]
     name: str
     created_at: str
     revoked_at: str | None
+    client: NotRequired[str | None]
+    scope: NotRequired[str | None]
 
 
 class ApiKeyCreate(TypedDict):
@@ -41,11 +43,13 @@ class ApiKeyCreated(TypedDict):
     livemode: NotRequired[bool]
     id: str
     prefix: str
-    type: Literal["secret", "publishable"]
+    type: Literal["secret", "publishable", "oauth"]
     mode: Literal["live", "test"]
     name: str
     created_at: str
     revoked_at: str | None
+    client: NotRequired[str | None]
+    scope: NotRequired[str | None]
     key: str
 
 
@@ -577,6 +581,33 @@ class Meta(TypedDict):
     timestamp: str
 
 
+class OAuthClient(TypedDict):
+    livemode: NotRequired[bool]
+    id: str
+    name: str
+    redirect_uris: list[str]
+    public: bool
+    created_at: str
+    revoked_at: str | None
+
+
+class OAuthClientCreate(TypedDict):
+    name: str
+    redirect_uris: list[str]
+    public: NotRequired[bool]
+
+
+class OAuthClientCreated(TypedDict):
+    livemode: NotRequired[bool]
+    id: str
+    name: str
+    redirect_uris: list[str]
+    public: bool
+    created_at: str
+    revoked_at: str | None
+    client_secret: str | None
+
+
 class Overview(TypedDict):
     sent: int
     delivered: int
@@ -642,6 +673,12 @@ class PageLogEvent(TypedDict):
 
 class PageMessageSummary(TypedDict):
     items: list[MessageSummary]
+    has_more: bool
+    next_cursor: str | None
+
+
+class PageOAuthClient(TypedDict):
+    items: list[OAuthClient]
     has_more: bool
     next_cursor: str | None
 
@@ -1280,6 +1317,7 @@ OPERATIONS: dict[str, Operation] = {
     "create_contact": {"method": "POST", "path": "/contacts", "query": [], "idempotency_key": False},
     "create_conversion": {"method": "POST", "path": "/conversions", "query": [], "idempotency_key": False},
     "create_identity": {"method": "POST", "path": "/identities", "query": [], "idempotency_key": False},
+    "create_oauth_client": {"method": "POST", "path": "/oauth/clients", "query": [], "idempotency_key": False},
     "create_sequence": {"method": "POST", "path": "/sequences", "query": [], "idempotency_key": False},
     "create_template": {"method": "POST", "path": "/templates", "query": [], "idempotency_key": False},
     "create_user": {"method": "POST", "path": "/users", "query": [], "idempotency_key": False},
@@ -1315,6 +1353,7 @@ OPERATIONS: dict[str, Operation] = {
     "list_identities": {"method": "GET", "path": "/identities", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_inbound": {"method": "GET", "path": "/inbound", "query": ["limit", "cursor", "message_id"], "idempotency_key": False},
     "list_messages": {"method": "GET", "path": "/messages", "query": ["limit", "cursor", "recipient", "status", "campaign_id", "tag", "since", "until"], "idempotency_key": False},
+    "list_oauth_clients": {"method": "GET", "path": "/oauth/clients", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_pauses": {"method": "GET", "path": "/sending/pauses", "query": [], "idempotency_key": False},
     "list_replies": {"method": "GET", "path": "/replies", "query": ["limit", "cursor", "category", "sequence_id"], "idempotency_key": False},
     "list_sandbox_messages": {"method": "GET", "path": "/sandbox/messages", "query": ["limit", "cursor"], "idempotency_key": False},
@@ -1336,6 +1375,7 @@ OPERATIONS: dict[str, Operation] = {
     "resume_identity": {"method": "POST", "path": "/identities/{id}/resume", "query": [], "idempotency_key": False},
     "resume_pause": {"method": "POST", "path": "/sending/pauses/{id}/resume", "query": [], "idempotency_key": False},
     "revoke_api_key": {"method": "DELETE", "path": "/api-keys/{id}", "query": [], "idempotency_key": False},
+    "revoke_oauth_client": {"method": "DELETE", "path": "/oauth/clients/{id}", "query": [], "idempotency_key": False},
     "rotate_inbound_address": {"method": "POST", "path": "/settings/inbound/rotate", "query": [], "idempotency_key": False},
     "rotate_webhook_secret": {"method": "POST", "path": "/webhooks/{id}/rotate-secret", "query": [], "idempotency_key": False},
     "send_batch": {"method": "POST", "path": "/emails/batch", "query": [], "idempotency_key": True},
