@@ -22,6 +22,7 @@ from aiohttp import web
 # Route modules register their operations on import.
 from api import (  # noqa: F401
     analytics,
+    billing,
     campaigns,
     contacts,
     conversions,
@@ -87,7 +88,8 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
-    """Drop ended rate-limit windows and day-old idempotency keys, now and then."""
+    """Drop ended rate-limit windows, day-old idempotency keys and OAuth codes, and end
+    subscriptions past their period, now and then."""
     state = app[STATE]
 
     async def loop() -> None:
@@ -95,6 +97,8 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             try:
                 await state.limiter.prune()
                 await state.pool.execute(SQL["prune_idempotency_keys"])
+                await state.pool.execute(oauth.SQL["prune_codes"])
+                await billing.expire(state.pool)  # subscriptions past their period's end
             except DATABASE_ERRORS as exc:
                 log.warning("housekeeping failed", extra={"action": "api_prune", "error": str(exc)})
             await asyncio.sleep(PRUNE_INTERVAL)

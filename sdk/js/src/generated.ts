@@ -175,6 +175,17 @@ export interface CampaignUpdate {
   window?: SendingWindow | null;
 }
 
+export interface CheckoutCreate {
+  plan: string;
+  success_url?: string | null;
+  cancel_url?: string | null;
+}
+
+export interface CheckoutSession {
+  id: string;
+  url: string;
+}
+
 export interface Contact {
   livemode?: boolean;
   id: string;
@@ -735,6 +746,14 @@ export interface PauseRequest {
   reason?: string | null;
 }
 
+export interface PortalCreate {
+  return_url?: string | null;
+}
+
+export interface PortalSession {
+  url: string;
+}
+
 export interface Rates {
   delivery_rate: number;
   bounce_rate: number;
@@ -1030,6 +1049,15 @@ export interface StopOn {
   unsubscribe?: true;
 }
 
+export interface Subscription {
+  plan: string;
+  tier: string;
+  status: string;
+  current_period_end: string | null;
+  cancel_at_period_end: boolean;
+  ends_at: string | null;
+}
+
 export interface Suppression {
   livemode?: boolean;
   email: string;
@@ -1241,6 +1269,11 @@ export interface WebhookDelivery {
   delivered_at: string | null;
 }
 
+export interface WebhookReceived {
+  received?: boolean;
+  duplicate: boolean;
+}
+
 export interface WebhookRotate {
   secret?: string | null;
   overlap_seconds?: number;
@@ -1290,10 +1323,12 @@ export const OPERATIONS = {
   clear_default_sender: { method: "DELETE", path: "/settings/sender", query: [], idempotencyKey: false },
   create_api_key: { method: "POST", path: "/api-keys", query: [], idempotencyKey: false },
   create_campaign: { method: "POST", path: "/campaigns", query: [], idempotencyKey: false },
+  create_checkout: { method: "POST", path: "/billing/checkout", query: [], idempotencyKey: false },
   create_contact: { method: "POST", path: "/contacts", query: [], idempotencyKey: false },
   create_conversion: { method: "POST", path: "/conversions", query: [], idempotencyKey: false },
   create_identity: { method: "POST", path: "/identities", query: [], idempotencyKey: false },
   create_oauth_client: { method: "POST", path: "/oauth/clients", query: [], idempotencyKey: false },
+  create_portal: { method: "POST", path: "/billing/portal", query: [], idempotencyKey: false },
   create_sequence: { method: "POST", path: "/sequences", query: [], idempotencyKey: false },
   create_template: { method: "POST", path: "/templates", query: [], idempotencyKey: false },
   create_user: { method: "POST", path: "/users", query: [], idempotencyKey: false },
@@ -1316,6 +1351,7 @@ export const OPERATIONS = {
   get_message: { method: "GET", path: "/messages/{id}", query: [], idempotencyKey: false },
   get_sandbox_message: { method: "GET", path: "/sandbox/messages/{id}", query: [], idempotencyKey: false },
   get_sequence: { method: "GET", path: "/sequences/{id}", query: [], idempotencyKey: false },
+  get_subscription: { method: "GET", path: "/billing/subscription", query: [], idempotencyKey: false },
   get_template: { method: "GET", path: "/templates/{id}", query: [], idempotencyKey: false },
   get_template_version: { method: "GET", path: "/templates/{id}/versions/{version}", query: [], idempotencyKey: false },
   get_webhook: { method: "GET", path: "/webhooks/{id}", query: [], idempotencyKey: false },
@@ -1361,6 +1397,7 @@ export const OPERATIONS = {
   sequence_analytics: { method: "GET", path: "/sequences/{id}/analytics", query: [], idempotencyKey: false },
   set_default_sender: { method: "PUT", path: "/settings/sender", query: [], idempotencyKey: false },
   stop_enrollment: { method: "DELETE", path: "/sequences/{id}/enrollments/{enrollment}", query: [], idempotencyKey: false },
+  stripe_webhook: { method: "POST", path: "/billing/webhook", query: [], idempotencyKey: false },
   tag_analytics: { method: "GET", path: "/analytics/tags/{tag}", query: ["period", "interval"], idempotencyKey: false },
   test_webhook: { method: "POST", path: "/webhooks/{id}/test", query: [], idempotencyKey: false },
   trigger_sequence: { method: "POST", path: "/contacts/{id}/sequences", query: [], idempotencyKey: false },
@@ -1384,10 +1421,12 @@ export interface Bodies {
   clear_default_sender: undefined;
   create_api_key: ApiKeyCreate;
   create_campaign: CampaignCreate;
+  create_checkout: CheckoutCreate;
   create_contact: ContactCreate;
   create_conversion: ConversionCreate;
   create_identity: IdentityCreate;
   create_oauth_client: OAuthClientCreate;
+  create_portal: PortalCreate;
   create_sequence: SequenceCreate;
   create_template: TemplateCreate;
   create_user: UserCreate;
@@ -1410,6 +1449,7 @@ export interface Bodies {
   get_message: undefined;
   get_sandbox_message: undefined;
   get_sequence: undefined;
+  get_subscription: undefined;
   get_template: undefined;
   get_template_version: undefined;
   get_webhook: undefined;
@@ -1455,6 +1495,7 @@ export interface Bodies {
   sequence_analytics: undefined;
   set_default_sender: DefaultSenderSet;
   stop_enrollment: undefined;
+  stripe_webhook: undefined;
   tag_analytics: undefined;
   test_webhook: undefined;
   trigger_sequence: ContactSequenceEnroll;
@@ -1476,10 +1517,12 @@ export interface Responses {
   clear_default_sender: DefaultSender;
   create_api_key: ApiKeyCreated;
   create_campaign: Campaign;
+  create_checkout: CheckoutSession;
   create_contact: Contact;
   create_conversion: Conversion;
   create_identity: Identity;
   create_oauth_client: OAuthClientCreated;
+  create_portal: PortalSession;
   create_sequence: Sequence;
   create_template: Template;
   create_user: User;
@@ -1502,6 +1545,7 @@ export interface Responses {
   get_message: Message;
   get_sandbox_message: SandboxMessage;
   get_sequence: Sequence;
+  get_subscription: Subscription;
   get_template: Template;
   get_template_version: TemplateVersion;
   get_webhook: Webhook;
@@ -1547,6 +1591,7 @@ export interface Responses {
   sequence_analytics: SequenceAnalytics;
   set_default_sender: DefaultSender;
   stop_enrollment: Enrollment;
+  stripe_webhook: WebhookReceived;
   tag_analytics: TagAnalytics;
   test_webhook: WebhookTestResult;
   trigger_sequence: Enrollment;

@@ -183,6 +183,17 @@ CampaignUpdate = TypedDict("CampaignUpdate", {
 })
 
 
+class CheckoutCreate(TypedDict):
+    plan: str
+    success_url: NotRequired[str | None]
+    cancel_url: NotRequired[str | None]
+
+
+class CheckoutSession(TypedDict):
+    id: str
+    url: str
+
+
 class Contact(TypedDict):
     livemode: NotRequired[bool]
     id: str
@@ -746,6 +757,14 @@ class PauseRequest(TypedDict):
     reason: NotRequired[str | None]
 
 
+class PortalCreate(TypedDict):
+    return_url: NotRequired[str | None]
+
+
+class PortalSession(TypedDict):
+    url: str
+
+
 class Rates(TypedDict):
     delivery_rate: float
     bounce_rate: float
@@ -1048,6 +1067,15 @@ class StopOn(TypedDict):
     unsubscribe: NotRequired[Literal[True]]
 
 
+class Subscription(TypedDict):
+    plan: str
+    tier: str
+    status: str
+    current_period_end: str | None
+    cancel_at_period_end: bool
+    ends_at: str | None
+
+
 class Suppression(TypedDict):
     livemode: NotRequired[bool]
     email: str
@@ -1259,6 +1287,11 @@ class WebhookDelivery(TypedDict):
     delivered_at: str | None
 
 
+class WebhookReceived(TypedDict):
+    received: NotRequired[bool]
+    duplicate: bool
+
+
 class WebhookRotate(TypedDict):
     secret: NotRequired[str | None]
     overlap_seconds: NotRequired[int]
@@ -1314,10 +1347,12 @@ OPERATIONS: dict[str, Operation] = {
     "clear_default_sender": {"method": "DELETE", "path": "/settings/sender", "query": [], "idempotency_key": False},
     "create_api_key": {"method": "POST", "path": "/api-keys", "query": [], "idempotency_key": False},
     "create_campaign": {"method": "POST", "path": "/campaigns", "query": [], "idempotency_key": False},
+    "create_checkout": {"method": "POST", "path": "/billing/checkout", "query": [], "idempotency_key": False},
     "create_contact": {"method": "POST", "path": "/contacts", "query": [], "idempotency_key": False},
     "create_conversion": {"method": "POST", "path": "/conversions", "query": [], "idempotency_key": False},
     "create_identity": {"method": "POST", "path": "/identities", "query": [], "idempotency_key": False},
     "create_oauth_client": {"method": "POST", "path": "/oauth/clients", "query": [], "idempotency_key": False},
+    "create_portal": {"method": "POST", "path": "/billing/portal", "query": [], "idempotency_key": False},
     "create_sequence": {"method": "POST", "path": "/sequences", "query": [], "idempotency_key": False},
     "create_template": {"method": "POST", "path": "/templates", "query": [], "idempotency_key": False},
     "create_user": {"method": "POST", "path": "/users", "query": [], "idempotency_key": False},
@@ -1340,6 +1375,7 @@ OPERATIONS: dict[str, Operation] = {
     "get_message": {"method": "GET", "path": "/messages/{id}", "query": [], "idempotency_key": False},
     "get_sandbox_message": {"method": "GET", "path": "/sandbox/messages/{id}", "query": [], "idempotency_key": False},
     "get_sequence": {"method": "GET", "path": "/sequences/{id}", "query": [], "idempotency_key": False},
+    "get_subscription": {"method": "GET", "path": "/billing/subscription", "query": [], "idempotency_key": False},
     "get_template": {"method": "GET", "path": "/templates/{id}", "query": [], "idempotency_key": False},
     "get_template_version": {"method": "GET", "path": "/templates/{id}/versions/{version}", "query": [], "idempotency_key": False},
     "get_webhook": {"method": "GET", "path": "/webhooks/{id}", "query": [], "idempotency_key": False},
@@ -1385,6 +1421,7 @@ OPERATIONS: dict[str, Operation] = {
     "sequence_analytics": {"method": "GET", "path": "/sequences/{id}/analytics", "query": [], "idempotency_key": False},
     "set_default_sender": {"method": "PUT", "path": "/settings/sender", "query": [], "idempotency_key": False},
     "stop_enrollment": {"method": "DELETE", "path": "/sequences/{id}/enrollments/{enrollment}", "query": [], "idempotency_key": False},
+    "stripe_webhook": {"method": "POST", "path": "/billing/webhook", "query": [], "idempotency_key": False},
     "tag_analytics": {"method": "GET", "path": "/analytics/tags/{tag}", "query": ["period", "interval"], "idempotency_key": False},
     "test_webhook": {"method": "POST", "path": "/webhooks/{id}/test", "query": [], "idempotency_key": False},
     "trigger_sequence": {"method": "POST", "path": "/contacts/{id}/sequences", "query": [], "idempotency_key": False},
