@@ -41,6 +41,7 @@ from api import (  # noqa: F401
     sequences,
     templates,
     webhooks,
+    zapier,
 )
 from api.auth import LoginTokens
 from api.docs import add_docs

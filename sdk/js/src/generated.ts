@@ -199,6 +199,15 @@ export interface Contact {
   updated_at: string;
 }
 
+export interface ContactAction {
+  email: string;
+  first_name?: string | null;
+  last_name?: string | null;
+  company?: string | null;
+  tags?: Array<string>;
+  custom_fields?: Record<string, unknown>;
+}
+
 export interface ContactCreate {
   email: string;
   first_name?: string | null;
@@ -357,6 +366,12 @@ export interface EngagementDetail {
   clicked: Engagement;
 }
 
+export interface EnrollAction {
+  email: string;
+  sequence: string;
+  re_enroll?: boolean;
+}
+
 export interface Enrolled {
   items: Array<Enrollment>;
   skipped: number;
@@ -400,9 +415,24 @@ export interface ErrorEnvelope {
   error: ErrorBody;
 }
 
+export interface Events {
+  items: Array<Record<string, unknown>>;
+}
+
 export interface Health {
   status: "ok";
   database: "ok";
+}
+
+export interface Hook {
+  id: string;
+  target_url: string;
+  event: string;
+}
+
+export interface HookSubscribe {
+  target_url: string;
+  event: string;
 }
 
 export interface Identity {
@@ -500,6 +530,27 @@ export interface InboundEmailSummary {
   auto: boolean;
   attachment_count: number;
   received_at: string;
+}
+
+export interface Incoming {
+  trigger_type: "new_subscriber" | "purchase_made";
+  data: IncomingData;
+}
+
+export interface IncomingData {
+  email: string;
+  first_name?: string | null;
+  source?: string | null;
+  sequence?: string | null;
+  order_id?: string | number | boolean | null;
+  total?: string | number | boolean | null;
+  currency?: string | number | boolean | null;
+  product?: string | number | boolean | null;
+}
+
+export interface IncomingResult {
+  contact: Contact;
+  enrollment: Enrollment | null;
 }
 
 export interface LogEvent {
@@ -872,6 +923,15 @@ export interface SandboxMessageSummary {
   received_at: string;
 }
 
+export interface SendAction {
+  to: string;
+  template_id?: string | null;
+  subject?: string | null;
+  html?: string | null;
+  text?: string | null;
+  from?: string | null;
+}
+
 export interface SendRequest {
   from?: string | Sender | null;
   to: string | Sender | Array<string | Sender>;
@@ -1072,6 +1132,11 @@ export interface SuppressionCreate {
   detail?: string | null;
 }
 
+export interface TagAction {
+  email: string;
+  tag: string;
+}
+
 export interface TagAnalytics {
   livemode?: boolean;
   tag: string;
@@ -1153,6 +1218,15 @@ export interface Token {
 export interface Tracking {
   track_opens?: boolean;
   track_clicks?: boolean;
+}
+
+export interface Trigger {
+  event: string;
+  sample: Record<string, unknown>;
+}
+
+export interface Triggers {
+  items: Array<Trigger>;
 }
 
 export interface User {
@@ -1311,6 +1385,12 @@ export interface WebhookUpdate {
   active?: boolean | null;
 }
 
+export interface ZapierMe {
+  account: string;
+  livemode: boolean;
+  tier: string;
+}
+
 /** Every operation: its method, path (under /api/v1) and query parameters. */
 export const OPERATIONS = {
   add_suppression: { method: "POST", path: "/suppressions", query: [], idempotencyKey: false },
@@ -1407,6 +1487,16 @@ export const OPERATIONS = {
   update_sequence: { method: "PATCH", path: "/sequences/{id}", query: [], idempotencyKey: false },
   update_template: { method: "PATCH", path: "/templates/{id}", query: [], idempotencyKey: false },
   update_webhook: { method: "PATCH", path: "/webhooks/{id}", query: [], idempotencyKey: false },
+  zapier_contact: { method: "POST", path: "/zapier/actions/contacts", query: [], idempotencyKey: false },
+  zapier_enroll: { method: "POST", path: "/zapier/actions/enrollments", query: [], idempotencyKey: false },
+  zapier_incoming: { method: "POST", path: "/zapier/incoming", query: [], idempotencyKey: false },
+  zapier_me: { method: "GET", path: "/zapier/me", query: [], idempotencyKey: false },
+  zapier_poll: { method: "GET", path: "/zapier/triggers/{event}", query: ["limit"], idempotencyKey: false },
+  zapier_send: { method: "POST", path: "/zapier/actions/emails", query: [], idempotencyKey: false },
+  zapier_subscribe: { method: "POST", path: "/zapier/hooks", query: [], idempotencyKey: false },
+  zapier_tag: { method: "POST", path: "/zapier/actions/tags", query: [], idempotencyKey: false },
+  zapier_triggers: { method: "GET", path: "/zapier/triggers", query: [], idempotencyKey: false },
+  zapier_unsubscribe: { method: "DELETE", path: "/zapier/hooks/{id}", query: [], idempotencyKey: false },
 } as const;
 
 /** Each operation's request body and the `data` of its answer. */
@@ -1505,6 +1595,16 @@ export interface Bodies {
   update_sequence: SequenceUpdate;
   update_template: TemplateUpdate;
   update_webhook: WebhookUpdate;
+  zapier_contact: ContactAction;
+  zapier_enroll: EnrollAction;
+  zapier_incoming: Incoming;
+  zapier_me: undefined;
+  zapier_poll: undefined;
+  zapier_send: SendAction;
+  zapier_subscribe: HookSubscribe;
+  zapier_tag: TagAction;
+  zapier_triggers: undefined;
+  zapier_unsubscribe: undefined;
 }
 export interface Responses {
   add_suppression: Suppression;
@@ -1601,6 +1701,16 @@ export interface Responses {
   update_sequence: Sequence;
   update_template: Template;
   update_webhook: Webhook;
+  zapier_contact: Contact;
+  zapier_enroll: Enrollment;
+  zapier_incoming: IncomingResult;
+  zapier_me: ZapierMe;
+  zapier_poll: Events;
+  zapier_send: SendResult;
+  zapier_subscribe: Hook;
+  zapier_tag: Contact;
+  zapier_triggers: Triggers;
+  zapier_unsubscribe: Deleted;
 }
 
 /** Request fields holding your own data, whose keys are sent as given. */

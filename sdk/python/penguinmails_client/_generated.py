@@ -207,6 +207,15 @@ class Contact(TypedDict):
     updated_at: str
 
 
+class ContactAction(TypedDict):
+    email: str
+    first_name: NotRequired[str | None]
+    last_name: NotRequired[str | None]
+    company: NotRequired[str | None]
+    tags: NotRequired[list[str]]
+    custom_fields: NotRequired[dict[str, Any]]
+
+
 class ContactCreate(TypedDict):
     email: str
     first_name: NotRequired[str | None]
@@ -366,6 +375,12 @@ class EngagementDetail(TypedDict):
     clicked: Engagement
 
 
+class EnrollAction(TypedDict):
+    email: str
+    sequence: str
+    re_enroll: NotRequired[bool]
+
+
 class Enrolled(TypedDict):
     items: list[Enrollment]
     skipped: int
@@ -409,9 +424,24 @@ class ErrorEnvelope(TypedDict):
     error: ErrorBody
 
 
+class Events(TypedDict):
+    items: list[dict[str, Any]]
+
+
 class Health(TypedDict):
     status: Literal["ok"]
     database: Literal["ok"]
+
+
+class Hook(TypedDict):
+    id: str
+    target_url: str
+    event: str
+
+
+class HookSubscribe(TypedDict):
+    target_url: str
+    event: str
 
 
 class Identity(TypedDict):
@@ -511,6 +541,27 @@ InboundEmailSummary = TypedDict("InboundEmailSummary", {
     "attachment_count": "int",
     "received_at": "str",
 })
+
+
+class Incoming(TypedDict):
+    trigger_type: Literal["new_subscriber", "purchase_made"]
+    data: IncomingData
+
+
+class IncomingData(TypedDict):
+    email: str
+    first_name: NotRequired[str | None]
+    source: NotRequired[str | None]
+    sequence: NotRequired[str | None]
+    order_id: NotRequired[str | int | float | bool | None]
+    total: NotRequired[str | int | float | bool | None]
+    currency: NotRequired[str | int | float | bool | None]
+    product: NotRequired[str | int | float | bool | None]
+
+
+class IncomingResult(TypedDict):
+    contact: Contact
+    enrollment: Enrollment | None
 
 
 class LogEvent(TypedDict):
@@ -886,6 +937,16 @@ SandboxMessageSummary = TypedDict("SandboxMessageSummary", {
 })
 
 
+SendAction = TypedDict("SendAction", {
+    "to": "str",
+    "template_id": "NotRequired[str | None]",
+    "subject": "NotRequired[str | None]",
+    "html": "NotRequired[str | None]",
+    "text": "NotRequired[str | None]",
+    "from": "NotRequired[str | None]",
+})
+
+
 SendRequest = TypedDict("SendRequest", {
     "from": "NotRequired[str | Sender | None]",
     "to": "str | Sender | list[str | Sender]",
@@ -1090,6 +1151,11 @@ class SuppressionCreate(TypedDict):
     detail: NotRequired[str | None]
 
 
+class TagAction(TypedDict):
+    email: str
+    tag: str
+
+
 class TagAnalytics(TypedDict):
     livemode: NotRequired[bool]
     tag: str
@@ -1171,6 +1237,15 @@ class Token(TypedDict):
 class Tracking(TypedDict):
     track_opens: NotRequired[bool]
     track_clicks: NotRequired[bool]
+
+
+class Trigger(TypedDict):
+    event: str
+    sample: dict[str, Any]
+
+
+class Triggers(TypedDict):
+    items: list[Trigger]
 
 
 class User(TypedDict):
@@ -1329,6 +1404,12 @@ class WebhookUpdate(TypedDict):
     active: NotRequired[bool | None]
 
 
+class ZapierMe(TypedDict):
+    account: str
+    livemode: bool
+    tier: str
+
+
 class Operation(TypedDict):
     method: str
     path: str
@@ -1431,6 +1512,16 @@ OPERATIONS: dict[str, Operation] = {
     "update_sequence": {"method": "PATCH", "path": "/sequences/{id}", "query": [], "idempotency_key": False},
     "update_template": {"method": "PATCH", "path": "/templates/{id}", "query": [], "idempotency_key": False},
     "update_webhook": {"method": "PATCH", "path": "/webhooks/{id}", "query": [], "idempotency_key": False},
+    "zapier_contact": {"method": "POST", "path": "/zapier/actions/contacts", "query": [], "idempotency_key": False},
+    "zapier_enroll": {"method": "POST", "path": "/zapier/actions/enrollments", "query": [], "idempotency_key": False},
+    "zapier_incoming": {"method": "POST", "path": "/zapier/incoming", "query": [], "idempotency_key": False},
+    "zapier_me": {"method": "GET", "path": "/zapier/me", "query": [], "idempotency_key": False},
+    "zapier_poll": {"method": "GET", "path": "/zapier/triggers/{event}", "query": ["limit"], "idempotency_key": False},
+    "zapier_send": {"method": "POST", "path": "/zapier/actions/emails", "query": [], "idempotency_key": False},
+    "zapier_subscribe": {"method": "POST", "path": "/zapier/hooks", "query": [], "idempotency_key": False},
+    "zapier_tag": {"method": "POST", "path": "/zapier/actions/tags", "query": [], "idempotency_key": False},
+    "zapier_triggers": {"method": "GET", "path": "/zapier/triggers", "query": [], "idempotency_key": False},
+    "zapier_unsubscribe": {"method": "DELETE", "path": "/zapier/hooks/{id}", "query": [], "idempotency_key": False},
 }
 
 USER_DATA_FIELDS = frozenset(["custom_fields", "headers", "metadata", "personalization"])
