@@ -24,6 +24,7 @@ from api import (  # noqa: F401
     analytics,
     billing,
     campaigns,
+    connectors,
     contacts,
     conversions,
     domains,
@@ -99,6 +100,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
                 await state.limiter.prune()
                 await state.pool.execute(SQL["prune_idempotency_keys"])
                 await state.pool.execute(oauth.SQL["prune_codes"])
+                await state.pool.execute(connectors.SQL["prune_deliveries"])
                 await billing.expire(state.pool)  # subscriptions past their period's end
             except DATABASE_ERRORS as exc:
                 log.warning("housekeeping failed", extra={"action": "api_prune", "error": str(exc)})
@@ -180,6 +182,7 @@ def create_app(
         add_docs(app, prefix)
         install(app, prefix)
         inbound.add_downloads(app, prefix)
+        connectors.add_routes(app, prefix)
     sandbox.add_page(app)
     oauth.add_routes(app)
     add_index(app, PREFIX)

@@ -280,7 +280,6 @@ async def zapier_contact(call: Call[ContactAction, None]) -> Contact:
             custom_fields=body.custom_fields,
             tags=list(body.tags),
         )
-    call.status = 201 if row["created"] else 200
     return contact_model(row)
 
 
@@ -333,7 +332,7 @@ async def zapier_enroll(call: Call[EnrollAction, None]) -> Enrollment:
     body=SendAction,
     response=SendResult,
     status=202,
-    errors=(404,),
+    errors=(404, 409),
 )
 async def zapier_send(call: Call[SendAction, None]) -> SendResult:
     body = call.body

@@ -186,6 +186,25 @@ export interface CheckoutSession {
   url: string;
 }
 
+export interface Connector {
+  livemode?: boolean;
+  id: string;
+  platform: "shopify" | "hubspot" | "salesforce";
+  sequence: string | null;
+  template_id: string | null;
+  tags: Array<string>;
+  created_at: string;
+  webhook_path: string;
+}
+
+export interface ConnectorCreate {
+  platform: "shopify" | "hubspot" | "salesforce";
+  secret: string;
+  sequence?: string | null;
+  template_id?: string | null;
+  tags?: Array<string>;
+}
+
 export interface Contact {
   livemode?: boolean;
   id: string;
@@ -682,6 +701,12 @@ export interface PageApiKey {
 
 export interface PageCampaign {
   items: Array<Campaign>;
+  has_more: boolean;
+  next_cursor: string | null;
+}
+
+export interface PageConnector {
+  items: Array<Connector>;
   has_more: boolean;
   next_cursor: string | null;
 }
@@ -1404,6 +1429,7 @@ export const OPERATIONS = {
   create_api_key: { method: "POST", path: "/api-keys", query: [], idempotencyKey: false },
   create_campaign: { method: "POST", path: "/campaigns", query: [], idempotencyKey: false },
   create_checkout: { method: "POST", path: "/billing/checkout", query: [], idempotencyKey: false },
+  create_connector: { method: "POST", path: "/connectors", query: [], idempotencyKey: false },
   create_contact: { method: "POST", path: "/contacts", query: [], idempotencyKey: false },
   create_conversion: { method: "POST", path: "/conversions", query: [], idempotencyKey: false },
   create_identity: { method: "POST", path: "/identities", query: [], idempotencyKey: false },
@@ -1413,6 +1439,7 @@ export const OPERATIONS = {
   create_template: { method: "POST", path: "/templates", query: [], idempotencyKey: false },
   create_user: { method: "POST", path: "/users", query: [], idempotencyKey: false },
   create_webhook: { method: "POST", path: "/webhooks", query: [], idempotencyKey: false },
+  delete_connector: { method: "DELETE", path: "/connectors/{id}", query: [], idempotencyKey: false },
   delete_contact: { method: "DELETE", path: "/contacts/{id}", query: [], idempotencyKey: false },
   delete_suppression: { method: "DELETE", path: "/suppressions/{email}", query: [], idempotencyKey: false },
   delete_template: { method: "DELETE", path: "/templates/{id}", query: [], idempotencyKey: false },
@@ -1438,6 +1465,7 @@ export const OPERATIONS = {
   health: { method: "GET", path: "/health", query: [], idempotencyKey: false },
   list_api_keys: { method: "GET", path: "/api-keys", query: ["limit", "cursor"], idempotencyKey: false },
   list_campaigns: { method: "GET", path: "/campaigns", query: ["limit", "cursor"], idempotencyKey: false },
+  list_connectors: { method: "GET", path: "/connectors", query: ["limit", "cursor"], idempotencyKey: false },
   list_contacts: { method: "GET", path: "/contacts", query: ["limit", "cursor", "tag"], idempotencyKey: false },
   list_conversions: { method: "GET", path: "/conversions", query: ["limit", "cursor", "campaign_id"], idempotencyKey: false },
   list_enrollments: { method: "GET", path: "/sequences/{id}/enrollments", query: ["limit", "cursor", "status"], idempotencyKey: false },
@@ -1512,6 +1540,7 @@ export interface Bodies {
   create_api_key: ApiKeyCreate;
   create_campaign: CampaignCreate;
   create_checkout: CheckoutCreate;
+  create_connector: ConnectorCreate;
   create_contact: ContactCreate;
   create_conversion: ConversionCreate;
   create_identity: IdentityCreate;
@@ -1521,6 +1550,7 @@ export interface Bodies {
   create_template: TemplateCreate;
   create_user: UserCreate;
   create_webhook: WebhookCreate;
+  delete_connector: undefined;
   delete_contact: undefined;
   delete_suppression: undefined;
   delete_template: undefined;
@@ -1546,6 +1576,7 @@ export interface Bodies {
   health: undefined;
   list_api_keys: undefined;
   list_campaigns: undefined;
+  list_connectors: undefined;
   list_contacts: undefined;
   list_conversions: undefined;
   list_enrollments: undefined;
@@ -1618,6 +1649,7 @@ export interface Responses {
   create_api_key: ApiKeyCreated;
   create_campaign: Campaign;
   create_checkout: CheckoutSession;
+  create_connector: Connector;
   create_contact: Contact;
   create_conversion: Conversion;
   create_identity: Identity;
@@ -1627,6 +1659,7 @@ export interface Responses {
   create_template: Template;
   create_user: User;
   create_webhook: WebhookCreated;
+  delete_connector: Deleted;
   delete_contact: Deleted;
   delete_suppression: Deleted;
   delete_template: Deleted;
@@ -1652,6 +1685,7 @@ export interface Responses {
   health: Health;
   list_api_keys: PageApiKey;
   list_campaigns: PageCampaign;
+  list_connectors: PageConnector;
   list_contacts: PageContact;
   list_conversions: PageConversion;
   list_enrollments: PageEnrollment;

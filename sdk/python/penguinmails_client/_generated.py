@@ -194,6 +194,25 @@ class CheckoutSession(TypedDict):
     url: str
 
 
+class Connector(TypedDict):
+    livemode: NotRequired[bool]
+    id: str
+    platform: Literal["shopify", "hubspot", "salesforce"]
+    sequence: str | None
+    template_id: str | None
+    tags: list[str]
+    created_at: str
+    webhook_path: str
+
+
+class ConnectorCreate(TypedDict):
+    platform: Literal["shopify", "hubspot", "salesforce"]
+    secret: str
+    sequence: NotRequired[str | None]
+    template_id: NotRequired[str | None]
+    tags: NotRequired[list[str]]
+
+
 class Contact(TypedDict):
     livemode: NotRequired[bool]
     id: str
@@ -693,6 +712,12 @@ class PageApiKey(TypedDict):
 
 class PageCampaign(TypedDict):
     items: list[Campaign]
+    has_more: bool
+    next_cursor: str | None
+
+
+class PageConnector(TypedDict):
+    items: list[Connector]
     has_more: bool
     next_cursor: str | None
 
@@ -1429,6 +1454,7 @@ OPERATIONS: dict[str, Operation] = {
     "create_api_key": {"method": "POST", "path": "/api-keys", "query": [], "idempotency_key": False},
     "create_campaign": {"method": "POST", "path": "/campaigns", "query": [], "idempotency_key": False},
     "create_checkout": {"method": "POST", "path": "/billing/checkout", "query": [], "idempotency_key": False},
+    "create_connector": {"method": "POST", "path": "/connectors", "query": [], "idempotency_key": False},
     "create_contact": {"method": "POST", "path": "/contacts", "query": [], "idempotency_key": False},
     "create_conversion": {"method": "POST", "path": "/conversions", "query": [], "idempotency_key": False},
     "create_identity": {"method": "POST", "path": "/identities", "query": [], "idempotency_key": False},
@@ -1438,6 +1464,7 @@ OPERATIONS: dict[str, Operation] = {
     "create_template": {"method": "POST", "path": "/templates", "query": [], "idempotency_key": False},
     "create_user": {"method": "POST", "path": "/users", "query": [], "idempotency_key": False},
     "create_webhook": {"method": "POST", "path": "/webhooks", "query": [], "idempotency_key": False},
+    "delete_connector": {"method": "DELETE", "path": "/connectors/{id}", "query": [], "idempotency_key": False},
     "delete_contact": {"method": "DELETE", "path": "/contacts/{id}", "query": [], "idempotency_key": False},
     "delete_suppression": {"method": "DELETE", "path": "/suppressions/{email}", "query": [], "idempotency_key": False},
     "delete_template": {"method": "DELETE", "path": "/templates/{id}", "query": [], "idempotency_key": False},
@@ -1463,6 +1490,7 @@ OPERATIONS: dict[str, Operation] = {
     "health": {"method": "GET", "path": "/health", "query": [], "idempotency_key": False},
     "list_api_keys": {"method": "GET", "path": "/api-keys", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_campaigns": {"method": "GET", "path": "/campaigns", "query": ["limit", "cursor"], "idempotency_key": False},
+    "list_connectors": {"method": "GET", "path": "/connectors", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_contacts": {"method": "GET", "path": "/contacts", "query": ["limit", "cursor", "tag"], "idempotency_key": False},
     "list_conversions": {"method": "GET", "path": "/conversions", "query": ["limit", "cursor", "campaign_id"], "idempotency_key": False},
     "list_enrollments": {"method": "GET", "path": "/sequences/{id}/enrollments", "query": ["limit", "cursor", "status"], "idempotency_key": False},
