@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import secrets
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -14,6 +15,7 @@ import asyncpg
 import pytest
 
 from api.server import ApiServer
+from penguinmails.logs import JsonFormatter, TextFormatter
 from tests.helpers import Client, assert_error, campaign_body
 
 PASSWORD = "correct horse battery staple"
@@ -174,6 +176,10 @@ async def test_the_documented_authorize_url_works_as_written(
     api: ApiServer, http: aiohttp.ClientSession, user: Client
 ) -> None:
     """A confidential client: the URL of the documentation, with no PKCE parameters."""
+    async with http.get(api.url + "/.well-known/oauth-authorization-server") as r:
+        found = await r.json()
+    assert found["authorization_endpoint"] == api.url + "/oauth/authorize"
+    assert found["code_challenge_methods_supported"] == ["S256"]
     app = await register(user, public=False)
     secret = app["client_secret"]
     assert secret.startswith("pmcs_")
@@ -359,3 +365,32 @@ async def test_registration_is_validated_and_per_tenant(user: Client, make_key: 
     assert (await other.get("/oauth/clients")).data["items"] == []
     assert_error(await other.delete(f"/oauth/clients/{app['id']}"), 404, "NOT_FOUND")
     assert [c["id"] for c in (await user.get("/oauth/clients")).data["items"]] == [app["id"]]
+
+
+async def test_no_code_token_or_secret_in_any_log(
+    api: ApiServer, http: aiohttp.ClientSession, user: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Even at DEBUG, where Authlib logs the tokens it issues: the formatter masks them."""
+    caplog.set_level(logging.DEBUG)
+    app = await register(user, public=False)
+    params = {
+        "client_id": app["id"],
+        "redirect_uri": CALLBACK,
+        "response_type": "code",
+        "scope": "read",
+    }
+    _, location, _ = await Browser(http, api).consent(params)
+    code = query(location)["code"]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK}
+    _, token = await form_post(
+        http, api.url + "/oauth/token", form, (app["id"], app["client_secret"])
+    )
+    await user.with_key(token["access_token"]).get("/campaigns")
+    await user.with_key(token["access_token"] + "x").get("/campaigns")
+    secrets_ = (code, token["access_token"], token["refresh_token"], app["client_secret"], PASSWORD)
+    assert caplog.records
+    for formatter in (JsonFormatter(), TextFormatter()):
+        for record in caplog.records:
+            written = formatter.format(record)
+            for secret in secrets_:
+                assert secret not in written, written
