@@ -73,6 +73,8 @@ class Principal:
     mode: Mode
     key_id: int | None = None
     user_id: int | None = None
+    # An OAuth access token's scopes (api.oauth); None for keys and login tokens.
+    scopes: frozenset[str] | None = None
 
     @property
     def publishable(self) -> bool:
@@ -109,6 +111,47 @@ def new_key(kind: Kind, mode: Mode) -> tuple[str, str, bytes]:
 
 def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode("ascii", "replace")).digest()
+
+
+# OAuth tokens (api.oauth): `pmat_<mode>_` access and `pmrt_<mode>_` refresh, + 43 characters.
+OAUTH_ACCESS_PREFIX = "pmat_"
+OAUTH_REFRESH_PREFIX = "pmrt_"
+OAUTH_SQL = load("api", "oauth.sql")
+# What no OAuth token may touch whatever its scope: minting keys, users or clients would
+# outlive the grant, and billing is the account owner's.
+OAUTH_EXCLUDED_TAGS = frozenset({"Keys", "Auth", "OAuth", "Billing"})
+
+
+def scope_refusal(principal: Principal, method: str, tag: str) -> str | None:
+    """Why an OAuth token may not make this call, or None: `read` makes GETs, `write` the
+    rest of what a secret key may."""
+    if principal.scopes is None:
+        return None
+    if tag in OAUTH_EXCLUDED_TAGS:
+        return "OAuth tokens cannot manage keys, users, OAuth clients or billing"
+    if method in ("GET", "HEAD"):
+        return None if principal.scopes & {"read", "write"} else "needs the read scope"
+    return None if "write" in principal.scopes else "needs the write scope"
+
+
+async def principal_for_oauth(pool: asyncpg.Pool, token: str) -> Principal:
+    row = await pool.fetchrow(OAUTH_SQL["find_access_token"], hash_key(token))
+    if row is None:
+        raise unauthorized("Invalid access token")
+    if not row["live"]:
+        raise unauthorized("This access token has been revoked")
+    if not row["fresh"]:
+        raise unauthorized("This access token has expired; refresh it")
+    return Principal(
+        tenant_id=row["tenant_id"],
+        account_id=row["account_id"],
+        tier=row["tier"],
+        kind="sk",
+        mode=row["mode"],
+        key_id=row["grant_id"],
+        user_id=row["user_id"],
+        scopes=frozenset(row["scope"].split()),
+    )
 
 
 def looks_like_key(token: str) -> bool:
@@ -306,4 +349,6 @@ async def authenticate(request: web.Request, pool: asyncpg.Pool, signer: LoginTo
         raise unauthorized("Authorization: Bearer <API key or token> is required")
     if looks_like_key(token):
         return await principal_for_key(pool, token)
+    if token.startswith(OAUTH_ACCESS_PREFIX):
+        return await principal_for_oauth(pool, token)
     return await principal_for_token(pool, signer, token)

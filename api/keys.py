@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 SQL = load("api")
 
 _TYPES: dict[str, Kind] = {"secret": "sk", "publishable": "pk"}
-_TYPE_NAMES = {v: k for k, v in _TYPES.items()}
+_TYPE_NAMES: dict[str, str] = {**{v: k for k, v in _TYPES.items()}, "oauth": "oauth"}
 
 
 async def insert_key(
@@ -85,6 +85,8 @@ def _key_model(row: asyncpg.Record) -> ApiKey:
         name=row["name"],
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        client=row["client"],
+        scope=row["scope"],
     )
 
 

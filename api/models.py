@@ -875,11 +875,15 @@ class ApiKeyCreate(Request):
 class ApiKey(Owned):
     id: str
     prefix: str
-    type: Literal["secret", "publishable"]
+    type: Literal["secret", "publishable", "oauth"] = Field(
+        description="oauth: a user's consent to an OAuth client; revoking it ends its tokens."
+    )
     mode: Literal["live", "test"]
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    client: str | None = Field(default=None, description="An OAuth grant's client_id.")
+    scope: str | None = Field(default=None, description="An OAuth grant's scopes.")
 
 
 class ApiKeyCreated(ApiKey):

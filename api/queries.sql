@@ -22,7 +22,8 @@ WHERE u.id = $1;
 -- The key itself is never stored: its prefix for lookup, its hash for the compare.
 INSERT INTO api_keys (tenant_id, prefix, secret_hash, kind, mode, name)
 VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at;
+RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at,
+          NULL::text AS client, NULL::text AS scope;
 
 -- name: set_tier
 -- An account's tier, on its live row and its test twin alike (test mode's budget follows it).
@@ -32,17 +33,22 @@ UPDATE tenants SET tier = $2 WHERE id = $1 OR live_tenant_id = $1;
 -- Prefixes only: nothing here can be used to authenticate. Newest first, keyset-paginated on
 -- the public id through the (tenant_id, public_id) index; $2 is the last id of the page
 -- before, $3 the page size.
-SELECT public_id AS id, prefix, kind, mode, name, created_at, revoked_at
-FROM api_keys
-WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
-ORDER BY public_id DESC
+-- OAuth grants (api.oauth) are listed with their client's id and their scope.
+SELECT k.public_id AS id, k.prefix, k.kind, k.mode, k.name, k.created_at, k.revoked_at,
+       c.public_id AS client, k.scope
+FROM api_keys k LEFT JOIN oauth_clients c ON c.id = k.oauth_client_id
+WHERE k.tenant_id = $1 AND ($2::text IS NULL OR k.public_id < $2)
+ORDER BY k.public_id DESC
 LIMIT $3;
 
 -- name: revoke_api_key
 -- Takes effect at the next request: keys are looked up every time, never cached.
-UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
-WHERE tenant_id = $1 AND public_id = $2
-RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at;
+-- Revoking an OAuth grant ends its tokens the same way (find_access_token checks it).
+UPDATE api_keys k SET revoked_at = coalesce(k.revoked_at, now())
+WHERE k.tenant_id = $1 AND k.public_id = $2
+RETURNING k.public_id AS id, k.prefix, k.kind, k.mode, k.name, k.created_at, k.revoked_at,
+          (SELECT c.public_id FROM oauth_clients c WHERE c.id = k.oauth_client_id) AS client,
+          k.scope;
 
 -- name: insert_user
 -- Emails are unique within a tenant's mode only: another tenant's users are invisible here.

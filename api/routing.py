@@ -26,7 +26,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from api.auth import LoginTokens, Principal, authenticate
+from api.auth import LoginTokens, Principal, authenticate, scope_refusal
 from api.envelope import EXTRA_HEADERS, nul_free, pydantic_details, read_json, success
 from api.errors import ApiError, forbidden, not_found, validation_error
 from api.models import LIVEMODE
@@ -183,6 +183,14 @@ def dispatch(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
             if principal.publishable and not operation.publishable:
                 raise forbidden(
                     "Publishable (pk_) keys may only read campaigns and analytics; use a secret key"
+                )
+            refusal = scope_refusal(principal, operation.method, operation.tag)
+            if refusal is not None:
+                raise ApiError(
+                    403,
+                    "INSUFFICIENT_SCOPE",
+                    f"This OAuth token {refusal}",
+                    [{"field": "scope", "message": refusal}],
                 )
             if not at_least(principal.tier, operation.tier):
                 raise tier_required(operation.tier, principal.tier, operation.summary)

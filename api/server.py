@@ -23,7 +23,9 @@ from aiohttp import web
 from api import (  # noqa: F401
     ai,
     analytics,
+    billing,
     campaigns,
+    connectors,
     contacts,
     conversions,
     domains,
@@ -32,6 +34,7 @@ from api import (  # noqa: F401
     inbound,
     keys,
     messages,
+    oauth,
     pauses,
     replies,
     sandbox,
@@ -40,6 +43,7 @@ from api import (  # noqa: F401
     sequences,
     templates,
     webhooks,
+    zapier,
 )
 from api.auth import LoginTokens
 from api.dashboard import add_dashboard
@@ -88,7 +92,8 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
-    """Drop ended rate-limit windows and day-old idempotency keys, now and then."""
+    """Drop ended rate-limit windows, day-old idempotency keys and OAuth codes, and end
+    subscriptions past their period, now and then."""
     state = app[STATE]
 
     async def loop() -> None:
@@ -96,6 +101,9 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             try:
                 await state.limiter.prune()
                 await state.pool.execute(SQL["prune_idempotency_keys"])
+                await state.pool.execute(oauth.SQL["prune_codes"])
+                await state.pool.execute(connectors.SQL["prune_deliveries"])
+                await billing.expire(state.pool)  # subscriptions past their period's end
             except DATABASE_ERRORS as exc:
                 log.warning("housekeeping failed", extra={"action": "api_prune", "error": str(exc)})
             await asyncio.sleep(PRUNE_INTERVAL)
@@ -176,8 +184,10 @@ def create_app(
         add_docs(app, prefix)
         install(app, prefix)
         inbound.add_downloads(app, prefix)
+        connectors.add_routes(app, prefix)
     sandbox.add_page(app)
     add_dashboard(app)
+    oauth.add_routes(app)
     add_index(app, PREFIX)
     add_index(app, ALIAS, page=False)
     app.cleanup_ctx.append(_housekeeping)

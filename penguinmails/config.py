@@ -351,6 +351,25 @@ class WebhookSettings(Section):
     allow_private_targets: bool = False
 
 
+class BillingPlan(Section):
+    price: str = Field(min_length=1)  # the Stripe price id (price_...)
+    tier: Literal["starter", "professional", "enterprise"]
+
+
+class BillingSettings(Section):
+    """Stripe (api.billing). No secret_key: billing is off, and its routes say so."""
+
+    secret_key: str = ""  # sk_live_... or sk_test_... of the Stripe account
+    webhook_secret: str = ""  # whsec_... of the webhook endpoint
+    api_base: str = ""  # "" : Stripe's own; tests point it at a local fake
+    webhook_tolerance: int = Field(default=300, ge=1, le=3600)  # seconds a signature is good
+    # plan id (as sent to checkout and kept in Stripe's metadata) -> price and tier
+    plans: dict[str, BillingPlan] = Field(default_factory=dict)
+    success_url: str = "https://app.penguinmails.com/dashboard/settings/billing?checkout=success"
+    cancel_url: str = "https://app.penguinmails.com/dashboard/settings/billing?checkout=canceled"
+    portal_return_url: str = "https://app.penguinmails.com/dashboard/settings/billing"
+
+
 class SecuritySettings(Section):
     # Keys for HMAC signing (tracking links, VERP addresses) and for encrypting secrets at
     # rest. The first signs; all verify, so a key can be rotated without breaking old links.
@@ -401,6 +420,7 @@ class Settings(Section):
     inbound: InboundSettings = Field(default_factory=InboundSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     ai: AiSettings = Field(default_factory=AiSettings)
 

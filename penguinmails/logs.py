@@ -15,7 +15,9 @@ from typing import Any
 import orjson
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-_SECRET = re.compile(r"\b(pk|sk)_(live|test)_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+")
+_SECRET = re.compile(
+    r"\b(pk|sk|pmat|pmrt)_(live|test)_[A-Za-z0-9]+|\bpm(cs|ac)_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+"
+)
 _SECRET_KEYS = {"password", "secret", "api_key", "token", "authorization"}
 
 

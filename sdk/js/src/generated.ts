@@ -29,11 +29,13 @@ export interface ApiKey {
   livemode?: boolean;
   id: string;
   prefix: string;
-  type: "secret" | "publishable";
+  type: "secret" | "publishable" | "oauth";
   mode: "live" | "test";
   name: string;
   created_at: string;
   revoked_at: string | null;
+  client?: string | null;
+  scope?: string | null;
 }
 
 export interface ApiKeyCreate {
@@ -46,11 +48,13 @@ export interface ApiKeyCreated {
   livemode?: boolean;
   id: string;
   prefix: string;
-  type: "secret" | "publishable";
+  type: "secret" | "publishable" | "oauth";
   mode: "live" | "test";
   name: string;
   created_at: string;
   revoked_at: string | null;
+  client?: string | null;
+  scope?: string | null;
   key: string;
 }
 
@@ -193,6 +197,36 @@ export interface CampaignUpdate {
   window?: SendingWindow | null;
 }
 
+export interface CheckoutCreate {
+  plan: string;
+  success_url?: string | null;
+  cancel_url?: string | null;
+}
+
+export interface CheckoutSession {
+  id: string;
+  url: string;
+}
+
+export interface Connector {
+  livemode?: boolean;
+  id: string;
+  platform: "shopify" | "hubspot" | "salesforce";
+  sequence: string | null;
+  template_id: string | null;
+  tags: Array<string>;
+  created_at: string;
+  webhook_path: string;
+}
+
+export interface ConnectorCreate {
+  platform: "shopify" | "hubspot" | "salesforce";
+  secret: string;
+  sequence?: string | null;
+  template_id?: string | null;
+  tags?: Array<string>;
+}
+
 export interface Contact {
   livemode?: boolean;
   id: string;
@@ -204,6 +238,15 @@ export interface Contact {
   tags: Array<string>;
   created_at: string;
   updated_at: string;
+}
+
+export interface ContactAction {
+  email: string;
+  first_name?: string | null;
+  last_name?: string | null;
+  company?: string | null;
+  tags?: Array<string>;
+  custom_fields?: Record<string, unknown>;
 }
 
 export interface ContactAnalysis {
@@ -413,6 +456,12 @@ export interface EngagementDetail {
   clicked: Engagement;
 }
 
+export interface EnrollAction {
+  email: string;
+  sequence: string;
+  re_enroll?: boolean;
+}
+
 export interface Enrolled {
   items: Array<Enrollment>;
   skipped: number;
@@ -463,6 +512,10 @@ export interface Estimate {
   evidence?: Array<FeatureEvidence>;
 }
 
+export interface Events {
+  items: Array<Record<string, unknown>>;
+}
+
 export interface FeatureEvidence {
   feature: string;
   with_feature: Record<string, number>;
@@ -472,6 +525,17 @@ export interface FeatureEvidence {
 export interface Health {
   status: "ok";
   database: "ok";
+}
+
+export interface Hook {
+  id: string;
+  target_url: string;
+  event: string;
+}
+
+export interface HookSubscribe {
+  target_url: string;
+  event: string;
 }
 
 export interface Identity {
@@ -579,6 +643,27 @@ export interface InboundEmailSummary {
   received_at: string;
 }
 
+export interface Incoming {
+  trigger_type: "new_subscriber" | "purchase_made";
+  data: IncomingData;
+}
+
+export interface IncomingData {
+  email: string;
+  first_name?: string | null;
+  source?: string | null;
+  sequence?: string | null;
+  order_id?: string | number | boolean | null;
+  total?: string | number | boolean | null;
+  currency?: string | number | boolean | null;
+  product?: string | number | boolean | null;
+}
+
+export interface IncomingResult {
+  contact: Contact;
+  enrollment: Enrollment | null;
+}
+
 export interface LogEvent {
   livemode?: boolean;
   id: string;
@@ -667,6 +752,33 @@ export interface Meta {
   timestamp: string;
 }
 
+export interface OAuthClient {
+  livemode?: boolean;
+  id: string;
+  name: string;
+  redirect_uris: Array<string>;
+  public: boolean;
+  created_at: string;
+  revoked_at: string | null;
+}
+
+export interface OAuthClientCreate {
+  name: string;
+  redirect_uris: Array<string>;
+  public?: boolean;
+}
+
+export interface OAuthClientCreated {
+  livemode?: boolean;
+  id: string;
+  name: string;
+  redirect_uris: Array<string>;
+  public: boolean;
+  created_at: string;
+  revoked_at: string | null;
+  client_secret: string | null;
+}
+
 export interface OptimizeContentIn {
   subject: string;
   html?: string | null;
@@ -725,6 +837,12 @@ export interface PageCampaign {
   next_cursor: string | null;
 }
 
+export interface PageConnector {
+  items: Array<Connector>;
+  has_more: boolean;
+  next_cursor: string | null;
+}
+
 export interface PageContact {
   items: Array<Contact>;
   has_more: boolean;
@@ -763,6 +881,12 @@ export interface PageLogEvent {
 
 export interface PageMessageSummary {
   items: Array<MessageSummary>;
+  has_more: boolean;
+  next_cursor: string | null;
+}
+
+export interface PageOAuthClient {
+  items: Array<OAuthClient>;
   has_more: boolean;
   next_cursor: string | null;
 }
@@ -828,6 +952,14 @@ export interface PasswordChange {
 
 export interface PauseRequest {
   reason?: string | null;
+}
+
+export interface PortalCreate {
+  return_url?: string | null;
+}
+
+export interface PortalSession {
+  url: string;
 }
 
 export interface Rates {
@@ -953,6 +1085,15 @@ export interface SandboxMessageSummary {
   rcpt_tos: Array<string>;
   size: number;
   received_at: string;
+}
+
+export interface SendAction {
+  to: string;
+  template_id?: string | null;
+  subject?: string | null;
+  html?: string | null;
+  text?: string | null;
+  from?: string | null;
 }
 
 export interface SendRequest {
@@ -1158,6 +1299,15 @@ export interface StopOn {
   unsubscribe?: true;
 }
 
+export interface Subscription {
+  plan: string;
+  tier: string;
+  status: string;
+  current_period_end: string | null;
+  cancel_at_period_end: boolean;
+  ends_at: string | null;
+}
+
 export interface Suppression {
   livemode?: boolean;
   email: string;
@@ -1170,6 +1320,11 @@ export interface SuppressionCreate {
   email: string;
   reason?: string;
   detail?: string | null;
+}
+
+export interface TagAction {
+  email: string;
+  tag: string;
 }
 
 export interface TagAnalytics {
@@ -1254,6 +1409,15 @@ export interface Tracking {
   track_opens?: boolean;
   track_clicks?: boolean;
   plain_text?: boolean;
+}
+
+export interface Trigger {
+  event: string;
+  sample: Record<string, unknown>;
+}
+
+export interface Triggers {
+  items: Array<Trigger>;
 }
 
 export interface User {
@@ -1370,6 +1534,11 @@ export interface WebhookDelivery {
   delivered_at: string | null;
 }
 
+export interface WebhookReceived {
+  received?: boolean;
+  duplicate: boolean;
+}
+
 export interface WebhookRotate {
   secret?: string | null;
   overlap_seconds?: number;
@@ -1407,6 +1576,12 @@ export interface WebhookUpdate {
   active?: boolean | null;
 }
 
+export interface ZapierMe {
+  account: string;
+  livemode: boolean;
+  tier: string;
+}
+
 /** Every operation: its method, path (under /api/v1) and query parameters. */
 export const OPERATIONS = {
   add_suppression: { method: "POST", path: "/suppressions", query: [], idempotencyKey: false },
@@ -1420,13 +1595,18 @@ export const OPERATIONS = {
   clear_default_sender: { method: "DELETE", path: "/settings/sender", query: [], idempotencyKey: false },
   create_api_key: { method: "POST", path: "/api-keys", query: [], idempotencyKey: false },
   create_campaign: { method: "POST", path: "/campaigns", query: [], idempotencyKey: false },
+  create_checkout: { method: "POST", path: "/billing/checkout", query: [], idempotencyKey: false },
+  create_connector: { method: "POST", path: "/connectors", query: [], idempotencyKey: false },
   create_contact: { method: "POST", path: "/contacts", query: [], idempotencyKey: false },
   create_conversion: { method: "POST", path: "/conversions", query: [], idempotencyKey: false },
   create_identity: { method: "POST", path: "/identities", query: [], idempotencyKey: false },
+  create_oauth_client: { method: "POST", path: "/oauth/clients", query: [], idempotencyKey: false },
+  create_portal: { method: "POST", path: "/billing/portal", query: [], idempotencyKey: false },
   create_sequence: { method: "POST", path: "/sequences", query: [], idempotencyKey: false },
   create_template: { method: "POST", path: "/templates", query: [], idempotencyKey: false },
   create_user: { method: "POST", path: "/users", query: [], idempotencyKey: false },
   create_webhook: { method: "POST", path: "/webhooks", query: [], idempotencyKey: false },
+  delete_connector: { method: "DELETE", path: "/connectors/{id}", query: [], idempotencyKey: false },
   delete_contact: { method: "DELETE", path: "/contacts/{id}", query: [], idempotencyKey: false },
   delete_suppression: { method: "DELETE", path: "/suppressions/{email}", query: [], idempotencyKey: false },
   delete_template: { method: "DELETE", path: "/templates/{id}", query: [], idempotencyKey: false },
@@ -1445,12 +1625,14 @@ export const OPERATIONS = {
   get_message: { method: "GET", path: "/messages/{id}", query: [], idempotencyKey: false },
   get_sandbox_message: { method: "GET", path: "/sandbox/messages/{id}", query: [], idempotencyKey: false },
   get_sequence: { method: "GET", path: "/sequences/{id}", query: [], idempotencyKey: false },
+  get_subscription: { method: "GET", path: "/billing/subscription", query: [], idempotencyKey: false },
   get_template: { method: "GET", path: "/templates/{id}", query: [], idempotencyKey: false },
   get_template_version: { method: "GET", path: "/templates/{id}/versions/{version}", query: [], idempotencyKey: false },
   get_webhook: { method: "GET", path: "/webhooks/{id}", query: [], idempotencyKey: false },
   health: { method: "GET", path: "/health", query: [], idempotencyKey: false },
   list_api_keys: { method: "GET", path: "/api-keys", query: ["limit", "cursor"], idempotencyKey: false },
   list_campaigns: { method: "GET", path: "/campaigns", query: ["limit", "cursor"], idempotencyKey: false },
+  list_connectors: { method: "GET", path: "/connectors", query: ["limit", "cursor"], idempotencyKey: false },
   list_contacts: { method: "GET", path: "/contacts", query: ["limit", "cursor", "tag"], idempotencyKey: false },
   list_conversions: { method: "GET", path: "/conversions", query: ["limit", "cursor", "campaign_id"], idempotencyKey: false },
   list_enrollments: { method: "GET", path: "/sequences/{id}/enrollments", query: ["limit", "cursor", "status"], idempotencyKey: false },
@@ -1458,6 +1640,7 @@ export const OPERATIONS = {
   list_identities: { method: "GET", path: "/identities", query: ["limit", "cursor"], idempotencyKey: false },
   list_inbound: { method: "GET", path: "/inbound", query: ["limit", "cursor", "message_id"], idempotencyKey: false },
   list_messages: { method: "GET", path: "/messages", query: ["limit", "cursor", "recipient", "status", "campaign_id", "tag", "since", "until"], idempotencyKey: false },
+  list_oauth_clients: { method: "GET", path: "/oauth/clients", query: ["limit", "cursor"], idempotencyKey: false },
   list_pauses: { method: "GET", path: "/sending/pauses", query: [], idempotencyKey: false },
   list_replies: { method: "GET", path: "/replies", query: ["limit", "cursor", "category", "sequence_id"], idempotencyKey: false },
   list_sandbox_messages: { method: "GET", path: "/sandbox/messages", query: ["limit", "cursor"], idempotencyKey: false },
@@ -1480,6 +1663,7 @@ export const OPERATIONS = {
   resume_identity: { method: "POST", path: "/identities/{id}/resume", query: [], idempotencyKey: false },
   resume_pause: { method: "POST", path: "/sending/pauses/{id}/resume", query: [], idempotencyKey: false },
   revoke_api_key: { method: "DELETE", path: "/api-keys/{id}", query: [], idempotencyKey: false },
+  revoke_oauth_client: { method: "DELETE", path: "/oauth/clients/{id}", query: [], idempotencyKey: false },
   rotate_inbound_address: { method: "POST", path: "/settings/inbound/rotate", query: [], idempotencyKey: false },
   rotate_webhook_secret: { method: "POST", path: "/webhooks/{id}/rotate-secret", query: [], idempotencyKey: false },
   send_batch: { method: "POST", path: "/emails/batch", query: [], idempotencyKey: true },
@@ -1489,6 +1673,7 @@ export const OPERATIONS = {
   sequence_analytics: { method: "GET", path: "/sequences/{id}/analytics", query: [], idempotencyKey: false },
   set_default_sender: { method: "PUT", path: "/settings/sender", query: [], idempotencyKey: false },
   stop_enrollment: { method: "DELETE", path: "/sequences/{id}/enrollments/{enrollment}", query: [], idempotencyKey: false },
+  stripe_webhook: { method: "POST", path: "/billing/webhook", query: [], idempotencyKey: false },
   tag_analytics: { method: "GET", path: "/analytics/tags/{tag}", query: ["period", "interval"], idempotencyKey: false },
   test_webhook: { method: "POST", path: "/webhooks/{id}/test", query: [], idempotencyKey: false },
   trigger_sequence: { method: "POST", path: "/contacts/{id}/sequences", query: [], idempotencyKey: false },
@@ -1498,6 +1683,16 @@ export const OPERATIONS = {
   update_sequence: { method: "PATCH", path: "/sequences/{id}", query: [], idempotencyKey: false },
   update_template: { method: "PATCH", path: "/templates/{id}", query: [], idempotencyKey: false },
   update_webhook: { method: "PATCH", path: "/webhooks/{id}", query: [], idempotencyKey: false },
+  zapier_contact: { method: "POST", path: "/zapier/actions/contacts", query: [], idempotencyKey: false },
+  zapier_enroll: { method: "POST", path: "/zapier/actions/enrollments", query: [], idempotencyKey: false },
+  zapier_incoming: { method: "POST", path: "/zapier/incoming", query: [], idempotencyKey: false },
+  zapier_me: { method: "GET", path: "/zapier/me", query: [], idempotencyKey: false },
+  zapier_poll: { method: "GET", path: "/zapier/triggers/{event}", query: ["limit"], idempotencyKey: false },
+  zapier_send: { method: "POST", path: "/zapier/actions/emails", query: [], idempotencyKey: false },
+  zapier_subscribe: { method: "POST", path: "/zapier/hooks", query: [], idempotencyKey: false },
+  zapier_tag: { method: "POST", path: "/zapier/actions/tags", query: [], idempotencyKey: false },
+  zapier_triggers: { method: "GET", path: "/zapier/triggers", query: [], idempotencyKey: false },
+  zapier_unsubscribe: { method: "DELETE", path: "/zapier/hooks/{id}", query: [], idempotencyKey: false },
 } as const;
 
 /** Each operation's request body and the `data` of its answer. */
@@ -1513,13 +1708,18 @@ export interface Bodies {
   clear_default_sender: undefined;
   create_api_key: ApiKeyCreate;
   create_campaign: CampaignCreate;
+  create_checkout: CheckoutCreate;
+  create_connector: ConnectorCreate;
   create_contact: ContactCreate;
   create_conversion: ConversionCreate;
   create_identity: IdentityCreate;
+  create_oauth_client: OAuthClientCreate;
+  create_portal: PortalCreate;
   create_sequence: SequenceCreate;
   create_template: TemplateCreate;
   create_user: UserCreate;
   create_webhook: WebhookCreate;
+  delete_connector: undefined;
   delete_contact: undefined;
   delete_suppression: undefined;
   delete_template: undefined;
@@ -1538,12 +1738,14 @@ export interface Bodies {
   get_message: undefined;
   get_sandbox_message: undefined;
   get_sequence: undefined;
+  get_subscription: undefined;
   get_template: undefined;
   get_template_version: undefined;
   get_webhook: undefined;
   health: undefined;
   list_api_keys: undefined;
   list_campaigns: undefined;
+  list_connectors: undefined;
   list_contacts: undefined;
   list_conversions: undefined;
   list_enrollments: undefined;
@@ -1551,6 +1753,7 @@ export interface Bodies {
   list_identities: undefined;
   list_inbound: undefined;
   list_messages: undefined;
+  list_oauth_clients: undefined;
   list_pauses: undefined;
   list_replies: undefined;
   list_sandbox_messages: undefined;
@@ -1573,6 +1776,7 @@ export interface Bodies {
   resume_identity: undefined;
   resume_pause: undefined;
   revoke_api_key: undefined;
+  revoke_oauth_client: undefined;
   rotate_inbound_address: undefined;
   rotate_webhook_secret: WebhookRotate;
   send_batch: BatchSendRequest;
@@ -1582,6 +1786,7 @@ export interface Bodies {
   sequence_analytics: undefined;
   set_default_sender: DefaultSenderSet;
   stop_enrollment: undefined;
+  stripe_webhook: undefined;
   tag_analytics: undefined;
   test_webhook: undefined;
   trigger_sequence: ContactSequenceEnroll;
@@ -1591,6 +1796,16 @@ export interface Bodies {
   update_sequence: SequenceUpdate;
   update_template: TemplateUpdate;
   update_webhook: WebhookUpdate;
+  zapier_contact: ContactAction;
+  zapier_enroll: EnrollAction;
+  zapier_incoming: Incoming;
+  zapier_me: undefined;
+  zapier_poll: undefined;
+  zapier_send: SendAction;
+  zapier_subscribe: HookSubscribe;
+  zapier_tag: TagAction;
+  zapier_triggers: undefined;
+  zapier_unsubscribe: undefined;
 }
 export interface Responses {
   add_suppression: Suppression;
@@ -1604,13 +1819,18 @@ export interface Responses {
   clear_default_sender: DefaultSender;
   create_api_key: ApiKeyCreated;
   create_campaign: Campaign;
+  create_checkout: CheckoutSession;
+  create_connector: Connector;
   create_contact: Contact;
   create_conversion: Conversion;
   create_identity: Identity;
+  create_oauth_client: OAuthClientCreated;
+  create_portal: PortalSession;
   create_sequence: Sequence;
   create_template: Template;
   create_user: User;
   create_webhook: WebhookCreated;
+  delete_connector: Deleted;
   delete_contact: Deleted;
   delete_suppression: Deleted;
   delete_template: Deleted;
@@ -1629,12 +1849,14 @@ export interface Responses {
   get_message: Message;
   get_sandbox_message: SandboxMessage;
   get_sequence: Sequence;
+  get_subscription: Subscription;
   get_template: Template;
   get_template_version: TemplateVersion;
   get_webhook: Webhook;
   health: Health;
   list_api_keys: PageApiKey;
   list_campaigns: PageCampaign;
+  list_connectors: PageConnector;
   list_contacts: PageContact;
   list_conversions: PageConversion;
   list_enrollments: PageEnrollment;
@@ -1642,6 +1864,7 @@ export interface Responses {
   list_identities: PageIdentity;
   list_inbound: PageInboundEmailSummary;
   list_messages: PageMessageSummary;
+  list_oauth_clients: PageOAuthClient;
   list_pauses: SendingPauses;
   list_replies: PageReply;
   list_sandbox_messages: PageSandboxMessageSummary;
@@ -1664,6 +1887,7 @@ export interface Responses {
   resume_identity: Identity;
   resume_pause: ResumedPause;
   revoke_api_key: ApiKey;
+  revoke_oauth_client: OAuthClient;
   rotate_inbound_address: InboundAddress;
   rotate_webhook_secret: WebhookSecretRotated;
   send_batch: BatchSendResult;
@@ -1673,6 +1897,7 @@ export interface Responses {
   sequence_analytics: SequenceAnalytics;
   set_default_sender: DefaultSender;
   stop_enrollment: Enrollment;
+  stripe_webhook: WebhookReceived;
   tag_analytics: TagAnalytics;
   test_webhook: WebhookTestResult;
   trigger_sequence: Enrollment;
@@ -1682,6 +1907,16 @@ export interface Responses {
   update_sequence: Sequence;
   update_template: Template;
   update_webhook: Webhook;
+  zapier_contact: Contact;
+  zapier_enroll: Enrollment;
+  zapier_incoming: IncomingResult;
+  zapier_me: ZapierMe;
+  zapier_poll: Events;
+  zapier_send: SendResult;
+  zapier_subscribe: Hook;
+  zapier_tag: Contact;
+  zapier_triggers: Triggers;
+  zapier_unsubscribe: Deleted;
 }
 
 /** Request fields holding your own data, whose keys are sent as given. */

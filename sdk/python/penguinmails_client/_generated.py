@@ -34,11 +34,13 @@ class ApiKey(TypedDict):
     livemode: NotRequired[bool]
     id: str
     prefix: str
-    type: Literal["secret", "publishable"]
+    type: Literal["secret", "publishable", "oauth"]
     mode: Literal["live", "test"]
     name: str
     created_at: str
     revoked_at: str | None
+    client: NotRequired[str | None]
+    scope: NotRequired[str | None]
 
 
 class ApiKeyCreate(TypedDict):
@@ -51,11 +53,13 @@ class ApiKeyCreated(TypedDict):
     livemode: NotRequired[bool]
     id: str
     prefix: str
-    type: Literal["secret", "publishable"]
+    type: Literal["secret", "publishable", "oauth"]
     mode: Literal["live", "test"]
     name: str
     created_at: str
     revoked_at: str | None
+    client: NotRequired[str | None]
+    scope: NotRequired[str | None]
     key: str
 
 
@@ -201,6 +205,36 @@ CampaignUpdate = TypedDict("CampaignUpdate", {
 })
 
 
+class CheckoutCreate(TypedDict):
+    plan: str
+    success_url: NotRequired[str | None]
+    cancel_url: NotRequired[str | None]
+
+
+class CheckoutSession(TypedDict):
+    id: str
+    url: str
+
+
+class Connector(TypedDict):
+    livemode: NotRequired[bool]
+    id: str
+    platform: Literal["shopify", "hubspot", "salesforce"]
+    sequence: str | None
+    template_id: str | None
+    tags: list[str]
+    created_at: str
+    webhook_path: str
+
+
+class ConnectorCreate(TypedDict):
+    platform: Literal["shopify", "hubspot", "salesforce"]
+    secret: str
+    sequence: NotRequired[str | None]
+    template_id: NotRequired[str | None]
+    tags: NotRequired[list[str]]
+
+
 class Contact(TypedDict):
     livemode: NotRequired[bool]
     id: str
@@ -212,6 +246,15 @@ class Contact(TypedDict):
     tags: list[str]
     created_at: str
     updated_at: str
+
+
+class ContactAction(TypedDict):
+    email: str
+    first_name: NotRequired[str | None]
+    last_name: NotRequired[str | None]
+    company: NotRequired[str | None]
+    tags: NotRequired[list[str]]
+    custom_fields: NotRequired[dict[str, Any]]
 
 
 class ContactAnalysis(TypedDict):
@@ -422,6 +465,12 @@ class EngagementDetail(TypedDict):
     clicked: Engagement
 
 
+class EnrollAction(TypedDict):
+    email: str
+    sequence: str
+    re_enroll: NotRequired[bool]
+
+
 class Enrolled(TypedDict):
     items: list[Enrollment]
     skipped: int
@@ -472,6 +521,10 @@ class Estimate(TypedDict):
     evidence: NotRequired[list[FeatureEvidence]]
 
 
+class Events(TypedDict):
+    items: list[dict[str, Any]]
+
+
 class FeatureEvidence(TypedDict):
     feature: str
     with_feature: dict[str, float | int]
@@ -481,6 +534,17 @@ class FeatureEvidence(TypedDict):
 class Health(TypedDict):
     status: Literal["ok"]
     database: Literal["ok"]
+
+
+class Hook(TypedDict):
+    id: str
+    target_url: str
+    event: str
+
+
+class HookSubscribe(TypedDict):
+    target_url: str
+    event: str
 
 
 class Identity(TypedDict):
@@ -590,6 +654,27 @@ InboundEmailSummary = TypedDict("InboundEmailSummary", {
 })
 
 
+class Incoming(TypedDict):
+    trigger_type: Literal["new_subscriber", "purchase_made"]
+    data: IncomingData
+
+
+class IncomingData(TypedDict):
+    email: str
+    first_name: NotRequired[str | None]
+    source: NotRequired[str | None]
+    sequence: NotRequired[str | None]
+    order_id: NotRequired[str | int | float | bool | None]
+    total: NotRequired[str | int | float | bool | None]
+    currency: NotRequired[str | int | float | bool | None]
+    product: NotRequired[str | int | float | bool | None]
+
+
+class IncomingResult(TypedDict):
+    contact: Contact
+    enrollment: Enrollment | None
+
+
 class LogEvent(TypedDict):
     livemode: NotRequired[bool]
     id: str
@@ -678,6 +763,33 @@ class Meta(TypedDict):
     timestamp: str
 
 
+class OAuthClient(TypedDict):
+    livemode: NotRequired[bool]
+    id: str
+    name: str
+    redirect_uris: list[str]
+    public: bool
+    created_at: str
+    revoked_at: str | None
+
+
+class OAuthClientCreate(TypedDict):
+    name: str
+    redirect_uris: list[str]
+    public: NotRequired[bool]
+
+
+class OAuthClientCreated(TypedDict):
+    livemode: NotRequired[bool]
+    id: str
+    name: str
+    redirect_uris: list[str]
+    public: bool
+    created_at: str
+    revoked_at: str | None
+    client_secret: str | None
+
+
 class OptimizeContentIn(TypedDict):
     subject: str
     html: NotRequired[str | None]
@@ -736,6 +848,12 @@ class PageCampaign(TypedDict):
     next_cursor: str | None
 
 
+class PageConnector(TypedDict):
+    items: list[Connector]
+    has_more: bool
+    next_cursor: str | None
+
+
 class PageContact(TypedDict):
     items: list[Contact]
     has_more: bool
@@ -774,6 +892,12 @@ class PageLogEvent(TypedDict):
 
 class PageMessageSummary(TypedDict):
     items: list[MessageSummary]
+    has_more: bool
+    next_cursor: str | None
+
+
+class PageOAuthClient(TypedDict):
+    items: list[OAuthClient]
     has_more: bool
     next_cursor: str | None
 
@@ -839,6 +963,14 @@ class PasswordChange(TypedDict):
 
 class PauseRequest(TypedDict):
     reason: NotRequired[str | None]
+
+
+class PortalCreate(TypedDict):
+    return_url: NotRequired[str | None]
+
+
+class PortalSession(TypedDict):
+    url: str
 
 
 class Rates(TypedDict):
@@ -966,6 +1098,16 @@ SandboxMessageSummary = TypedDict("SandboxMessageSummary", {
     "rcpt_tos": "list[str]",
     "size": "int",
     "received_at": "str",
+})
+
+
+SendAction = TypedDict("SendAction", {
+    "to": "str",
+    "template_id": "NotRequired[str | None]",
+    "subject": "NotRequired[str | None]",
+    "html": "NotRequired[str | None]",
+    "text": "NotRequired[str | None]",
+    "from": "NotRequired[str | None]",
 })
 
 
@@ -1176,6 +1318,15 @@ class StopOn(TypedDict):
     unsubscribe: NotRequired[Literal[True]]
 
 
+class Subscription(TypedDict):
+    plan: str
+    tier: str
+    status: str
+    current_period_end: str | None
+    cancel_at_period_end: bool
+    ends_at: str | None
+
+
 class Suppression(TypedDict):
     livemode: NotRequired[bool]
     email: str
@@ -1188,6 +1339,11 @@ class SuppressionCreate(TypedDict):
     email: str
     reason: NotRequired[str]
     detail: NotRequired[str | None]
+
+
+class TagAction(TypedDict):
+    email: str
+    tag: str
 
 
 class TagAnalytics(TypedDict):
@@ -1272,6 +1428,15 @@ class Tracking(TypedDict):
     track_opens: NotRequired[bool]
     track_clicks: NotRequired[bool]
     plain_text: NotRequired[bool]
+
+
+class Trigger(TypedDict):
+    event: str
+    sample: dict[str, Any]
+
+
+class Triggers(TypedDict):
+    items: list[Trigger]
 
 
 class User(TypedDict):
@@ -1388,6 +1553,11 @@ class WebhookDelivery(TypedDict):
     delivered_at: str | None
 
 
+class WebhookReceived(TypedDict):
+    received: NotRequired[bool]
+    duplicate: bool
+
+
 class WebhookRotate(TypedDict):
     secret: NotRequired[str | None]
     overlap_seconds: NotRequired[int]
@@ -1425,6 +1595,12 @@ class WebhookUpdate(TypedDict):
     active: NotRequired[bool | None]
 
 
+class ZapierMe(TypedDict):
+    account: str
+    livemode: bool
+    tier: str
+
+
 class Operation(TypedDict):
     method: str
     path: str
@@ -1444,13 +1620,18 @@ OPERATIONS: dict[str, Operation] = {
     "clear_default_sender": {"method": "DELETE", "path": "/settings/sender", "query": [], "idempotency_key": False},
     "create_api_key": {"method": "POST", "path": "/api-keys", "query": [], "idempotency_key": False},
     "create_campaign": {"method": "POST", "path": "/campaigns", "query": [], "idempotency_key": False},
+    "create_checkout": {"method": "POST", "path": "/billing/checkout", "query": [], "idempotency_key": False},
+    "create_connector": {"method": "POST", "path": "/connectors", "query": [], "idempotency_key": False},
     "create_contact": {"method": "POST", "path": "/contacts", "query": [], "idempotency_key": False},
     "create_conversion": {"method": "POST", "path": "/conversions", "query": [], "idempotency_key": False},
     "create_identity": {"method": "POST", "path": "/identities", "query": [], "idempotency_key": False},
+    "create_oauth_client": {"method": "POST", "path": "/oauth/clients", "query": [], "idempotency_key": False},
+    "create_portal": {"method": "POST", "path": "/billing/portal", "query": [], "idempotency_key": False},
     "create_sequence": {"method": "POST", "path": "/sequences", "query": [], "idempotency_key": False},
     "create_template": {"method": "POST", "path": "/templates", "query": [], "idempotency_key": False},
     "create_user": {"method": "POST", "path": "/users", "query": [], "idempotency_key": False},
     "create_webhook": {"method": "POST", "path": "/webhooks", "query": [], "idempotency_key": False},
+    "delete_connector": {"method": "DELETE", "path": "/connectors/{id}", "query": [], "idempotency_key": False},
     "delete_contact": {"method": "DELETE", "path": "/contacts/{id}", "query": [], "idempotency_key": False},
     "delete_suppression": {"method": "DELETE", "path": "/suppressions/{email}", "query": [], "idempotency_key": False},
     "delete_template": {"method": "DELETE", "path": "/templates/{id}", "query": [], "idempotency_key": False},
@@ -1469,12 +1650,14 @@ OPERATIONS: dict[str, Operation] = {
     "get_message": {"method": "GET", "path": "/messages/{id}", "query": [], "idempotency_key": False},
     "get_sandbox_message": {"method": "GET", "path": "/sandbox/messages/{id}", "query": [], "idempotency_key": False},
     "get_sequence": {"method": "GET", "path": "/sequences/{id}", "query": [], "idempotency_key": False},
+    "get_subscription": {"method": "GET", "path": "/billing/subscription", "query": [], "idempotency_key": False},
     "get_template": {"method": "GET", "path": "/templates/{id}", "query": [], "idempotency_key": False},
     "get_template_version": {"method": "GET", "path": "/templates/{id}/versions/{version}", "query": [], "idempotency_key": False},
     "get_webhook": {"method": "GET", "path": "/webhooks/{id}", "query": [], "idempotency_key": False},
     "health": {"method": "GET", "path": "/health", "query": [], "idempotency_key": False},
     "list_api_keys": {"method": "GET", "path": "/api-keys", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_campaigns": {"method": "GET", "path": "/campaigns", "query": ["limit", "cursor"], "idempotency_key": False},
+    "list_connectors": {"method": "GET", "path": "/connectors", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_contacts": {"method": "GET", "path": "/contacts", "query": ["limit", "cursor", "tag"], "idempotency_key": False},
     "list_conversions": {"method": "GET", "path": "/conversions", "query": ["limit", "cursor", "campaign_id"], "idempotency_key": False},
     "list_enrollments": {"method": "GET", "path": "/sequences/{id}/enrollments", "query": ["limit", "cursor", "status"], "idempotency_key": False},
@@ -1482,6 +1665,7 @@ OPERATIONS: dict[str, Operation] = {
     "list_identities": {"method": "GET", "path": "/identities", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_inbound": {"method": "GET", "path": "/inbound", "query": ["limit", "cursor", "message_id"], "idempotency_key": False},
     "list_messages": {"method": "GET", "path": "/messages", "query": ["limit", "cursor", "recipient", "status", "campaign_id", "tag", "since", "until"], "idempotency_key": False},
+    "list_oauth_clients": {"method": "GET", "path": "/oauth/clients", "query": ["limit", "cursor"], "idempotency_key": False},
     "list_pauses": {"method": "GET", "path": "/sending/pauses", "query": [], "idempotency_key": False},
     "list_replies": {"method": "GET", "path": "/replies", "query": ["limit", "cursor", "category", "sequence_id"], "idempotency_key": False},
     "list_sandbox_messages": {"method": "GET", "path": "/sandbox/messages", "query": ["limit", "cursor"], "idempotency_key": False},
@@ -1504,6 +1688,7 @@ OPERATIONS: dict[str, Operation] = {
     "resume_identity": {"method": "POST", "path": "/identities/{id}/resume", "query": [], "idempotency_key": False},
     "resume_pause": {"method": "POST", "path": "/sending/pauses/{id}/resume", "query": [], "idempotency_key": False},
     "revoke_api_key": {"method": "DELETE", "path": "/api-keys/{id}", "query": [], "idempotency_key": False},
+    "revoke_oauth_client": {"method": "DELETE", "path": "/oauth/clients/{id}", "query": [], "idempotency_key": False},
     "rotate_inbound_address": {"method": "POST", "path": "/settings/inbound/rotate", "query": [], "idempotency_key": False},
     "rotate_webhook_secret": {"method": "POST", "path": "/webhooks/{id}/rotate-secret", "query": [], "idempotency_key": False},
     "send_batch": {"method": "POST", "path": "/emails/batch", "query": [], "idempotency_key": True},
@@ -1513,6 +1698,7 @@ OPERATIONS: dict[str, Operation] = {
     "sequence_analytics": {"method": "GET", "path": "/sequences/{id}/analytics", "query": [], "idempotency_key": False},
     "set_default_sender": {"method": "PUT", "path": "/settings/sender", "query": [], "idempotency_key": False},
     "stop_enrollment": {"method": "DELETE", "path": "/sequences/{id}/enrollments/{enrollment}", "query": [], "idempotency_key": False},
+    "stripe_webhook": {"method": "POST", "path": "/billing/webhook", "query": [], "idempotency_key": False},
     "tag_analytics": {"method": "GET", "path": "/analytics/tags/{tag}", "query": ["period", "interval"], "idempotency_key": False},
     "test_webhook": {"method": "POST", "path": "/webhooks/{id}/test", "query": [], "idempotency_key": False},
     "trigger_sequence": {"method": "POST", "path": "/contacts/{id}/sequences", "query": [], "idempotency_key": False},
@@ -1522,6 +1708,16 @@ OPERATIONS: dict[str, Operation] = {
     "update_sequence": {"method": "PATCH", "path": "/sequences/{id}", "query": [], "idempotency_key": False},
     "update_template": {"method": "PATCH", "path": "/templates/{id}", "query": [], "idempotency_key": False},
     "update_webhook": {"method": "PATCH", "path": "/webhooks/{id}", "query": [], "idempotency_key": False},
+    "zapier_contact": {"method": "POST", "path": "/zapier/actions/contacts", "query": [], "idempotency_key": False},
+    "zapier_enroll": {"method": "POST", "path": "/zapier/actions/enrollments", "query": [], "idempotency_key": False},
+    "zapier_incoming": {"method": "POST", "path": "/zapier/incoming", "query": [], "idempotency_key": False},
+    "zapier_me": {"method": "GET", "path": "/zapier/me", "query": [], "idempotency_key": False},
+    "zapier_poll": {"method": "GET", "path": "/zapier/triggers/{event}", "query": ["limit"], "idempotency_key": False},
+    "zapier_send": {"method": "POST", "path": "/zapier/actions/emails", "query": [], "idempotency_key": False},
+    "zapier_subscribe": {"method": "POST", "path": "/zapier/hooks", "query": [], "idempotency_key": False},
+    "zapier_tag": {"method": "POST", "path": "/zapier/actions/tags", "query": [], "idempotency_key": False},
+    "zapier_triggers": {"method": "GET", "path": "/zapier/triggers", "query": [], "idempotency_key": False},
+    "zapier_unsubscribe": {"method": "DELETE", "path": "/zapier/hooks/{id}", "query": [], "idempotency_key": False},
 }
 
 USER_DATA_FIELDS = frozenset(["audience", "custom_fields", "headers", "metadata", "personalization"])
