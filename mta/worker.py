@@ -170,13 +170,16 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(writer), self._mta.shutdown_grace)
                 writer.cancel()
+                # The side tasks end first: the presence heartbeat, run after forget(),
+                # would write this process's row back.
+                for task in side:
+                    task.cancel()
+                await asyncio.gather(*side, return_exceptions=True)
                 await self.pools.close()
                 await self._sts.close()
                 with contextlib.suppress(*DATABASE_ERRORS):
                     await self._slots.release_all()
                     await self._slots.forget()
-                for task in side:
-                    task.cancel()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
 
     async def _shaping_view(self) -> None:
