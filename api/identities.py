@@ -6,7 +6,7 @@ server, as cold senders use their Google Workspace or Microsoft 365 mailboxes) i
 MTA's direct path. Its pace: daily and hourly caps over rolling windows, a minimum gap between
 sends plus a random part, and a warm-up ramp (`warmup.start` a day, `warmup.step` more for each
 healthy day, up to the daily cap). The MTA's claim enforces all of it across every MTA process
-(mta/queries.sql claim_identity_batch); a message waiting on a cap says so in its
+(mta/queries.sql claim_batch); a message waiting on a cap says so in its
 `held_reason`.
 
 Rules at the door:

@@ -11,7 +11,7 @@ bookkeeping), and N active enrolments waiting for step one. Then:
   message, its event and its sequence_messages row). Enrolments processed per second.
 - identity claim: the queued step messages made due, drained by the MTA's claim
   (`mta.queue.claim`, 200 per batch, committed), which takes them through
-  claim_identity_batch (identity locks, rolling counts, identity_sends rows). Messages/s.
+  claim_batch's identity part (identity locks, rolling counts, identity_sends rows). Messages/s.
 - baseline: the same messages with no identity, drained by the same call, which then takes
   them through the plain fair claim (no caps, no windows). Messages/s.
 

@@ -12,75 +12,18 @@
 -- anyone's bulk. A tenant with a million queued therefore cannot delay another's fresh
 -- message by more than one claim. Offered rows not taken stay locked only until this
 -- statement commits.
-WITH RECURSIVE queued_tenants AS (
-    (SELECT tenant_id FROM messages
-     WHERE status IN ('queued', 'deferred')
-     ORDER BY tenant_id LIMIT 1)
-    UNION ALL
-    SELECT (SELECT m.tenant_id FROM messages m
-            WHERE m.status IN ('queued', 'deferred') AND m.tenant_id > t.tenant_id
-            ORDER BY m.tenant_id LIMIT 1)
-    FROM queued_tenants t
-    WHERE t.tenant_id IS NOT NULL
-), share AS (
-    SELECT least($1, ceil(2.0 * $1 / greatest(count(*), 1)))::int AS per_tenant
-    FROM queued_tenants WHERE tenant_id IS NOT NULL
-), offered AS (
-    SELECT o.id, o.priority, o.next_attempt_at,
-           row_number() OVER (PARTITION BY t.tenant_id
-                              ORDER BY o.priority, o.next_attempt_at) AS turn
-    FROM queued_tenants t
-    CROSS JOIN share
-    CROSS JOIN LATERAL (
-        SELECT m.id, m.priority, m.next_attempt_at FROM messages m
-        WHERE m.tenant_id = t.tenant_id AND m.status IN ('queued', 'deferred')
-          AND m.next_attempt_at <= now() AND m.identity_id IS NULL
-        ORDER BY m.priority, m.next_attempt_at
-        LIMIT share.per_tenant
-        FOR UPDATE SKIP LOCKED
-    ) o
-    WHERE t.tenant_id IS NOT NULL
-), due AS (
-    SELECT id FROM offered ORDER BY priority, turn, next_attempt_at LIMIT $1
-), stale AS (
-    SELECT id FROM messages
-    WHERE status = 'sending' AND lease_expires_at <= now()
-    ORDER BY lease_expires_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), picked AS (
-    SELECT id FROM due UNION ALL SELECT id FROM stale LIMIT $1
-)
-UPDATE messages m
-SET status = 'sending',
-    lease_owner = $2,
-    lease_token = gen_random_uuid(),
-    lease_expires_at = now() + make_interval(secs => $3),
-    possible_duplicate = m.possible_duplicate OR m.status = 'sending',
-    held_reason = NULL,
-    updated_at = now()
-FROM picked
-WHERE m.id = picked.id
-RETURNING m.id, m.tenant_id, m.campaign_id, m.message_id, m.from_email, m.from_name,
-          m.recipient, m.recipient_domain, m.subject, m.text_body, m.html_body, m.headers,
-          m.personalization, m.settings, m.attempts, m.created_at, m.lease_token,
-          m.possible_duplicate, m.sandbox, m.to_header, m.cc_header, m.reply_to,
-          m.attachments, m.identity_id,
-          EXISTS (SELECT 1 FROM suppressions s
-                  WHERE s.tenant_id = m.tenant_id AND s.email = lower(m.recipient)) AS suppressed;
-
--- name: claim_identity_batch
--- Messages sent through a sending identity (migration 0030), which the fair claim leaves
--- alone: each identity with due messages is locked (SKIP LOCKED: another MTA process is
--- taking its messages right now; next claim) while its sends of the last day and hour are
--- counted and its allowance taken, so its caps hold across every process. The allowance is
--- the least of what its daily limit (warm-up ramp included) and hourly cap leave, one when it
--- keeps a gap between sends (none before next_send_at), none while it is paused. Each message
--- taken is logged in identity_sends (a re-claim of the same message is not a second send);
--- its next_send_at moves by the gap (min + random). The due messages a cap, gap or pause
--- leaves behind are moved to the moment it lets the next one go ('infinity' while paused:
--- resuming brings them back), with the reason in held_reason, so they are not re-read by
--- every claim until then. $1, $2, $3 as for claim_batch.
+-- Identities first: messages sent through a sending identity (migration 0030), which the
+-- fair part leaves alone. Each identity with due messages is locked (SKIP LOCKED: another
+-- MTA process is taking its messages right now; next claim) while its sends of the last day
+-- and hour are counted and its allowance taken, so its caps hold across every process. The
+-- allowance is the least of what its daily limit (warm-up ramp included) and hourly cap
+-- leave, one when it keeps a gap between sends (none before next_send_at), none while it is
+-- paused. Each message taken is logged in identity_sends (a re-claim of the same message is
+-- not a second send); its next_send_at moves by the gap (min + random). The due messages a
+-- cap, gap or pause leaves behind are moved to the moment it lets the next one go
+-- ('infinity' while paused: resuming brings them back), with the reason in held_reason, so
+-- they are not re-read by every claim until then. The fair part takes what is left of the
+-- batch.
 WITH RECURSIVE queued_identities AS (
     (SELECT identity_id FROM messages
      WHERE status IN ('queued', 'deferred') AND identity_id IS NOT NULL
@@ -120,7 +63,7 @@ WITH RECURSIVE queued_identities AS (
         FROM identity_sends s
         WHERE s.identity_id = l.id AND s.sent_at > now() - interval '1 day'
     ) w
-), offered AS (
+), identity_offered AS (
     SELECT o.id, c.id AS identity_id,
            row_number() OVER (PARTITION BY c.id ORDER BY o.priority, o.next_attempt_at) AS turn
     FROM counted c
@@ -132,12 +75,12 @@ WITH RECURSIVE queued_identities AS (
         LIMIT c.allowance
         FOR UPDATE SKIP LOCKED
     ) o
-), picked AS (
-    SELECT id, identity_id FROM offered ORDER BY turn, identity_id LIMIT $1
+), identity_picked AS (
+    SELECT id, identity_id FROM identity_offered ORDER BY turn, identity_id LIMIT $1
 ), paced AS (
     SELECT c.id, c.status, c.paused_reason, c.hourly_cap, c.next_send_at, c.daily_limit,
            c.gap, c.day_count, c.hour_count, c.day_oldest, c.hour_oldest,
-           (SELECT count(*) FROM picked p WHERE p.identity_id = c.id)::int AS taken
+           (SELECT count(*) FROM identity_picked p WHERE p.identity_id = c.id)::int AS taken
     FROM counted c
 ), holds AS (
     -- Why the rest waits, and until when; NULL until: nothing holds it (the batch was full).
@@ -177,17 +120,60 @@ WITH RECURSIVE queued_identities AS (
     FROM holds h
     WHERE h.until IS NOT NULL AND m.identity_id = h.id
       AND m.status IN ('queued', 'deferred') AND m.next_attempt_at <= now()
-      AND m.id NOT IN (SELECT id FROM picked)
+      AND m.id NOT IN (SELECT id FROM identity_picked)
     RETURNING m.id
 ), logged AS (
     INSERT INTO identity_sends (identity_id, message_id)
-    SELECT identity_id, id FROM picked
+    SELECT identity_id, id FROM identity_picked
     ON CONFLICT DO NOTHING
 ), spaced AS (
     UPDATE identities i
     SET next_send_at = now() + make_interval(secs => p.gap)
     FROM paced p
     WHERE i.id = p.id AND p.taken > 0 AND p.gap > 0
+), queued_tenants AS (
+    (SELECT tenant_id FROM messages
+     WHERE status IN ('queued', 'deferred')
+     ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.tenant_id FROM messages m
+            WHERE m.status IN ('queued', 'deferred') AND m.tenant_id > t.tenant_id
+            ORDER BY m.tenant_id LIMIT 1)
+    FROM queued_tenants t
+    WHERE t.tenant_id IS NOT NULL
+), share AS (
+    SELECT least($1, ceil(2.0 * $1 / greatest(count(*), 1)))::int AS per_tenant
+    FROM queued_tenants WHERE tenant_id IS NOT NULL
+), offered AS (
+    SELECT o.id, o.priority, o.next_attempt_at,
+           row_number() OVER (PARTITION BY t.tenant_id
+                              ORDER BY o.priority, o.next_attempt_at) AS turn
+    FROM queued_tenants t
+    CROSS JOIN share
+    CROSS JOIN LATERAL (
+        SELECT m.id, m.priority, m.next_attempt_at FROM messages m
+        WHERE m.tenant_id = t.tenant_id AND m.status IN ('queued', 'deferred')
+          AND m.next_attempt_at <= now() AND m.identity_id IS NULL
+        ORDER BY m.priority, m.next_attempt_at
+        LIMIT share.per_tenant
+        FOR UPDATE SKIP LOCKED
+    ) o
+    WHERE t.tenant_id IS NOT NULL
+), due AS (
+    -- What the identities left of the batch.
+    SELECT id FROM offered ORDER BY priority, turn, next_attempt_at
+    LIMIT greatest($1 - (SELECT count(*) FROM identity_picked), 0)
+), stale AS (
+    SELECT id FROM messages
+    WHERE status = 'sending' AND lease_expires_at <= now()
+    ORDER BY lease_expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM identity_picked
+    UNION ALL
+    (SELECT id FROM due UNION ALL SELECT id FROM stale
+     LIMIT greatest($1 - (SELECT count(*) FROM identity_picked), 0))
 )
 UPDATE messages m
 SET status = 'sending',

@@ -29,13 +29,9 @@ class Result:
 async def claim(
     conn: asyncpg.Pool | asyncpg.Connection, limit: int, owner: str, lease_seconds: float
 ) -> list[asyncpg.Record]:
-    """Up to `limit` messages leased to `owner`: those sent through a sending identity first
-    (within its caps: claim_identity_batch), then the rest, shared fairly between tenants."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        SQL["claim_identity_batch"], limit, owner, lease_seconds
-    )
-    if len(rows) < limit:
-        rows += await conn.fetch(SQL["claim_batch"], limit - len(rows), owner, lease_seconds)
+    """Up to `limit` messages leased to `owner`, in one statement: those sent through a sending
+    identity first (within its caps), then the rest, shared fairly between tenants."""
+    rows: list[asyncpg.Record] = await conn.fetch(SQL["claim_batch"], limit, owner, lease_seconds)
     return rows
 
 

@@ -74,7 +74,7 @@ async def test_the_identity_claim_reads_only_identities_due_rows(pool):
     )
     await pool.execute("ANALYZE")
     async with pool.acquire() as conn, conn.transaction():
-        plan = await _plan(conn, SQL["claim_identity_batch"], 100, "planner", 60.0)
+        plan = await _plan(conn, SQL["claim_batch"], 100, "planner", 60.0)
 
     indexes = _index_names(plan)
     assert "messages_identity_due_idx" in indexes

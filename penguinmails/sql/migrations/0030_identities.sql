@@ -2,8 +2,9 @@
 -- sequence sends through, with its own pace: daily and hourly caps over rolling windows, a
 -- minimum (plus random) gap between its sends, a warm-up ramp, and optionally its own relay
 -- (a mailbox provider's submission server with credentials) instead of our MTA's direct path.
--- Caps are enforced by the MTA's claim (claim_identity_batch), which locks an identity's row
--- while it counts and takes its messages, so they hold across every MTA process.
+-- Caps are enforced by the MTA's claim (claim_batch, its identity part), which locks an
+-- identity's row while it counts and takes its messages, so they hold across every MTA
+-- process.
 
 CREATE TABLE identities (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
