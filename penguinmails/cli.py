@@ -37,11 +37,12 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
 
 
 async def _connect(settings: Settings, *, create: bool = False) -> Any:
-    from penguinmails.database import connect, database_url
+    from penguinmails.database import connect, database_url, transaction_pooled
 
     if not create:
         _check_data_dir(settings)
-    return await connect(await asyncio.to_thread(database_url, settings))
+    url = await asyncio.to_thread(database_url, settings)
+    return await connect(url, pooled=transaction_pooled(settings))
 
 
 async def _connect_migrated(settings: Settings) -> Any:
@@ -59,11 +60,12 @@ async def _connect_migrated(settings: Settings) -> Any:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from penguinmails.database import transaction_pooled
     from penguinmails.migrations import migrate
 
     conn = await _connect(settings, create=True)
     try:
-        applied = await migrate(conn)
+        applied = await migrate(conn, session_lock=not transaction_pooled(settings))
     finally:
         await conn.close()
     print("\n".join(f"applied {name}" for name in applied) or "database is up to date")

@@ -57,6 +57,11 @@ class DatabaseSettings(Section):
     pool_min: int = Field(default=2, ge=1)
     pool_max: int = Field(default=10, ge=1)
     command_timeout: float = Field(default=60.0, gt=0)  # seconds, for every daemon statement
+    # What sits between the roles and Postgres. "transaction": a pooler in transaction mode
+    # (PgBouncer's pool_mode = transaction), where a session lasts one transaction: no
+    # prepared statement cache, no LISTEN (the roles poll instead), and only
+    # transaction-scoped advisory locks. "none": a direct connection or a session pooler.
+    pooler: Literal["none", "transaction"] = "none"
 
 
 class PathsSettings(Section):
