@@ -62,6 +62,9 @@ class DatabaseSettings(Section):
     # prepared statement cache, no LISTEN (the roles poll instead), and only
     # transaction-scoped advisory locks. "none": a direct connection or a session pooler.
     pooler: Literal["none", "transaction"] = "none"
+    # A streaming replica for the API's read-only searches and analytics (docs/scaling.md
+    # lists which); "" : everything on `url`. The queue, leases and outcomes never use it.
+    replica_url: str = ""
 
 
 class PathsSettings(Section):

@@ -108,6 +108,21 @@ async def create_pool(
     return pool
 
 
+async def replica_pool(settings: Settings) -> asyncpg.Pool | None:
+    """A pool on `[database] replica_url` for read-only searches and analytics, or None
+    when none is configured. Its answers lag the primary by the replication delay, so
+    nothing that decides what to send, or reads what it just wrote, may use it."""
+    if not settings.database.replica_url:
+        return None
+    return await create_pool(
+        settings.database.replica_url,
+        1,
+        settings.database.pool_max,
+        settings.database.command_timeout,
+        pooled=transaction_pooled(settings),
+    )
+
+
 async def configured_pool(settings: Settings) -> tuple[asyncpg.Pool, str]:
     """The pool every role runs on, sized and bounded by [database], and its URL (for
     connections of their own, such as a LISTEN). Starts the embedded Postgres when no URL
