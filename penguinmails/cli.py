@@ -72,6 +72,28 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_maintain(settings: Settings, args: argparse.Namespace) -> int:
+    from penguinmails.retention import maintain
+
+    conn = await _connect_migrated(settings)
+    try:
+        report = await maintain(conn, settings.retention)
+    finally:
+        await conn.close()
+    if report.skipped:
+        print("another maintenance run holds the lock; nothing done")
+        return 0
+    for name in report.created:
+        print(f"created {name}")
+    for name in report.dropped:
+        print(f"dropped {name}")
+    for name in report.kept:
+        print(f"kept {name} (deliveries still pending, or busy)")
+    if report.default_rows:
+        print(f"warning: {report.default_rows} webhook deliveries outside any day's partition")
+    return 0
+
+
 async def cmd_mta(settings: Settings, args: argparse.Namespace) -> int:
     if args.processes is not None:
         mta = settings.mta.model_copy(update={"processes": args.processes})
@@ -489,6 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
         "inbound", "receive bounces, complaints and replies (the bounce domain's SMTP)", cmd_inbound
     )
     command("migrate", "create or upgrade the database schema (safe to run again)", cmd_migrate)
+    command(
+        "maintain",
+        "create the webhook outbox's days ahead and drop those past [retention] (run daily)",
+        cmd_maintain,
+    )
     command(
         "status", "show the queue: messages by status and domain, deferrals, webhooks", cmd_status
     )

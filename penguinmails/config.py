@@ -382,6 +382,16 @@ class LoggingSettings(Section):
     format: Literal["json", "text"] = "json"
 
 
+class RetentionSettings(Section):
+    """What `penguinmails maintain` keeps (penguinmails/retention.py). Only the webhook outbox
+    is pruned today; messages, events, suppressions and analytics rollups are kept."""
+
+    # Days a webhook delivery is kept after the day it was written; a day still holding a
+    # pending or in-flight delivery is kept until it has none.
+    webhook_deliveries_days: int = Field(default=30, ge=1)
+    ahead_days: int = Field(default=14, ge=1)  # days of partitions created in advance
+
+
 class Settings(Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     paths: PathsSettings = Field(default_factory=PathsSettings)
@@ -392,6 +402,7 @@ class Settings(Section):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     def inbound_domains(self) -> list[str]:
         """The domains `penguinmails inbound` accepts mail for, first the one addresses are
