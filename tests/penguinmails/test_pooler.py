@@ -69,9 +69,11 @@ async def test_a_send_through_the_api_is_delivered_by_the_mta_behind_pgbouncer(
             # acme.test is a private test domain no public DNS publishes.
             PENGUINMAILS_MTA__REQUIRE_VERIFIED_DOMAINS="false",
             PENGUINMAILS_API__LISTEN=f"127.0.0.1:{api_port}",
+            PENGUINMAILS_TRACKER__LISTEN=f"127.0.0.1:{free_port()}",
         )
         mta = await _spawn("mta", env, tmp_path / "mta.log")
         api = await _spawn("api", env, tmp_path / "api.log")
+        tracker = await _spawn("tracker", env, tmp_path / "tracker.log")
         try:
             async with aiohttp.ClientSession() as http:
                 statuses = []
@@ -81,11 +83,12 @@ async def test_a_send_through_the_api_is_delivered_by_the_mta_behind_pgbouncer(
             await wait_for(lambda: len(smtp_peer.received) >= 20, timeout=30)
             await wait_for(lambda: _sent(pooled, 20), timeout=10)
         finally:
-            for proc in (mta, api):
+            for proc in (mta, api, tracker):
                 proc.send_signal(signal.SIGTERM)
-            codes = [await asyncio.wait_for(p.wait(), 20) for p in (mta, api)]
+            codes = [await asyncio.wait_for(p.wait(), 20) for p in (mta, api, tracker)]
         mta_log = (tmp_path / "mta.log").read_text()
-        assert codes == [0, 0], mta_log[-3000:] + (tmp_path / "api.log").read_text()[-3000:]
+        tracker_log = (tmp_path / "tracker.log").read_text()
+        assert codes == [0, 0, 0], mta_log[-3000:] + tracker_log[-3000:]
     finally:
         await pooled.close()
 
@@ -97,6 +100,9 @@ async def test_a_send_through_the_api_is_delivered_by_the_mta_behind_pgbouncer(
     assert "polling the queue" in mta_log
     assert "prepared statement" not in mta_log.replace("no prepared statement cache", "")
     assert "Traceback" not in mta_log
+    # The tracker's webhook dispatcher polls too.
+    assert "not listening for webhooks" in tracker_log
+    assert "Traceback" not in tracker_log
     # The roles really went through PgBouncer.
     database = url.rsplit("/", 1)[1]
     assert f"db={database} user=postgres" in pgbouncer.log()
