@@ -3,7 +3,8 @@
 The move to partitions is proved on a filled outbox: the scan that checks the old rows runs
 while writes go on, and the swap itself reads no row and builds no index. Then a calendar
 of 90 days of deliveries is pruned to the retention window in one run, keeping a day with a
-delivery still pending, and nothing else (queued messages, events, rollups) is touched.
+delivery still pending, and nothing else (queued messages, events, rollups, suppressions)
+is touched.
 """
 
 from __future__ import annotations
@@ -159,6 +160,12 @@ async def test_ninety_days_pruned_to_thirty_in_one_run_keeping_what_is_unfinishe
     queued = await queue_messages(pool, ["a@dest.test", "b@dest.test"])
     tenant = await pool.fetchval("SELECT tenant_id FROM messages WHERE id = $1", queued[0])
     stats_before = await pool.fetch("SELECT * FROM campaign_stats ORDER BY 1")
+    # A suppression from long before the calendar: retention never expires one.
+    await pool.execute(
+        "INSERT INTO suppressions (tenant_id, email, reason, created_at)"
+        " VALUES ($1, 'gone@dest.test', 'bounce', now() - interval '400 days')",
+        tenant,
+    )
     start = datetime.now(UTC).date() + timedelta(days=30)  # a calendar of our own, ahead
     days = 90
     async with pool.acquire() as conn:
@@ -220,6 +227,7 @@ async def test_ninety_days_pruned_to_thirty_in_one_run_keeping_what_is_unfinishe
     assert {r["status"] for r in statuses} == {"queued"}
     assert await pool.fetchval("SELECT count(*) FROM events") == events
     assert await pool.fetch("SELECT * FROM campaign_stats ORDER BY 1") == stats_before
+    assert await pool.fetchval("SELECT count(*) FROM suppressions") == 1
     # The days ahead exist; a second run finds nothing to do.
     async with pool.acquire() as conn:
         again = await maintain(conn, RetentionSettings(webhook_deliveries_days=30), today=today)
