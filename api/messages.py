@@ -89,7 +89,7 @@ async def list_messages(call: Call[None, MessageListQuery]) -> Page[MessageSumma
     query = call.query
     campaign = _filter_id(query.campaign_id, "campaign", "campaign_id")
     low, high = _range("msg", query.since, query.until)
-    rows = await call.pool.fetch(
+    rows = await call.reader.fetch(
         SQL["search_messages"],
         call.principal.tenant_id,
         decode_cursor(query.cursor, numeric=False),
@@ -123,7 +123,7 @@ async def list_events(call: Call[None, EventListQuery]) -> Page[LogEvent]:
     else:
         exact = query.type
     low, high = _range("evt", query.since, query.until)
-    rows = await call.pool.fetch(
+    rows = await call.reader.fetch(
         SQL["search_events"],
         call.principal.tenant_id,
         decode_cursor(query.cursor, numeric=False),

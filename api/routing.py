@@ -46,6 +46,8 @@ class State:
     signer: LoginTokens
     limiter: RateLimiter
     link_signer: LinkSigner  # the tracker's link tokens' signer: conversion tokens come back here
+    # Where read-only searches and analytics run: `[database] replica_url`'s pool, else `pool`.
+    reader: asyncpg.Pool | None = None
 
 
 STATE = web.AppKey("api_state", State)
@@ -76,6 +78,12 @@ class Call(Generic[BodyT, QueryT]):
     @property
     def pool(self) -> asyncpg.Pool:
         return self.state.pool
+
+    @property
+    def reader(self) -> asyncpg.Pool:
+        """The replica when one is configured (else the primary), for the read-only searches
+        and analytics that may lag by the replication delay; never for the queue."""
+        return self.state.reader or self.state.pool
 
     def path_id(self, prefix: str, what: str, name: str = "id") -> str:
         """The public id in the path, if it has the shape of one of `prefix`'s ids; anything

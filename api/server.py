@@ -55,7 +55,7 @@ from api.openapi import build
 from api.ratelimit import WINDOW_SECONDS, RateLimiter
 from api.routing import API, STATE, State, install
 from penguinmails.config import Settings, split_hostport
-from penguinmails.database import DATABASE_ERRORS
+from penguinmails.database import DATABASE_ERRORS, replica_pool
 from penguinmails.deliverability import Reverifier
 from penguinmails.lifecycle import install_stop_signals, role_pool
 from penguinmails.observability import HEALTH, DatabaseHealth, healthz, ops_app, serving
@@ -162,6 +162,7 @@ def create_app(
     max_body: int = MAX_BODY_BYTES,
     sequence_interval: float | None = SEQUENCE_INTERVAL,
     reverify_domains: bool | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> web.Application:
     metrics = ApiMetrics()
     app = web.Application(
@@ -173,6 +174,7 @@ def create_app(
         signer=LoginTokens(settings),
         limiter=RateLimiter(pool, limits, window),
         link_signer=LinkSigner(server_keys(settings)),
+        reader=reader,
     )
     app[MAX_BODY] = max_body
     app[OPENAPI] = orjson.dumps(build(API, PREFIX))
@@ -248,13 +250,39 @@ class ApiServer:
         await self.close()
 
 
+# What reads from `[database] replica_url` when one is set (the handlers use `call.reader`):
+# searches and analytics, which tolerate the replication delay. Everything else, and every
+# write, stays on the primary.
+REPLICA_ROUTES = (
+    "GET /messages",
+    "GET /events",
+    "GET /analytics/campaigns/{id}",
+    "GET /analytics/tags/{tag}",
+)
+
+
+@contextlib.asynccontextmanager
+async def _replica(settings: Settings) -> AsyncIterator[asyncpg.Pool | None]:
+    reader = await replica_pool(settings)
+    if reader is not None:
+        log.info(
+            "searches and analytics read from the replica",
+            extra={"action": "replica", "routes": list(REPLICA_ROUTES)},
+        )
+    try:
+        yield reader
+    finally:
+        if reader is not None:
+            await reader.close()
+
+
 async def serve(settings: Settings) -> None:
     """Run the API until SIGTERM or SIGINT, then stop within REQUEST_GRACE."""
-    async with role_pool(settings) as (pool, _):
+    async with role_pool(settings) as (pool, _), _replica(settings) as reader:
         stop = asyncio.Event()
         install_stop_signals(stop.set)
         async with (
-            ApiServer(pool, settings) as server,
+            ApiServer(pool, settings, reader=reader) as server,
             serving(server.ops_app(), settings.api.metrics_listen) as metrics,
         ):
             log.info(

@@ -1,19 +1,25 @@
 """Scale: the queue claim's cost and the MTA's memory with a small and a large queue.
 
-For each queue size (10,000 and 1,000,000 queued messages; --quick 10,000 and 200,000),
-the rows are written with one `INSERT ... SELECT generate_series` and the table vacuumed and
-analysed (what autovacuum would have done), then:
+For each queue size (10,000, 1,000,000 and 10,000,000 queued messages; --quick, which CI
+runs, 10,000 and 200,000), the rows are written with one `INSERT ... SELECT
+generate_series` and the table vacuumed and analysed (what autovacuum would have done),
+then:
 
 - claim: `mta.queue.claim` (the claim_batch statement, 200 per batch as the MTA's default)
   timed over many claims, each in a transaction rolled back so every claim sees the same
   queue; and over a run of committed claims that drain the queue as the MTA does. The plan
   is checked to read the due-messages index. Claim time should stay flat: the figure to
   read is the large/small ratio.
+- size: the messages table's heap and its indexes, per million messages, from
+  pg_table_size and pg_indexes_size after the fill (the WAL of the fill per row, too).
 - MTA: one `penguinmails mta` process (DKIM signing, tracking on) delivers a few thousand
   of the queued messages to a loopback sink; its peak RSS and its rate while it does. The
   MTA leases at most `max_in_flight` messages, so its memory must not grow with the queue.
+  The WAL written while it does, per delivered message (claim, outcome, events; the cluster
+  is the benchmark's own, so nothing else writes), is the figure docs/scaling.md derives one
+  primary's ceiling from.
 
-    python -m benchmarks scale [--quick] [--small N] [--large N]
+    python -m benchmarks scale [--quick] [--small N] [--large N] [--huge N]
 """
 
 from __future__ import annotations
@@ -64,10 +70,11 @@ FROM generate_series(1, $5::bigint) AS g
 """
 
 
-async def fill(bench: Bench, rows: int) -> float:
+async def fill(bench: Bench, rows: int) -> dict[str, Any]:
     conn = await connect(bench.url)
     try:
         await conn.execute("TRUNCATE messages, events, suppressions RESTART IDENTITY CASCADE")
+        wal_before = await conn.fetchval("SELECT pg_current_wal_lsn()")
         started = time.perf_counter()
         await conn.execute(
             FILL,
@@ -77,14 +84,23 @@ async def fill(bench: Bench, rows: int) -> float:
             {"track_opens": True, "track_clicks": True},  # the connection's jsonb codec
             rows,
         )
+        wal = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before)
         await conn.execute("VACUUM (ANALYZE) messages")
         elapsed = time.perf_counter() - started
+        table = await conn.fetchval("SELECT pg_table_size('messages')")
+        indexes = await conn.fetchval("SELECT pg_indexes_size('messages')")
         # A queue that has sat there is checkpointed; without this, the fill's checkpoint
         # would land in the timed part and be charged to the large queue.
         await conn.execute("CHECKPOINT")
-        return elapsed
     finally:
         await conn.close()
+    per_million = 1_000_000 / rows
+    return {
+        "fill_seconds": elapsed,
+        "table_mb_per_million": table * per_million / 2**20,
+        "indexes_mb_per_million": indexes * per_million / 2**20,
+        "fill_wal_bytes_per_message": float(wal) / rows,
+    }
 
 
 async def time_claims(bench: Bench, claims: int, drain: int) -> dict[str, Any]:
@@ -144,6 +160,8 @@ async def mta_memory(bench: Bench, deliver: int, postfix: bool) -> dict[str, Any
     env = mta_env(bench, sink.port, {})
     logs = [bench.workdir / "scale-mta.log"]
     conn = await connect(bench.url)
+    wal_before = await conn.fetchval("SELECT pg_current_wal_lsn()")
+    sent_before = await conn.fetchval("SELECT count(*) FROM messages WHERE status = 'sent'")
     procs = start_mtas(env, logs)
     sampler = Sampler([p.pid for p in procs])
     try:
@@ -172,7 +190,16 @@ async def mta_memory(bench: Bench, deliver: int, postfix: bool) -> dict[str, Any
             except subprocess.TimeoutExpired:
                 proc.kill()
         sink.stop()
-        await conn.close()
+        try:
+            wal = await conn.fetchval(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before
+            )
+            delivered = (
+                await conn.fetchval("SELECT count(*) FROM messages WHERE status = 'sent'")
+                - sent_before
+            )
+        finally:
+            await conn.close()
     text = logs[0].read_text(errors="replace")
     if '"dkim_unsigned"' in text:
         raise RuntimeError("the MTA sent unsigned mail; DKIM signing is not on in this run")
@@ -183,6 +210,8 @@ async def mta_memory(bench: Bench, deliver: int, postfix: bool) -> dict[str, Any
         "messages_per_second": sent / elapsed,
         "peak_rss_mb": sampler.peak_rss / 2**20,
         "early_rss_mb": idle_rss / 2**20,
+        # Everything the cluster wrote while the MTA ran, over what it delivered by the end.
+        "wal_bytes_per_delivered": float(wal) / max(delivered, 1),
     }
 
 
@@ -192,6 +221,8 @@ def _tail(path: Path) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [args.small, args.large or (200_000 if args.quick else 1_000_000)]
+    if not args.quick:
+        sizes.append(args.huge)  # 10,000,000: tens of GB and an hour; never in CI
     claims = 100 if args.quick else 300
     drain = 10 if args.quick else 25
     deliver = args.deliver or (2000 if args.quick else 5000)
@@ -211,7 +242,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "states": [],
     }
     for rows in sizes:
-        state: dict[str, Any] = {"queued": rows, "fill_seconds": await fill(bench, rows)}
+        state: dict[str, Any] = {"queued": rows, **(await fill(bench, rows))}
         state.update(await time_claims(bench, claims, drain))
         state["mta"] = await mta_memory(bench, deliver, postfix)
         results["states"].append(state)
@@ -230,7 +261,10 @@ def report(results: dict[str, Any]) -> None:
             "claim ms p99",
             "committed p50",
             "WAL KB/claim",
+            "table MB/M",
+            "index MB/M",
             "MTA msg/s",
+            "MTA WAL B/msg",
             "MTA peak RSS MB",
         ]
     )
@@ -244,7 +278,10 @@ def report(results: dict[str, Any]) -> None:
                 s["claim_ms_p99"],
                 s["committed_claim_ms_p50"],
                 s["wal_kb_per_committed_claim"],
+                s["table_mb_per_million"],
+                s["indexes_mb_per_million"],
                 s["mta"]["messages_per_second"],
+                s["mta"]["wal_bytes_per_delivered"],
                 s["mta"]["peak_rss_mb"],
             ]
         )
@@ -257,9 +294,16 @@ def report(results: dict[str, Any]) -> None:
             large["claim_ms_p99"] / small["claim_ms_p99"],
             large["committed_claim_ms_p50"] / small["committed_claim_ms_p50"],
             large["wal_kb_per_committed_claim"] / small["wal_kb_per_committed_claim"],
+            large["table_mb_per_million"] / small["table_mb_per_million"],
+            large["indexes_mb_per_million"] / small["indexes_mb_per_million"],
             large["mta"]["messages_per_second"] / small["mta"]["messages_per_second"],
+            large["mta"]["wal_bytes_per_delivered"] / small["mta"]["wal_bytes_per_delivered"],
             large["mta"]["peak_rss_mb"] / small["mta"]["peak_rss_mb"],
         ]
+    )
+    print(
+        f"\nFill WAL per message: {small['fill_wal_bytes_per_message']:,.0f} bytes (bulk"
+        " INSERT ... SELECT; the API's inserts write more per row)"
     )
     print(
         f"\nClaim of {results['batch']} (rolled back, x{small['claims_rolled_back']}; committed, "
@@ -278,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--large", type=int, default=0, help="1,000,000 (quick: 200,000)")
+    parser.add_argument(
+        "--huge", type=int, default=10_000_000, help="10,000,000, in the full run only"
+    )
     parser.add_argument("--deliver", type=int, default=0, help="5,000 (quick: 2,000)")
     args = parser.parse_args(argv)
     results = asyncio.run(run(args))

@@ -345,7 +345,17 @@ class DomainPool:
 
     async def _release(self, conn: _Connection, reusable: bool) -> None:
         conn.sent += 1
-        if reusable and conn.sent < self.shape.messages_per_connection and conn.alive:
+        # Above this process's share (another MTA process, maybe on another host, came up
+        # since the connection opened): close it rather than reuse it, or a busy process,
+        # whose connections are never idle long enough for close_idle, would keep the whole
+        # cap until messages_per_connection ran out and the newcomer's mail would wait.
+        within_share = self._open <= self.cap
+        if (
+            reusable
+            and within_share
+            and conn.sent < self.shape.messages_per_connection
+            and conn.alive
+        ):
             conn.idle_since = time.monotonic()
             async with self._changed:
                 self._idle.append(conn)

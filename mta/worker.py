@@ -39,7 +39,7 @@ from mta.sources import Egress, Source, check_sources
 from mta.throttle import Throttles
 from penguinmails.buffer import Failure, GroupCommit
 from penguinmails.config import Settings
-from penguinmails.database import DATABASE_ERRORS
+from penguinmails.database import DATABASE_ERRORS, transaction_pooled
 
 log = logging.getLogger(__name__)
 
@@ -640,6 +640,16 @@ class Worker:
 
     async def _listen(self) -> None:
         """LISTEN on the queue channel; reconnect when the connection drops (polling covers)."""
+        if transaction_pooled(self._settings):
+            # A LISTEN through a transaction pooler registers on whichever server session
+            # ran it, which then serves other clients: notifications would go astray.
+            log.info(
+                "behind a transaction pooler: not listening for new mail, polling the queue "
+                "every %ss",
+                self._mta.poll_interval,
+                extra={"action": "listen", "poll_interval": self._mta.poll_interval},
+            )
+            return
         while True:
             try:
                 conn = await asyncpg.connect(self._database_url)

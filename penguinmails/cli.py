@@ -37,11 +37,12 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
 
 
 async def _connect(settings: Settings, *, create: bool = False) -> Any:
-    from penguinmails.database import connect, database_url
+    from penguinmails.database import connect, database_url, transaction_pooled
 
     if not create:
         _check_data_dir(settings)
-    return await connect(await asyncio.to_thread(database_url, settings))
+    url = await asyncio.to_thread(database_url, settings)
+    return await connect(url, pooled=transaction_pooled(settings))
 
 
 async def _connect_migrated(settings: Settings) -> Any:
@@ -59,14 +60,37 @@ async def _connect_migrated(settings: Settings) -> Any:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from penguinmails.database import transaction_pooled
     from penguinmails.migrations import migrate
 
     conn = await _connect(settings, create=True)
     try:
-        applied = await migrate(conn)
+        applied = await migrate(conn, session_lock=not transaction_pooled(settings))
     finally:
         await conn.close()
     print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+    return 0
+
+
+async def cmd_maintain(settings: Settings, args: argparse.Namespace) -> int:
+    from penguinmails.retention import maintain
+
+    conn = await _connect_migrated(settings)
+    try:
+        report = await maintain(conn, settings.retention)
+    finally:
+        await conn.close()
+    if report.skipped:
+        print("another maintenance run holds the lock; nothing done")
+        return 0
+    for name in report.created:
+        print(f"created {name}")
+    for name in report.dropped:
+        print(f"dropped {name}")
+    for name in report.kept:
+        print(f"kept {name} (deliveries still pending, or busy)")
+    if report.default_rows:
+        print(f"warning: {report.default_rows} webhook deliveries outside any day's partition")
     return 0
 
 
@@ -506,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
         "inbound", "receive bounces, complaints and replies (the bounce domain's SMTP)", cmd_inbound
     )
     command("migrate", "create or upgrade the database schema (safe to run again)", cmd_migrate)
+    command(
+        "maintain",
+        "create the webhook outbox's days ahead and drop those past [retention] (run daily)",
+        cmd_maintain,
+    )
     command(
         "status", "show the queue: messages by status and domain, deferrals, webhooks", cmd_status
     )

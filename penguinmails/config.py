@@ -57,6 +57,14 @@ class DatabaseSettings(Section):
     pool_min: int = Field(default=2, ge=1)
     pool_max: int = Field(default=10, ge=1)
     command_timeout: float = Field(default=60.0, gt=0)  # seconds, for every daemon statement
+    # What sits between the roles and Postgres. "transaction": a pooler in transaction mode
+    # (PgBouncer's pool_mode = transaction), where a session lasts one transaction: no
+    # prepared statement cache, no LISTEN (the roles poll instead), and only
+    # transaction-scoped advisory locks. "none": a direct connection or a session pooler.
+    pooler: Literal["none", "transaction"] = "none"
+    # A streaming replica for the API's read-only searches and analytics (docs/scaling.md
+    # lists which); "" : everything on `url`. The queue, leases and outcomes never use it.
+    replica_url: str = ""
 
 
 class PathsSettings(Section):
@@ -411,6 +419,16 @@ class LoggingSettings(Section):
     format: Literal["json", "text"] = "json"
 
 
+class RetentionSettings(Section):
+    """What `penguinmails maintain` keeps (penguinmails/retention.py). Only the webhook outbox
+    is pruned today; messages, events, suppressions and analytics rollups are kept."""
+
+    # Days a webhook delivery is kept after the day it was written; a day still holding a
+    # pending or in-flight delivery is kept until it has none.
+    webhook_deliveries_days: int = Field(default=30, ge=1)
+    ahead_days: int = Field(default=14, ge=1)  # days of partitions created in advance
+
+
 class Settings(Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     paths: PathsSettings = Field(default_factory=PathsSettings)
@@ -423,6 +441,7 @@ class Settings(Section):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     ai: AiSettings = Field(default_factory=AiSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     def inbound_domains(self) -> list[str]:
         """The domains `penguinmails inbound` accepts mail for, first the one addresses are

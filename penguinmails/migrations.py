@@ -54,27 +54,55 @@ async def pending(conn: asyncpg.Connection) -> list[Migration]:
     return [m for m in available() if m.version not in done]
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply every pending migration; returns the names applied (empty when up to date)."""
+async def migrate(conn: asyncpg.Connection, *, session_lock: bool = True) -> list[str]:
+    """Apply every pending migration; returns the names applied (empty when up to date).
+
+    `session_lock=False` is for a connection through a transaction pooler, where a session
+    advisory lock would be held by whichever server session ran it and never released:
+    each migration's own transaction takes the lock instead and checks again, under it,
+    that no other run applied the migration meanwhile.
+    """
+    if not session_lock:
+        return await _migrate_in_transactions(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version integer PRIMARY KEY,
-                   name text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
+        await conn.execute(_BOOKKEEPING)
         names = []
         for migration in await pending(conn):
             async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
-            log.info("applied migration", extra={"action": "migrate", "migration": migration.name})
+                await _apply(conn, migration)
             names.append(migration.name)
         return names
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+_BOOKKEEPING = """CREATE TABLE IF NOT EXISTS schema_migrations (
+                      version integer PRIMARY KEY,
+                      name text NOT NULL,
+                      applied_at timestamptz NOT NULL DEFAULT now())"""
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
+    await conn.execute(migration.sql)
+    await conn.execute(
+        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+        migration.version,
+        migration.name,
+    )
+    log.info("applied migration", extra={"action": "migrate", "migration": migration.name})
+
+
+async def _migrate_in_transactions(conn: asyncpg.Connection) -> list[str]:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+        await conn.execute(_BOOKKEEPING)
+    names = []
+    for migration in await pending(conn):
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            if migration.version in await applied(conn):
+                continue  # another run applied it while this one waited for the lock
+            await _apply(conn, migration)
+        names.append(migration.name)
+    return names

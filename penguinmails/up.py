@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from penguinmails.config import Settings
-from penguinmails.database import configured_pool
+from penguinmails.database import configured_pool, transaction_pooled
 from penguinmails.lifecycle import install_stop_signals
 from penguinmails.migrations import migrate
 from penguinmails.observability import ops_app, serving
@@ -123,7 +123,7 @@ async def run(settings: Settings) -> None:
     stop = asyncio.Event()
     try:
         async with pool.acquire() as conn:
-            await migrate(conn)
+            await migrate(conn, session_lock=not transaction_pooled(settings))
         key = await sandbox_key(pool, settings.paths.data_dir)
         sink = await start_sink(pool, settings)
         worker = Worker(pool, settings, database_url=url)

@@ -40,7 +40,7 @@ import aiohttp
 import asyncpg
 
 from penguinmails.config import Settings
-from penguinmails.database import DATABASE_ERRORS
+from penguinmails.database import DATABASE_ERRORS, transaction_pooled
 from penguinmails.queries import load
 from penguinmails.secrets import server_keys
 from penguinmails.webhooks.guard import client_session
@@ -105,6 +105,7 @@ class Dispatcher:
         self._metrics = metrics
         self._keys = server_keys(settings)
         self._allow_private = settings.webhooks.allow_private_targets
+        self._pooled = transaction_pooled(settings)
         self.policy = policy or RetryPolicy()
         self._concurrency = concurrency
         self._per_endpoint = per_endpoint
@@ -194,6 +195,15 @@ class Dispatcher:
 
     async def _listen(self) -> asyncpg.pool.PoolConnectionProxy | None:
         """A pooled connection kept for LISTEN; without one we still poll."""
+        if self._pooled:
+            # Through a transaction pooler the LISTEN would stay on a server session that
+            # goes on to serve other clients; notifications would go astray.
+            log.info(
+                "behind a transaction pooler: not listening for webhooks, polling every %ss",
+                self._poll,
+                extra={"action": "listen", "poll_interval": self._poll},
+            )
+            return None
         try:
             conn = await self._pool.acquire()
         except _DB_ERRORS as exc:
