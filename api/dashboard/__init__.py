@@ -41,6 +41,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from api import (
+    ai,
     analytics,
     campaigns,
     contacts,
@@ -369,6 +370,18 @@ async def overview(request: web.Request, session: Session) -> web.StreamResponse
 
 
 async def campaign_list(request: web.Request, session: Session) -> web.StreamResponse:
+    return await _campaigns_page(request, session)
+
+
+async def _campaigns_page(
+    request: web.Request,
+    session: Session,
+    *,
+    status: int = 200,
+    form: Mapping[str, Any] | None = None,
+    errors: list[str] | None = None,
+    analysis: Any = None,
+) -> web.StreamResponse:
     listed = await invoke(
         request,
         session,
@@ -379,11 +392,15 @@ async def campaign_list(request: web.Request, session: Session) -> web.StreamRes
         request,
         "campaigns.html",
         session,
+        status=status,
         page=dump(listed),
-        form={},
-        errors=[],
+        form=dict(form or {}),
+        errors=errors or [],
         sequences=await _sequences(request, session),
         templates=await _templates(request, session),
+        analysis=analysis,
+        analysis_tier=_operation(ai.optimize_content).tier,
+        can_analyse=at_least(session.principal.tier, _operation(ai.optimize_content).tier),
     )
 
 
@@ -439,19 +456,39 @@ async def campaign_create(request: web.Request, session: Session) -> web.StreamR
     try:
         made = await invoke(request, session, campaigns.create_campaign, body=body)
     except DashboardError as exc:
-        listed = await invoke(request, session, campaigns.list_campaigns, query={"limit": 50})
-        return render(
+        return await _campaigns_page(
             request,
-            "campaigns.html",
             session,
             status=exc.status,
-            page=dump(listed),
-            sequences=await _sequences(request, session),
-            templates=await _templates(request, session),
-            form=dict(form),
+            form=form,
             errors=[exc.message, *(f"{f['field']}: {f['message']}" for f in exc.fields)],
         )
     raise web.HTTPSeeOther(f"{PREFIX}/campaigns/{made.id}")
+
+
+async def campaign_analyse(request: web.Request, session: Session) -> web.StreamResponse:
+    """The editor's content through the API's content analysis (POST /ai/optimize-content),
+    personalised for the first recipient: the whole page comes back with the findings and the
+    suggested changes beside the preview (dash.js swaps that section in without reloading)."""
+    form = await request.post()
+    recipients = _recipients(str(form.get("recipients", "")))
+    body: dict[str, Any] = {
+        "content": {
+            "subject": str(form.get("subject", "")),
+            "html": str(form.get("html", "")) or None,
+        },
+        "tracking": {"track_opens": True, "track_clicks": True},
+    }
+    if recipients and recipients[0].get("personalization"):
+        body["personalization"] = recipients[0]["personalization"]
+    try:
+        result = await invoke(request, session, ai.optimize_content, body=body)
+    except DashboardError as exc:
+        errors = [exc.message, *(f"{f['field']}: {f['message']}" for f in exc.fields)]
+        return await _campaigns_page(
+            request, session, status=exc.status, form=form, analysis={"errors": errors}
+        )
+    return await _campaigns_page(request, session, form=form, analysis=dump(result))
 
 
 async def campaign_detail(request: web.Request, session: Session) -> web.StreamResponse:
@@ -877,6 +914,7 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get(PREFIX, page(overview))
     r.add_get(f"{PREFIX}/campaigns", page(campaign_list))
     r.add_post(f"{PREFIX}/campaigns", page(campaign_create))
+    r.add_post(f"{PREFIX}/campaigns/analyse", page(campaign_analyse))
     r.add_get(f"{PREFIX}/campaigns/{{id}}", page(campaign_detail))
     r.add_get(f"{PREFIX}/campaigns/{{id}}/series.json", page(campaign_series))
     r.add_get(f"{PREFIX}/campaigns/{{id}}/export.csv", page(campaign_csv))

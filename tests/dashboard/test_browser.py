@@ -117,6 +117,12 @@ async def _walk(
     assert await page.locator("#preview-subject").inner_text() == "Hello Ann"
     preview = page.frame_locator("#preview")
     assert "Hi Ann" in await preview.locator("p").last.inner_text()
+    # The content analysis lists its findings beside the preview, without leaving the page.
+    await page.get_by_role("button", name="Check content").click()
+    findings = page.locator("#finding-list")
+    await findings.wait_for()
+    assert "images with little text" in await findings.inner_text()
+    assert await page.locator("#recipients").input_value() == "ann@dest.test, Ann"
     await shots(page, "03-campaign-editor")
     await page.get_by_role("button", name="Create draft").click()
     await page.wait_for_url(re.compile(r"/dashboard/campaigns/campaign_[0-9a-f]{32}$"))

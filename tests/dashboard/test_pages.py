@@ -33,6 +33,7 @@ PAGES = [
 FORMS = [
     "/dashboard/logout",
     "/dashboard/campaigns",
+    "/dashboard/campaigns/analyse",
     "/dashboard/contacts/import",
     "/dashboard/developers/keys",
     "/dashboard/developers/webhooks",
@@ -325,3 +326,51 @@ async def test_contacts_export_as_csv(client: Client, ann: Browserless) -> None:
     assert {r["email"] for r in rows} == {f"c{i}@dest.test" for i in range(105)}
     _, _, text = await ann.request("GET", "/dashboard/contacts/export.csv")
     assert "plain@dest.test" in text and len(list(csv.DictReader(io.StringIO(text)))) == 106
+
+
+async def test_content_analysis_beside_the_editor(
+    api: ApiServer,
+    client: Client,
+    make_key: Callable[..., Awaitable[str]],
+    ann: Browserless,
+    browserless: Callable[[str], Browserless],
+) -> None:
+    _, _, html = await ann.request("GET", "/dashboard/campaigns")
+    assert 'id="analyse"' in html and 'formaction="/dashboard/campaigns/analyse"' in html
+    token = await ann.csrf("/dashboard/campaigns")
+    form = {
+        "csrf_token": token,
+        "name": "Loud",
+        "subject": "FREE MONEY!!! Hello {{first_name}}",
+        "html": "<p>Hi {{first_name}}, see <a href='https://acme.test/p'>pricing</a></p>",
+        "recipients": "zed@dest.test, Zed",
+    }
+    status, _, html = await ann.request("POST", "/dashboard/campaigns/analyse", data=form)
+    assert status == 200, html
+    findings = html.split('id="finding-list"')[1].split("</ul>")[0]
+    assert "capitals read as shouting" in findings and "severity-high" in findings
+    changes = html.split('id="change-list"')[1].split("</ul>")[0]
+    assert "FREE MONEY!!! Hello {{first_name}}" in changes
+    assert "Free Money! Hello {{first_name}}" in changes
+    # The editor keeps what was typed, and nothing was created.
+    assert 'value="FREE MONEY!!! Hello {{first_name}}"' in html
+    assert (await client.get("/campaigns")).data["items"] == []
+    # No subject: the API's validation names the field, shown where the findings go.
+    status, _, html = await ann.request(
+        "POST", "/dashboard/campaigns/analyse", data={**form, "subject": ""}
+    )
+    assert status == 422 and "content.subject" in html.split('id="findings"')[1]
+
+    # Below the professional tier: a note instead of the button, and the route refuses.
+    small = client.with_key(await make_key("small", tier="starter", test=True))
+    await make_user(small, "sam@small.test")
+    sam = browserless(api.url)
+    await sam.login("sam@small.test")
+    _, _, html = await sam.request("GET", "/dashboard/campaigns")
+    assert 'id="analyse"' not in html
+    assert "Content analysis comes with the professional tier." in html
+    token = await sam.csrf("/dashboard/campaigns")
+    status, _, html = await sam.request(
+        "POST", "/dashboard/campaigns/analyse", data={**form, "csrf_token": token}
+    )
+    assert status == 403 and "professional" in html and 'id="finding-list"' not in html

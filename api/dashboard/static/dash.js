@@ -65,6 +65,25 @@ function previewEditor(form) {
   update();
 }
 
+// "Check content" posts the editor to the content analysis and swaps in its findings,
+// without leaving the page (without the script, the button submits and the page returns).
+function analyseContent(form, button) {
+  button.addEventListener("click", function (event) {
+    event.preventDefault();
+    var section = document.getElementById("findings");
+    section.setAttribute("aria-busy", "true");
+    fetch(button.formAction, { method: "POST", body: new FormData(form), credentials: "same-origin" })
+      .then(function (r) { return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById("findings");
+        if (fresh) { section.replaceWith(document.adoptNode(fresh)); }
+      })
+      .catch(function () { section.textContent = "The analysis could not be loaded."; })
+      .finally(function () { section.removeAttribute("aria-busy"); });
+  });
+}
+
 function refreshInbox(table) {
   setInterval(function () {
     fetch(location.href, { credentials: "same-origin" })
@@ -93,6 +112,8 @@ document.addEventListener("DOMContentLoaded", function () {
   if (chart) { drawChart(chart); }
   var form = document.getElementById("campaign-form");
   if (form) { previewEditor(form); }
+  var analyse = document.getElementById("analyse");
+  if (form && analyse) { analyseContent(form, analyse); }
   var inbox = document.getElementById("inbox");
   if (inbox) { refreshInbox(inbox); }
   var links = document.getElementById("link-check");
