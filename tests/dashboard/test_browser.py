@@ -165,6 +165,21 @@ async def _walk(
     assert "opened 1" in totals and "clicked 1" in totals, totals
     await shots(page, "06-campaign-chart")
 
+    # A sequence of two steps, made in its editor; its page shows its steps' results.
+    await page.get_by_role("link", name="Campaigns", exact=True).click()
+    await page.get_by_role("link", name="New sequence").click()
+    await page.get_by_label("Name", exact=True).fill("Follow-ups")
+    await page.locator("#step0_subject").fill("Checking in")
+    await page.locator("#step0_html").fill("<p>Hello again</p>")
+    await page.locator("#step0_variants").fill("A | 1\nB | 1 | Quick question")
+    await page.locator("#step1_days").fill("3")
+    await page.locator("#step1_html").fill("<p>One more note</p>")
+    await page.get_by_role("button", name="Create sequence").click()
+    await page.wait_for_url(re.compile(r"/dashboard/sequences/seq_"))
+    assert await page.locator("#sequence-status").inner_text() == "active"
+    assert await page.locator("#step-results tr[data-variant]").count() == 2
+    await shots(page, "06b-sequence")
+
     # Import 1,000 contacts of which 3 are bad: the report names each line, nothing imported.
     await page.get_by_role("link", name="Contacts").click()
     bad = {10: "not-an-email", 500: "", 999: "person1@dest.test"}

@@ -18,6 +18,7 @@ from api.server import ApiServer
 from mta.domains import add_domain
 from penguinmails.cli import cmd_operators, cmd_status
 from penguinmails.config import Settings
+from penguinmails.sequences import schedule
 from tests.dashboard.conftest import Browserless, make_user
 from tests.helpers import Client
 
@@ -35,6 +36,7 @@ FORMS = [
     "/dashboard/campaigns",
     "/dashboard/campaigns/analyse",
     "/dashboard/contacts/import",
+    "/dashboard/sequences",
     "/dashboard/developers/keys",
     "/dashboard/developers/webhooks",
     "/dashboard/deliverability/suppressions",
@@ -374,3 +376,138 @@ async def test_content_analysis_beside_the_editor(
         "POST", "/dashboard/campaigns/analyse", data={**form, "csrf_token": token}
     )
     assert status == 403 and "professional" in html and 'id="finding-list"' not in html
+
+
+async def test_sequences_created_edited_enrolled_and_their_results(
+    api: ApiServer,
+    client: Client,
+    make_key: Callable[..., Awaitable[str]],
+    ann: Browserless,
+    browserless: Callable[[str], Browserless],
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    async with pool.acquire() as conn:
+        await add_domain(conn, settings, "acme.test", tenant="acme")
+    identity = await client.post("/identities", json={"email": "bob@acme.test", "name": "Bob"})
+    assert identity.status == 201, identity.body
+    _, _, html = await ann.request("GET", "/dashboard/campaigns")
+    assert 'href="/dashboard/sequences/new"' in html
+    status, _, html = await ann.request("GET", "/dashboard/sequences/new")
+    assert status == 200 and 'id="step0_subject"' in html and "bob@acme.test" in html
+    token = await ann.csrf("/dashboard/sequences/new")
+    form = {
+        "csrf_token": token,
+        "name": "Onboarding",
+        "from_email": "news@acme.test",
+        "step0_subject": "Welcome to Acme",
+        "step0_html": "<p>Hi there</p>",
+        "step0_variants": "A | 3 | Welcome aboard\nB | 1",
+        "step1_days": "2",
+        "step1_business": "1",
+        "step1_html": "<p>Any questions?</p>",
+        "window_days": ["mon", "tue", "wed"],
+        "window_start": "09:00",
+        "window_end": "17:00",
+        "window_timezone": "Europe/Berlin",
+        "identities": identity.data["id"],
+        "stop_reply": "1",
+        "stop_click": "1",
+        "track_opens": "1",
+        "track_clicks": "1",
+        "winner_by": "reply_rate",
+        "min_sample": "50",
+        "wait_hours": "6",
+    }
+    # A refusal names the field and keeps what was typed.
+    status, _, html = await ann.request(
+        "POST", "/dashboard/sequences", data={**form, "window_end": "08:00"}
+    )
+    assert status == 422 and "window" in html and 'value="Welcome to Acme"' in html
+    status, headers, html = await ann.request("POST", "/dashboard/sequences", data=form)
+    assert status == 303, html
+    seq_id = headers["Location"].rsplit("/", 1)[1]
+    seq = (await client.get(f"/sequences/{seq_id}")).data
+    assert [s["delay"] for s in seq["steps"]] == [
+        {"days": 0, "business_days": False, "hours": 0},
+        {"days": 2, "business_days": True, "hours": 0},
+    ]
+    assert seq["steps"][1]["subject"] is None
+    assert [(v["name"], v["weight"], v["subject"]) for v in seq["steps"][0]["variants"]] == [
+        ("A", 3, "Welcome aboard"),
+        ("B", 1, None),
+    ]
+    assert seq["window"]["days"] == ["mon", "tue", "wed"]
+    assert seq["window"]["timezone"] == "Europe/Berlin"
+    assert seq["settings"]["identities"] == [identity.data["id"]]
+    assert seq["stop_on"]["click"] is True and seq["ab_test"]["winner_by"] == "reply_rate"
+
+    # Its page shows the stored sequence in the editor, with a blank step to add.
+    status, _, html = await ann.request("GET", f"/dashboard/sequences/{seq_id}")
+    assert status == 200
+    assert "A | 3 | Welcome aboard\nB | 1</textarea>" in html
+    assert 'id="step2_subject"' in html and 'id="step3_subject"' not in html
+    assert f'value="{identity.data["id"]}" checked' in html
+    # Edit: a third step in the blank slot, no window any more.
+    edit = {**form, "step2_hours": "5", "step2_html": "<p>Last note</p>"}
+    edit.update(window_start="", window_end="", winner_by="", step0_variants="A | 1\nB | 1")
+    status, _, html = await ann.request("POST", f"/dashboard/sequences/{seq_id}", data=edit)
+    assert status == 303, html
+    seq = (await client.get(f"/sequences/{seq_id}")).data
+    assert len(seq["steps"]) == 3 and seq["steps"][2]["delay"]["hours"] == 5
+    assert seq["window"] is None and seq["ab_test"] is None
+    assert [(v["name"], v["weight"]) for v in seq["steps"][0]["variants"]] == [("A", 1), ("B", 1)]
+
+    # Enrol two addresses; the first step is queued; the page's results are the API's.
+    status, _, html = await ann.request(
+        "POST",
+        f"/dashboard/sequences/{seq_id}/enroll",
+        data={"csrf_token": token, "contacts": "zed@dest.test\nyan@dest.test"},
+    )
+    assert status == 303, html
+    await schedule(pool)  # whatever the API's own scheduler has not queued yet
+    _, _, html = await ann.request("GET", f"/dashboard/sequences/{seq_id}")
+    listed = html.split('id="enrollment-list"')[1].split("</table>")[0]
+    assert "zed@dest.test" in listed and "yan@dest.test" in listed
+    stats = (await client.get(f"/sequences/{seq_id}/analytics")).data
+    assert stats["steps"][0]["queued"] == 2
+    row = re.search(r'<tr data-step="1"><td>1</td><td>all</td><td>(\d+) / (\d+)</td>', html)
+    assert row and row.groups() == (str(stats["steps"][0]["queued"]), "0")
+    # Each variant's row: the messages made with it (the two between A and B).
+    variants = dict(
+        re.findall(
+            r'<tr data-step="1" data-variant="(\w)"><td>1</td><td>\w \(weight 1\)</td><td>(\d+) /',
+            html,
+        )
+    )
+    assert variants == {v["name"]: str(v["sent"]) for v in stats["steps"][0]["variants"]}
+    assert sum(map(int, variants.values())) == 2
+    enrollments = (await client.get(f"/sequences/{seq_id}/enrollments")).data["items"]
+    zed = next(e for e in enrollments if e["email"] == "zed@dest.test")
+    status, _, _ = await ann.request(
+        "POST",
+        f"/dashboard/sequences/{seq_id}/enrollments/{zed['id']}/stop",
+        data={"csrf_token": token},
+    )
+    assert status == 303
+    _, _, html = await ann.request("GET", f"/dashboard/sequences/{seq_id}?status=stopped")
+    listed = html.split('id="enrollment-list"')[1].split("</table>")[0]
+    assert "zed@dest.test" in listed and "(manual)" in listed and "yan@" not in listed
+
+    # Another tenant sees none of it.
+    other = client.with_key(await make_key("globex", tier="enterprise", test=True))
+    await make_user(other, "gus@globex.test")
+    gus = browserless(api.url)
+    await gus.login("gus@globex.test")
+    status, _, html = await gus.request("GET", f"/dashboard/sequences/{seq_id}")
+    assert status == 404 and "Onboarding" not in html
+    gus_token = await gus.csrf("/dashboard")
+    status, _, _ = await gus.request(
+        "POST", f"/dashboard/sequences/{seq_id}/archive", data={"csrf_token": gus_token}
+    )
+    assert status == 404
+    status, headers, _ = await ann.request(
+        "POST", f"/dashboard/sequences/{seq_id}/archive", data={"csrf_token": token}
+    )
+    assert status == 303
+    assert (await client.get(f"/sequences/{seq_id}")).data["status"] == "archived"
