@@ -1085,6 +1085,14 @@ class CountryEngagement(Response):
     clicked: Engagement
 
 
+class LinkClicks(Response):
+    url: str = Field(description="Where the tracked link led (the original URL).")
+    clicked: Engagement = Field(
+        description="Clicks of this link; unique: messages that clicked it; human: not a "
+        "link scanner's."
+    )
+
+
 class SeriesPoint(Response):
     bucket: datetime
     sent: int
@@ -1140,6 +1148,11 @@ class CampaignAnalytics(Owned):
     )
     revenue_impact: RevenueImpact | None = Field(
         description="From the professional tier; null below it."
+    )
+    links: list[LinkClicks] | None = Field(
+        default=None,
+        description="The ten most clicked links in the period, from the starter tier; null "
+        "below it.",
     )
     variants: list[VariantStats] = Field(
         default_factory=list,

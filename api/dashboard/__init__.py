@@ -1136,7 +1136,51 @@ async def deliverability(request: web.Request, session: Session) -> web.StreamRe
         pauses=dump(paused),
         suppressions=items,
         q=search,
+        rates=await _sending_rates(request, session),
     )
+
+
+# Gmail's and Yahoo's sender guidelines (2024): keep spam complaints under 0.3%.
+PROVIDER_COMPLAINT_LIMIT = 0.003
+
+
+async def _sending_rates(request: web.Request, session: Session) -> dict[str, Any]:
+    """Bounce and complaint rates over the circuit breaker's window, the tenant's and each
+    From domain's, beside the limits they are held to: the breaker's (`[mta.breaker]`, which
+    pauses sending past them once a sample is large enough) and the mailbox providers'."""
+    breaker = request.app[STATE].settings.mta.breaker
+    rows = await request.app[STATE].pool.fetch(
+        DASHBOARD_SQL["sending_rates"], session.principal.tenant_id, breaker.window_hours
+    )
+    scopes = []
+    for row in rows:
+        attempted = row["delivered"] + row["bounced"]
+        bounce = row["bounced"] / attempted if attempted else 0.0
+        complaint = row["complained"] / max(row["delivered"], 1)
+        sample = breaker.broad_min_sample  # a domain's and a tenant's, as the breaker counts
+        scopes.append(
+            {
+                "scope": row["scope"],
+                "name": row["name"] or "all sending",
+                "attempted": attempted,
+                "complained": row["complained"],
+                "bounce_rate": bounce,
+                "complaint_rate": complaint,
+                "bounce_over": bounce > breaker.max_bounce_rate,
+                "complaint_over": complaint > breaker.max_complaint_rate,
+                "provider_over": complaint > PROVIDER_COMPLAINT_LIMIT,
+                "counts": attempted >= sample,
+                "sample": sample,
+            }
+        )
+    return {
+        "scopes": scopes,
+        "window_hours": breaker.window_hours,
+        "max_bounce": breaker.max_bounce_rate,
+        "max_complaint": breaker.max_complaint_rate,
+        "provider_complaint": PROVIDER_COMPLAINT_LIMIT,
+        "enabled": breaker.enabled,
+    }
 
 
 async def domain_check(request: web.Request, session: Session) -> web.StreamResponse:

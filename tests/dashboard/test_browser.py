@@ -163,6 +163,10 @@ async def _walk(
     assert await chart.locator("canvas").count() >= 1
     totals = await page.locator("#chart-totals").inner_text()
     assert "opened 1" in totals and "clicked 1" in totals, totals
+    # Its top links count the click, by the URL it led to.
+    await page.reload()
+    links = await page.locator("#top-links tbody tr").all_inner_texts()
+    assert [r.split("\t")[:3] for r in links] == [["https://acme.test/pricing", "1", "1"]], links
     await shots(page, "06-campaign-chart")
 
     # A sequence of two steps, made in its editor; its page shows its steps' results.

@@ -511,3 +511,59 @@ async def test_sequences_created_edited_enrolled_and_their_results(
     )
     assert status == 303
     assert (await client.get(f"/sequences/{seq_id}")).data["status"] == "archived"
+
+
+async def test_deliverability_rates_against_the_limits(
+    client: Client, ann: Browserless, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    async with pool.acquire() as conn:
+        await add_domain(conn, settings, "acme.test", tenant="acme")
+        await add_domain(conn, settings, "news.acme.test", tenant="acme")
+    _, _, html = await ann.request("GET", "/dashboard/deliverability")
+    assert "Nothing delivered or bounced in the window." in html
+    ids = []
+    for sender, count in (("a@acme.test", 1000), ("b@news.acme.test", 20)):
+        made = await client.post(
+            "/campaigns",
+            json={
+                "name": sender,
+                "from": sender,
+                "subject": "Hi",
+                "content": {"html": "<p>Hi</p>"},
+                "recipients": [{"email": f"r{i}@dest.test"} for i in range(count)],
+            },
+        )
+        assert made.status == 201, made.body
+        assert (await client.post(f"/campaigns/{made.data['id']}/send")).status == 202
+        ids.append(made.data["id"])
+    # What the receiving servers said, as the MTA and the feedback loop record it: 1000 from
+    # acme.test, 10 bounced and 4 complaints (0.40%, over the 0.3%); 20 from news.acme.test,
+    # 5 bounced (25%, over the breaker's 5%).
+    outcomes = [("a@acme.test", "email.bounced", 10), ("a@acme.test", "email.delivered", 990)]
+    outcomes += [("a@acme.test", "email.complained", 4), ("b@news.acme.test", "email.bounced", 5)]
+    outcomes += [("b@news.acme.test", "email.delivered", 15)]
+    for sender, kind, count in outcomes:
+        await pool.execute(
+            "INSERT INTO events (tenant_id, message_id, campaign_id, type)"
+            " SELECT tenant_id, id, campaign_id, $2 FROM messages WHERE from_email = $1"
+            " ORDER BY id LIMIT $3",
+            sender,
+            kind,
+            count,
+        )
+    _, _, html = await ann.request("GET", "/dashboard/deliverability")
+    table = html.split('id="rates"')[1].split("</table>")[0]
+    rows = re.findall(r'<tr data-scope="(\w+)"><td>([^<]+)</td><td>([^<]+)</td>(.*?)</tr>', table)
+    assert [(scope, name, attempted) for scope, name, attempted, _ in rows] == [
+        ("tenant", "all sending", "1020"),
+        ("domain", "acme.test", "1000"),
+        ("domain", "news.acme.test", "20 (under the breaker's sample)"),
+    ]
+    cells = {name: rest for _, name, _, rest in rows}
+    assert '"within">1.47%</td>' in cells["all sending"]  # 15 of 1020
+    assert "0.398% over Gmail" in cells["all sending"]  # 4 of 1005 delivered
+    assert '"within">1.00%</td>' in cells["acme.test"]
+    assert "0.404% over Gmail" in cells["acme.test"]
+    assert '"over">25.00% over the limit' in cells["news.acme.test"]
+    assert '"within">0.000%' in cells["news.acme.test"]
+    assert "bounces 5.00% and complaints 0.30%" in html

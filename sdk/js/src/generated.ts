@@ -141,6 +141,7 @@ export interface CampaignAnalytics {
   devices: Array<DeviceEngagement> | null;
   countries: Array<CountryEngagement> | null;
   revenue_impact: RevenueImpact | null;
+  links?: Array<LinkClicks> | null;
   variants?: Array<VariantStats>;
   ab_winner?: ABWinner | null;
   ai_insights?: AiInsights | null;
@@ -577,6 +578,11 @@ export interface InboundEmailSummary {
   auto: boolean;
   attachment_count: number;
   received_at: string;
+}
+
+export interface LinkClicks {
+  url: string;
+  clicked: Engagement;
 }
 
 export interface LogEvent {

@@ -147,6 +147,7 @@ class CampaignAnalytics(TypedDict):
     devices: list[DeviceEngagement] | None
     countries: list[CountryEngagement] | None
     revenue_impact: RevenueImpact | None
+    links: NotRequired[list[LinkClicks] | None]
     variants: NotRequired[list[VariantStats]]
     ab_winner: NotRequired[ABWinner | None]
     ai_insights: NotRequired[AiInsights | None]
@@ -588,6 +589,11 @@ InboundEmailSummary = TypedDict("InboundEmailSummary", {
     "attachment_count": "int",
     "received_at": "str",
 })
+
+
+class LinkClicks(TypedDict):
+    url: str
+    clicked: Engagement
 
 
 class LogEvent(TypedDict):
