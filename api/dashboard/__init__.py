@@ -63,7 +63,7 @@ from api.routing import API, STATE, Call, Handler, Operation
 from api.tiers import TIERS, at_least, tier_required
 from penguinmails.queries import load
 from penguinmails.secrets import derive, server_keys
-from penguinmails.status import queue_status
+from penguinmails.status import mta_presence, queue_status, role_health
 
 SQL = load("api")
 DASHBOARD_SQL = load("api", "dashboard.sql")
@@ -1232,11 +1232,20 @@ async def billing(request: web.Request, session: Session) -> web.StreamResponse:
 
 async def system(request: web.Request, session: Session) -> web.StreamResponse:
     """The installation's queue for operators: what `penguinmails status` prints, from the
-    same queries (penguinmails.status). Every tenant's numbers, so absent (404) for others."""
+    same queries (penguinmails.status), and each role's health. Every tenant's numbers, so
+    absent (404) for others."""
     if not session.operator:
         raise web.HTTPNotFound()
-    status = await queue_status(request.app[STATE].pool)
-    return render(request, "system.html", session, queue=status)
+    state = request.app[STATE]
+    status = await queue_status(state.pool)
+    return render(
+        request,
+        "system.html",
+        session,
+        queue=status,
+        health=await role_health(state.settings),
+        presence=await mta_presence(state.pool),
+    )
 
 
 async def asset(request: web.Request) -> web.StreamResponse:

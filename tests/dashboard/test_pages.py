@@ -9,6 +9,7 @@ import csv
 import io
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -16,11 +17,14 @@ import pytest
 from api.dashboard import CSP
 from api.server import ApiServer
 from mta.domains import add_domain
+from mta.shaping import Automation, Scope
+from mta.shared import SharedShaping
 from penguinmails.cli import cmd_operators, cmd_status
 from penguinmails.config import Settings
 from penguinmails.sequences import schedule
 from tests.dashboard.conftest import Browserless, make_user
-from tests.helpers import Client
+from tests.helpers import Client, free_port, queue_messages, wait_for
+from tracker.server import Tracker
 
 PAGES = [
     "/dashboard",
@@ -567,3 +571,73 @@ async def test_deliverability_rates_against_the_limits(
     assert '"over">25.00% over the limit' in cells["news.acme.test"]
     assert '"within">0.000%' in cells["news.acme.test"]
     assert "bounces 5.00% and complaints 0.30%" in html
+
+
+async def test_the_system_page_shows_sites_shaping_holds_and_each_role_s_health(
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    start_api: Callable[..., Awaitable[ApiServer]],
+    start_worker: Any,
+    client: Client,
+    browserless: Callable[[str], Browserless],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tracker_port, silent_port = free_port(), free_port()
+    settings = make_settings(
+        api={"listen": "127.0.0.1:0"},
+        tracker={"listen": f"127.0.0.1:{tracker_port}", "metrics_listen": ""},
+        mta={"metrics_listen": f"127.0.0.1:{silent_port}"},  # configured, nothing there
+        inbound={"metrics_listen": ""},
+    )
+    [first, *_] = await queue_messages(pool, ["a@acme.test", "b@acme.test", "c@plain.test"])
+    shaping = SharedShaping(pool)
+    google = "site:aspmx.l.google.com"
+    await shaping.note_site(Scope("acme.test", google, "google"))
+    rule = Automation(name="google-unusual-rate", action="suspend", scope="site", duration=600)
+    await shaping.fire(rule, google, first, "421 4.7.28 unusual rate", {})
+    api = await start_api(settings)
+    await make_user(client, "ann@acme.test")
+    ann = browserless(api.url)
+    await ann.login("ann@acme.test")
+    grant = argparse.Namespace(action="grant", email="ann@acme.test", tenant="acme", test=True)
+    assert await cmd_operators(settings, grant) == 0
+    async with Tracker(pool, settings):
+        status, _, html = await ann.request("GET", "/dashboard/system")
+        assert status == 200
+        sites = html.split('id="sites"')[1].split("</table>")[0]
+        assert f"<tr><td>{google}</td><td>google</td><td>2</td>" in sites
+        assert "<tr><td>domain:plain.test</td><td>-</td><td>1</td>" in sites
+        held = html.split('id="held"')[1].split("</table>")[0]
+        assert google in held and "google-unusual-rate" in held and "421 4.7.28" in held
+        assert _health(html) == {
+            "api": "ok",
+            "tracker": "ok",
+            "mta": "no answer: ClientConnectorError",
+            "inbound": "no health address configured",
+            "mta-workers": "0 live",
+        }
+        assert f"http://127.0.0.1:{tracker_port}/healthz" in html
+        # The CLI prints the same sites and holds, from the same queries.
+        capsys.readouterr()
+        assert await cmd_status(settings, argparse.Namespace()) == 0
+        printed = capsys.readouterr().out
+        assert re.search(rf"^{re.escape(google)} +google +2 +0 +0 *$", printed, re.M), printed
+        assert "google-unusual-rate" in printed
+        # A running worker counts by its presence heartbeat.
+        await start_worker(make_settings(mta={"metrics_listen": "", "sandbox": True}))
+        await wait_for(lambda: _live_workers(pool), timeout=10)
+        _, _, html = await ann.request("GET", "/dashboard/system")
+        assert _health(html)["mta-workers"] == "1 live"
+    # The tracker gone, its health says so.
+    _, _, html = await ann.request("GET", "/dashboard/system")
+    assert _health(html)["tracker"] == "no answer: ClientConnectorError"
+
+
+def _health(html: str) -> dict[str, str]:
+    return dict(
+        re.findall(r'<tr data-role="([\w-]+)"><td>[\w ]+</td><td class="\w*">([^<]+)</td>', html)
+    )
+
+
+async def _live_workers(pool: asyncpg.Pool) -> bool:
+    return bool(await pool.fetchval("SELECT count(*) FROM mta_processes"))
