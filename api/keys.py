@@ -85,6 +85,7 @@ def _key_model(row: asyncpg.Record) -> ApiKey:
         name=row["name"],
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
     )
 
 

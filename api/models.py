@@ -880,6 +880,10 @@ class ApiKey(Owned):
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    last_used_at: datetime | None = Field(
+        default=None,
+        description="When the key last authenticated a request, to the minute; null: never.",
+    )
 
 
 class ApiKeyCreated(ApiKey):

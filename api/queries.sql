@@ -2,12 +2,18 @@
 -- Every authenticated request: one probe of the unique prefix index. Revoked keys are
 -- returned too, so the caller can say "revoked" rather than "invalid".
 -- The key's tenant row gives its mode; the account's live row, the tier.
-SELECT k.id, k.tenant_id, k.kind, k.secret_hash, k.revoked_at, t.mode,
+SELECT k.id, k.tenant_id, k.kind, k.secret_hash, k.revoked_at, k.last_used_at, t.mode,
        a.id AS account_id, a.tier
 FROM api_keys k
 JOIN tenants t ON t.id = k.tenant_id
 JOIN tenants a ON a.id = coalesce(t.live_tenant_id, t.id)
 WHERE k.prefix = $1;
+
+-- name: touch_api_key
+-- A verified key's last use, to the minute (migration 0044): the caller asks only when the
+-- stored time is a minute old, and the WHERE keeps concurrent requests to one write.
+UPDATE api_keys SET last_used_at = now()
+WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute');
 
 -- name: find_user
 -- A login token's subject, checked on every request so a deleted user's tokens, and tokens
@@ -22,7 +28,7 @@ WHERE u.id = $1;
 -- The key itself is never stored: its prefix for lookup, its hash for the compare.
 INSERT INTO api_keys (tenant_id, prefix, secret_hash, kind, mode, name)
 VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at;
+RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at, last_used_at;
 
 -- name: set_tier
 -- An account's tier, on its live row and its test twin alike (test mode's budget follows it).
@@ -32,7 +38,7 @@ UPDATE tenants SET tier = $2 WHERE id = $1 OR live_tenant_id = $1;
 -- Prefixes only: nothing here can be used to authenticate. Newest first, keyset-paginated on
 -- the public id through the (tenant_id, public_id) index; $2 is the last id of the page
 -- before, $3 the page size.
-SELECT public_id AS id, prefix, kind, mode, name, created_at, revoked_at
+SELECT public_id AS id, prefix, kind, mode, name, created_at, revoked_at, last_used_at
 FROM api_keys
 WHERE tenant_id = $1 AND ($2::text IS NULL OR public_id < $2)
 ORDER BY public_id DESC
@@ -42,7 +48,7 @@ LIMIT $3;
 -- Takes effect at the next request: keys are looked up every time, never cached.
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
 WHERE tenant_id = $1 AND public_id = $2
-RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at;
+RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at, last_used_at;
 
 -- name: insert_user
 -- Emails are unique within a tenant's mode only: another tenant's users are invisible here.

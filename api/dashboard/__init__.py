@@ -1120,6 +1120,17 @@ async def webhook_test(request: web.Request, session: Session) -> web.StreamResp
     return await webhook_detail(request, session, ping=dump(ping))
 
 
+async def webhook_retry(request: web.Request, session: Session) -> web.StreamResponse:
+    hook_id = request.match_info["id"]
+    await invoke(
+        request,
+        session,
+        webhooks.retry_webhook_delivery,
+        params={"id": hook_id, "delivery_id": request.match_info["delivery_id"]},
+    )
+    raise web.HTTPSeeOther(f"{PREFIX}/developers/webhooks/{hook_id}")
+
+
 async def deliverability(request: web.Request, session: Session) -> web.StreamResponse:
     idents = await invoke(request, session, identities.list_identities, query={"limit": 100})
     paused = await invoke(request, session, pauses.list_pauses)
@@ -1293,6 +1304,10 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/developers/webhooks/{{id}}", page(webhook_page))
     r.add_post(f"{PREFIX}/developers/webhooks/{{id}}/rotate", page(webhook_rotate))
     r.add_post(f"{PREFIX}/developers/webhooks/{{id}}/test", page(webhook_test))
+    r.add_post(
+        f"{PREFIX}/developers/webhooks/{{id}}/deliveries/{{delivery_id}}/retry",
+        page(webhook_retry),
+    )
     r.add_get(f"{PREFIX}/deliverability", page(deliverability))
     r.add_get(f"{PREFIX}/deliverability/domain", page(domain_check))
     r.add_post(f"{PREFIX}/deliverability/suppressions", page(suppression_add))

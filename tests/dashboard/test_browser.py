@@ -196,6 +196,8 @@ async def _walk(
     await report.wait_for()
     text = await report.inner_text()
     assert "Nothing imported: 3 of 1000 rows need fixing" in text, text
+    # The upload went through the page's script, its bar counting to the end.
+    assert await page.locator("#import-status").inner_text() == "Uploaded 100%"
     rows = await report.locator("tbody tr").all_inner_texts()
     assert [r.split("\t")[0] for r in rows] == ["11", "501", "1000"], rows
     assert "line 2" in rows[2]  # the duplicate names its first line

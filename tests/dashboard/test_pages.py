@@ -641,3 +641,44 @@ def _health(html: str) -> dict[str, str]:
 
 async def _live_workers(pool: asyncpg.Pool) -> bool:
     return bool(await pool.fetchval("SELECT count(*) FROM mta_processes"))
+
+
+async def test_developers_see_keys_last_use_and_retry_a_cancelled_delivery(
+    client: Client, ann: Browserless, pool: asyncpg.Pool, key: str
+) -> None:
+    made = (await client.post("/api-keys", json={"name": "unused"})).data
+    _, _, html = await ann.request("GET", "/dashboard/developers")
+    rows = {
+        prefix: used
+        for prefix, used in re.findall(
+            r'<code>(sk_test_\w+)</code>.*?<td class="last-used">([^<]+)</td>', html
+        )
+    }
+    assert rows[made["prefix"]] == "never"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", rows[key[:20]])  # the client's own key
+
+    hook = (await client.post("/webhooks", json={"url": "http://127.0.0.1:9/hook"})).data
+    tenant = await pool.fetchval("SELECT tenant_id FROM api_keys WHERE prefix = $1", key[:20])
+    await pool.execute(
+        "INSERT INTO events (tenant_id, type, data) VALUES ($1, 'campaign.completed', '{}')",
+        tenant,
+    )
+    # Disabling the endpoint cancels its backlog; once enabled, the page offers a retry.
+    await client.post(f"/webhooks/{hook['id']}/disable")
+    page = f"/dashboard/developers/webhooks/{hook['id']}"
+    _, _, html = await ann.request("GET", page)
+    assert "cancelled" in html and "Retry delivery" not in html and "is disabled" in html
+    await client.post(f"/webhooks/{hook['id']}/enable")
+    _, _, html = await ann.request("GET", page)
+    found = re.search(
+        r'action="(/dashboard/developers/webhooks/wh_\w+/deliveries/(whd_\w+)/retry)"', html
+    )
+    assert found, html
+    token = await ann.csrf(page)
+    status, headers, _ = await ann.request("POST", found.group(1), data={"csrf_token": token})
+    assert (status, headers["Location"]) == (303, page)
+    [delivery] = (await client.get(f"/webhooks/{hook['id']}/deliveries")).data["items"]
+    assert (delivery["id"], delivery["status"]) == (found.group(2), "pending")
+    # Again: only a failed or cancelled one is retried, and the page says why not.
+    status, _, html = await ann.request("POST", found.group(1), data={"csrf_token": token})
+    assert status == 409 and "this one is pending" in html

@@ -84,6 +84,41 @@ function analyseContent(form, button) {
   });
 }
 
+// The CSV import uploads through XMLHttpRequest so the bar counts the bytes sent; the
+// answer (the report and the list) replaces the page's main part, as a reload would.
+function importWithProgress(form) {
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var bar = document.getElementById("import-progress");
+    var label = document.getElementById("import-status");
+    var xhr = new XMLHttpRequest();
+    bar.hidden = false;
+    bar.value = 0;
+    bar.max = 100;
+    xhr.upload.addEventListener("progress", function (e) {
+      if (!e.lengthComputable) { return; }
+      bar.value = Math.round(e.loaded * 100 / e.total);
+      label.textContent = "Uploaded " + bar.value + "%";
+    });
+    xhr.upload.addEventListener("load", function () {
+      bar.value = 100;
+      label.textContent = "Uploaded; checking every row";
+    });
+    xhr.addEventListener("load", function () {
+      var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
+      var main = doc.getElementById("main");
+      if (!main) { label.textContent = "The import failed (HTTP " + xhr.status + ")."; return; }
+      document.getElementById("main").replaceWith(document.adoptNode(main));
+      document.getElementById("import-status").textContent = "Uploaded " + bar.value + "%";
+      var again = document.getElementById("import-form");
+      if (again) { importWithProgress(again); }
+    });
+    xhr.addEventListener("error", function () { label.textContent = "The upload failed."; });
+    xhr.open("POST", form.action);
+    xhr.send(new FormData(form));
+  });
+}
+
 function refreshInbox(table) {
   setInterval(function () {
     fetch(location.href, { credentials: "same-origin" })
@@ -119,9 +154,5 @@ document.addEventListener("DOMContentLoaded", function () {
   var links = document.getElementById("link-check");
   if (links) { checkLinks(links); }
   var upload = document.getElementById("import-form");
-  if (upload) {
-    upload.addEventListener("submit", function () {
-      document.getElementById("import-progress").hidden = false;
-    });
-  }
+  if (upload) { importWithProgress(upload); }
 });

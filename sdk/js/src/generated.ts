@@ -34,6 +34,7 @@ export interface ApiKey {
   name: string;
   created_at: string;
   revoked_at: string | null;
+  last_used_at?: string | null;
 }
 
 export interface ApiKeyCreate {
@@ -51,6 +52,7 @@ export interface ApiKeyCreated {
   name: string;
   created_at: string;
   revoked_at: string | null;
+  last_used_at?: string | null;
   key: string;
 }
 
@@ -1485,6 +1487,7 @@ export const OPERATIONS = {
   resume_campaign: { method: "POST", path: "/campaigns/{id}/resume", query: [], idempotencyKey: false },
   resume_identity: { method: "POST", path: "/identities/{id}/resume", query: [], idempotencyKey: false },
   resume_pause: { method: "POST", path: "/sending/pauses/{id}/resume", query: [], idempotencyKey: false },
+  retry_webhook_delivery: { method: "POST", path: "/webhooks/{id}/deliveries/{delivery_id}/retry", query: [], idempotencyKey: false },
   revoke_api_key: { method: "DELETE", path: "/api-keys/{id}", query: [], idempotencyKey: false },
   rotate_inbound_address: { method: "POST", path: "/settings/inbound/rotate", query: [], idempotencyKey: false },
   rotate_webhook_secret: { method: "POST", path: "/webhooks/{id}/rotate-secret", query: [], idempotencyKey: false },
@@ -1578,6 +1581,7 @@ export interface Bodies {
   resume_campaign: undefined;
   resume_identity: undefined;
   resume_pause: undefined;
+  retry_webhook_delivery: undefined;
   revoke_api_key: undefined;
   rotate_inbound_address: undefined;
   rotate_webhook_secret: WebhookRotate;
@@ -1669,6 +1673,7 @@ export interface Responses {
   resume_campaign: Campaign;
   resume_identity: Identity;
   resume_pause: ResumedPause;
+  retry_webhook_delivery: WebhookDelivery;
   revoke_api_key: ApiKey;
   rotate_inbound_address: InboundAddress;
   rotate_webhook_secret: WebhookSecretRotated;

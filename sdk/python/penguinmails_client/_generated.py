@@ -39,6 +39,7 @@ class ApiKey(TypedDict):
     name: str
     created_at: str
     revoked_at: str | None
+    last_used_at: NotRequired[str | None]
 
 
 class ApiKeyCreate(TypedDict):
@@ -56,6 +57,7 @@ class ApiKeyCreated(TypedDict):
     name: str
     created_at: str
     revoked_at: str | None
+    last_used_at: NotRequired[str | None]
     key: str
 
 
@@ -1509,6 +1511,7 @@ OPERATIONS: dict[str, Operation] = {
     "resume_campaign": {"method": "POST", "path": "/campaigns/{id}/resume", "query": [], "idempotency_key": False},
     "resume_identity": {"method": "POST", "path": "/identities/{id}/resume", "query": [], "idempotency_key": False},
     "resume_pause": {"method": "POST", "path": "/sending/pauses/{id}/resume", "query": [], "idempotency_key": False},
+    "retry_webhook_delivery": {"method": "POST", "path": "/webhooks/{id}/deliveries/{delivery_id}/retry", "query": [], "idempotency_key": False},
     "revoke_api_key": {"method": "DELETE", "path": "/api-keys/{id}", "query": [], "idempotency_key": False},
     "rotate_inbound_address": {"method": "POST", "path": "/settings/inbound/rotate", "query": [], "idempotency_key": False},
     "rotate_webhook_secret": {"method": "POST", "path": "/webhooks/{id}/rotate-secret", "query": [], "idempotency_key": False},
