@@ -57,7 +57,7 @@ from api import (
 from api.auth import Principal, principal_for_token
 from api.envelope import pydantic_details
 from api.errors import ApiError
-from api.models import LIVEMODE, MAX_STEPS, ContactCreate, LoginRequest, Token
+from api.models import LIVEMODE, MAX_STEPS, WEEKDAYS, ContactCreate, LoginRequest, Token
 from api.ratelimit import rate_limited
 from api.routing import API, STATE, Call, Handler, Operation
 from api.tiers import TIERS, at_least, tier_required
@@ -569,8 +569,6 @@ async def campaign_action(request: web.Request, session: Session) -> web.StreamR
 # Sequences: the form is the whole sequence (steps with their delays, content and variants;
 # window; identities; stop rules; the A/B decision), sent to the API's create or update.
 
-WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
 
 def _variant_lines(text: str) -> list[dict[str, Any]]:
     """One variant a line: `name | weight | subject | html`, the parts after the name optional
@@ -660,7 +658,7 @@ def _sequence_form(seq: Mapping[str, Any] | None) -> dict[str, Any]:
             "track_opens": True,
             "track_clicks": True,
             "identities": [],
-            "window_days": list(WEEKDAY_NAMES[:5]),
+            "window_days": list(WEEKDAYS[:5]),
             "window_start": "",
             "window_end": "",
             "window_timezone": "UTC",
@@ -695,7 +693,7 @@ def _sequence_form(seq: Mapping[str, Any] | None) -> dict[str, Any]:
         "track_opens": seq["settings"].get("track_opens", True),
         "track_clicks": seq["settings"].get("track_clicks", True),
         "identities": list(seq["settings"].get("identities") or []),
-        "window_days": window.get("days", list(WEEKDAY_NAMES[:5])),
+        "window_days": window.get("days", list(WEEKDAYS[:5])),
         "window_start": (window.get("start") or "")[:5],
         "window_end": (window.get("end") or "")[:5],
         "window_timezone": window.get("timezone", "UTC"),
@@ -768,7 +766,7 @@ async def _sequence_editor(
         seq=seq,
         form=form,
         steps=steps,
-        weekdays=WEEKDAY_NAMES,
+        weekdays=WEEKDAYS,
         identities=idents["items"],
         errors=errors or [],
         **context,
