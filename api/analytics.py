@@ -72,6 +72,7 @@ from api.models import (
     DeviceEngagement,
     Engagement,
     EngagementDetail,
+    LinkClicks,
     Overview,
     Rates,
     RevenueImpact,
@@ -89,6 +90,7 @@ SQL = load("api", "analytics.sql")
 _COUNTERS = ("total", "uniq", "human", "human_unique")
 BOUNCED_LATER = "email.bounced.after_delivery"  # rolled up by migrations 0010 and 0016
 CAMPAIGN_ID = re.compile(r"^campaign_[0-9a-f]{32}$")
+TOP_LINKS = 10  # a campaign's most clicked links in its analytics
 
 Counters = dict[str, dict[str, int]]  # event type -> counter -> count
 
@@ -142,6 +144,7 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
     rows = await call.reader.fetch(SQL["campaign_stats"], campaign_id, since, interval)
     dimensions = await call.reader.fetch(SQL["campaign_dimensions"], campaign_id, since)
     revenue = await call.reader.fetch(SQL["campaign_revenue"], campaign_id, since)
+    links = await call.reader.fetch(SQL["campaign_links"], campaign_id, since, TOP_LINKS)
     variants = (
         await campaign_variant_stats(call.reader, campaign_id, campaign["variants"])
         if campaign["variants"]
@@ -194,6 +197,18 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
             for value, o, c in by_dimension["country"]
         ],
         revenue_impact=_revenue_impact(revenue),
+        links=[
+            LinkClicks(
+                url=r["url"],
+                clicked=Engagement(
+                    total=r["total"],
+                    unique=r["uniq"],
+                    human=r["human"],
+                    unique_human=r["human_unique"],
+                ),
+            )
+            for r in links
+        ],
         ai_insights=await campaign_insights(
             call.pool, call.principal.tenant_id, campaign_id, call.state.settings.ai
         )
@@ -210,6 +225,7 @@ async def campaign_analytics(call: Call[None, AnalyticsQuery]) -> CampaignAnalyt
 _PARTS: dict[str, Tier] = {
     "engagement": "starter",
     "series": "starter",
+    "links": "starter",
     "devices": "professional",
     "countries": "professional",
     "revenue_impact": "professional",

@@ -30,6 +30,22 @@ WHERE campaign_id = $1 AND ($2::timestamptz IS NULL OR bucket >= $2)
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3;
 
+-- name: campaign_links
+-- Clicks by link: the URL each click was redirected to (the tracker records it in data.url),
+-- the $3 most clicked in the period. Unlike the rollups this reads the click events, through
+-- the partial events_campaign_engagement_idx: its cost grows with the campaign's clicks,
+-- never with its sends. Unique: messages that clicked the link; human: not a scanner's.
+SELECT data->>'url' AS url, count(*)::bigint AS total,
+       count(DISTINCT message_id)::bigint AS uniq,
+       count(*) FILTER (WHERE NOT is_machine)::bigint AS human,
+       count(DISTINCT message_id) FILTER (WHERE NOT is_machine)::bigint AS human_unique
+FROM events
+WHERE campaign_id = $1 AND type = 'email.clicked' AND data ? 'url'
+  AND ($2::timestamptz IS NULL OR created_at >= $2)
+GROUP BY 1
+ORDER BY total DESC, url
+LIMIT $3;
+
 -- name: campaign_revenue
 -- A campaign's conversions in the period (by when they happened), per currency (a sum across
 -- currencies means nothing): the value of all of them, and of those reported with a click's

@@ -52,6 +52,7 @@ JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "penguinmails"
 JWT_AUDIENCE = "penguinmails-api"
 JWT_TTL_SECONDS = 900
+LAST_USE_RESOLUTION = 60.0  # seconds: a key's last use is written at most this often
 # Whatever a login asks for, a token lives at most this long: a stolen token is short-lived.
 JWT_MAX_TTL_SECONDS = 3600
 
@@ -184,6 +185,9 @@ async def principal_for_key(pool: asyncpg.Pool, token: str) -> Principal:
         raise unauthorized("This API key has been revoked")
     if row["mode"] != mode or row["kind"] != kind:  # a stored row at odds with its own key
         raise unauthorized("Invalid API key")
+    last = row["last_used_at"]
+    if last is None or time.time() - last.timestamp() >= LAST_USE_RESOLUTION:
+        await pool.execute(SQL["touch_api_key"], row["id"])
     return Principal(
         tenant_id=row["tenant_id"],
         account_id=row["account_id"],

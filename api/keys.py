@@ -87,6 +87,7 @@ def _key_model(row: asyncpg.Record) -> ApiKey:
         revoked_at=row["revoked_at"],
         client=row["client"],
         scope=row["scope"],
+        last_used_at=row["last_used_at"],
     )
 
 

@@ -884,6 +884,10 @@ class ApiKey(Owned):
     revoked_at: datetime | None
     client: str | None = Field(default=None, description="An OAuth grant's client_id.")
     scope: str | None = Field(default=None, description="An OAuth grant's scopes.")
+    last_used_at: datetime | None = Field(
+        default=None,
+        description="When the key last authenticated a request, to the minute; null: never.",
+    )
 
 
 class ApiKeyCreated(ApiKey):
@@ -1089,6 +1093,14 @@ class CountryEngagement(Response):
     clicked: Engagement
 
 
+class LinkClicks(Response):
+    url: str = Field(description="Where the tracked link led (the original URL).")
+    clicked: Engagement = Field(
+        description="Clicks of this link; unique: messages that clicked it; human: not a "
+        "link scanner's."
+    )
+
+
 class SeriesPoint(Response):
     bucket: datetime
     sent: int
@@ -1144,6 +1156,11 @@ class CampaignAnalytics(Owned):
     )
     revenue_impact: RevenueImpact | None = Field(
         description="From the professional tier; null below it."
+    )
+    links: list[LinkClicks] | None = Field(
+        default=None,
+        description="The ten most clicked links in the period, from the starter tier; null "
+        "below it.",
     )
     variants: list[VariantStats] = Field(
         default_factory=list,

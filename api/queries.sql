@@ -2,12 +2,18 @@
 -- Every authenticated request: one probe of the unique prefix index. Revoked keys are
 -- returned too, so the caller can say "revoked" rather than "invalid".
 -- The key's tenant row gives its mode; the account's live row, the tier.
-SELECT k.id, k.tenant_id, k.kind, k.secret_hash, k.revoked_at, t.mode,
+SELECT k.id, k.tenant_id, k.kind, k.secret_hash, k.revoked_at, k.last_used_at, t.mode,
        a.id AS account_id, a.tier
 FROM api_keys k
 JOIN tenants t ON t.id = k.tenant_id
 JOIN tenants a ON a.id = coalesce(t.live_tenant_id, t.id)
 WHERE k.prefix = $1;
+
+-- name: touch_api_key
+-- A verified key's last use, to the minute (migration 0041): the caller asks only when the
+-- stored time is a minute old, and the WHERE keeps concurrent requests to one write.
+UPDATE api_keys SET last_used_at = now()
+WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute');
 
 -- name: find_user
 -- A login token's subject, checked on every request so a deleted user's tokens, and tokens
@@ -23,7 +29,7 @@ WHERE u.id = $1;
 INSERT INTO api_keys (tenant_id, prefix, secret_hash, kind, mode, name)
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING public_id AS id, prefix, kind, mode, name, created_at, revoked_at,
-          NULL::text AS client, NULL::text AS scope;
+          NULL::text AS client, NULL::text AS scope, last_used_at;
 
 -- name: set_tier
 -- An account's tier, on its live row and its test twin alike (test mode's budget follows it).
@@ -35,7 +41,7 @@ UPDATE tenants SET tier = $2 WHERE id = $1 OR live_tenant_id = $1;
 -- before, $3 the page size.
 -- OAuth grants (api.oauth) are listed with their client's id and their scope.
 SELECT k.public_id AS id, k.prefix, k.kind, k.mode, k.name, k.created_at, k.revoked_at,
-       c.public_id AS client, k.scope
+       c.public_id AS client, k.scope, k.last_used_at
 FROM api_keys k LEFT JOIN oauth_clients c ON c.id = k.oauth_client_id
 WHERE k.tenant_id = $1 AND ($2::text IS NULL OR k.public_id < $2)
 ORDER BY k.public_id DESC
@@ -48,7 +54,7 @@ UPDATE api_keys k SET revoked_at = coalesce(k.revoked_at, now())
 WHERE k.tenant_id = $1 AND k.public_id = $2
 RETURNING k.public_id AS id, k.prefix, k.kind, k.mode, k.name, k.created_at, k.revoked_at,
           (SELECT c.public_id FROM oauth_clients c WHERE c.id = k.oauth_client_id) AS client,
-          k.scope;
+          k.scope, k.last_used_at;
 
 -- name: insert_user
 -- Emails are unique within a tenant's mode only: another tenant's users are invisible here.

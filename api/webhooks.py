@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import aiohttp
 import orjson
 
-from api.errors import not_found, validation_error
+from api.errors import conflict, not_found, validation_error
 from api.models import (
     Deleted,
     ListQuery,
@@ -268,6 +268,33 @@ async def list_webhook_deliveries(
         lambda r: WebhookDelivery(**{k: v for k, v in r.items() if k != "pk"}),
         lambda row, _item: encode_cursor(row["pk"]),
     )
+
+
+@API.route(
+    "POST",
+    "/webhooks/{id}/deliveries/{delivery_id}/retry",
+    summary="Deliver a failed or cancelled delivery again now (one more attempt)",
+    tag="Webhooks",
+    tier="professional",
+    response=WebhookDelivery,
+    errors=(404, 409),
+)
+async def retry_webhook_delivery(call: Call[None, None]) -> WebhookDelivery:
+    endpoint_id = call.path_id("wh", "Webhook")
+    delivery_id = call.path_id("whd", "Webhook delivery", name="delivery_id")
+    row = await endpoints.retry_delivery(
+        call.pool, call.principal.tenant_id, endpoint_id, delivery_id
+    )
+    if row is None:
+        raise not_found("Webhook delivery")
+    if not row["retried"]:
+        if not row["active"]:
+            raise conflict("The endpoint is disabled: enable it first")
+        raise conflict(
+            f"Only a failed or cancelled delivery is retried; this one is {row['status']}"
+        )
+    fields = set(WebhookDelivery.model_fields) - {"livemode"}
+    return WebhookDelivery(**{k: row[k] for k in fields})
 
 
 @API.route(

@@ -11,8 +11,8 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mta.queue import SQL
-from mta.shared import SQL as SHAPING_SQL
 from penguinmails.config import MtaSettings
+from penguinmails.status import SQL as STATUS_SQL
 
 SITES_SHOWN = 20  # the deepest sites get a series each; a site is a label only while deep
 
@@ -84,7 +84,7 @@ class MtaMetrics:
             self.queue_depth.labels(status).set(0)
         for row in rows:
             self.queue_depth.labels(row["status"]).set(row["messages"])
-        sites = await pool.fetch(SHAPING_SQL["depth_by_site"], 10_000)
+        sites = await pool.fetch(STATUS_SQL["depth_by_site"], 10_000)
         self.site_depth.clear()
         self.provider_depth.clear()
         providers: dict[str, int] = {}
@@ -96,7 +96,7 @@ class MtaMetrics:
                 self.site_depth.labels(site["site"], provider).set(waiting)
         for provider, waiting in providers.items():
             self.provider_depth.labels(provider).set(waiting)
-        held = await pool.fetch(SHAPING_SQL["held_seconds"])
+        held = await pool.fetch(STATUS_SQL["held_seconds"])
         self.held.clear()
         for row in held:
             self.held.labels(row["key"], row["action"], row["rule"]).set(row["seconds"])

@@ -68,20 +68,6 @@ VALUES ($1, $2, $3, now())
 ON CONFLICT (domain) DO UPDATE
 SET site = EXCLUDED.site, provider = EXCLUDED.provider, seen_at = now();
 
--- name: depth_by_site
--- For `penguinmails status`: queued, deferred and sending messages by site and provider
--- (domains not yet resolved are their own line), with the suspension that holds each.
-SELECT coalesce(d.site, 'domain:' || m.recipient_domain) AS site, d.provider,
-       count(*) FILTER (WHERE m.status = 'queued') AS queued,
-       count(*) FILTER (WHERE m.status = 'deferred') AS deferred,
-       count(*) FILTER (WHERE m.status = 'sending') AS sending
-FROM messages m
-LEFT JOIN domain_sites d ON d.domain = m.recipient_domain
-WHERE m.status IN ('queued', 'deferred', 'sending')
-GROUP BY 1, 2
-ORDER BY count(*) DESC
-LIMIT $1;
-
 -- name: count_source_volume
 -- Count one delivery of warming source $1 toward $2 on day $3, only while under cap $4: no
 -- row back means the day's volume is spent. One primary-key upsert, atomic across processes.
@@ -91,13 +77,6 @@ ON CONFLICT (source, bucket, day) DO UPDATE
 SET sent = v.sent + 1
 WHERE v.sent < $4
 RETURNING sent;
-
--- name: held_seconds
--- For /metrics and status: what automation rules hold now, and for how long yet.
-SELECT key, action, rule, until, reply, extract(epoch FROM until - now())::float8 AS seconds
-FROM shaping_suspensions
-WHERE until > now()
-ORDER BY until DESC;
 
 -- name: tenant_name
 -- A tenant row's name, for [mta] tenant_pools (the worker remembers it).

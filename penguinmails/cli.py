@@ -266,18 +266,15 @@ async def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from penguinmails.queries import load
     from penguinmails.status import queue_status
 
-    shaping = load("mta", "shaping.sql")
     conn = await _connect_migrated(settings)
     try:
         # The same numbers as the dashboard's system page (penguinmails.status).
         status = await queue_status(conn)
-        sites = await conn.fetch(shaping["depth_by_site"], 20)
-        held = await conn.fetch(shaping["held_seconds"])
     finally:
         await conn.close()
+    sites, held = status.sites, status.held
     totals, depth, oldest = status.totals, status.depth, status.oldest
     reasons, webhooks, paused = status.reasons, status.webhooks, status.paused
     print(_table(["status", "messages"], [[r["status"], r["messages"]] for r in totals]))

@@ -41,6 +41,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from api import (
+    ai,
     analytics,
     campaigns,
     contacts,
@@ -56,13 +57,13 @@ from api import (
 from api.auth import Principal, principal_for_token
 from api.envelope import pydantic_details
 from api.errors import ApiError
-from api.models import LIVEMODE, ContactCreate, LoginRequest, Token
+from api.models import LIVEMODE, MAX_STEPS, WEEKDAYS, ContactCreate, LoginRequest, Token
 from api.ratelimit import rate_limited
 from api.routing import API, STATE, Call, Handler, Operation
 from api.tiers import TIERS, at_least, tier_required
 from penguinmails.queries import load
 from penguinmails.secrets import derive, server_keys
-from penguinmails.status import queue_status
+from penguinmails.status import mta_presence, queue_status, role_health
 
 SQL = load("api")
 DASHBOARD_SQL = load("api", "dashboard.sql")
@@ -369,6 +370,18 @@ async def overview(request: web.Request, session: Session) -> web.StreamResponse
 
 
 async def campaign_list(request: web.Request, session: Session) -> web.StreamResponse:
+    return await _campaigns_page(request, session)
+
+
+async def _campaigns_page(
+    request: web.Request,
+    session: Session,
+    *,
+    status: int = 200,
+    form: Mapping[str, Any] | None = None,
+    errors: list[str] | None = None,
+    analysis: Any = None,
+) -> web.StreamResponse:
     listed = await invoke(
         request,
         session,
@@ -379,11 +392,15 @@ async def campaign_list(request: web.Request, session: Session) -> web.StreamRes
         request,
         "campaigns.html",
         session,
+        status=status,
         page=dump(listed),
-        form={},
-        errors=[],
+        form=dict(form or {}),
+        errors=errors or [],
         sequences=await _sequences(request, session),
         templates=await _templates(request, session),
+        analysis=analysis,
+        analysis_tier=_operation(ai.optimize_content).tier,
+        can_analyse=at_least(session.principal.tier, _operation(ai.optimize_content).tier),
     )
 
 
@@ -439,19 +456,39 @@ async def campaign_create(request: web.Request, session: Session) -> web.StreamR
     try:
         made = await invoke(request, session, campaigns.create_campaign, body=body)
     except DashboardError as exc:
-        listed = await invoke(request, session, campaigns.list_campaigns, query={"limit": 50})
-        return render(
+        return await _campaigns_page(
             request,
-            "campaigns.html",
             session,
             status=exc.status,
-            page=dump(listed),
-            sequences=await _sequences(request, session),
-            templates=await _templates(request, session),
-            form=dict(form),
+            form=form,
             errors=[exc.message, *(f"{f['field']}: {f['message']}" for f in exc.fields)],
         )
     raise web.HTTPSeeOther(f"{PREFIX}/campaigns/{made.id}")
+
+
+async def campaign_analyse(request: web.Request, session: Session) -> web.StreamResponse:
+    """The editor's content through the API's content analysis (POST /ai/optimize-content),
+    personalised for the first recipient: the whole page comes back with the findings and the
+    suggested changes beside the preview (dash.js swaps that section in without reloading)."""
+    form = await request.post()
+    recipients = _recipients(str(form.get("recipients", "")))
+    body: dict[str, Any] = {
+        "content": {
+            "subject": str(form.get("subject", "")),
+            "html": str(form.get("html", "")) or None,
+        },
+        "tracking": {"track_opens": True, "track_clicks": True},
+    }
+    if recipients and recipients[0].get("personalization"):
+        body["personalization"] = recipients[0]["personalization"]
+    try:
+        result = await invoke(request, session, ai.optimize_content, body=body)
+    except DashboardError as exc:
+        errors = [exc.message, *(f"{f['field']}: {f['message']}" for f in exc.fields)]
+        return await _campaigns_page(
+            request, session, status=exc.status, form=form, analysis={"errors": errors}
+        )
+    return await _campaigns_page(request, session, form=form, analysis=dump(result))
 
 
 async def campaign_detail(request: web.Request, session: Session) -> web.StreamResponse:
@@ -526,6 +563,306 @@ async def campaign_action(request: web.Request, session: Session) -> web.StreamR
         body["send_at"] = f"{send_at}:00+00:00"
     await invoke(request, session, action, params={"id": public_id}, body=body)
     raise web.HTTPSeeOther(f"{PREFIX}/campaigns/{public_id}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences: the form is the whole sequence (steps with their delays, content and variants;
+# window; identities; stop rules; the A/B decision), sent to the API's create or update.
+
+
+def _variant_lines(text: str) -> list[dict[str, Any]]:
+    """One variant a line: `name | weight | subject | html`, the parts after the name optional
+    (a part left out is the step's own)."""
+    out: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|", 3)]
+        if not parts[0]:
+            continue
+        variant: dict[str, Any] = {"name": parts[0]}
+        if len(parts) > 1 and parts[1]:
+            variant["weight"] = parts[1]
+        if len(parts) > 2 and parts[2]:
+            variant["subject"] = parts[2]
+        if len(parts) > 3 and parts[3]:
+            variant["html"] = parts[3]
+        out.append(variant)
+    return out
+
+
+def _sequence_body(form: Any) -> dict[str, Any]:
+    """The API's sequence body from the page's form (both create and update take it whole)."""
+    steps = []
+    for i in range(MAX_STEPS):
+        subject = str(form.get(f"step{i}_subject", "")).strip()
+        html = str(form.get(f"step{i}_html", ""))
+        variants = str(form.get(f"step{i}_variants", ""))
+        if not (subject or html.strip() or variants.strip()):
+            continue  # the blank step the page offers for adding one
+        steps.append(
+            {
+                "delay": {
+                    "days": str(form.get(f"step{i}_days", "")).strip() or 0,
+                    "hours": str(form.get(f"step{i}_hours", "")).strip() or 0,
+                    "business_days": bool(form.get(f"step{i}_business")),
+                },
+                "subject": subject or None,
+                "content": {"html": html or None},
+                "variants": _variant_lines(variants),
+            }
+        )
+    body: dict[str, Any] = {
+        "name": str(form.get("name", "")),
+        "steps": steps,
+        "stop_on": {
+            "reply": bool(form.get("stop_reply")),
+            "auto_reply": bool(form.get("stop_auto_reply")),
+            "click": bool(form.get("stop_click")),
+        },
+        "settings": {
+            "track_opens": bool(form.get("track_opens")),
+            "track_clicks": bool(form.get("track_clicks")),
+            "identities": [str(i) for i in form.getall("identities", [])],
+        },
+        "window": None,
+        "ab_test": None,
+    }
+    if form.get("from_email"):
+        body["from"] = {"email": str(form["from_email"])}
+    start, end = str(form.get("window_start", "")), str(form.get("window_end", ""))
+    if start or end:
+        body["window"] = {
+            "days": [str(d) for d in form.getall("window_days", [])],
+            "start": start,
+            "end": end,
+            "timezone": str(form.get("window_timezone", "")).strip() or "UTC",
+        }
+    if form.get("winner_by"):
+        body["ab_test"] = {
+            "winner_by": str(form["winner_by"]),
+            "min_sample": str(form.get("min_sample", "")).strip() or 100,
+            "wait_hours": str(form.get("wait_hours", "")).strip() or 4,
+        }
+    return body
+
+
+def _sequence_form(seq: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A stored sequence as the form's fields (a new one: the API's defaults)."""
+    if seq is None:
+        return {
+            "name": "",
+            "from_email": "",
+            "steps": [],
+            "stop_reply": True,
+            "stop_auto_reply": False,
+            "stop_click": False,
+            "track_opens": True,
+            "track_clicks": True,
+            "identities": [],
+            "window_days": list(WEEKDAYS[:5]),
+            "window_start": "",
+            "window_end": "",
+            "window_timezone": "UTC",
+            "winner_by": "",
+            "min_sample": 100,
+            "wait_hours": 4,
+        }
+    window = seq["window"] or {}
+    ab = seq["ab_test"] or {}
+    return {
+        "name": seq["name"],
+        "from_email": seq["from"]["email"],
+        "steps": [
+            {
+                "days": s["delay"]["days"],
+                "hours": s["delay"]["hours"],
+                "business": s["delay"]["business_days"],
+                "subject": s["subject"] or "",
+                "html": s["content"]["html"] or "",
+                "variants": "\n".join(
+                    " | ".join(
+                        [v["name"], str(v["weight"]), v["subject"] or "", v["html"] or ""]
+                    ).rstrip(" |")
+                    for v in s["variants"]
+                ),
+            }
+            for s in seq["steps"]
+        ],
+        "stop_reply": seq["stop_on"].get("reply", False),
+        "stop_auto_reply": seq["stop_on"].get("auto_reply", False),
+        "stop_click": seq["stop_on"].get("click", False),
+        "track_opens": seq["settings"].get("track_opens", True),
+        "track_clicks": seq["settings"].get("track_clicks", True),
+        "identities": list(seq["settings"].get("identities") or []),
+        "window_days": window.get("days", list(WEEKDAYS[:5])),
+        "window_start": (window.get("start") or "")[:5],
+        "window_end": (window.get("end") or "")[:5],
+        "window_timezone": window.get("timezone", "UTC"),
+        "winner_by": ab.get("winner_by", ""),
+        "min_sample": ab.get("min_sample", 100),
+        "wait_hours": ab.get("wait_hours", 4),
+    }
+
+
+def _posted_form(form: Any) -> dict[str, Any]:
+    """What was typed, to show again beside the API's refusal."""
+    body = _sequence_body(form)
+    values = {k: form.get(k, "") for k in form if not k.startswith("step")}
+    values.update(
+        {
+            "identities": body["settings"]["identities"],
+            "window_days": [str(d) for d in form.getall("window_days", [])],
+            **{k: bool(form.get(k)) for k in ("stop_reply", "stop_auto_reply", "stop_click")},
+            **{k: bool(form.get(k)) for k in ("track_opens", "track_clicks")},
+        }
+    )
+    values["steps"] = [
+        {
+            "days": form.get(f"step{i}_days", ""),
+            "hours": form.get(f"step{i}_hours", ""),
+            "business": bool(form.get(f"step{i}_business")),
+            "subject": form.get(f"step{i}_subject", ""),
+            "html": form.get(f"step{i}_html", ""),
+            "variants": form.get(f"step{i}_variants", ""),
+        }
+        for i in range(MAX_STEPS)
+        if any(str(form.get(f"step{i}_{k}", "")).strip() for k in ("subject", "html", "variants"))
+    ]
+    return {**_sequence_form(None), **values}
+
+
+async def _sequence_editor(
+    request: web.Request,
+    session: Session,
+    *,
+    seq: Mapping[str, Any] | None,
+    form: dict[str, Any],
+    status: int = 200,
+    errors: list[str] | None = None,
+) -> web.StreamResponse:
+    """The new-sequence page, or a sequence's page with its results, enrolments and editor."""
+    idents = dump(await invoke(request, session, identities.list_identities, query={"limit": 100}))
+    context: dict[str, Any] = {"stats": None, "enrollments": [], "enroll_status": ""}
+    if seq is not None:
+        params = {"id": seq["id"]}
+        context["stats"] = dump(
+            await invoke(request, session, sequences.sequence_analytics, params=params)
+        )
+        query: dict[str, Any] = {"limit": 50, **_cursor(request)}
+        if request.query.get("status"):
+            query["status"] = request.query["status"]
+            context["enroll_status"] = request.query["status"]
+        context["enrollments"] = dump(
+            await invoke(request, session, sequences.list_enrollments, params=params, query=query)
+        )
+    # The stored steps and blank ones to add (one at least, three in all for a new one).
+    steps = list(form["steps"])
+    while len(steps) < min(MAX_STEPS, max(len(form["steps"]) + 1, 3)):
+        steps.append({"days": 0, "hours": 0, "business": False, "subject": "", "html": ""})
+    return render(
+        request,
+        "sequence.html",
+        session,
+        status=status,
+        seq=seq,
+        form=form,
+        steps=steps,
+        weekdays=WEEKDAYS,
+        identities=idents["items"],
+        errors=errors or [],
+        **context,
+    )
+
+
+def _errors(exc: DashboardError) -> list[str]:
+    return [exc.message, *(f"{f['field']}: {f['message']}" for f in exc.fields)]
+
+
+async def sequence_new(request: web.Request, session: Session) -> web.StreamResponse:
+    return await _sequence_editor(request, session, seq=None, form=_sequence_form(None))
+
+
+async def sequence_create(request: web.Request, session: Session) -> web.StreamResponse:
+    form = await request.post()
+    body = {k: v for k, v in _sequence_body(form).items() if v is not None}
+    try:
+        made = await invoke(request, session, sequences.create_sequence, body=body)
+    except DashboardError as exc:
+        return await _sequence_editor(
+            request,
+            session,
+            seq=None,
+            form=_posted_form(form),
+            status=exc.status,
+            errors=_errors(exc),
+        )
+    raise web.HTTPSeeOther(f"{PREFIX}/sequences/{made.id}")
+
+
+async def _get_sequence(request: web.Request, session: Session) -> dict[str, Any]:
+    found = await invoke(
+        request, session, sequences.get_sequence, params={"id": request.match_info["id"]}
+    )
+    seq: dict[str, Any] = dump(found)
+    return seq
+
+
+async def sequence_page(request: web.Request, session: Session) -> web.StreamResponse:
+    seq = await _get_sequence(request, session)
+    return await _sequence_editor(request, session, seq=seq, form=_sequence_form(seq))
+
+
+async def sequence_update(request: web.Request, session: Session) -> web.StreamResponse:
+    seq = await _get_sequence(request, session)
+    form = await request.post()
+    body = _sequence_body(form)
+    if not body.get("from"):
+        body.pop("from", None)
+    try:
+        await invoke(
+            request, session, sequences.update_sequence, params={"id": seq["id"]}, body=body
+        )
+    except DashboardError as exc:
+        return await _sequence_editor(
+            request,
+            session,
+            seq=seq,
+            form=_posted_form(form),
+            status=exc.status,
+            errors=_errors(exc),
+        )
+    raise web.HTTPSeeOther(f"{PREFIX}/sequences/{seq['id']}")
+
+
+async def sequence_enroll(request: web.Request, session: Session) -> web.StreamResponse:
+    """Enrol addresses (one a line) or a tag's contacts through the API's enrolment."""
+    seq_id = request.match_info["id"]
+    form = await request.post()
+    body: dict[str, Any] = {
+        "contacts": [
+            line.strip() for line in str(form.get("contacts", "")).splitlines() if line.strip()
+        ]
+    }
+    if str(form.get("tag", "")).strip():
+        body["tag"] = str(form["tag"]).strip()
+    await invoke(request, session, sequences.enroll, params={"id": seq_id}, body=body)
+    raise web.HTTPSeeOther(f"{PREFIX}/sequences/{seq_id}#enrollments")
+
+
+async def sequence_stop(request: web.Request, session: Session) -> web.StreamResponse:
+    seq_id = request.match_info["id"]
+    await invoke(
+        request,
+        session,
+        sequences.stop_enrollment,
+        params={"id": seq_id, "enrollment": request.match_info["enrollment"]},
+    )
+    raise web.HTTPSeeOther(f"{PREFIX}/sequences/{seq_id}#enrollments")
+
+
+async def sequence_archive(request: web.Request, session: Session) -> web.StreamResponse:
+    seq_id = request.match_info["id"]
+    await invoke(request, session, sequences.archive_sequence, params={"id": seq_id})
+    raise web.HTTPSeeOther(f"{PREFIX}/sequences/{seq_id}")
 
 
 async def inbox(request: web.Request, session: Session) -> web.StreamResponse:
@@ -781,6 +1118,17 @@ async def webhook_test(request: web.Request, session: Session) -> web.StreamResp
     return await webhook_detail(request, session, ping=dump(ping))
 
 
+async def webhook_retry(request: web.Request, session: Session) -> web.StreamResponse:
+    hook_id = request.match_info["id"]
+    await invoke(
+        request,
+        session,
+        webhooks.retry_webhook_delivery,
+        params={"id": hook_id, "delivery_id": request.match_info["delivery_id"]},
+    )
+    raise web.HTTPSeeOther(f"{PREFIX}/developers/webhooks/{hook_id}")
+
+
 async def deliverability(request: web.Request, session: Session) -> web.StreamResponse:
     idents = await invoke(request, session, identities.list_identities, query={"limit": 100})
     paused = await invoke(request, session, pauses.list_pauses)
@@ -797,7 +1145,51 @@ async def deliverability(request: web.Request, session: Session) -> web.StreamRe
         pauses=dump(paused),
         suppressions=items,
         q=search,
+        rates=await _sending_rates(request, session),
     )
+
+
+# Gmail's and Yahoo's sender guidelines (2024): keep spam complaints under 0.3%.
+PROVIDER_COMPLAINT_LIMIT = 0.003
+
+
+async def _sending_rates(request: web.Request, session: Session) -> dict[str, Any]:
+    """Bounce and complaint rates over the circuit breaker's window, the tenant's and each
+    From domain's, beside the limits they are held to: the breaker's (`[mta.breaker]`, which
+    pauses sending past them once a sample is large enough) and the mailbox providers'."""
+    breaker = request.app[STATE].settings.mta.breaker
+    rows = await request.app[STATE].pool.fetch(
+        DASHBOARD_SQL["sending_rates"], session.principal.tenant_id, breaker.window_hours
+    )
+    scopes = []
+    for row in rows:
+        attempted = row["delivered"] + row["bounced"]
+        bounce = row["bounced"] / attempted if attempted else 0.0
+        complaint = row["complained"] / max(row["delivered"], 1)
+        sample = breaker.broad_min_sample  # a domain's and a tenant's, as the breaker counts
+        scopes.append(
+            {
+                "scope": row["scope"],
+                "name": row["name"] or "all sending",
+                "attempted": attempted,
+                "complained": row["complained"],
+                "bounce_rate": bounce,
+                "complaint_rate": complaint,
+                "bounce_over": bounce > breaker.max_bounce_rate,
+                "complaint_over": complaint > breaker.max_complaint_rate,
+                "provider_over": complaint > PROVIDER_COMPLAINT_LIMIT,
+                "counts": attempted >= sample,
+                "sample": sample,
+            }
+        )
+    return {
+        "scopes": scopes,
+        "window_hours": breaker.window_hours,
+        "max_bounce": breaker.max_bounce_rate,
+        "max_complaint": breaker.max_complaint_rate,
+        "provider_complaint": PROVIDER_COMPLAINT_LIMIT,
+        "enabled": breaker.enabled,
+    }
 
 
 async def domain_check(request: web.Request, session: Session) -> web.StreamResponse:
@@ -849,11 +1241,20 @@ async def billing(request: web.Request, session: Session) -> web.StreamResponse:
 
 async def system(request: web.Request, session: Session) -> web.StreamResponse:
     """The installation's queue for operators: what `penguinmails status` prints, from the
-    same queries (penguinmails.status). Every tenant's numbers, so absent (404) for others."""
+    same queries (penguinmails.status), and each role's health. Every tenant's numbers, so
+    absent (404) for others."""
     if not session.operator:
         raise web.HTTPNotFound()
-    status = await queue_status(request.app[STATE].pool)
-    return render(request, "system.html", session, queue=status)
+    state = request.app[STATE]
+    status = await queue_status(state.pool)
+    return render(
+        request,
+        "system.html",
+        session,
+        queue=status,
+        health=await role_health(state.settings),
+        presence=await mta_presence(state.pool),
+    )
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
@@ -877,10 +1278,18 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get(PREFIX, page(overview))
     r.add_get(f"{PREFIX}/campaigns", page(campaign_list))
     r.add_post(f"{PREFIX}/campaigns", page(campaign_create))
+    r.add_post(f"{PREFIX}/campaigns/analyse", page(campaign_analyse))
     r.add_get(f"{PREFIX}/campaigns/{{id}}", page(campaign_detail))
     r.add_get(f"{PREFIX}/campaigns/{{id}}/series.json", page(campaign_series))
     r.add_get(f"{PREFIX}/campaigns/{{id}}/export.csv", page(campaign_csv))
     r.add_post(f"{PREFIX}/campaigns/{{id}}/{{action}}", page(campaign_action))
+    r.add_get(f"{PREFIX}/sequences/new", page(sequence_new))
+    r.add_post(f"{PREFIX}/sequences", page(sequence_create))
+    r.add_get(f"{PREFIX}/sequences/{{id}}", page(sequence_page))
+    r.add_post(f"{PREFIX}/sequences/{{id}}", page(sequence_update))
+    r.add_post(f"{PREFIX}/sequences/{{id}}/enroll", page(sequence_enroll))
+    r.add_post(f"{PREFIX}/sequences/{{id}}/archive", page(sequence_archive))
+    r.add_post(f"{PREFIX}/sequences/{{id}}/enrollments/{{enrollment}}/stop", page(sequence_stop))
     r.add_get(f"{PREFIX}/inbox", page(inbox))
     r.add_get(f"{PREFIX}/inbox/{{id}}", page(inbox_message))
     r.add_get(f"{PREFIX}/contacts", page(contact_list))
@@ -893,6 +1302,10 @@ def add_dashboard(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/developers/webhooks/{{id}}", page(webhook_page))
     r.add_post(f"{PREFIX}/developers/webhooks/{{id}}/rotate", page(webhook_rotate))
     r.add_post(f"{PREFIX}/developers/webhooks/{{id}}/test", page(webhook_test))
+    r.add_post(
+        f"{PREFIX}/developers/webhooks/{{id}}/deliveries/{{delivery_id}}/retry",
+        page(webhook_retry),
+    )
     r.add_get(f"{PREFIX}/deliverability", page(deliverability))
     r.add_get(f"{PREFIX}/deliverability/domain", page(domain_check))
     r.add_post(f"{PREFIX}/deliverability/suppressions", page(suppression_add))

@@ -69,6 +69,35 @@ LIMIT $1;
 -- name: status_totals
 SELECT status, count(*) AS messages FROM messages GROUP BY status ORDER BY status;
 
+-- name: depth_by_site
+-- For `penguinmails status`, the dashboard's system page and the MTA's /metrics: queued, deferred and sending messages by site and provider
+-- (domains not yet resolved are their own line), with the suspension that holds each.
+SELECT coalesce(d.site, 'domain:' || m.recipient_domain) AS site, d.provider,
+       count(*) FILTER (WHERE m.status = 'queued') AS queued,
+       count(*) FILTER (WHERE m.status = 'deferred') AS deferred,
+       count(*) FILTER (WHERE m.status = 'sending') AS sending
+FROM messages m
+LEFT JOIN domain_sites d ON d.domain = m.recipient_domain
+WHERE m.status IN ('queued', 'deferred', 'sending')
+GROUP BY 1, 2
+ORDER BY count(*) DESC
+LIMIT $1;
+
+-- name: held_seconds
+-- For /metrics, `penguinmails status` and the system page: what shaping rules hold now, and for how long yet.
+SELECT key, action, rule, until, reply, extract(epoch FROM until - now())::float8 AS seconds
+FROM shaping_suspensions
+WHERE until > now()
+ORDER BY until DESC;
+
+-- name: mta_presence
+-- MTA worker processes by their presence heartbeat (migration 0011; a worker beats every 2
+-- seconds): those seen within $1 seconds, and when any was last seen. A table of a row per
+-- process.
+SELECT count(*) FILTER (WHERE seen_at > now() - make_interval(secs => $1::float8)) AS live,
+       max(seen_at) AS last_seen
+FROM mta_processes;
+
 -- name: oldest_deferred
 -- The message that has waited longest for a retry: the first thing an operator asks.
 SELECT id, recipient_domain, attempts, created_at, next_attempt_at, last_reply

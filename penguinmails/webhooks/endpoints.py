@@ -254,3 +254,13 @@ async def list_deliveries(
     cursor)."""
     rows = await conn.fetch(SQL["list_deliveries"], tenant_id, endpoint_id, before, limit, status)
     return [dict(r) for r in rows]
+
+
+async def retry_delivery(
+    conn: Conn, tenant_id: int, endpoint_id: str, delivery_id: str
+) -> dict[str, Any] | None:
+    """Make one failed or cancelled delivery due now (see the query for what stays as it
+    was). The row as it is after, with `active` (the endpoint's) and `retried` (whether this
+    call re-queued it); None: no such delivery of this tenant's endpoint."""
+    row = await conn.fetchrow(SQL["retry_delivery"], tenant_id, endpoint_id, delivery_id)
+    return None if row is None else dict(row)

@@ -77,3 +77,34 @@ WHERE w.tenant_id = $1 AND w.public_id = $2 AND ($3::bigint IS NULL OR d.id < $3
   AND ($5::text IS NULL OR d.status = $5)
 ORDER BY d.id DESC
 LIMIT $4;
+
+-- name: retry_delivery
+-- One failed or cancelled delivery due again now, asked for by hand: its attempts and its
+-- age stay as they were, so one more failure ends it again (delivery_failed's maximum age)
+-- rather than starting a new run of retries. Only while its endpoint is active (a disabled
+-- endpoint's backlog is cancelled, and would be again). Returns the delivery as it is now,
+-- whether this call re-queued it, and wakes idle dispatchers (the fan-out's NOTIFY) if so.
+WITH target AS (
+    SELECT d.id, d.status, w.active
+    FROM webhook_deliveries d
+    JOIN webhooks w ON w.id = d.webhook_id
+    WHERE w.tenant_id = $1 AND w.public_id = $2 AND d.public_id = $3
+    FOR UPDATE OF d
+), retried AS (
+    UPDATE webhook_deliveries d
+    SET status = 'pending', next_attempt_at = now(), updated_at = now()
+    FROM target t
+    WHERE d.id = t.id AND t.active AND t.status IN ('failed', 'cancelled')
+    RETURNING d.id, d.status, d.next_attempt_at
+), woken AS (
+    SELECT pg_notify('penguinmails_webhooks', '') FROM retried
+)
+SELECT d.public_id AS id, e.public_id AS event_id, e.type AS event_type,
+       coalesce(r.status, d.status) AS status, d.attempts,
+       coalesce(r.next_attempt_at, d.next_attempt_at) AS next_attempt_at,
+       d.last_status_code, d.last_error, d.created_at, d.delivered_at,
+       t.active, r.id IS NOT NULL AS retried, (SELECT count(*) FROM woken) AS woken
+FROM target t
+JOIN webhook_deliveries d ON d.id = t.id
+JOIN events e ON e.id = d.event_id
+LEFT JOIN retried r ON r.id = t.id;

@@ -94,6 +94,7 @@ async def test_the_documented_shape_and_its_counts(client: Client, pool: asyncpg
         "countries",
         "series",
         "revenue_impact",
+        "links",
         "ai_insights",
         "left_out",
         "livemode",
@@ -189,6 +190,35 @@ async def test_opens_and_clicks_by_device_and_country(client: Client, pool: asyn
     ).data
     mobile = next(d for d in lifetime["devices"] if d["device_type"] == "mobile")
     assert mobile["clicked"]["total"] == 1  # the month-old click
+
+
+async def test_top_links_by_the_clicks_the_tracker_recorded(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    campaign_id, ids = await _sent_campaign(client, pool, count=3)
+    pricing, docs = "https://acme.test/pricing", "https://acme.test/docs"
+    await _event(pool, ids[0], "email.clicked", unique=True, data={"url": pricing})
+    await _event(pool, ids[0], "email.clicked", data={"url": pricing})  # again: one message
+    await _event(pool, ids[1], "email.clicked", unique=True, machine=True, data={"url": pricing})
+    await _event(pool, ids[2], "email.clicked", unique=True, data={"url": docs})
+    await _event(pool, ids[2], "email.clicked", hours_ago=24 * 30, data={"url": docs})
+    await _event(pool, ids[1], "email.opened", unique=True, data={"url": docs})  # not a click
+
+    def hits(total: int, unique: int, human: int, unique_human: int) -> dict[str, int]:
+        return {"total": total, "unique": unique, "human": human, "unique_human": unique_human}
+
+    week = (await client.get(f"/analytics/campaigns/{campaign_id}", params={"period": "7d"})).data
+    assert week["links"] == [
+        {"url": pricing, "clicked": hits(3, 2, 2, 1)},
+        {"url": docs, "clicked": hits(1, 1, 1, 1)},
+    ]
+    lifetime = (
+        await client.get(f"/analytics/campaigns/{campaign_id}", params={"period": "all"})
+    ).data
+    assert [(link["url"], link["clicked"]["total"]) for link in lifetime["links"]] == [
+        (pricing, 3),
+        (docs, 2),
+    ]
 
 
 async def test_revenue_impact_from_the_campaign_s_conversions(

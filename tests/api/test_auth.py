@@ -78,6 +78,39 @@ async def test_wrong_secret_with_a_real_prefix(client: Client, key: str) -> None
     assert_error(await client.get("/campaigns", key=forged), 401, "UNAUTHORIZED")
 
 
+async def test_a_key_s_last_use_is_kept_to_the_minute_and_only_once_it_verifies(
+    client: Client, key: str, pool: asyncpg.Pool
+) -> None:
+    created = (await client.post("/api-keys", json={"name": "ci"})).data
+    assert created["last_used_at"] is None
+
+    async def last_used() -> Any:
+        listed = (await client.get("/api-keys")).data["items"]
+        return next(k for k in listed if k["id"] == created["id"])["last_used_at"]
+
+    assert await last_used() is None
+    # A wrong secret with its real prefix is no use of it.
+    forged = created["key"][:PREFIX_LENGTH] + "A" * 32
+    assert_error(await client.get("/campaigns", key=forged), 401, "UNAUTHORIZED")
+    assert await last_used() is None
+    other = client.with_key(created["key"])
+    assert (await other.get("/campaigns")).status == 200
+    first = await last_used()
+    assert first is not None
+    # Within the minute, more requests write nothing; past it, the next one does.
+    assert (await other.get("/campaigns")).status == 200
+    assert await last_used() == first
+    await pool.execute(
+        "UPDATE api_keys SET last_used_at = last_used_at - interval '2 minutes'"
+        " WHERE public_id = $1",
+        created["id"],
+    )
+    aged = await last_used()
+    assert aged < first
+    assert (await other.get("/campaigns")).status == 200
+    assert await last_used() > aged
+
+
 async def test_revoked_key_fails_at_once(client: Client) -> None:
     created = (await client.post("/api-keys", json={"name": "temp"})).data
     assert created["key"].startswith("sk_test_")

@@ -61,6 +61,7 @@ async def test_analytics_parts_follow_the_tier(
     assert limited["left_out"] == {
         "engagement": "starter",
         "series": "starter",
+        "links": "starter",
         "devices": "professional",
         "countries": "professional",
         "revenue_impact": "professional",
@@ -69,6 +70,7 @@ async def test_analytics_parts_follow_the_tier(
     await make_key("tiny", tier="starter")
     basic = (await free.get(path)).data
     assert basic["engagement"] is not None and basic["series"] is not None
+    assert basic["links"] == [] and limited["links"] is None
     assert basic["devices"] is None and set(basic["left_out"]) == {
         "devices",
         "countries",

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -300,6 +301,60 @@ async def test_the_delivery_log_filters_by_status_and_still_pages(
 
     error = assert_error(await client.get(log, params={"status": "lost"}), 422, "VALIDATION_ERROR")
     assert error["details"][0]["field"] == "status"
+
+
+async def test_a_failed_delivery_is_retried_by_hand_once_its_endpoint_is_active(
+    client: Client,
+    receiver: Receiver,
+    pool: asyncpg.Pool,
+    tenant_id: int,
+    start_tracker: Any,
+    make_key: Callable[..., Awaitable[str]],
+) -> None:
+    hook = (await client.post("/webhooks", json={"url": receiver.url()})).data
+    log = f"/webhooks/{hook['id']}/deliveries"
+    receiver.status = 410  # gone: the delivery fails for good and the endpoint is disabled
+    await start_tracker()
+    await add_event(pool, tenant_id)
+
+    async def failed() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (await client.get(log, params={"status": "failed"})).data[
+            "items"
+        ]
+        return items
+
+    await wait_for(failed)
+    [delivery] = await failed()
+    retry = f"{log}/{delivery['id']}/retry"
+    error = assert_error(await client.post(retry), 409, "CONFLICT")
+    assert "disabled" in error["message"]
+    assert [d["status"] for d in (await client.get(log)).data["items"]] == ["failed"]
+
+    receiver.status = 200
+    assert (await client.post(f"/webhooks/{hook['id']}/enable")).status == 200
+    retried = await client.post(retry)
+    assert retried.status == 200, retried.body
+    assert retried.data["id"] == delivery["id"] and retried.data["status"] == "pending"
+    assert retried.data["attempts"] == delivery["attempts"]  # counted on, not reset
+    # The dispatcher sends the same event again, signed, and the log says delivered.
+    await wait_for(lambda: len(receiver.accepted()) == 1)
+    [request] = receiver.accepted()
+    assert orjson.loads(request.body)["id"] == delivery["event_id"]
+
+    async def delivered() -> bool:
+        items = (await client.get(log)).data["items"]
+        return [d["status"] for d in items] == ["delivered"]
+
+    await wait_for(delivered)
+    error = assert_error(await client.post(retry), 409, "CONFLICT")
+    assert "this one is delivered" in error["message"]
+    assert_error(await client.post(f"{log}/whd_{'0' * 32}/retry"), 404, "NOT_FOUND")
+    assert_error(await client.post(f"{log}/{delivery['id'][:-1]}/retry"), 404, "NOT_FOUND")
+    # Another tenant cannot name it, and a starter key has no retry.
+    other = client.with_key(await make_key("globex", tier="enterprise", test=True))
+    assert_error(await other.post(retry), 404, "NOT_FOUND")
+    starter = client.with_key(await make_key("small", tier="starter", test=True))
+    assert (await starter.post(retry)).status == 403
 
 
 async def test_endpoints_are_listed_a_page_at_a_time(

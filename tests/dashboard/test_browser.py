@@ -117,6 +117,12 @@ async def _walk(
     assert await page.locator("#preview-subject").inner_text() == "Hello Ann"
     preview = page.frame_locator("#preview")
     assert "Hi Ann" in await preview.locator("p").last.inner_text()
+    # The content analysis lists its findings beside the preview, without leaving the page.
+    await page.get_by_role("button", name="Check content").click()
+    findings = page.locator("#finding-list")
+    await findings.wait_for()
+    assert "images with little text" in await findings.inner_text()
+    assert await page.locator("#recipients").input_value() == "ann@dest.test, Ann"
     await shots(page, "03-campaign-editor")
     await page.get_by_role("button", name="Create draft").click()
     await page.wait_for_url(re.compile(r"/dashboard/campaigns/campaign_[0-9a-f]{32}$"))
@@ -157,7 +163,26 @@ async def _walk(
     assert await chart.locator("canvas").count() >= 1
     totals = await page.locator("#chart-totals").inner_text()
     assert "opened 1" in totals and "clicked 1" in totals, totals
+    # Its top links count the click, by the URL it led to.
+    await page.reload()
+    links = await page.locator("#top-links tbody tr").all_inner_texts()
+    assert [r.split("\t")[:3] for r in links] == [["https://acme.test/pricing", "1", "1"]], links
     await shots(page, "06-campaign-chart")
+
+    # A sequence of two steps, made in its editor; its page shows its steps' results.
+    await page.get_by_role("link", name="Campaigns", exact=True).click()
+    await page.get_by_role("link", name="New sequence").click()
+    await page.get_by_label("Name", exact=True).fill("Follow-ups")
+    await page.locator("#step0_subject").fill("Checking in")
+    await page.locator("#step0_html").fill("<p>Hello again</p>")
+    await page.locator("#step0_variants").fill("A | 1\nB | 1 | Quick question")
+    await page.locator("#step1_days").fill("3")
+    await page.locator("#step1_html").fill("<p>One more note</p>")
+    await page.get_by_role("button", name="Create sequence").click()
+    await page.wait_for_url(re.compile(r"/dashboard/sequences/seq_"))
+    assert await page.locator("#sequence-status").inner_text() == "active"
+    assert await page.locator("#step-results tr[data-variant]").count() == 2
+    await shots(page, "06b-sequence")
 
     # Import 1,000 contacts of which 3 are bad: the report names each line, nothing imported.
     await page.get_by_role("link", name="Contacts").click()
@@ -171,6 +196,8 @@ async def _walk(
     await report.wait_for()
     text = await report.inner_text()
     assert "Nothing imported: 3 of 1000 rows need fixing" in text, text
+    # The upload went through the page's script, its bar counting to the end.
+    assert await page.locator("#import-status").inner_text() == "Uploaded 100%"
     rows = await report.locator("tbody tr").all_inner_texts()
     assert [r.split("\t")[0] for r in rows] == ["11", "501", "1000"], rows
     assert "line 2" in rows[2]  # the duplicate names its first line

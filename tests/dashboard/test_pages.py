@@ -9,6 +9,7 @@ import csv
 import io
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -16,10 +17,14 @@ import pytest
 from api.dashboard import CSP
 from api.server import ApiServer
 from mta.domains import add_domain
+from mta.shaping import Automation, Scope
+from mta.shared import SharedShaping
 from penguinmails.cli import cmd_operators, cmd_status
 from penguinmails.config import Settings
+from penguinmails.sequences import schedule
 from tests.dashboard.conftest import Browserless, make_user
-from tests.helpers import Client
+from tests.helpers import Client, free_port, queue_messages, wait_for
+from tracker.server import Tracker
 
 PAGES = [
     "/dashboard",
@@ -33,7 +38,9 @@ PAGES = [
 FORMS = [
     "/dashboard/logout",
     "/dashboard/campaigns",
+    "/dashboard/campaigns/analyse",
     "/dashboard/contacts/import",
+    "/dashboard/sequences",
     "/dashboard/developers/keys",
     "/dashboard/developers/webhooks",
     "/dashboard/deliverability/suppressions",
@@ -325,3 +332,353 @@ async def test_contacts_export_as_csv(client: Client, ann: Browserless) -> None:
     assert {r["email"] for r in rows} == {f"c{i}@dest.test" for i in range(105)}
     _, _, text = await ann.request("GET", "/dashboard/contacts/export.csv")
     assert "plain@dest.test" in text and len(list(csv.DictReader(io.StringIO(text)))) == 106
+
+
+async def test_content_analysis_beside_the_editor(
+    api: ApiServer,
+    client: Client,
+    make_key: Callable[..., Awaitable[str]],
+    ann: Browserless,
+    browserless: Callable[[str], Browserless],
+) -> None:
+    _, _, html = await ann.request("GET", "/dashboard/campaigns")
+    assert 'id="analyse"' in html and 'formaction="/dashboard/campaigns/analyse"' in html
+    token = await ann.csrf("/dashboard/campaigns")
+    form = {
+        "csrf_token": token,
+        "name": "Loud",
+        "subject": "FREE MONEY!!! Hello {{first_name}}",
+        "html": "<p>Hi {{first_name}}, see <a href='https://acme.test/p'>pricing</a></p>",
+        "recipients": "zed@dest.test, Zed",
+    }
+    status, _, html = await ann.request("POST", "/dashboard/campaigns/analyse", data=form)
+    assert status == 200, html
+    findings = html.split('id="finding-list"')[1].split("</ul>")[0]
+    assert "capitals read as shouting" in findings and "severity-high" in findings
+    changes = html.split('id="change-list"')[1].split("</ul>")[0]
+    assert "FREE MONEY!!! Hello {{first_name}}" in changes
+    assert "Free Money! Hello {{first_name}}" in changes
+    # The editor keeps what was typed, and nothing was created.
+    assert 'value="FREE MONEY!!! Hello {{first_name}}"' in html
+    assert (await client.get("/campaigns")).data["items"] == []
+    # No subject: the API's validation names the field, shown where the findings go.
+    status, _, html = await ann.request(
+        "POST", "/dashboard/campaigns/analyse", data={**form, "subject": ""}
+    )
+    assert status == 422 and "content.subject" in html.split('id="findings"')[1]
+
+    # Below the professional tier: a note instead of the button, and the route refuses.
+    small = client.with_key(await make_key("small", tier="starter", test=True))
+    await make_user(small, "sam@small.test")
+    sam = browserless(api.url)
+    await sam.login("sam@small.test")
+    _, _, html = await sam.request("GET", "/dashboard/campaigns")
+    assert 'id="analyse"' not in html
+    assert "Content analysis comes with the professional tier." in html
+    token = await sam.csrf("/dashboard/campaigns")
+    status, _, html = await sam.request(
+        "POST", "/dashboard/campaigns/analyse", data={**form, "csrf_token": token}
+    )
+    assert status == 403 and "professional" in html and 'id="finding-list"' not in html
+
+
+async def test_sequences_created_edited_enrolled_and_their_results(
+    api: ApiServer,
+    client: Client,
+    make_key: Callable[..., Awaitable[str]],
+    ann: Browserless,
+    browserless: Callable[[str], Browserless],
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    async with pool.acquire() as conn:
+        await add_domain(conn, settings, "acme.test", tenant="acme")
+    identity = await client.post("/identities", json={"email": "bob@acme.test", "name": "Bob"})
+    assert identity.status == 201, identity.body
+    _, _, html = await ann.request("GET", "/dashboard/campaigns")
+    assert 'href="/dashboard/sequences/new"' in html
+    status, _, html = await ann.request("GET", "/dashboard/sequences/new")
+    assert status == 200 and 'id="step0_subject"' in html and "bob@acme.test" in html
+    token = await ann.csrf("/dashboard/sequences/new")
+    form = {
+        "csrf_token": token,
+        "name": "Onboarding",
+        "from_email": "news@acme.test",
+        "step0_subject": "Welcome to Acme",
+        "step0_html": "<p>Hi there</p>",
+        "step0_variants": "A | 3 | Welcome aboard\nB | 1",
+        "step1_days": "2",
+        "step1_business": "1",
+        "step1_html": "<p>Any questions?</p>",
+        "window_days": ["mon", "tue", "wed"],
+        "window_start": "09:00",
+        "window_end": "17:00",
+        "window_timezone": "Europe/Berlin",
+        "identities": identity.data["id"],
+        "stop_reply": "1",
+        "stop_click": "1",
+        "track_opens": "1",
+        "track_clicks": "1",
+        "winner_by": "reply_rate",
+        "min_sample": "50",
+        "wait_hours": "6",
+    }
+    # A refusal names the field and keeps what was typed.
+    status, _, html = await ann.request(
+        "POST", "/dashboard/sequences", data={**form, "window_end": "08:00"}
+    )
+    assert status == 422 and "window" in html and 'value="Welcome to Acme"' in html
+    status, headers, html = await ann.request("POST", "/dashboard/sequences", data=form)
+    assert status == 303, html
+    seq_id = headers["Location"].rsplit("/", 1)[1]
+    seq = (await client.get(f"/sequences/{seq_id}")).data
+    assert [s["delay"] for s in seq["steps"]] == [
+        {"days": 0, "business_days": False, "hours": 0},
+        {"days": 2, "business_days": True, "hours": 0},
+    ]
+    assert seq["steps"][1]["subject"] is None
+    assert [(v["name"], v["weight"], v["subject"]) for v in seq["steps"][0]["variants"]] == [
+        ("A", 3, "Welcome aboard"),
+        ("B", 1, None),
+    ]
+    assert seq["window"]["days"] == ["mon", "tue", "wed"]
+    assert seq["window"]["timezone"] == "Europe/Berlin"
+    assert seq["settings"]["identities"] == [identity.data["id"]]
+    assert seq["stop_on"]["click"] is True and seq["ab_test"]["winner_by"] == "reply_rate"
+
+    # Its page shows the stored sequence in the editor, with a blank step to add.
+    status, _, html = await ann.request("GET", f"/dashboard/sequences/{seq_id}")
+    assert status == 200
+    assert "A | 3 | Welcome aboard\nB | 1</textarea>" in html
+    assert 'id="step2_subject"' in html and 'id="step3_subject"' not in html
+    assert f'value="{identity.data["id"]}" checked' in html
+    # Edit: a third step in the blank slot, no window any more.
+    edit = {**form, "step2_hours": "5", "step2_html": "<p>Last note</p>"}
+    edit.update(window_start="", window_end="", winner_by="", step0_variants="A | 1\nB | 1")
+    status, _, html = await ann.request("POST", f"/dashboard/sequences/{seq_id}", data=edit)
+    assert status == 303, html
+    seq = (await client.get(f"/sequences/{seq_id}")).data
+    assert len(seq["steps"]) == 3 and seq["steps"][2]["delay"]["hours"] == 5
+    assert seq["window"] is None and seq["ab_test"] is None
+    assert [(v["name"], v["weight"]) for v in seq["steps"][0]["variants"]] == [("A", 1), ("B", 1)]
+
+    # Enrol two addresses; the first step is queued; the page's results are the API's.
+    status, _, html = await ann.request(
+        "POST",
+        f"/dashboard/sequences/{seq_id}/enroll",
+        data={"csrf_token": token, "contacts": "zed@dest.test\nyan@dest.test"},
+    )
+    assert status == 303, html
+    await schedule(pool)  # whatever the API's own scheduler has not queued yet
+    _, _, html = await ann.request("GET", f"/dashboard/sequences/{seq_id}")
+    listed = html.split('id="enrollment-list"')[1].split("</table>")[0]
+    assert "zed@dest.test" in listed and "yan@dest.test" in listed
+    stats = (await client.get(f"/sequences/{seq_id}/analytics")).data
+    assert stats["steps"][0]["queued"] == 2
+    row = re.search(r'<tr data-step="1"><td>1</td><td>all</td><td>(\d+) / (\d+)</td>', html)
+    assert row and row.groups() == (str(stats["steps"][0]["queued"]), "0")
+    # Each variant's row: the messages made with it (the two between A and B).
+    variants = dict(
+        re.findall(
+            r'<tr data-step="1" data-variant="(\w)"><td>1</td><td>\w \(weight 1\)</td><td>(\d+) /',
+            html,
+        )
+    )
+    assert variants == {v["name"]: str(v["sent"]) for v in stats["steps"][0]["variants"]}
+    assert sum(map(int, variants.values())) == 2
+    enrollments = (await client.get(f"/sequences/{seq_id}/enrollments")).data["items"]
+    zed = next(e for e in enrollments if e["email"] == "zed@dest.test")
+    status, _, _ = await ann.request(
+        "POST",
+        f"/dashboard/sequences/{seq_id}/enrollments/{zed['id']}/stop",
+        data={"csrf_token": token},
+    )
+    assert status == 303
+    _, _, html = await ann.request("GET", f"/dashboard/sequences/{seq_id}?status=stopped")
+    listed = html.split('id="enrollment-list"')[1].split("</table>")[0]
+    assert "zed@dest.test" in listed and "(manual)" in listed and "yan@" not in listed
+
+    # Another tenant sees none of it.
+    other = client.with_key(await make_key("globex", tier="enterprise", test=True))
+    await make_user(other, "gus@globex.test")
+    gus = browserless(api.url)
+    await gus.login("gus@globex.test")
+    status, _, html = await gus.request("GET", f"/dashboard/sequences/{seq_id}")
+    assert status == 404 and "Onboarding" not in html
+    gus_token = await gus.csrf("/dashboard")
+    status, _, _ = await gus.request(
+        "POST", f"/dashboard/sequences/{seq_id}/archive", data={"csrf_token": gus_token}
+    )
+    assert status == 404
+    status, headers, _ = await ann.request(
+        "POST", f"/dashboard/sequences/{seq_id}/archive", data={"csrf_token": token}
+    )
+    assert status == 303
+    assert (await client.get(f"/sequences/{seq_id}")).data["status"] == "archived"
+
+
+async def test_deliverability_rates_against_the_limits(
+    client: Client, ann: Browserless, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    async with pool.acquire() as conn:
+        await add_domain(conn, settings, "acme.test", tenant="acme")
+        await add_domain(conn, settings, "news.acme.test", tenant="acme")
+    _, _, html = await ann.request("GET", "/dashboard/deliverability")
+    assert "Nothing delivered or bounced in the window." in html
+    ids = []
+    for sender, count in (("a@acme.test", 1000), ("b@news.acme.test", 20)):
+        made = await client.post(
+            "/campaigns",
+            json={
+                "name": sender,
+                "from": sender,
+                "subject": "Hi",
+                "content": {"html": "<p>Hi</p>"},
+                "recipients": [{"email": f"r{i}@dest.test"} for i in range(count)],
+            },
+        )
+        assert made.status == 201, made.body
+        assert (await client.post(f"/campaigns/{made.data['id']}/send")).status == 202
+        ids.append(made.data["id"])
+    # What the receiving servers said, as the MTA and the feedback loop record it: 1000 from
+    # acme.test, 10 bounced and 4 complaints (0.40%, over the 0.3%); 20 from news.acme.test,
+    # 5 bounced (25%, over the breaker's 5%).
+    outcomes = [("a@acme.test", "email.bounced", 10), ("a@acme.test", "email.delivered", 990)]
+    outcomes += [("a@acme.test", "email.complained", 4), ("b@news.acme.test", "email.bounced", 5)]
+    outcomes += [("b@news.acme.test", "email.delivered", 15)]
+    for sender, kind, count in outcomes:
+        await pool.execute(
+            "INSERT INTO events (tenant_id, message_id, campaign_id, type)"
+            " SELECT tenant_id, id, campaign_id, $2 FROM messages WHERE from_email = $1"
+            " ORDER BY id LIMIT $3",
+            sender,
+            kind,
+            count,
+        )
+    _, _, html = await ann.request("GET", "/dashboard/deliverability")
+    table = html.split('id="rates"')[1].split("</table>")[0]
+    rows = re.findall(r'<tr data-scope="(\w+)"><td>([^<]+)</td><td>([^<]+)</td>(.*?)</tr>', table)
+    assert [(scope, name, attempted) for scope, name, attempted, _ in rows] == [
+        ("tenant", "all sending", "1020"),
+        ("domain", "acme.test", "1000"),
+        ("domain", "news.acme.test", "20 (under the breaker's sample)"),
+    ]
+    cells = {name: rest for _, name, _, rest in rows}
+    assert '"within">1.47%</td>' in cells["all sending"]  # 15 of 1020
+    assert "0.398% over Gmail" in cells["all sending"]  # 4 of 1005 delivered
+    assert '"within">1.00%</td>' in cells["acme.test"]
+    assert "0.404% over Gmail" in cells["acme.test"]
+    assert '"over">25.00% over the limit' in cells["news.acme.test"]
+    assert '"within">0.000%' in cells["news.acme.test"]
+    assert "bounces 5.00% and complaints 0.30%" in html
+
+
+async def test_the_system_page_shows_sites_shaping_holds_and_each_role_s_health(
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    start_api: Callable[..., Awaitable[ApiServer]],
+    start_worker: Any,
+    client: Client,
+    browserless: Callable[[str], Browserless],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tracker_port, silent_port = free_port(), free_port()
+    settings = make_settings(
+        api={"listen": "127.0.0.1:0"},
+        tracker={"listen": f"127.0.0.1:{tracker_port}", "metrics_listen": ""},
+        mta={"metrics_listen": f"127.0.0.1:{silent_port}"},  # configured, nothing there
+        inbound={"metrics_listen": ""},
+    )
+    [first, *_] = await queue_messages(pool, ["a@acme.test", "b@acme.test", "c@plain.test"])
+    shaping = SharedShaping(pool)
+    google = "site:aspmx.l.google.com"
+    await shaping.note_site(Scope("acme.test", google, "google"))
+    rule = Automation(name="google-unusual-rate", action="suspend", scope="site", duration=600)
+    await shaping.fire(rule, google, first, "421 4.7.28 unusual rate", {})
+    api = await start_api(settings)
+    await make_user(client, "ann@acme.test")
+    ann = browserless(api.url)
+    await ann.login("ann@acme.test")
+    grant = argparse.Namespace(action="grant", email="ann@acme.test", tenant="acme", test=True)
+    assert await cmd_operators(settings, grant) == 0
+    async with Tracker(pool, settings):
+        status, _, html = await ann.request("GET", "/dashboard/system")
+        assert status == 200
+        sites = html.split('id="sites"')[1].split("</table>")[0]
+        assert f"<tr><td>{google}</td><td>google</td><td>2</td>" in sites
+        assert "<tr><td>domain:plain.test</td><td>-</td><td>1</td>" in sites
+        held = html.split('id="held"')[1].split("</table>")[0]
+        assert google in held and "google-unusual-rate" in held and "421 4.7.28" in held
+        assert _health(html) == {
+            "api": "ok",
+            "tracker": "ok",
+            "mta": "no answer: ClientConnectorError",
+            "inbound": "no health address configured",
+            "mta-workers": "0 live",
+        }
+        assert f"http://127.0.0.1:{tracker_port}/healthz" in html
+        # The CLI prints the same sites and holds, from the same queries.
+        capsys.readouterr()
+        assert await cmd_status(settings, argparse.Namespace()) == 0
+        printed = capsys.readouterr().out
+        assert re.search(rf"^{re.escape(google)} +google +2 +0 +0 *$", printed, re.M), printed
+        assert "google-unusual-rate" in printed
+        # A running worker counts by its presence heartbeat.
+        await start_worker(make_settings(mta={"metrics_listen": "", "sandbox": True}))
+        await wait_for(lambda: _live_workers(pool), timeout=10)
+        _, _, html = await ann.request("GET", "/dashboard/system")
+        assert _health(html)["mta-workers"] == "1 live"
+    # The tracker gone, its health says so.
+    _, _, html = await ann.request("GET", "/dashboard/system")
+    assert _health(html)["tracker"] == "no answer: ClientConnectorError"
+
+
+def _health(html: str) -> dict[str, str]:
+    return dict(
+        re.findall(r'<tr data-role="([\w-]+)"><td>[\w ]+</td><td class="\w*">([^<]+)</td>', html)
+    )
+
+
+async def _live_workers(pool: asyncpg.Pool) -> bool:
+    return bool(await pool.fetchval("SELECT count(*) FROM mta_processes"))
+
+
+async def test_developers_see_keys_last_use_and_retry_a_cancelled_delivery(
+    client: Client, ann: Browserless, pool: asyncpg.Pool, key: str
+) -> None:
+    made = (await client.post("/api-keys", json={"name": "unused"})).data
+    _, _, html = await ann.request("GET", "/dashboard/developers")
+    rows = {
+        prefix: used
+        for prefix, used in re.findall(
+            r'<code>(sk_test_\w+)</code>.*?<td class="last-used">([^<]+)</td>', html
+        )
+    }
+    assert rows[made["prefix"]] == "never"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", rows[key[:20]])  # the client's own key
+
+    hook = (await client.post("/webhooks", json={"url": "http://127.0.0.1:9/hook"})).data
+    tenant = await pool.fetchval("SELECT tenant_id FROM api_keys WHERE prefix = $1", key[:20])
+    await pool.execute(
+        "INSERT INTO events (tenant_id, type, data) VALUES ($1, 'campaign.completed', '{}')",
+        tenant,
+    )
+    # Disabling the endpoint cancels its backlog; once enabled, the page offers a retry.
+    await client.post(f"/webhooks/{hook['id']}/disable")
+    page = f"/dashboard/developers/webhooks/{hook['id']}"
+    _, _, html = await ann.request("GET", page)
+    assert "cancelled" in html and "Retry delivery" not in html and "is disabled" in html
+    await client.post(f"/webhooks/{hook['id']}/enable")
+    _, _, html = await ann.request("GET", page)
+    found = re.search(
+        r'action="(/dashboard/developers/webhooks/wh_\w+/deliveries/(whd_\w+)/retry)"', html
+    )
+    assert found, html
+    token = await ann.csrf(page)
+    status, headers, _ = await ann.request("POST", found.group(1), data={"csrf_token": token})
+    assert (status, headers["Location"]) == (303, page)
+    [delivery] = (await client.get(f"/webhooks/{hook['id']}/deliveries")).data["items"]
+    assert (delivery["id"], delivery["status"]) == (found.group(2), "pending")
+    # Again: only a failed or cancelled one is retried, and the page says why not.
+    status, _, html = await ann.request("POST", found.group(1), data={"csrf_token": token})
+    assert status == 409 and "this one is pending" in html

@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 
 from mta.shaping import Automation, Level, Scope
-from mta.shared import MAX_WAIT, SQL, SharedShaping, scope_key
+from mta.shared import MAX_WAIT, SharedShaping, scope_key
+from penguinmails.status import SQL as STATUS_SQL
 from tests.helpers import queue_messages
 
 PROVIDER = Level("provider:yahoo", max_connections=5, rate_per_second=10.0, burst=5)
@@ -112,7 +113,7 @@ async def test_sites_are_noted_once_and_status_counts_by_them(pool: asyncpg.Pool
     await shaping.note_site(Scope("acme.test", google, "google"))
     await shaping.note_site(Scope("globex.test", google, "google"))
     await shaping.note_site(Scope("globex.test", google, "google"))  # no write: unchanged
-    rows = await pool.fetch(SQL["depth_by_site"], 10)
+    rows = await pool.fetch(STATUS_SQL["depth_by_site"], 10)
     assert [(r["site"], r["provider"], r["queued"]) for r in rows] == [(google, "google", 3)]
 
 

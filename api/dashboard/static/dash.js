@@ -65,6 +65,60 @@ function previewEditor(form) {
   update();
 }
 
+// "Check content" posts the editor to the content analysis and swaps in its findings,
+// without leaving the page (without the script, the button submits and the page returns).
+function analyseContent(form, button) {
+  button.addEventListener("click", function (event) {
+    event.preventDefault();
+    var section = document.getElementById("findings");
+    section.setAttribute("aria-busy", "true");
+    fetch(button.formAction, { method: "POST", body: new FormData(form), credentials: "same-origin" })
+      .then(function (r) { return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById("findings");
+        if (fresh) { section.replaceWith(document.adoptNode(fresh)); }
+      })
+      .catch(function () { section.textContent = "The analysis could not be loaded."; })
+      .finally(function () { section.removeAttribute("aria-busy"); });
+  });
+}
+
+// The CSV import uploads through XMLHttpRequest so the bar counts the bytes sent; the
+// answer (the report and the list) replaces the page's main part, as a reload would.
+function importWithProgress(form) {
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var bar = document.getElementById("import-progress");
+    var label = document.getElementById("import-status");
+    var xhr = new XMLHttpRequest();
+    bar.hidden = false;
+    bar.value = 0;
+    bar.max = 100;
+    xhr.upload.addEventListener("progress", function (e) {
+      if (!e.lengthComputable) { return; }
+      bar.value = Math.round(e.loaded * 100 / e.total);
+      label.textContent = "Uploaded " + bar.value + "%";
+    });
+    xhr.upload.addEventListener("load", function () {
+      bar.value = 100;
+      label.textContent = "Uploaded; checking every row";
+    });
+    xhr.addEventListener("load", function () {
+      var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
+      var main = doc.getElementById("main");
+      if (!main) { label.textContent = "The import failed (HTTP " + xhr.status + ")."; return; }
+      document.getElementById("main").replaceWith(document.adoptNode(main));
+      document.getElementById("import-status").textContent = "Uploaded " + bar.value + "%";
+      var again = document.getElementById("import-form");
+      if (again) { importWithProgress(again); }
+    });
+    xhr.addEventListener("error", function () { label.textContent = "The upload failed."; });
+    xhr.open("POST", form.action);
+    xhr.send(new FormData(form));
+  });
+}
+
 function refreshInbox(table) {
   setInterval(function () {
     fetch(location.href, { credentials: "same-origin" })
@@ -93,14 +147,12 @@ document.addEventListener("DOMContentLoaded", function () {
   if (chart) { drawChart(chart); }
   var form = document.getElementById("campaign-form");
   if (form) { previewEditor(form); }
+  var analyse = document.getElementById("analyse");
+  if (form && analyse) { analyseContent(form, analyse); }
   var inbox = document.getElementById("inbox");
   if (inbox) { refreshInbox(inbox); }
   var links = document.getElementById("link-check");
   if (links) { checkLinks(links); }
   var upload = document.getElementById("import-form");
-  if (upload) {
-    upload.addEventListener("submit", function () {
-      document.getElementById("import-progress").hidden = false;
-    });
-  }
+  if (upload) { importWithProgress(upload); }
 });

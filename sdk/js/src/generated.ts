@@ -36,6 +36,7 @@ export interface ApiKey {
   revoked_at: string | null;
   client?: string | null;
   scope?: string | null;
+  last_used_at?: string | null;
 }
 
 export interface ApiKeyCreate {
@@ -55,6 +56,7 @@ export interface ApiKeyCreated {
   revoked_at: string | null;
   client?: string | null;
   scope?: string | null;
+  last_used_at?: string | null;
   key: string;
 }
 
@@ -145,6 +147,7 @@ export interface CampaignAnalytics {
   devices: Array<DeviceEngagement> | null;
   countries: Array<CountryEngagement> | null;
   revenue_impact: RevenueImpact | null;
+  links?: Array<LinkClicks> | null;
   variants?: Array<VariantStats>;
   ab_winner?: ABWinner | null;
   ai_insights?: AiInsights | null;
@@ -662,6 +665,11 @@ export interface IncomingData {
 export interface IncomingResult {
   contact: Contact;
   enrollment: Enrollment | null;
+}
+
+export interface LinkClicks {
+  url: string;
+  clicked: Engagement;
 }
 
 export interface LogEvent {
@@ -1662,6 +1670,7 @@ export const OPERATIONS = {
   resume_campaign: { method: "POST", path: "/campaigns/{id}/resume", query: [], idempotencyKey: false },
   resume_identity: { method: "POST", path: "/identities/{id}/resume", query: [], idempotencyKey: false },
   resume_pause: { method: "POST", path: "/sending/pauses/{id}/resume", query: [], idempotencyKey: false },
+  retry_webhook_delivery: { method: "POST", path: "/webhooks/{id}/deliveries/{delivery_id}/retry", query: [], idempotencyKey: false },
   revoke_api_key: { method: "DELETE", path: "/api-keys/{id}", query: [], idempotencyKey: false },
   revoke_oauth_client: { method: "DELETE", path: "/oauth/clients/{id}", query: [], idempotencyKey: false },
   rotate_inbound_address: { method: "POST", path: "/settings/inbound/rotate", query: [], idempotencyKey: false },
@@ -1775,6 +1784,7 @@ export interface Bodies {
   resume_campaign: undefined;
   resume_identity: undefined;
   resume_pause: undefined;
+  retry_webhook_delivery: undefined;
   revoke_api_key: undefined;
   revoke_oauth_client: undefined;
   rotate_inbound_address: undefined;
@@ -1886,6 +1896,7 @@ export interface Responses {
   resume_campaign: Campaign;
   resume_identity: Identity;
   resume_pause: ResumedPause;
+  retry_webhook_delivery: WebhookDelivery;
   revoke_api_key: ApiKey;
   revoke_oauth_client: OAuthClient;
   rotate_inbound_address: InboundAddress;

@@ -41,6 +41,7 @@ class ApiKey(TypedDict):
     revoked_at: str | None
     client: NotRequired[str | None]
     scope: NotRequired[str | None]
+    last_used_at: NotRequired[str | None]
 
 
 class ApiKeyCreate(TypedDict):
@@ -60,6 +61,7 @@ class ApiKeyCreated(TypedDict):
     revoked_at: str | None
     client: NotRequired[str | None]
     scope: NotRequired[str | None]
+    last_used_at: NotRequired[str | None]
     key: str
 
 
@@ -151,6 +153,7 @@ class CampaignAnalytics(TypedDict):
     devices: list[DeviceEngagement] | None
     countries: list[CountryEngagement] | None
     revenue_impact: RevenueImpact | None
+    links: NotRequired[list[LinkClicks] | None]
     variants: NotRequired[list[VariantStats]]
     ab_winner: NotRequired[ABWinner | None]
     ai_insights: NotRequired[AiInsights | None]
@@ -673,6 +676,11 @@ class IncomingData(TypedDict):
 class IncomingResult(TypedDict):
     contact: Contact
     enrollment: Enrollment | None
+
+
+class LinkClicks(TypedDict):
+    url: str
+    clicked: Engagement
 
 
 class LogEvent(TypedDict):
@@ -1687,6 +1695,7 @@ OPERATIONS: dict[str, Operation] = {
     "resume_campaign": {"method": "POST", "path": "/campaigns/{id}/resume", "query": [], "idempotency_key": False},
     "resume_identity": {"method": "POST", "path": "/identities/{id}/resume", "query": [], "idempotency_key": False},
     "resume_pause": {"method": "POST", "path": "/sending/pauses/{id}/resume", "query": [], "idempotency_key": False},
+    "retry_webhook_delivery": {"method": "POST", "path": "/webhooks/{id}/deliveries/{delivery_id}/retry", "query": [], "idempotency_key": False},
     "revoke_api_key": {"method": "DELETE", "path": "/api-keys/{id}", "query": [], "idempotency_key": False},
     "revoke_oauth_client": {"method": "DELETE", "path": "/oauth/clients/{id}", "query": [], "idempotency_key": False},
     "rotate_inbound_address": {"method": "POST", "path": "/settings/inbound/rotate", "query": [], "idempotency_key": False},
