@@ -43,6 +43,7 @@ from pydantic import BaseModel, ValidationError
 from api import (
     ai,
     analytics,
+    billing as billing_api,
     campaigns,
     contacts,
     domains,
@@ -1218,16 +1219,20 @@ async def suppression_remove(request: web.Request, session: Session) -> web.Stre
     raise web.HTTPSeeOther(f"{PREFIX}/deliverability")
 
 
-async def billing(request: web.Request, session: Session) -> web.StreamResponse:
-    """The plan and this hour's use of its request budget (api.ratelimit's own count).
-    Checkout and the billing portal are linked only once a `[billing]` section is configured."""
+async def billing(
+    request: web.Request, session: Session, *, stripe_url: str | None = None, action: str = ""
+) -> web.StreamResponse:
+    """The plan and this hour's use of its request budget (api.ratelimit's own count). With
+    billing configured (`[billing] secret_key`): a Checkout form per plan and the customer
+    portal, each through the billing API's own operation, answered with the Stripe page to go
+    to (a link: the pages' CSP keeps forms and redirects on this site)."""
     state = request.app[STATE]
     principal = session.principal
     # This page's own view counts as one request, as any API call would.
     usage = await state.limiter.hit(
         principal.tenant_id, principal.tier, bucket=principal.rate_bucket, test=principal.sandbox
     )
-    configured = getattr(state.settings, "billing", None) is not None
+    settings = state.settings.billing
     return render(
         request,
         "billing.html",
@@ -1235,8 +1240,24 @@ async def billing(request: web.Request, session: Session) -> web.StreamResponse:
         tier=principal.tier,
         tiers=TIERS,
         usage=usage,
-        billing_configured=configured,
+        billing_configured=bool(settings.secret_key),
+        plans={name: plan.tier for name, plan in sorted(settings.plans.items())},
+        stripe_url=stripe_url,
+        action=action,
     )
+
+
+async def billing_checkout(request: web.Request, session: Session) -> web.StreamResponse:
+    form = await request.post()
+    done = await invoke(
+        request, session, billing_api.create_checkout, body={"plan": str(form.get("plan", ""))}
+    )
+    return await billing(request, session, stripe_url=done.url, action="checkout")
+
+
+async def billing_portal(request: web.Request, session: Session) -> web.StreamResponse:
+    done = await invoke(request, session, billing_api.create_portal, body={})
+    return await billing(request, session, stripe_url=done.url, action="portal")
 
 
 async def system(request: web.Request, session: Session) -> web.StreamResponse:
@@ -1311,4 +1332,6 @@ def add_dashboard(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/deliverability/suppressions", page(suppression_add))
     r.add_post(f"{PREFIX}/deliverability/suppressions/remove", page(suppression_remove))
     r.add_get(f"{PREFIX}/settings/billing", page(billing))
+    r.add_post(f"{PREFIX}/settings/billing/checkout", page(billing_checkout))
+    r.add_post(f"{PREFIX}/settings/billing/portal", page(billing_portal))
     r.add_get(f"{PREFIX}/system", page(system))

@@ -24,6 +24,7 @@ from penguinmails.config import Settings
 from penguinmails.sequences import schedule
 from tests.dashboard.conftest import Browserless, make_user
 from tests.helpers import Client, free_port, queue_messages, wait_for
+from tests.stripe_fake import FakeStripe
 from tracker.server import Tracker
 
 PAGES = [
@@ -45,6 +46,8 @@ FORMS = [
     "/dashboard/developers/webhooks",
     "/dashboard/deliverability/suppressions",
     "/dashboard/deliverability/suppressions/remove",
+    "/dashboard/settings/billing/checkout",
+    "/dashboard/settings/billing/portal",
 ]
 
 
@@ -682,3 +685,54 @@ async def test_developers_see_keys_last_use_and_retry_a_cancelled_delivery(
     # Again: only a failed or cancelled one is retried, and the page says why not.
     status, _, html = await ann.request("POST", found.group(1), data={"csrf_token": token})
     assert status == 409 and "this one is pending" in html
+
+
+async def test_billing_links_to_checkout_and_the_portal_when_configured(
+    start_api: Callable[..., Awaitable[ApiServer]],
+    make_settings: Callable[..., Settings],
+    make_key: Callable[..., Awaitable[str]],
+    http: Any,
+    browserless: Callable[[str], Browserless],
+) -> None:
+    fake = await FakeStripe().start()
+    try:
+        settings = make_settings(
+            api={"listen": "127.0.0.1:0"},
+            billing={
+                "secret_key": "sk_test_stripe_fake",
+                "api_base": fake.url,
+                "plans": {"pro": {"price": "price_1PenguinPro", "tier": "professional"}},
+            },
+        )
+        api = await start_api(settings)
+        live = Client(http, api.url + "/api/v1", await make_key("acme"))
+        user = await make_user(live, "owner@acme.test")
+        session = browserless(api.url)
+        await session.login(user["email"])
+
+        status, _, page = await session.request("GET", "/dashboard/settings/billing")
+        assert status == 200 and "Subscribe to pro (professional)" in page
+        token = await session.csrf()
+        status, _, page = await session.request(
+            "POST",
+            "/dashboard/settings/billing/checkout",
+            data={"plan": "pro", "csrf_token": token},
+        )
+        assert status == 200, page
+        assert 'href="https://checkout.stripe.com/c/pay/cs_test_a1B2c3"' in page
+        path, form, _ = fake.requests[-1]
+        assert path == "/v1/checkout/sessions" and form["metadata[plan_id]"] == "pro"
+        # Without a subscription yet, the portal has nothing to show: said on the page.
+        status, _, page = await session.request(
+            "POST", "/dashboard/settings/billing/portal", data={"csrf_token": token}
+        )
+        assert status == 404 and "subscribe through /billing/checkout first" in page
+        # A POST without its token changes nothing at Stripe.
+        before = len(fake.requests)
+        status, _, _ = await session.request(
+            "POST", "/dashboard/settings/billing/checkout", data={"plan": "pro"}
+        )
+        assert status == 403 and len(fake.requests) == before
+    finally:
+        assert fake.runner is not None
+        await fake.runner.cleanup()
