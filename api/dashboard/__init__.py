@@ -43,7 +43,6 @@ from pydantic import BaseModel, ValidationError
 from api import (
     ai,
     analytics,
-    billing as billing_api,
     campaigns,
     contacts,
     domains,
@@ -54,6 +53,9 @@ from api import (
     sequences,
     templates,
     webhooks,
+)
+from api import (
+    billing as billing_api,
 )
 from api.auth import Principal, principal_for_token
 from api.envelope import pydantic_details
