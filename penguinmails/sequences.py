@@ -70,12 +70,13 @@ async def schedule(
     ids = list(enrollments) if enrollments is not None else None
     if ids is None:  # a tick (not an enrolment's own call): windows' holidays kept ahead
         await windows.extend(conn, now)
+    after = None  # keyset: each batch starts after the last one's highest enrolment id
     while True:
-        row = await conn.fetchrow(SQL["schedule_steps"], batch, ids, now)
-        done = Scheduled(row["queued"], row["completed"], row["stopped"])
-        total += done
-        if done.queued + done.completed + done.stopped < batch:
+        row = await conn.fetchrow(SQL["schedule_steps"], batch, ids, now, after)
+        total += Scheduled(row["queued"], row["completed"], row["stopped"])
+        if row["scanned"] < batch:
             return total
+        after = row["last_id"]
 
 
 class Scheduler:

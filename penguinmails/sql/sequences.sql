@@ -15,6 +15,8 @@
 -- due time outside the sequence's sending window moves into the next one (next_in_window,
 -- migration 0028), in the contact's time zone, skipping its dates and its country's
 -- holidays (migration 0033). $3 is the clock (NULL: now()), for tests.
+-- $4: a run's batches go in enrolment order, each after the last one's highest id (keyset),
+-- so a run reads each waiting enrolment once rather than once per batch.
 -- A step with A/B variants gives each message one by weight, or the decided winner
 -- (step_variant, migration 0032); its parts replace the step's own, part by part.
 -- The conditions on the enrolment itself are what a concurrent scheduler's commit is
@@ -29,6 +31,7 @@ WITH due AS (
     LEFT JOIN messages m ON m.id = e.step_message_id
     WHERE e.status = 'active'
       AND ($2::bigint[] IS NULL OR e.id = ANY ($2::bigint[]))
+      AND ($4::bigint IS NULL OR e.id > $4)
       AND (e.step = 0 OR e.step_message_id IS NULL
            OR m.status IN ('sent', 'bounced', 'failed', 'suppressed', 'cancelled'))
     ORDER BY e.id
@@ -163,7 +166,8 @@ WITH due AS (
 )
 SELECT (SELECT count(*) FROM queued) AS queued,
        (SELECT count(*) FROM ended WHERE status = 'completed') AS completed,
-       (SELECT count(*) FROM ended WHERE status = 'stopped') AS stopped;
+       (SELECT count(*) FROM ended WHERE status = 'stopped') AS stopped,
+       (SELECT count(*) FROM due) AS scanned, (SELECT max(id) FROM due) AS last_id;
 
 -- name: sequences_status
 -- For `penguinmails sequences`: every active sequence (of one tenant, $1, or all) with its
