@@ -1,6 +1,5 @@
--- Sending identities (api/identities.py). Each read answers the identity with what its caps
--- have used: its sends over the last day and hour (identity_sends, an index range of at most
--- its daily cap) and its messages waiting on it.
+-- Sending identities (api/identities.py). Reads go through the identity_usage view
+-- (migration 0030): the identity with what its caps have used.
 
 -- name: insert_identity
 INSERT INTO identities (tenant_id, email, name, signature_html, signature_text, relay_host,
@@ -14,30 +13,13 @@ RETURNING id, public_id;
 UPDATE identities SET relay_password = $2, updated_at = now() WHERE id = $1;
 
 -- name: get_identity
-SELECT i.*, identity_daily_limit(i) AS daily_limit,
-       (SELECT count(*) FROM identity_sends s
-        WHERE s.identity_id = i.id AND s.sent_at > now() - interval '1 day') AS sent_last_day,
-       (SELECT count(*) FROM identity_sends s
-        WHERE s.identity_id = i.id AND s.sent_at > now() - interval '1 hour') AS sent_last_hour,
-       (SELECT count(*) FROM messages m
-        WHERE m.identity_id = i.id AND m.status IN ('queued', 'deferred')
-          AND m.held_reason IS NOT NULL) AS held
-FROM identities i
-WHERE i.tenant_id = $1 AND i.public_id = $2;
+SELECT * FROM identity_usage WHERE tenant_id = $1 AND public_id = $2;
 
 -- name: list_identities
 -- Newest first, keyset-paginated on the public id; archived ones left out.
-SELECT i.*, identity_daily_limit(i) AS daily_limit,
-       (SELECT count(*) FROM identity_sends s
-        WHERE s.identity_id = i.id AND s.sent_at > now() - interval '1 day') AS sent_last_day,
-       (SELECT count(*) FROM identity_sends s
-        WHERE s.identity_id = i.id AND s.sent_at > now() - interval '1 hour') AS sent_last_hour,
-       (SELECT count(*) FROM messages m
-        WHERE m.identity_id = i.id AND m.status IN ('queued', 'deferred')
-          AND m.held_reason IS NOT NULL) AS held
-FROM identities i
-WHERE i.tenant_id = $1 AND i.status <> 'archived' AND ($2::text IS NULL OR i.public_id < $2)
-ORDER BY i.public_id DESC
+SELECT * FROM identity_usage
+WHERE tenant_id = $1 AND status <> 'archived' AND ($2::text IS NULL OR public_id < $2)
+ORDER BY public_id DESC
 LIMIT $3;
 
 -- name: update_identity

@@ -95,3 +95,18 @@ CREATE FUNCTION identity_daily_limit(i identities) RETURNS integer LANGUAGE sql 
                 ELSE least(coalesce(i.daily_cap, 2147483647),
                            i.warmup_start + i.warmup_step * i.warmup_day) END
 $$;
+
+-- An identity as the API shows it: with what its caps have used (its sends over the last day
+-- and hour, an index range of at most its daily cap) and its messages waiting on it. Its
+-- i.* is expanded when it is made: a migration adding a column to identities recreates it.
+CREATE VIEW identity_usage AS
+SELECT i.*,
+       identity_daily_limit(i) AS daily_limit,
+       (SELECT count(*) FROM identity_sends s
+        WHERE s.identity_id = i.id AND s.sent_at > now() - interval '1 day') AS sent_last_day,
+       (SELECT count(*) FROM identity_sends s
+        WHERE s.identity_id = i.id AND s.sent_at > now() - interval '1 hour') AS sent_last_hour,
+       (SELECT count(*) FROM messages m
+        WHERE m.identity_id = i.id AND m.status IN ('queued', 'deferred')
+          AND m.held_reason IS NOT NULL) AS held
+FROM identities i;
