@@ -186,10 +186,16 @@ def start_sink(
 
 
 def html_of(size: int) -> str:
-    """An html body for a message of about `size` bytes on the wire: personalised
+    """An html body for a message of about `size` bytes on the wire: a logo, personalised
     paragraphs and LINKS links. The composer adds a text/plain alternative (about as long as
     the html's text) and ~1.2 KB of headers and signature, so the html gets under half."""
-    head = "<!doctype html><html><body><p>Hello {{name}},</p>\n"
+    # A logo, as a newsletter has: a short html without an image of its own gets no open
+    # pixel (penguinmails.html_text.pixel_left_out), and this benchmark's messages are tracked.
+    head = (
+        "<!doctype html><html><body>"
+        f'<p><img src="https://{FROM_DOMAIN}/logo.png" alt="Bench" width="120" height="40"></p>'
+        "<p>Hello {{name}},</p>\n"
+    )
     links = "".join(
         f'<p><a href="https://{FROM_DOMAIN}/offer/{i}?utm_source=bench">Offer {i + 1}</a></p>\n'
         for i in range(LINKS)
