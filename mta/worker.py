@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 KEY_RETRY_SECONDS = 30.0
 BUSY_RETRY_SECONDS = 1.0
+# How long a release is retried while the database is away (0.5 s, doubling) before the
+# message is left to its lease.
+RELEASE_PATIENCE = 30.0
 PRESENCE_SECONDS = 2.0  # how often a worker says it is alive; 3 missed beats and it is gone
 SANDBOX_POOL = "(sandbox)"  # not a valid domain name, so never a real destination's pool
 
@@ -141,6 +144,7 @@ class Worker:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._unwritten: set[int] = set()  # in flight, outcome not yet handed to the writer
         self._on_wire: set[int] = set()  # in an SMTP transaction right now
+        self._wired: set[int] = set()  # went into an SMTP transaction during this attempt
         self._leases: dict[int, uuid.UUID] = {}
         self._kick = asyncio.Event()
         self._stopping = False
@@ -300,6 +304,7 @@ class Worker:
 
         def done(_: asyncio.Task[None]) -> None:
             self._inflight.pop(queue_id, None)
+            self._wired.discard(queue_id)
             self._leases.pop(queue_id, None)
             self._unwritten.discard(queue_id)
             self._kick.set()
@@ -314,9 +319,18 @@ class Worker:
 
     async def _deliver(self, row: asyncpg.Record, contents: Attachments) -> None:
         queue_id: int = row["id"]
-        outcome = await self._attempt(row, contents)
+        try:
+            outcome = await self._attempt(row, contents)
+        except DATABASE_ERRORS as exc:
+            # The database went away mid-attempt (a connection slot, shaping state): the
+            # message goes back, marked a possible duplicate if it reached a receiver.
+            log.warning(
+                "database unavailable during delivery; message released",
+                extra={"action": "deliver", "queue_id": queue_id, "error": str(exc)},
+            )
+            outcome = GiveBack(datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS))
         if isinstance(outcome, GiveBack):
-            await queue.release(self._pool, [(queue_id, row["lease_token"])], outcome.due_at)
+            await self._give_back(row, outcome.due_at, possible_duplicate=queue_id in self._wired)
             return
         # The event's payload calls the RFC 5322 Message-ID "message_id".
         data = {"recipient": row["recipient"], "message_id": row["message_id"], **outcome.data}
@@ -331,6 +345,36 @@ class Worker:
                 "lease lost before the outcome was written; newer outcome stands",
                 extra={"action": "record_outcome", "queue_id": queue_id},
             )
+
+    def _mark_wire(self, queue_id: int) -> None:
+        self._on_wire.add(queue_id)
+        self._wired.add(queue_id)
+
+    async def _give_back(
+        self, row: asyncpg.Record, due_at: datetime, *, possible_duplicate: bool = False
+    ) -> None:
+        """Release a leased message untried, retrying while the database is away (a restart
+        takes seconds; the heartbeat keeps the lease meanwhile). Past RELEASE_PATIENCE, or
+        on shutdown, it is left to its lease: once that expires another claim takes it."""
+        delay = 0.5
+        while True:
+            try:
+                await queue.release(
+                    self._pool,
+                    [(row["id"], row["lease_token"])],
+                    due_at,
+                    possible_duplicate=possible_duplicate,
+                )
+                return
+            except DATABASE_ERRORS as exc:
+                if self._stopping or delay > RELEASE_PATIENCE:
+                    log.warning(
+                        "message not released; its lease will expire",
+                        extra={"action": "release", "queue_id": row["id"], "error": str(exc)},
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay *= 2
 
     async def _attempt(self, row: asyncpg.Record, contents: Attachments) -> Outcome | GiveBack:
         """Try one delivery: its outcome, or GiveBack when the message goes back untried."""
@@ -427,7 +471,7 @@ class Worker:
                 sender,
                 row["recipient"],
                 data,
-                on_wire=lambda: self._on_wire.add(queue_id),
+                on_wire=lambda: self._mark_wire(queue_id),
                 wanted=lambda: self._wanted(row, scope),
             )
         except NotWanted:
