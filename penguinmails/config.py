@@ -419,14 +419,49 @@ class LoggingSettings(Section):
     format: Literal["json", "text"] = "json"
 
 
+class TenantRetention(Section):
+    """One tenant's own retention (`[retention.tenants.NAME]`), longer or shorter than the
+    defaults; what it leaves unset follows them."""
+
+    messages_days: int | None = Field(default=None, ge=1)
+    events_days: int | None = Field(default=None, ge=1)
+
+
 class RetentionSettings(Section):
-    """What `penguinmails maintain` keeps (penguinmails/retention.py). Only the webhook outbox
-    is pruned today; messages, events, suppressions and analytics rollups are kept."""
+    """What `penguinmails maintain` keeps (penguinmails/retention.py). Queued and in-flight
+    messages, suppressions and the analytics rollups are never dropped."""
 
     # Days a webhook delivery is kept after the day it was written; a day still holding a
     # pending or in-flight delivery is kept until it has none.
     webhook_deliveries_days: int = Field(default=30, ge=1)
+    # Days a finished message (and its per-message tracking rows) is kept after the week it
+    # was archived in, and an event after the week it was written.
+    messages_days: int = Field(default=90, ge=1)
+    events_days: int = Field(default=90, ge=1)
     ahead_days: int = Field(default=14, ge=1)  # days of partitions created in advance
+    # batch of messages archived per transaction
+    archive_batch: int = Field(default=5000, ge=1)
+    tenants: dict[str, TenantRetention] = Field(default_factory=dict)  # by tenant name
+
+    @model_validator(mode="after")
+    def _events_outlive_deliveries(self) -> RetentionSettings:
+        # A webhook delivery is sent from its event: an event dropped first would leave the
+        # delivery with nothing to send.
+        for name, days in [("", self.events_days)] + [
+            (f"tenants.{t}.", r.events_days) for t, r in self.tenants.items()
+        ]:
+            if days is not None and days < self.webhook_deliveries_days:
+                raise ValueError(
+                    f"retention.{name}events_days ({days}) must be at least "
+                    f"webhook_deliveries_days ({self.webhook_deliveries_days})"
+                )
+        return self
+
+    def days(self, kind: str, tenant: str | None = None) -> int:
+        """Days `kind` ("messages" or "events") is kept for `tenant` (its name)."""
+        own = self.tenants.get(tenant) if tenant is not None else None
+        value = getattr(own, f"{kind}_days") if own is not None else None
+        return int(value if value is not None else getattr(self, f"{kind}_days"))
 
 
 class Settings(Section):

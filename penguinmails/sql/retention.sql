@@ -7,16 +7,85 @@ SELECT pg_try_advisory_xact_lock(hashtextextended('penguinmails:maintain', 0));
 -- A day's partition of the webhook outbox (migration 0040's function); false if it exists.
 SELECT webhook_deliveries_add_day($1::date);
 
--- name: partitions
--- The outbox's partitions with their upper bound (NULL: the default partition), from the
--- catalogue: no scan of any partition.
+-- name: default_rows
+-- Rows that found no day's partition (maintain did not run for the days ahead): a warning.
+SELECT count(*) FROM webhook_deliveries_default;
+
+-- name: add_message_week
+-- The week of finished messages archived on that day (migration 0044's function).
+SELECT messages_add_week($1::date);
+
+-- name: add_event_week
+-- A week of events (migration 0044's function); false if it exists or the old table
+-- covers it.
+SELECT events_add_week($1::date);
+
+-- name: kind_partitions
+-- One parent's partitions with their bounds, from the catalogue: no scan of any partition.
 SELECT c.relname AS name,
        pg_get_expr(c.relpartbound, c.oid) AS bound
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'webhook_deliveries'::regclass
+WHERE i.inhparent = $1::regclass
 ORDER BY c.relname;
 
--- name: default_rows
--- Rows that found no day's partition (maintain did not run for the days ahead): a warning.
-SELECT count(*) FROM webhook_deliveries_default;
+-- name: tenants
+SELECT id, name FROM tenants;
+
+-- name: archive_batch
+-- Finished messages of one tenant leave the live partition for the week `maintain` runs in
+-- (an UPDATE of the partition key moves the row). The tenant's status index finds them
+-- without reading its queue; SKIP LOCKED passes over a row a bounce is updating right now.
+WITH batch AS (
+    SELECT id FROM messages
+    WHERE tenant_id = $1 AND done_on = 'infinity'
+      AND status IN ('sent', 'bounced', 'failed', 'suppressed', 'cancelled')
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET done_on = $3::date
+FROM batch
+WHERE m.id = batch.id AND m.done_on = 'infinity';
+
+
+-- The statements below run on one partition, named by `maintain` from the catalogue (a name
+-- it has checked against the partition names it makes): {part} is that name.
+
+-- name: expire_tenant_messages
+-- One batch of a tenant's messages in a week past its retention, with their per-message
+-- tracking rows (nothing references messages by foreign key since 0044, so nothing cascades).
+WITH gone AS (
+    DELETE FROM {part}
+    WHERE id IN (SELECT id FROM {part} WHERE tenant_id = $1 LIMIT $2)
+    RETURNING id
+), counts AS (
+    DELETE FROM engagement_counts WHERE message_id IN (SELECT id FROM gone)
+), firsts AS (
+    DELETE FROM engagement_firsts WHERE message_id IN (SELECT id FROM gone)
+), steps AS (
+    DELETE FROM sequence_messages WHERE message_id IN (SELECT id FROM gone)
+)
+SELECT count(*) FROM gone;
+
+-- name: expire_message_rows
+-- Before a week of messages is dropped: one batch of its messages' per-message tracking
+-- rows, walking the week's ids ($1: the last id done).
+WITH batch AS (
+    SELECT id FROM {part} WHERE id > $1 ORDER BY id LIMIT $2
+), counts AS (
+    DELETE FROM engagement_counts WHERE message_id IN (SELECT id FROM batch)
+), firsts AS (
+    DELETE FROM engagement_firsts WHERE message_id IN (SELECT id FROM batch)
+), steps AS (
+    DELETE FROM sequence_messages WHERE message_id IN (SELECT id FROM batch)
+)
+SELECT max(id) FROM batch;
+
+-- name: expire_tenant_events
+-- One batch of a tenant's events in a week past its retention.
+WITH gone AS (
+    DELETE FROM {part}
+    WHERE id IN (SELECT id FROM {part} WHERE tenant_id = $1 LIMIT $2)
+    RETURNING id
+)
+SELECT count(*) FROM gone;
