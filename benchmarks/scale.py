@@ -18,6 +18,9 @@ then:
   The WAL written while it does, per delivered message (claim, outcome, events; the cluster
   is the benchmark's own, so nothing else writes), is the figure docs/scaling.md derives one
   primary's ceiling from.
+- archive: `penguinmails maintain` then moves what the MTA delivered out of the live
+  partition into this week's (migration 0044), as the hourly timer does; the WAL that costs
+  per message comes on top of the delivery's.
 
     python -m benchmarks scale [--quick] [--small N] [--large N] [--huge N]
 """
@@ -51,7 +54,9 @@ from benchmarks.mta import (
 )
 from benchmarks.report import Table, machine, write_json
 from mta import queue
+from penguinmails.config import RetentionSettings
 from penguinmails.database import connect
+from penguinmails.retention import maintain
 
 BATCH = 200  # the MTA's default batch_size
 OWNER = "bench-claim"
@@ -87,8 +92,13 @@ async def fill(bench: Bench, rows: int) -> dict[str, Any]:
         wal = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before)
         await conn.execute("VACUUM (ANALYZE) messages")
         elapsed = time.perf_counter() - started
-        table = await conn.fetchval("SELECT pg_table_size('messages')")
-        indexes = await conn.fetchval("SELECT pg_indexes_size('messages')")
+        # Every partition's (the queue is all in messages_live; the weeks are empty).
+        table = await conn.fetchval(
+            "SELECT sum(pg_table_size(relid)) FROM pg_partition_tree('messages')"
+        )
+        indexes = await conn.fetchval(
+            "SELECT sum(pg_indexes_size(relid)) FROM pg_partition_tree('messages')"
+        )
         # A queue that has sat there is checkpointed; without this, the fill's checkpoint
         # would land in the timed part and be charged to the large queue.
         await conn.execute("CHECKPOINT")
@@ -203,7 +213,9 @@ async def mta_memory(bench: Bench, deliver: int, postfix: bool) -> dict[str, Any
     text = logs[0].read_text(errors="replace")
     if '"dkim_unsigned"' in text:
         raise RuntimeError("the MTA sent unsigned mail; DKIM signing is not on in this run")
+    archive = await archive_delivered(bench)
     return {
+        **archive,
         "delivered": sent,
         "sink": sink.kind,
         # From the MTA's start: it claims the first batch while booting.
@@ -212,6 +224,27 @@ async def mta_memory(bench: Bench, deliver: int, postfix: bool) -> dict[str, Any
         "early_rss_mb": idle_rss / 2**20,
         # Everything the cluster wrote while the MTA ran, over what it delivered by the end.
         "wal_bytes_per_delivered": float(wal) / max(delivered, 1),
+    }
+
+
+async def archive_delivered(bench: Bench) -> dict[str, Any]:
+    """`penguinmails maintain` moving what the MTA delivered out of the live partition, as the
+    hourly timer would: the WAL that costs per message, on top of the delivery's."""
+    conn = await connect(bench.url)
+    try:
+        wal_before = await conn.fetchval("SELECT pg_current_wal_lsn()")
+        started = time.perf_counter()
+        report = await maintain(conn, RetentionSettings())
+        elapsed = time.perf_counter() - started
+        wal = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before)
+    finally:
+        await conn.close()
+    if not report.archived:
+        raise RuntimeError("maintain archived none of the delivered messages")
+    return {
+        "archived": report.archived,
+        "archive_seconds": elapsed,
+        "archive_wal_bytes_per_message": float(wal) / report.archived,
     }
 
 
@@ -266,6 +299,7 @@ def report(results: dict[str, Any]) -> None:
             "MTA msg/s",
             "MTA WAL B/msg",
             "MTA peak RSS MB",
+            "archive WAL B/msg",
         ]
     )
     for s in results["states"]:
@@ -283,6 +317,7 @@ def report(results: dict[str, Any]) -> None:
                 s["mta"]["messages_per_second"],
                 s["mta"]["wal_bytes_per_delivered"],
                 s["mta"]["peak_rss_mb"],
+                s["mta"]["archive_wal_bytes_per_message"],
             ]
         )
     table.add(
@@ -299,6 +334,8 @@ def report(results: dict[str, Any]) -> None:
             large["mta"]["messages_per_second"] / small["mta"]["messages_per_second"],
             large["mta"]["wal_bytes_per_delivered"] / small["mta"]["wal_bytes_per_delivered"],
             large["mta"]["peak_rss_mb"] / small["mta"]["peak_rss_mb"],
+            large["mta"]["archive_wal_bytes_per_message"]
+            / small["mta"]["archive_wal_bytes_per_message"],
         ]
     )
     print(

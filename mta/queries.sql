@@ -24,13 +24,16 @@
 -- ('infinity' while paused: resuming brings them back), with the reason in held_reason, so
 -- they are not re-read by every claim until then. The fair part takes what is left of the
 -- batch.
+-- Every read of messages here names done_on = 'infinity', the live partition (migration
+-- 0044), where all unfinished messages are: the plan reads no week of finished ones.
 WITH RECURSIVE queued_identities AS (
     (SELECT identity_id FROM messages
-     WHERE status IN ('queued', 'deferred') AND identity_id IS NOT NULL
+     WHERE done_on = 'infinity' AND status IN ('queued', 'deferred') AND identity_id IS NOT NULL
      ORDER BY identity_id LIMIT 1)
     UNION ALL
     SELECT (SELECT m.identity_id FROM messages m
-            WHERE m.status IN ('queued', 'deferred') AND m.identity_id IS NOT NULL
+            WHERE m.done_on = 'infinity' AND m.status IN ('queued', 'deferred')
+              AND m.identity_id IS NOT NULL
               AND m.identity_id > q.identity_id
             ORDER BY m.identity_id LIMIT 1)
     FROM queued_identities q
@@ -42,7 +45,8 @@ WITH RECURSIVE queued_identities AS (
     FROM identities i
     WHERE i.id IN (SELECT identity_id FROM queued_identities)
       AND EXISTS (SELECT 1 FROM messages m
-                  WHERE m.identity_id = i.id AND m.status IN ('queued', 'deferred')
+                  WHERE m.done_on = 'infinity' AND m.identity_id = i.id
+                    AND m.status IN ('queued', 'deferred')
                     AND m.next_attempt_at <= now())
     ORDER BY i.id
     FOR UPDATE SKIP LOCKED
@@ -69,7 +73,8 @@ WITH RECURSIVE queued_identities AS (
     FROM counted c
     CROSS JOIN LATERAL (
         SELECT m.id, m.priority, m.next_attempt_at FROM messages m
-        WHERE m.identity_id = c.id AND m.status IN ('queued', 'deferred')
+        WHERE m.done_on = 'infinity' AND m.identity_id = c.id
+          AND m.status IN ('queued', 'deferred')
           AND m.next_attempt_at <= now()
         ORDER BY m.priority, m.next_attempt_at
         LIMIT c.allowance
@@ -118,7 +123,7 @@ WITH RECURSIVE queued_identities AS (
                            WHERE sm.message_id = m.id), h.until) END,
         held_reason = h.reason, updated_at = now()
     FROM holds h
-    WHERE h.until IS NOT NULL AND m.identity_id = h.id
+    WHERE m.done_on = 'infinity' AND h.until IS NOT NULL AND m.identity_id = h.id
       AND m.status IN ('queued', 'deferred') AND m.next_attempt_at <= now()
       AND m.id NOT IN (SELECT id FROM identity_picked)
     RETURNING m.id
@@ -133,11 +138,12 @@ WITH RECURSIVE queued_identities AS (
     WHERE i.id = p.id AND p.taken > 0 AND p.gap > 0
 ), queued_tenants AS (
     (SELECT tenant_id FROM messages
-     WHERE status IN ('queued', 'deferred')
+     WHERE done_on = 'infinity' AND status IN ('queued', 'deferred')
      ORDER BY tenant_id LIMIT 1)
     UNION ALL
     SELECT (SELECT m.tenant_id FROM messages m
-            WHERE m.status IN ('queued', 'deferred') AND m.tenant_id > t.tenant_id
+            WHERE m.done_on = 'infinity' AND m.status IN ('queued', 'deferred')
+              AND m.tenant_id > t.tenant_id
             ORDER BY m.tenant_id LIMIT 1)
     FROM queued_tenants t
     WHERE t.tenant_id IS NOT NULL
@@ -152,7 +158,8 @@ WITH RECURSIVE queued_identities AS (
     CROSS JOIN share
     CROSS JOIN LATERAL (
         SELECT m.id, m.priority, m.next_attempt_at FROM messages m
-        WHERE m.tenant_id = t.tenant_id AND m.status IN ('queued', 'deferred')
+        WHERE m.done_on = 'infinity' AND m.tenant_id = t.tenant_id
+          AND m.status IN ('queued', 'deferred')
           AND m.next_attempt_at <= now() AND m.identity_id IS NULL
         ORDER BY m.priority, m.next_attempt_at
         LIMIT share.per_tenant
@@ -165,7 +172,7 @@ WITH RECURSIVE queued_identities AS (
     LIMIT greatest($1 - (SELECT count(*) FROM identity_picked), 0)
 ), stale AS (
     SELECT id FROM messages
-    WHERE status = 'sending' AND lease_expires_at <= now()
+    WHERE done_on = 'infinity' AND status = 'sending' AND lease_expires_at <= now()
     ORDER BY lease_expires_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -184,7 +191,7 @@ SET status = 'sending',
     held_reason = NULL,
     updated_at = now()
 FROM picked
-WHERE m.id = picked.id
+WHERE m.done_on = 'infinity' AND m.id = picked.id
 RETURNING m.id, m.tenant_id, m.campaign_id, m.message_id, m.from_email, m.from_name,
           m.recipient, m.recipient_domain, m.subject, m.text_body, m.html_body, m.headers,
           m.personalization, m.settings, m.attempts, m.created_at, m.lease_token,
@@ -199,7 +206,7 @@ RETURNING m.id, m.tenant_id, m.campaign_id, m.message_id, m.from_email, m.from_n
 -- extended (the owner changed with it).
 UPDATE messages
 SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE lease_owner = $1 AND status = 'sending';
+WHERE done_on = 'infinity' AND lease_owner = $1 AND status = 'sending';
 
 -- name: record_outcomes
 -- Write a batch of delivery outcomes, each with its event and (for hard bounces) its
@@ -222,7 +229,8 @@ WITH outcome AS (
         sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,
         updated_at = now()
     FROM outcome o
-    WHERE m.id = o.id AND m.lease_token = o.token AND m.status = 'sending'
+    WHERE m.done_on = 'infinity' AND m.id = o.id AND m.lease_token = o.token
+      AND m.status = 'sending'
     RETURNING m.id, m.tenant_id, m.campaign_id, m.recipient, m.attempts, m.possible_duplicate,
               o.event_type, o.event_data, o.suppress, o.reply
 ), events AS (
@@ -260,7 +268,8 @@ SET status = CASE WHEN campaign_id IS NOT NULL
     possible_duplicate = possible_duplicate OR $4,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
     updated_at = now()
-WHERE id = ANY($1::bigint[]) AND lease_token = ANY($2::uuid[]) AND status = 'sending';
+WHERE done_on = 'infinity' AND id = ANY($1::bigint[]) AND lease_token = ANY($2::uuid[])
+  AND status = 'sending';
 
 -- name: sending_domain_keys
 -- A domain's DKIM keys, newest first: the composer signs with the newest of each algorithm
@@ -304,11 +313,12 @@ RETURNING id;
 -- For /metrics on every scrape: served by the partial indexes, so cheap however large the
 -- table of finished messages grows.
 SELECT 'queued' AS status, count(*) AS messages FROM messages
-    WHERE status IN ('queued', 'deferred') AND status = 'queued'
+    WHERE done_on = 'infinity' AND status IN ('queued', 'deferred') AND status = 'queued'
 UNION ALL
-SELECT 'deferred', count(*) FROM messages WHERE status IN ('queued', 'deferred') AND status = 'deferred'
+SELECT 'deferred', count(*) FROM messages
+    WHERE done_on = 'infinity' AND status IN ('queued', 'deferred') AND status = 'deferred'
 UNION ALL
-SELECT 'sending', count(*) FROM messages WHERE status = 'sending';
+SELECT 'sending', count(*) FROM messages WHERE done_on = 'infinity' AND status = 'sending';
 
 -- name: ensure_connection_slots
 -- Slot rows 0..$2-1 for a domain, created once per domain per process before the first claim

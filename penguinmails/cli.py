@@ -89,6 +89,10 @@ async def cmd_maintain(settings: Settings, args: argparse.Namespace) -> int:
         print(f"dropped {name}")
     for name in report.kept:
         print(f"kept {name} (deliveries still pending, or busy)")
+    if report.archived:
+        print(f"archived {report.archived} finished messages")
+    for name, rows in report.deleted.items():
+        print(f"deleted {rows} rows past their tenant's retention from {name}")
     if report.default_rows:
         print(f"warning: {report.default_rows} webhook deliveries outside any day's partition")
     return 0

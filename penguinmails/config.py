@@ -419,11 +419,16 @@ class LoggingSettings(Section):
     format: Literal["json", "text"] = "json"
 
 
+# An unsubscribe link finds its recipient through its message, and must keep working for 30
+# days after the send (CAN-SPAM): a message is never dropped sooner.
+MIN_MESSAGES_DAYS = 30
+
+
 class TenantRetention(Section):
     """One tenant's own retention (`[retention.tenants.NAME]`), longer or shorter than the
     defaults; what it leaves unset follows them."""
 
-    messages_days: int | None = Field(default=None, ge=1)
+    messages_days: int | None = Field(default=None, ge=MIN_MESSAGES_DAYS)
     events_days: int | None = Field(default=None, ge=1)
 
 
@@ -436,7 +441,7 @@ class RetentionSettings(Section):
     webhook_deliveries_days: int = Field(default=30, ge=1)
     # Days a finished message (and its per-message tracking rows) is kept after the week it
     # was archived in, and an event after the week it was written.
-    messages_days: int = Field(default=90, ge=1)
+    messages_days: int = Field(default=90, ge=MIN_MESSAGES_DAYS)
     events_days: int = Field(default=90, ge=1)
     ahead_days: int = Field(default=14, ge=1)  # days of partitions created in advance
     # batch of messages archived per transaction

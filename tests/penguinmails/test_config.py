@@ -58,6 +58,13 @@ def test_file_values_and_environment_overrides(tmp_path):
         ("[mta]\nprocesses = 'many'\n", "mta.processes: Value error"),
         ("[mta]\nprocesses = true\n", "mta.processes: Value error"),
         ("[mta]\nprocesses = 2.5\n", "mta.processes: Value error"),
+        ("[retention]\nmessages_days = 7\n", "retention.messages_days"),
+        ("[retention.tenants.acme]\nmessages_days = 7\n", "retention.tenants.acme.messages_days"),
+        ("[retention]\nevents_days = 10\n", "events_days (10) must be at least"),
+        (
+            "[retention.tenants.acme]\nevents_days = 10\n",
+            "retention.tenants.acme.events_days (10) must be at least",
+        ),
     ],
 )
 def test_a_bad_key_is_named_with_its_file(tmp_path, text, named):
@@ -134,6 +141,11 @@ def test_metrics_can_be_switched_off_per_role():
         "mta.tenant_pools",
         "security.secret_keys",
         "security.key_file",
+        "retention.webhook_deliveries_days",
+        "retention.messages_days",
+        "retention.events_days",
+        "retention.ahead_days",
+        "retention.archive_batch",
     ],
 )
 def test_the_default_config_documents_the_key_with_its_default(dotted):
@@ -168,3 +180,14 @@ def test_a_relative_shaping_file_is_read_beside_the_configuration(tmp_path, monk
     assert settings.mta.shaping_file == str(tmp_path / "rules" / "shaping.toml")
     absolute = write(tmp_path, '[mta]\nshaping_file = "/etc/shaping.toml"\n')
     assert load_settings(absolute, environ={}).mta.shaping_file == "/etc/shaping.toml"
+
+
+def test_a_tenant_keeps_its_own_retention_and_the_defaults_for_the_rest(tmp_path):
+    path = write(
+        tmp_path,
+        "[retention]\nmessages_days = 60\n[retention.tenants.acme]\nmessages_days = 365\n",
+    )
+    retention = load_settings(path, environ={}).retention
+    assert retention.days("messages", "acme") == 365
+    assert retention.days("events", "acme") == 90  # unset: the default
+    assert retention.days("messages", "other") == 60

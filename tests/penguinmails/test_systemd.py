@@ -24,7 +24,11 @@ from penguinmails.systemd import notify
 from tests.helpers import ROOT, debian_tool, free_listen
 from tracker.server import SHUTDOWN_GRACE
 
-UNITS = sorted((ROOT / "systemd").glob("*.service"))
+UNITS = sorted(
+    p for p in (ROOT / "systemd").glob("*.service") if p.name != "penguinmails-maintain.service"
+)
+MAINTAIN = ROOT / "systemd" / "penguinmails-maintain.service"
+TIMER = ROOT / "systemd" / "penguinmails-maintain.timer"
 INSTALLED = "/opt/penguinmails/.venv/bin/penguinmails"
 ROLES = {"api", "mta", "tracker", "inbound"}
 PRODUCTION = load_settings(ROOT / "configs" / "production.toml", environ={})
@@ -160,6 +164,25 @@ def test_unit_with_the_credential_enabled_still_verifies(
     unit.write_text(text.replace(INSTALLED, venv_binary))
     assert _service(unit)["LoadCredential"] == [CREDENTIAL_LINE.partition("=")[2]]
     _verify(systemd_analyze, unit)
+
+
+def test_maintenance_runs_hourly_from_a_timer_and_verifies(
+    tmp_path: Path, venv_binary: str, systemd_analyze: str
+):
+    service = _service(MAINTAIN)
+    assert service["Type"] == ["oneshot"]
+    assert service["ExecStart"][0].endswith(" maintain")
+    assert service["User"] == ["penguinmails"] and service["NoNewPrivileges"] == ["yes"]
+    timer = configparser.ConfigParser(interpolation=None)
+    timer.read(TIMER)
+    assert timer["Timer"]["OnCalendar"] == "hourly"
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    # The timer starts the service of its own name; verify both, side by side.
+    for path in (MAINTAIN, TIMER):
+        (tmp_path / path.name).write_text(path.read_text().replace(INSTALLED, venv_binary))
+    _verify(systemd_analyze, tmp_path / MAINTAIN.name)
+    _verify(systemd_analyze, tmp_path / TIMER.name)
 
 
 # -- sd_notify ---------------------------------------------------------------------------
