@@ -25,7 +25,9 @@
 -- they are not re-read by every claim until then. The fair part takes what is left of the
 -- batch.
 -- Every read of messages here names done_on = 'infinity', the live partition (migration
--- 0044), where all unfinished messages are: the plan reads no week of finished ones.
+-- 0044), where all unfinished messages are: the plan reads no week of finished ones. The
+-- final UPDATE takes the picked ids as an array, so it probes the primary key for each: as a
+-- join, the planner (which cannot know the batch is 200 rows) may hash the whole queue.
 WITH RECURSIVE queued_identities AS (
     (SELECT identity_id FROM messages
      WHERE done_on = 'infinity' AND status IN ('queued', 'deferred') AND identity_id IS NOT NULL
@@ -190,8 +192,7 @@ SET status = 'sending',
     possible_duplicate = m.possible_duplicate OR m.status = 'sending',
     held_reason = NULL,
     updated_at = now()
-FROM picked
-WHERE m.done_on = 'infinity' AND m.id = picked.id
+WHERE m.done_on = 'infinity' AND m.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING m.id, m.tenant_id, m.campaign_id, m.message_id, m.from_email, m.from_name,
           m.recipient, m.recipient_domain, m.subject, m.text_body, m.html_body, m.headers,
           m.personalization, m.settings, m.attempts, m.created_at, m.lease_token,
