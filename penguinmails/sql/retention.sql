@@ -53,33 +53,24 @@ WHERE m.id = batch.id AND m.done_on = 'infinity';
 
 -- name: expire_tenant_messages
 -- One batch of a tenant's messages in a week past its retention, with their per-message
--- tracking rows (nothing references messages by foreign key since 0044, so nothing cascades).
+-- tracking rows (forget_messages, migration 0044: nothing cascades from messages any more).
 WITH gone AS (
     DELETE FROM {part}
     WHERE id IN (SELECT id FROM {part} WHERE tenant_id = $1 LIMIT $2)
     RETURNING id
-), counts AS (
-    DELETE FROM engagement_counts WHERE message_id IN (SELECT id FROM gone)
-), firsts AS (
-    DELETE FROM engagement_firsts WHERE message_id IN (SELECT id FROM gone)
-), steps AS (
-    DELETE FROM sequence_messages WHERE message_id IN (SELECT id FROM gone)
+), batch AS (
+    SELECT count(*) AS n, array_agg(id) AS ids FROM gone
 )
-SELECT count(*) FROM gone;
+SELECT n FROM batch, forget_messages(batch.ids);
 
 -- name: expire_message_rows
 -- Before a week of messages is dropped: one batch of its messages' per-message tracking
--- rows, walking the week's ids ($1: the last id done).
+-- rows, walking the week's ids ($1: the last id done; NULL back when none is left).
 WITH batch AS (
-    SELECT id FROM {part} WHERE id > $1 ORDER BY id LIMIT $2
-), counts AS (
-    DELETE FROM engagement_counts WHERE message_id IN (SELECT id FROM batch)
-), firsts AS (
-    DELETE FROM engagement_firsts WHERE message_id IN (SELECT id FROM batch)
-), steps AS (
-    DELETE FROM sequence_messages WHERE message_id IN (SELECT id FROM batch)
+    SELECT array_agg(id ORDER BY id) AS ids
+    FROM (SELECT id FROM {part} WHERE id > $1 ORDER BY id LIMIT $2) b
 )
-SELECT max(id) FROM batch;
+SELECT ids[cardinality(ids)] FROM batch, forget_messages(batch.ids);
 
 -- name: expire_tenant_events
 -- One batch of a tenant's events in a week past its retention.

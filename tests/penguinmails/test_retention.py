@@ -11,8 +11,11 @@ number and no suppression.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -50,11 +53,16 @@ async def _apply(conn: asyncpg.Connection, version: int) -> None:
     )
 
 
-async def test_the_move_to_partitions_holds_no_long_lock_on_a_filled_outbox(pg_server):
+@contextlib.asynccontextmanager
+async def _migrated_before(
+    pg_server: Any, name: str, version: int
+) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection]]:
+    """A database of its own migrated up to (not including) `version`, and two connections to
+    it: one to apply the migrations, one to work beside them."""
     admin = await asyncpg.connect(pg_server.url())
-    await admin.execute("DROP DATABASE IF EXISTS retention_fill")
-    await admin.execute("CREATE DATABASE retention_fill")
-    url = pg_server.url("retention_fill")
+    await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+    await admin.execute(f"CREATE DATABASE {name}")
+    url = pg_server.url(name)
     conn, other = await connect(url), await connect(url)
     try:
         await conn.execute(
@@ -62,9 +70,19 @@ async def test_the_move_to_partitions_holds_no_long_lock_on_a_filled_outbox(pg_s
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         for migration in available():
-            if migration.version < 38:
+            if migration.version < version:
                 async with conn.transaction():
                     await _apply(conn, migration.version)
+        yield conn, other
+    finally:
+        await conn.close()
+        await other.close()
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def test_the_move_to_partitions_holds_no_long_lock_on_a_filled_outbox(pg_server):
+    async with _migrated_before(pg_server, "retention_fill", 38) as (conn, other):
         tenant = await conn.fetchval("INSERT INTO tenants (name) VALUES ('acme') RETURNING id")
         webhook = await _webhook(conn, tenant, active=False)
         await conn.execute(
@@ -143,11 +161,6 @@ async def test_the_move_to_partitions_holds_no_long_lock_on_a_filled_outbox(pg_s
         )
         assert row["id"] > FILLED + 1
         assert row["part"] in ("webhook_deliveries_legacy", _day_name(datetime.now(UTC).date()))
-    finally:
-        await conn.close()
-        await other.close()
-        await admin.execute("DROP DATABASE retention_fill WITH (FORCE)")
-        await admin.close()
 
 
 async def _scans(conn: asyncpg.Connection, table: str) -> int:
@@ -248,20 +261,7 @@ async def test_ninety_days_pruned_to_thirty_in_one_run_keeping_what_is_unfinishe
 
 @pytest.mark.slow
 async def test_the_move_of_messages_and_events_holds_no_long_lock_on_a_filled_queue(pg_server):
-    admin = await asyncpg.connect(pg_server.url())
-    await admin.execute("DROP DATABASE IF EXISTS retention_queue")
-    await admin.execute("CREATE DATABASE retention_queue")
-    url = pg_server.url("retention_queue")
-    conn, other = await connect(url), await connect(url)
-    try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in available():
-            if migration.version < 42:
-                async with conn.transaction():
-                    await _apply(conn, migration.version)
+    async with _migrated_before(pg_server, "retention_queue", 42) as (conn, other):
         tenant = await conn.fetchval("INSERT INTO tenants (name) VALUES ('acme') RETURNING id")
         # Half delivered, half still queued; an event for each.
         await conn.execute(
@@ -372,11 +372,6 @@ async def test_the_move_of_messages_and_events_holds_no_long_lock_on_a_filled_qu
             pass
         else:
             raise AssertionError("a queued message left the live partition")
-    finally:
-        await conn.close()
-        await other.close()
-        await admin.execute("DROP DATABASE retention_queue WITH (FORCE)")
-        await admin.close()
 
 
 async def _finished_day(

@@ -96,6 +96,14 @@ BEGIN
     RETURN true;
 END $$;
 
+-- The rows kept per message outside messages, which retention deletes with their messages
+-- (no foreign key cascades any more): the one list to extend when such a table is added.
+CREATE FUNCTION forget_messages(ids bigint[]) RETURNS void LANGUAGE sql AS $$
+    DELETE FROM engagement_counts WHERE message_id = ANY (ids);
+    DELETE FROM engagement_firsts WHERE message_id = ANY (ids);
+    DELETE FROM sequence_messages WHERE message_id = ANY (ids);
+$$;
+
 -- Where an archived message goes if `maintain` stopped creating weeks: never a failed update.
 CREATE TABLE messages_done_default PARTITION OF messages DEFAULT;
 SELECT messages_unique_indexes('messages_done_default');
