@@ -4,22 +4,17 @@
 -- name: subject_history
 -- The account's last $2 delivered messages grouped by subject, each group with how many a
 -- person opened (machine opens are proxies and scanners, not interest), clicked and replied
--- to: what its own estimate is fitted on. messages_tenant_idx walks the newest rows first;
--- each EXISTS is one probe of events_message_idx.
+-- to (message_engagement, migration 0045): what its own estimate is fitted on.
+-- messages_tenant_idx walks the newest rows first.
 SELECT m.subject,
        count(*)::int AS delivered,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'email.opened'
-                                    AND NOT e.is_machine))::int AS opened,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id
-                                    AND e.type = 'email.clicked' AND NOT e.is_machine))::int AS clicked,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id
-                                    AND e.type = 'email.replied'))::int AS replied
+       count(*) FILTER (WHERE g.opened)::int AS opened,
+       count(*) FILTER (WHERE g.clicked)::int AS clicked,
+       count(*) FILTER (WHERE g.replied)::int AS replied
 FROM (SELECT id, subject FROM messages
       WHERE tenant_id = $1 AND status = 'sent'
       ORDER BY id DESC LIMIT $2) m
+CROSS JOIN LATERAL message_engagement(m.id) g
 GROUP BY m.subject;
 
 -- name: campaign_subjects
@@ -27,16 +22,11 @@ GROUP BY m.subject;
 -- many a person opened, clicked and replied to. messages_campaign_idx.
 SELECT m.subject,
        count(*)::int AS delivered,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'email.opened'
-                                    AND NOT e.is_machine))::int AS opened,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id
-                                    AND e.type = 'email.clicked' AND NOT e.is_machine))::int AS clicked,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id
-                                    AND e.type = 'email.replied'))::int AS replied
+       count(*) FILTER (WHERE g.opened)::int AS opened,
+       count(*) FILTER (WHERE g.clicked)::int AS clicked,
+       count(*) FILTER (WHERE g.replied)::int AS replied
 FROM messages m
+CROSS JOIN LATERAL message_engagement(m.id) g
 WHERE m.campaign_id = $1 AND m.status = 'sent'
 GROUP BY m.subject;
 
@@ -56,12 +46,11 @@ HAVING count(*) FILTER (WHERE status = 'bounced') > 0;
 -- a person opened: its best send hours. messages_tenant_idx, newest first.
 SELECT extract(hour FROM m.sent_at AT TIME ZONE 'UTC')::int AS hour,
        count(*)::int AS delivered,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'email.opened'
-                                    AND NOT e.is_machine))::int AS opened
+       count(*) FILTER (WHERE g.opened)::int AS opened
 FROM (SELECT id, sent_at FROM messages
       WHERE tenant_id = $1 AND status = 'sent' AND sent_at IS NOT NULL
       ORDER BY id DESC LIMIT $2) m
+CROSS JOIN LATERAL message_engagement(m.id) g
 GROUP BY 1;
 
 -- name: contact_engagement
@@ -70,15 +59,10 @@ GROUP BY 1;
 SELECT count(*)::int AS messages,
        count(*) FILTER (WHERE m.status = 'sent')::int AS delivered,
        count(*) FILTER (WHERE m.status = 'bounced')::int AS bounced,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id AND e.type = 'email.opened'
-                                    AND NOT e.is_machine))::int AS opened,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id
-                                    AND e.type = 'email.clicked' AND NOT e.is_machine))::int AS clicked,
-       count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM events e WHERE e.message_id = m.id
-                                    AND e.type = 'email.replied'))::int AS replied,
+       count(*) FILTER (WHERE g.opened)::int AS opened,
+       count(*) FILTER (WHERE g.clicked)::int AS clicked,
+       count(*) FILTER (WHERE g.replied)::int AS replied,
        max(m.sent_at) AS last_sent_at
 FROM messages m
+CROSS JOIN LATERAL message_engagement(m.id) g
 WHERE m.tenant_id = $1 AND lower(m.recipient) = lower($2);
