@@ -558,7 +558,11 @@ async def _measure(
 
 
 def start_profilers(procs: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
-    if not shutil.which("py-spy"):
+    # The virtualenv's own py-spy, when the benchmark runs as .venv/bin/python without the
+    # venv on PATH.
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
+        print("--profile: py-spy not found (pip install py-spy); running without a profile")
         return []
     from benchmarks.report import RESULTS
 
@@ -566,7 +570,7 @@ def start_profilers(procs: list[subprocess.Popen[bytes]]) -> list[subprocess.Pop
     return [
         subprocess.Popen(
             [
-                "py-spy",
+                spy,
                 "record",
                 "--pid",
                 str(p.pid),

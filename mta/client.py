@@ -384,7 +384,7 @@ class SMTPClient:
         try:
             self._content_going()
             await self._write(head + message, self.timeouts.data)
-            replies = [await self._await(f, self.timeouts.data) for f in expected]
+            replies = await self._replies(expected, self.timeouts.data)
         except (SMTPClientError, OSError, TimeoutError) as exc:
             self._fail(exc)
             raise TransactionFailed(exc, content_sent=True) from exc
@@ -407,7 +407,7 @@ class SMTPClient:
         expected = self._expect((1 if reset else 0) + 1 + len(rcpts) + 1)
         try:
             await self._write(group, self.timeouts.command)
-            replies = [await self._await(f, self.timeouts.command) for f in expected]
+            replies = await self._replies(expected, self.timeouts.command)
         except (SMTPClientError, OSError, TimeoutError) as exc:
             self._fail(exc)
             raise NotSent(exc) from exc
@@ -525,6 +525,10 @@ class SMTPClient:
         if self._failure is not None:
             raise ConnectionLost(str(self._failure))
         self._writer.write(data)
+        if self._writer.transport.get_write_buffer_size() == 0:
+            # All of it reached the kernel, so drain has nothing to wait for (a connection
+            # lost meanwhile fails the replies awaited next).
+            return
         async with asyncio.timeout(timeout):
             await self._writer.drain()
 
@@ -535,12 +539,31 @@ class SMTPClient:
         return futures
 
     async def _await(self, future: asyncio.Future[Reply], timeout: float) -> Reply:
+        if future.done():
+            return future.result()
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(future)
         except TimeoutError:
             self._fail(ConnectionLost(f"no reply within {timeout:g}s"))
             raise ConnectionLost(f"no reply within {timeout:g}s") from None
+
+    async def _replies(self, futures: list[asyncio.Future[Reply]], timeout: float) -> list[Reply]:
+        """A pipelined group's replies, in order, each within `timeout` of the one before, as
+        if its commands had gone one at a time; one timer for the group, and no wait at all
+        for the replies that came in the same read as an earlier one."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                for index, future in enumerate(futures):
+                    if not future.done():
+                        if index:
+                            deadline.reschedule(loop.time() + timeout)
+                        await asyncio.shield(future)
+        except TimeoutError:
+            self._fail(ConnectionLost(f"no reply within {timeout:g}s"))
+            raise ConnectionLost(f"no reply within {timeout:g}s") from None
+        return [future.result() for future in futures]
 
     async def _reply(self, timeout: float) -> Reply:
         """A reply nobody asked for by command (the greeting)."""

@@ -43,6 +43,7 @@ import hashlib
 import html
 import logging
 import re
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -266,7 +267,7 @@ def _compose(
     # (nor its own) may show it.
     headers += [
         ("Subject", header_value("Subject", subject)),
-        ("Date", format_datetime(now or datetime.now(UTC))),
+        ("Date", format_datetime(now) if now is not None else _date_now(int(time.time()))),
         ("Message-ID", f"<{rfc_message_id}>"),
         ("MIME-Version", "1.0"),
     ]
@@ -283,6 +284,12 @@ def _compose(
     ]
     headers += _custom_headers(row["headers"] or {}, skip=("reply-to",) if reply_to else ())
     return Composed(headers, body, from_domain)
+
+
+@functools.lru_cache(maxsize=2)
+def _date_now(second: int) -> str:
+    """The Date header for this second: every message composed in it shares one."""
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def _address_list(name: str, addresses: Sequence[Mapping[str, str]] | None) -> str:

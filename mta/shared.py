@@ -164,7 +164,9 @@ class SharedShaping:
         """A level's rate, lowered by a throttle in force on it (as max_connections does
         for its cap)."""
         held = self._active.get(key)
-        rates = [r for r in (rate, held and held.rate_per_second) if r]
+        if held is None:
+            return rate or None
+        rates = [r for r in (rate, held.rate_per_second) if r]
         return min(rates) if rates else None
 
     # -- suspensions ----------------------------------------------------------------------
@@ -193,6 +195,12 @@ class SharedShaping:
             domain = str(row["from_email"]).rpartition("@")[2].lower()
             return (tenant, "") in self.holds or (tenant, domain) in self.holds
         return False
+
+    @property
+    def suspending(self) -> bool:
+        """Whether any suspension or throttle is in force (as last read): almost never, so
+        the per-message checks start here."""
+        return bool(self._active)
 
     def holding(self, keys: Sequence[str]) -> Suspension | None:
         """The suspension (not a throttle) in force on any of `keys`, latest ending first."""

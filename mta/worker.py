@@ -499,9 +499,10 @@ class Worker:
         scope = self._shaper.scope(domain, route)
         await self._shared.note_site(scope)
         await self._shared.refresh()
-        held = self._shared.holding(self._hold_keys(row, scope))
-        if held is not None:
-            return GiveBack(held.until)
+        if self._shared.suspending:
+            held = self._shared.holding(self._hold_keys(row, scope))
+            if held is not None:
+                return GiveBack(held.until)
         policy = await self._sts.policy(domain) if route.names else None
         if policy is not None and policy.enforced:
             allowed = route.named(policy.matches)
@@ -555,7 +556,11 @@ class Worker:
         next claim holds it until the suspension ends)."""
         if self._shared.stopped(row):
             return False
-        return scope is None or self._shared.holding(self._hold_keys(row, scope)) is None
+        return (
+            scope is None
+            or not self._shared.suspending
+            or self._shared.holding(self._hold_keys(row, scope)) is None
+        )
 
     def _sourced(self, level: Level, source: Source) -> Level:
         """A level as one egress source sees it: receivers count per sending address, so

@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 
 from penguinmails.config import Settings
-from penguinmails.secrets import derive, server_keys
+from penguinmails.secrets import KeyedMac, derive, server_keys
 
 MAC_BYTES = 10
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
@@ -33,7 +33,7 @@ class Verp:
     def __init__(self, keys: Sequence[bytes], bounce_domain: str) -> None:
         if not keys:
             raise ValueError("at least one server key is required")
-        self._keys = [derive(k, "verp") for k in keys]
+        self._keys = [KeyedMac(derive(k, "verp")) for k in keys]
         self.domain = bounce_domain.lower()
 
     @classmethod
@@ -75,8 +75,8 @@ class Verp:
         return None
 
 
-def _mac(key: bytes, kind: str, message_id: int) -> str:
-    digest = hmac.digest(key, f"{kind}:{message_id}".encode(), "sha256")  # OpenSSL, one shot
+def _mac(key: KeyedMac, kind: str, message_id: int) -> str:
+    digest = key.digest(f"{kind}:{message_id}".encode())
     # Lower-case base32 of the 80 bits, sixteen characters, what base64.b32encode gives (in
     # Python, several times slower; every message carries two of these).
     bits = int.from_bytes(digest[:MAC_BYTES], "big")

@@ -5,6 +5,7 @@ start with a message naming it."""
 
 from __future__ import annotations
 
+import hmac
 import os
 import stat
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from penguinmails.config import ConfigError, load_settings
-from penguinmails.secrets import CREDENTIAL, KEY_FILE, server_keys
+from penguinmails.secrets import CREDENTIAL, KEY_FILE, KeyedMac, server_keys
 
 
 @pytest.fixture
@@ -178,3 +179,13 @@ def test_a_role_refuses_to_start_on_a_group_readable_key_file(tmp_path, key_file
     assert "security.key_file" in result.stderr and str(key_file) in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("key_size", [0, 16, 32, 64, 65, 200])
+def test_the_keyed_mac_is_hmac_sha256_for_keys_of_every_length(key_size):
+    key = os.urandom(key_size)
+    mac = KeyedMac(key)
+    for message in (b"", b"c\x1f42\x1fhttps://example.com/", os.urandom(300)):
+        assert mac.digest(message) == hmac.digest(key, message, "sha256")
+    # Reused: each digest starts from the key's states, not from the last message.
+    assert mac.digest(b"once") == mac.digest(b"once") != mac.digest(b"twice")
