@@ -44,6 +44,7 @@ from mta import dkim
 from mta.client import SMTPClient, Timeouts
 from mta.compose import compose, render_signed
 from penguinmails.links import Links
+from penguinmails.messages import tracking_settings
 from penguinmails.tokens import LinkSigner
 from penguinmails.verp import Verp
 
@@ -98,7 +99,11 @@ def rows(html_body: str, count: int) -> list[dict[str, Any]]:
                     "first_name": names[i % len(names)],
                     "company": f"Company {i} & Sons",
                 },
-                "settings": {"track_opens": True, "track_clicks": True},
+                # As queued (penguinmails.messages.tracking_settings): whether the pixel fits
+                # is decided once per draft, not judged again per message.
+                "settings": tracking_settings(
+                    {"track_opens": True, "track_clicks": True}, html_body
+                ),
             }
         )
     return out
@@ -216,6 +221,7 @@ def sized_rows(size: int, count: int) -> list[dict[str, Any]]:
             r,
             subject="Hello {{name}}",
             html_body=page,
+            settings=tracking_settings({"track_opens": True, "track_clicks": True}, page),
             headers={},
             personalization={"name": f"User {r['id']}"},
         )

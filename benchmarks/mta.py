@@ -38,6 +38,7 @@ import atexit
 import base64
 import email
 import email.policy
+import hashlib
 import os
 import re
 import shutil
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,16 +60,26 @@ import asyncpg
 import dkim as dkimpy
 import orjson
 import psutil
-from cryptography.hazmat.primitives.asymmetric import rsa
+import uvloop
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from benchmarks.compose import rows as compose_rows
 from benchmarks.report import Table, machine, write_json
+from mta import dkim
+from mta.client import SMTPClient, Timeouts
+from mta.compose import render_signed
 from mta.domains import add_domain
 from mta.worker import PRESENCE_SECONDS
 from penguinmails.config import Settings, cores
 from penguinmails.database import connect
-from penguinmails.messages import Draft, enqueue, ensure_tenant
+from penguinmails.links import Links
+from penguinmails.messages import Draft, enqueue, ensure_tenant, tracking_settings
 from penguinmails.migrations import migrate
+from penguinmails.tokens import LinkSigner
+from penguinmails.verp import Verp
 
 SESSIONS = 10  # the MTA's default per-domain connection cap; the baselines use the same
 DOMAIN = "sink.test"
@@ -264,6 +276,80 @@ async def aiosmtplib_rate(port: int, messages: int, size: int) -> float:
     start = time.perf_counter()
     await asyncio.gather(*(session() for _ in range(SESSIONS)))
     return per_session * SESSIONS / (time.perf_counter() - start)
+
+
+def parts_cpu(port: int, size: int, messages: int) -> dict[str, float]:
+    """CPU ms a message of the MTA's parts, each alone in this process, at this size and on
+    this sink: the bare RSA-2048 signature of a digest (the floor), composing and signing a
+    queued row as the MTA does (tracked, personalised), and the delivery client pipelining
+    pre-built messages over SESSIONS connections on uvloop, as the MTA runs it. Their sum is
+    what a delivery costs before the worker's own part: the claim, shaping, the task, the
+    outcome's write."""
+    rows = [
+        dict(
+            row,
+            subject="Hello {{name}}",
+            html_body=html_of(size),
+            headers={},
+            personalization={"name": f"User {i}"},
+            settings=tracking_settings({"track_opens": True, "track_clicks": True}, html_of(size)),
+        )
+        for i, row in enumerate(compose_rows("", 200))
+    ]
+    links = Links(LinkSigner([b"parts-server-key"]), "https://track.bench.test")
+    verp = Verp([b"parts-server-key"], "bounces.bench.test")
+    der, _ = dkim.generate(dkim.RSA)
+    key = dkim.load_key(FROM_DOMAIN, "rsa", dkim.RSA, der)
+    private = key.private_key
+    assert isinstance(private, rsa.RSAPrivateKey)
+    digest = hashlib.sha256(b"the signed header block").digest()
+    count = min(messages, 4000)
+
+    def per_message(work: Callable[[int], object]) -> float:
+        start = time.thread_time()
+        for i in range(count):
+            work(i)
+        return (time.thread_time() - start) / count * 1000
+
+    floor = per_message(
+        lambda _: private.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+    )
+    # Each row its own copy of the body, as the database driver returns them.
+    signed = per_message(
+        lambda i: render_signed(
+            dict(rows[i % 200], html_body="".join([rows[i % 200]["html_body"], ""])),
+            [key],
+            links=links,
+            verp=verp,
+        )
+    )
+    payload = render_signed(rows[0], [key], links=links, verp=verp)[1]
+    per_session = count // SESSIONS
+    timeouts = Timeouts(connect=10, command=30, data=60)
+
+    async def session() -> None:
+        client = await SMTPClient.connect(
+            "127.0.0.1", port, local_hostname="parts.bench.test", timeouts=timeouts
+        )
+        last = None
+        for _ in range(per_session):
+            # As the MTA does: the next transaction goes out behind the last one's end of
+            # data, whose reply is read after.
+            submitted = await client.submit(f"b@{FROM_DOMAIN}", [f"rcpt@{DOMAIN}"], payload)
+            if last is not None:
+                await last.delivery()
+            last = submitted
+        if last is not None:
+            await last.delivery()
+        await client.quit()
+
+    async def sessions() -> float:
+        start = time.thread_time()
+        await asyncio.gather(*(session() for _ in range(SESSIONS)))
+        return (time.thread_time() - start) / (per_session * SESSIONS) * 1000
+
+    client = uvloop.run(sessions())
+    return {"rsa_sign_floor": floor, "compose_sign": signed, "client": client}
 
 
 class Sampler:
@@ -684,6 +770,8 @@ async def plain_runs(
             wire = check["wire_bytes"]
             baseline_source = smtp_source_rate(sink.port, n, wire)
             baseline_aiosmtplib = await aiosmtplib_rate(sink.port, n, wire)
+            # In a thread of its own: the client runs on its own uvloop, as in the MTA.
+            parts = await asyncio.to_thread(parts_cpu, sink.port, size, n)
             for count in process_counts:
                 result = await mta_run(
                     bench, sink.port, draft_of(n, size), count, profile=args.profile
@@ -694,6 +782,7 @@ async def plain_runs(
                         "wire_bytes": wire,
                         "baseline_smtp_source_mps": baseline_source,
                         "baseline_aiosmtplib_mps": baseline_aiosmtplib,
+                        "parts_cpu_ms": parts,
                     }
                 )
                 runs.append(result)
@@ -866,6 +955,43 @@ def report(results: dict[str, Any]) -> None:
             "DKIM rsa-2048, opens and clicks tracked"
         )
         print(table.render())
+        parts = Table(
+            [
+                "size",
+                "procs",
+                "RSA sign",
+                "compose+sign",
+                "client alone",
+                "parts",
+                "MTA",
+                "MTA - parts",
+                "MTA/floor",
+            ]
+        )
+        for r in results["runs"]:
+            if "parts_cpu_ms" not in r:
+                continue
+            p = r["parts_cpu_ms"]
+            mta = r["cpu_seconds"] / r["messages"] * 1000
+            both = p["compose_sign"] + p["client"]
+            parts.add(
+                [
+                    f"{r['size_bytes'] // 1000} KB",
+                    procs_label(r),
+                    p["rsa_sign_floor"],
+                    p["compose_sign"],
+                    p["client"],
+                    both,
+                    mta,
+                    mta - both,
+                    mta / p["rsa_sign_floor"],
+                ]
+            )
+        print(
+            "\nCPU ms a message: the MTA's parts alone in this run (compose+sign includes the"
+            " RSA sign), against the MTA's own (its worker processes, all of them)"
+        )
+        print(parts.render())
     if results["smart_runs"]:
         table = Table(
             [
