@@ -64,6 +64,9 @@ class SharedShaping:
         self._pool = pool
         self._clock = clock
         self._active: dict[str, Suspension] = {}
+        # Bumped whenever the suspensions and throttles may have changed: what was worked
+        # out from them (a worker's shapes) is worked out again.
+        self.version = 0
         self._refreshed = float("-inf")
         self._sites: dict[str, tuple[str, str | None]] = {}
         self._stash: dict[str, _Stash] = {}
@@ -177,6 +180,7 @@ class SharedShaping:
             return
         rows = await self._pool.fetch(SQL["active_suspensions"])
         self._active = {r["key"]: Suspension(**dict(r)) for r in rows}
+        self.version += 1
         paused = await self._pool.fetch(SQL["paused_campaigns"])
         self.paused_campaigns = frozenset(r["id"] for r in paused if r["kind"] == "campaign")
         self.paused_identities = frozenset(r["id"] for r in paused if r["kind"] == "identity")
@@ -247,6 +251,7 @@ class SharedShaping:
             rule.rate_per_second if action == "throttle" else None,
         )
         self._active[key] = held  # this process obeys at once, the others within a second
+        self.version += 1
         if row["announced"]:
             log.warning(
                 "shaping rule fired",

@@ -38,7 +38,7 @@ from mta.smtp import DomainBusy, DomainPool, NotWanted, Pools, Shape
 from mta.sources import Egress, Source, check_sources
 from mta.throttle import Throttles
 from penguinmails.buffer import Failure, GroupCommit
-from penguinmails.config import Settings
+from penguinmails.config import Settings, ThrottleRule
 from penguinmails.database import DATABASE_ERRORS, transaction_pooled
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ BUSY_RETRY_SECONDS = 1.0
 # message is left to its lease.
 RELEASE_PATIENCE = 30.0
 PRESENCE_SECONDS = 2.0  # how often a worker says it is alive; 3 missed beats and it is gone
+MAX_SHAPES = 4096  # distinct (site, source) shapes kept between shaping changes
 SANDBOX_POOL = "(sandbox)"  # not a valid domain name, so never a real destination's pool
 
 
@@ -139,6 +140,8 @@ class Worker:
         self._sts = MtaSts(pool, settings.mta, self._router.resolver)
         self._relays = Relays(pool, settings)
         self._tenant_names: dict[int, str] = {}
+        self._shapes: dict[tuple[Scope, str, bool], tuple[list[Level], Shape]] = {}
+        self._shapes_version = -1
         self._writer = ResultWriter(pool, interval=settings.mta.outcome_flush_interval)
         self.metrics = MtaMetrics(settings.mta)
         self._inflight: dict[int, asyncio.Task[None]] = {}
@@ -520,15 +523,31 @@ class Worker:
         if isinstance(source, datetime):
             return GiveBack(source)  # every source of its pool has sent its day's volume
         rule = self._mta.rule_for(domain)
-        limits = self._shaper.limits(scope, rule)
-        levels = [self._sourced(level, source) for level in limits.levels]
+        levels, shape = self._shape_for(scope, rule, source, policy is not None and policy.enforced)
         wait = await self._shared.reserve(levels)
         if wait > MAX_WAIT:
             return GiveBack(datetime.now(UTC) + timedelta(seconds=wait))
         if wait > 0:
             await asyncio.sleep(wait)
+        return self.pools.shaped(shape, rule), route, scope, policy
+
+    def _shape_for(
+        self, scope: Scope, rule: ThrottleRule, source: Source, enforce: bool
+    ) -> tuple[list[Level], Shape]:
+        """The levels a message reserves its place at and the shape of the connections it
+        goes out on. Every message to a site from one source has the same until the shared
+        suspensions and throttles change, so they are worked out once per site and source
+        in between, not per message."""
+        if self._shapes_version != self._shared.version:
+            self._shapes.clear()
+            self._shapes_version = self._shared.version
+        key = (scope, source.name, enforce)
+        found = self._shapes.get(key)
+        if found is not None:
+            return found
+        limits = self._shaper.limits(scope, rule)
+        levels = [self._sourced(level, source) for level in limits.levels]
         capped = [lv for lv in levels if lv.max_connections is not None]
-        enforce = policy is not None and policy.enforced
         shape = Shape(
             key=f"{source.name}|{scope.site}" + ("|mta-sts" if enforce else ""),
             max_connections=min(lv.max_connections or 1 for lv in capped),
@@ -539,7 +558,10 @@ class Worker:
             tls_required=rule.tls_required,
             verify=enforce,
         )
-        return self.pools.shaped(shape, rule), route, scope, policy
+        if len(self._shapes) >= MAX_SHAPES:
+            self._shapes.clear()
+        self._shapes[key] = found = (levels, shape)
+        return found
 
     @staticmethod
     def _hold_keys(row: asyncpg.Record, scope: Scope) -> list[str]:
