@@ -123,9 +123,19 @@ def crlf_only(data: bytes) -> bool:
     return data.count(b"\n") == crlf and data.count(b"\r") == crlf
 
 
+class WireMessage(bytes):
+    """Message bytes that are CRLF-only and end in CRLF by construction: what the composer
+    hands the client (mta.compose.render_signed). Its header values refuse CR and LF and it
+    writes every body part with CRLF line ends, which tests/mta/test_compose.py holds it to
+    with hostile input. The client sends these as they are; any other bytes are checked
+    first, which at 100 KB is three passes over the message (a tenth of the MTA's CPU)."""
+
+    __slots__ = ()
+
+
 def wire_message(data: bytes) -> bytes:
     """The message as it goes on the wire: CRLF only, ending in CRLF."""
-    if not crlf_only(data):
+    if type(data) is not WireMessage and not crlf_only(data):
         # The composer never produces this; normalise rather than let a bare CR or LF reach
         # a server that might read it as a line end (smuggling).
         log.warning("message with bare CR or LF normalised", extra={"action": "smtp_data"})
@@ -135,9 +145,14 @@ def wire_message(data: bytes) -> bytes:
     return data
 
 
+_LINE_DOT = re.compile(rb"\r\n\.")
+
+
 def dot_stuff(data: bytes) -> bytes:
     """DATA content with its end of data, from CRLF-only bytes ending in CRLF (or empty)."""
-    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    # Searched for first: a line that starts with a dot is rare, and sre finds one in about
+    # two thirds of the time bytes.replace takes to find none.
+    stuffed = data.replace(b"\r\n.", b"\r\n..") if _LINE_DOT.search(data) else data
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
     return stuffed + b".\r\n"

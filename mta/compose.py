@@ -55,6 +55,7 @@ from typing import Any
 import asyncpg
 
 from mta import dkim
+from mta.client import WireMessage
 from mta.domains import KeyCache
 from mta.headers import HeaderError, fold, format_address, header_value
 from mta.tracking import (
@@ -95,9 +96,9 @@ class Composed:
     def header_bytes(self) -> list[tuple[bytes, bytes]]:
         return [(n.encode("ascii"), b" " + v.encode("ascii")) for n, v in self.headers]
 
-    def to_bytes(self, signatures: Sequence[bytes] = ()) -> bytes:
+    def to_bytes(self, signatures: Sequence[bytes] = ()) -> WireMessage:
         head = "".join(f"{n}: {v}\r\n" for n, v in self.headers).encode("ascii")
-        return b"".join([*signatures, head, b"\r\n", self.body])  # the body copied once
+        return WireMessage(b"".join([*signatures, head, b"\r\n", self.body]))
 
 
 class Composer:

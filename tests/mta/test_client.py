@@ -17,6 +17,7 @@ from mta.client import (
     SMTPClient,
     Timeouts,
     TransactionFailed,
+    WireMessage,
     dot_stuff,
     wire_message,
 )
@@ -56,6 +57,9 @@ def test_bare_line_ends_are_normalised_before_the_wire():
     assert wire_message(b"a\r\nb\r\n") == b"a\r\nb\r\n"  # the composer's output: as is
     assert wire_message(b"a\nb\rc\r\n.\n") == b"a\r\nb\r\nc\r\n.\r\n"
     assert wire_message(b"no end") == b"no end\r\n"
+    # The composer's output, CRLF-only by construction, goes as it is without a scan.
+    composed = WireMessage(b"a\r\nb\r\n")
+    assert wire_message(composed) is composed
 
 
 # -- Postfix ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from mta import compose as composing
 from mta import dkim
+from mta.client import WireMessage
 from mta.compose import ComposeError, Composer
 from mta.domains import add_domain, show_domain
 from penguinmails.links import Links
@@ -193,6 +194,8 @@ def test_bodies_are_crlf_only_so_no_smuggling_sequence_reaches_the_wire():
     data = compose_bytes(row)
     assert_crlf_only(data)
     assert b"\r\n.\r\n" in data  # a lone dot stays: dot-stuffing is the transport's job
+    # Marked so for the delivery client, which then sends it without scanning it again.
+    assert type(data) is WireMessage and data.endswith(b"\r\n")
 
 
 def test_custom_headers_but_not_the_ones_the_system_owns():
@@ -422,6 +425,7 @@ def _squash(text: str) -> str:
 def test_generated_messages_parse_cleanly_and_verify(row):
     data = compose_bytes(row, CORPUS_KEYS)
     assert_crlf_only(data)
+    assert type(data) is WireMessage  # what the client trusts to be CRLF-only, and is
     message = parse(data)
     assert dkimpy.DKIM(data).verify(idx=0, dnsfunc=CORPUS_DNS)
     assert dkimpy.DKIM(data).verify(idx=1, dnsfunc=CORPUS_DNS)
