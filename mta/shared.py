@@ -74,6 +74,9 @@ class SharedShaping:
         self.paused_identities: frozenset[int] = frozenset()
         self.holds: frozenset[tuple[int, str]] = frozenset()  # (tenant, domain or "")
         self._reserving = asyncio.Lock()
+        # The read under way, which every delivery asking for a refresh meanwhile awaits
+        # rather than starting its own (a claim's worth of them would, each second).
+        self._reading: asyncio.Future[None] | None = None
 
     # -- rates ----------------------------------------------------------------------------
 
@@ -175,9 +178,40 @@ class SharedShaping:
     # -- suspensions ----------------------------------------------------------------------
 
     async def refresh(self, force: bool = False) -> None:
-        now = self._clock.monotonic()
-        if not force and now - self._refreshed < REFRESH_SECONDS:
+        """Read the suspensions and pauses again if the view is a second old (`force`: now,
+        for a change this process just made). A read already under way is shared: its
+        result, or its failure, is every waiting caller's."""
+        if force:
+            await self._read()
             return
+        if self._clock.monotonic() - self._refreshed < REFRESH_SECONDS:
+            return
+        pending = self._reading
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise
+                # The read was cut off (its caller cancelled): the view stands.
+            return
+        pending = self._reading = asyncio.get_running_loop().create_future()
+        try:
+            await self._read()
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: there may be nobody waiting
+            raise
+        else:
+            pending.set_result(None)
+        finally:
+            self._reading = None
+
+    async def _read(self) -> None:
+        now = self._clock.monotonic()
         rows = await self._pool.fetch(SQL["active_suspensions"])
         self._active = {r["key"]: Suspension(**dict(r)) for r in rows}
         self.version += 1
@@ -271,8 +305,15 @@ class SharedShaping:
         seen = (scope.site, scope.provider)
         if self._sites.get(scope.domain) == seen:
             return
-        await self._pool.execute(SQL["note_domain_site"], scope.domain, *seen)
+        # Noted before the write: the deliveries to the domain behind this one need not
+        # write it again (at start, a whole claim's worth of them would).
         self._sites[scope.domain] = seen
+        try:
+            await self._pool.execute(SQL["note_domain_site"], scope.domain, *seen)
+        except BaseException:
+            if self._sites.get(scope.domain) == seen:
+                del self._sites[scope.domain]  # the next delivery tries again
+            raise
 
 
 def scope_key(kind: str, scope: Scope, tenant_id: int, campaign_id: int | None) -> str:

@@ -3,6 +3,7 @@ level's rate, and what an automation rule decides holds for every process, annou
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 
@@ -82,6 +83,42 @@ async def test_a_fired_rule_holds_every_process_and_is_announced_once(pool: asyn
     await pool.execute("DELETE FROM shaping_suspensions")
     await other.refresh(force=True)
     assert other.holding(["provider:yahoo"]) is None
+
+
+async def test_the_deliveries_asking_for_a_refresh_together_share_one_read(
+    pool: asyncpg.Pool,
+) -> None:
+    class Clock:
+        now = 1000.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Clock()
+    shaping = SharedShaping(pool, clock=clock)
+    await pool.execute(
+        "INSERT INTO shaping_suspensions (key, action, until, rule, reply)"
+        " VALUES ('site:a', 'suspend', now() + interval '1 hour', 'r', '421')"
+    )
+    # A claim's worth of deliveries, each asking before its own attempt: one read between
+    # them (each read counts one version), and every one sees what it read.
+    await asyncio.gather(*(shaping.refresh() for _ in range(200)))
+    assert shaping.version == 1
+    assert shaping.holding(["site:a"]) is not None
+    await asyncio.gather(*(shaping.refresh() for _ in range(200)))
+    assert shaping.version == 1  # within the second: the view stands
+    # A read that fails fails every caller that waited on it, and the next one reads again.
+    await pool.execute("ALTER TABLE shaping_suspensions RENAME TO shaping_suspensions_away")
+    try:
+        clock.now += 1.0
+        results = await asyncio.gather(
+            *(shaping.refresh() for _ in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(r, asyncpg.UndefinedTableError) for r in results), results
+    finally:
+        await pool.execute("ALTER TABLE shaping_suspensions_away RENAME TO shaping_suspensions")
+    await shaping.refresh()
+    assert shaping.version == 2
 
 
 async def test_a_throttle_lowers_a_level_s_rate_and_connections_for_its_duration(
