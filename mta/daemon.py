@@ -10,7 +10,7 @@ from aiohttp import web
 
 from mta.worker import Worker
 from penguinmails.config import Settings
-from penguinmails.lifecycle import install_stop_signals, role_pool
+from penguinmails.lifecycle import install_stop_signals, role_pool, settle_heap
 from penguinmails.observability import ops_app, serving
 from penguinmails.systemd import notify
 
@@ -36,6 +36,7 @@ async def serve(settings: Settings, *, supervisor: int | None = None) -> None:
                 "mta started",
                 extra={"action": "mta_start", "owner": worker.owner, "metrics": metrics},
             )
+            settle_heap()
             running = asyncio.create_task(worker.run(), name="mta-worker")
             if supervisor is not None and metrics:
                 from mta.supervisor import METRICS_KEY

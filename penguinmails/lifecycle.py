@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -29,6 +30,22 @@ log = logging.getLogger(__name__)
 
 class PendingMigrations(Exception):
     """The database schema is behind this code; `penguinmails migrate` must run first."""
+
+
+# Young-generation collections every 10,000 new container objects rather than 700: a
+# delivery makes dozens (rows, futures, dataclasses), so the default ran one every few
+# messages. Measured with `python -m benchmarks mta --quick --messages 10000`, together with
+# the freeze below: 4% less MTA CPU a message.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def settle_heap() -> None:
+    """Once a daemon has started: what it has built so far (modules, settings, caches) lives
+    as long as the process, so the collector stops walking it on every full collection
+    (gc.freeze), and collects the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def require_migrated(pool: asyncpg.Pool) -> None:
