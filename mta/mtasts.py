@@ -26,7 +26,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import socket
@@ -43,6 +42,7 @@ import dns.exception
 import dns.resolver
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from mta.coalesce import Coalesced
 from penguinmails.config import MtaSettings
 from penguinmails.queries import load
 
@@ -201,12 +201,11 @@ class MtaSts:
         self._settings = settings
         self._resolver = resolver
         self._known: dict[str, tuple[float, Policy | None]] = {}
-        self._pending: dict[str, asyncio.Future[Policy | None]] = {}
+        self._lookups: Coalesced[str, Policy | None] = Coalesced()
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
-        for pending in self._pending.values():
-            pending.cancel()
+        self._lookups.cancel()
         if self._session is not None:
             await self._session.close()
 
@@ -220,19 +219,7 @@ class MtaSts:
             policy = known[1]
             if policy is None or policy.expires_at > datetime.now(UTC):
                 return policy
-        pending = self._pending.get(domain)
-        if pending is None:
-            # Its own task: a caller cancelled mid-lookup does not cancel it for the others.
-            pending = asyncio.ensure_future(self._refresh(domain))
-            self._pending[domain] = pending
-            pending.add_done_callback(lambda done: self._settled(domain, done))
-        return await asyncio.shield(pending)
-
-    def _settled(self, domain: str, done: asyncio.Future[Policy | None]) -> None:
-        if self._pending.get(domain) is done:
-            del self._pending[domain]
-        if not done.cancelled():
-            done.exception()
+        return await self._lookups.run(domain, lambda: self._refresh(domain))
 
     async def _refresh(self, domain: str) -> Policy | None:
         now = datetime.now(UTC)

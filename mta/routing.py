@@ -21,6 +21,7 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
+from mta.coalesce import Coalesced
 from penguinmails.config import MtaSettings, split_hostport
 
 
@@ -75,7 +76,7 @@ class Router:
     def __init__(self, settings: MtaSettings) -> None:
         self._settings = settings
         self._cache: dict[str, tuple[float, Route | RouteError]] = {}
-        self._pending: dict[str, asyncio.Future[Route | RouteError]] = {}
+        self._lookups: Coalesced[str, Route | RouteError] = Coalesced()
         self._resolver = dns.asyncresolver.Resolver(configure=not settings.dns_servers)
         if settings.dns_servers:
             # Each server keeps its own port (setting `resolver.port` would apply one to all).
@@ -123,23 +124,8 @@ class Router:
         return result
 
     async def _shared_lookup(self, domain: str) -> Route | RouteError:
-        """One lookup per domain at a time; callers arriving meanwhile wait for its result.
-
-        The lookup runs as its own task, so a caller that is cancelled (a worker shutting
-        down, a message's deadline) neither cancels it for the others nor loses the answer.
-        """
-        pending = self._pending.get(domain)
-        if pending is None:
-            pending = asyncio.ensure_future(self._lookup_and_cache(domain))
-            self._pending[domain] = pending
-            pending.add_done_callback(lambda done: self._settled(domain, done))
-        return await asyncio.shield(pending)
-
-    def _settled(self, domain: str, done: asyncio.Future[Route | RouteError]) -> None:
-        if self._pending.get(domain) is done:
-            del self._pending[domain]
-        if not done.cancelled():
-            done.exception()  # retrieved, so nobody left waiting means no "never retrieved"
+        """One lookup per domain at a time; callers arriving meanwhile wait for its result."""
+        return await self._lookups.run(domain, lambda: self._lookup_and_cache(domain))
 
     async def _lookup_and_cache(self, domain: str) -> Route | RouteError:
         result, ttl = await self._lookup(domain)

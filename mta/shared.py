@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 
+from mta.coalesce import Coalesced
 from mta.shaping import Automation, Level, Scope
 from penguinmails.queries import load
 
@@ -76,7 +77,7 @@ class SharedShaping:
         self._reserving = asyncio.Lock()
         # The read under way, which every delivery asking for a refresh meanwhile awaits
         # rather than starting its own (a claim's worth of them would, each second).
-        self._reading: asyncio.Future[None] | None = None
+        self._reads: Coalesced[None, None] = Coalesced()
 
     # -- rates ----------------------------------------------------------------------------
 
@@ -186,29 +187,7 @@ class SharedShaping:
             return
         if self._clock.monotonic() - self._refreshed < REFRESH_SECONDS:
             return
-        pending = self._reading
-        if pending is not None:
-            try:
-                await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                if not pending.cancelled():
-                    raise
-                # The read was cut off (its caller cancelled): the view stands.
-            return
-        pending = self._reading = asyncio.get_running_loop().create_future()
-        try:
-            await self._read()
-        except asyncio.CancelledError:
-            pending.cancel()
-            raise
-        except BaseException as exc:
-            pending.set_exception(exc)
-            pending.exception()  # retrieved: there may be nobody waiting
-            raise
-        else:
-            pending.set_result(None)
-        finally:
-            self._reading = None
+        await self._reads.run(None, self._read)
 
     async def _read(self) -> None:
         now = self._clock.monotonic()
