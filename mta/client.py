@@ -554,14 +554,8 @@ class SMTPClient:
         return futures
 
     async def _await(self, future: asyncio.Future[Reply], timeout: float) -> Reply:
-        if future.done():
-            return future.result()
-        try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(future)
-        except TimeoutError:
-            self._fail(ConnectionLost(f"no reply within {timeout:g}s"))
-            raise ConnectionLost(f"no reply within {timeout:g}s") from None
+        [reply] = await self._replies([future], timeout)
+        return reply
 
     async def _replies(self, futures: list[asyncio.Future[Reply]], timeout: float) -> list[Reply]:
         """A pipelined group's replies, in order, each within `timeout` of the one before, as

@@ -31,7 +31,7 @@ from mta.outcomes import Outcome, Reply, decide
 from mta.relays import Relays, RelayUnavailable
 from mta.routing import Route, RouteError, Router
 from mta.shaping import Automation, Level, Scope, Shaper, load_rules
-from mta.shared import MAX_WAIT, SharedShaping, scope_key
+from mta.shared import MAX_WAIT, SharedShaping, Suspension, scope_key
 from mta.shared import SQL as SHAPING_SQL
 from mta.slots import ConnectionSlots
 from mta.smtp import DomainBusy, DomainPool, NotWanted, Pools, Shape
@@ -506,10 +506,9 @@ class Worker:
         scope = self._shaper.scope(domain, route)
         await self._shared.note_site(scope)
         await self._shared.refresh()
-        if self._shared.suspending:
-            held = self._shared.holding(self._hold_keys(row, scope))
-            if held is not None:
-                return GiveBack(held.until)
+        held = self._held(row, scope)
+        if held is not None:
+            return GiveBack(held.until)
         policy = await self._sts.policy(domain) if route.names else None
         if policy is not None and policy.enforced:
             allowed = route.named(policy.matches)
@@ -567,13 +566,17 @@ class Worker:
         self._shapes[key] = found = (levels, shape)
         return found
 
-    @staticmethod
-    def _hold_keys(row: asyncpg.Record, scope: Scope) -> list[str]:
-        """The keys a shaping suspension may hold this message under."""
-        return [
-            scope_key(kind, scope, row["tenant_id"], row["campaign_id"])
-            for kind in ("site", "provider", "tenant", "campaign")
-        ]
+    def _held(self, row: asyncpg.Record, scope: Scope) -> Suspension | None:
+        """The shaping suspension holding this message now, if any: one on its site,
+        provider, tenant or campaign (with none in force, the usual case, no keys to make)."""
+        if not self._shared.suspending:
+            return None
+        return self._shared.holding(
+            [
+                scope_key(kind, scope, row["tenant_id"], row["campaign_id"])
+                for kind in ("site", "provider", "tenant", "campaign")
+            ]
+        )
 
     def _wanted(self, row: asyncpg.Record, scope: Scope | None) -> bool:
         """Asked once a connection is ours, after any wait for it: still to go now? Not if
@@ -582,11 +585,7 @@ class Worker:
         next claim holds it until the suspension ends)."""
         if self._shared.stopped(row):
             return False
-        return (
-            scope is None
-            or not self._shared.suspending
-            or self._shared.holding(self._hold_keys(row, scope)) is None
-        )
+        return scope is None or self._held(row, scope) is None
 
     def _sourced(self, level: Level, source: Source) -> Level:
         """A level as one egress source sees it: receivers count per sending address, so

@@ -35,7 +35,7 @@ class PendingMigrations(Exception):
 # Young-generation collections every 10,000 new container objects rather than 700: a
 # delivery makes dozens (rows, futures, dataclasses), so the default ran one every few
 # messages. Measured with `python -m benchmarks mta --quick --messages 10000`, together with
-# the freeze below: 4% less MTA CPU a message.
+# the freeze below: about 5% less MTA CPU a message.
 GC_THRESHOLDS = (10_000, 20, 20)
 
 

@@ -48,13 +48,12 @@ class LinkSigner:
         if not server_keys:
             raise ValueError("at least one server key is required")
         self._keys = list(server_keys)
-        self._derived: dict[str, list[bytes]] = {}
-        self._signers: dict[str, KeyedMac] = {}
+        self._derived: dict[str, list[KeyedMac]] = {}
 
-    def _keys_for(self, purpose: str) -> list[bytes]:
+    def _keys_for(self, purpose: str) -> list[KeyedMac]:
         keys = self._derived.get(purpose)
         if keys is None:
-            keys = [derive(k, f"token:{purpose}") for k in self._keys]
+            keys = [KeyedMac(derive(k, f"token:{purpose}")) for k in self._keys]
             self._derived[purpose] = keys
         return keys
 
@@ -64,10 +63,7 @@ class LinkSigner:
         if text.count(_SEP) > max(len(fields) - 1, 0):
             raise ValueError("token fields may not contain the separator character")
         payload = text.encode("utf-8")
-        signer = self._signers.get(purpose)
-        if signer is None:
-            signer = self._signers[purpose] = KeyedMac(self._keys_for(purpose)[0])
-        mac = signer.digest(payload)[:MAC_BYTES]
+        mac = self._keys_for(purpose)[0].digest(payload)[:MAC_BYTES]
         return f"{_b64(payload)}.{_b64(mac)}"
 
     def verify(self, purpose: str, token: str) -> list[str]:
@@ -79,7 +75,7 @@ class LinkSigner:
         if len(mac) != MAC_BYTES:
             raise BadToken("malformed token")
         for key in self._keys_for(purpose):
-            expected = hmac.digest(key, payload, "sha256")[:MAC_BYTES]
+            expected = key.digest(payload)[:MAC_BYTES]
             if hmac.compare_digest(expected, mac):
                 try:
                     return payload.decode("utf-8").split(_SEP)
