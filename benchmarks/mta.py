@@ -285,14 +285,17 @@ def parts_cpu(port: int, size: int, messages: int) -> dict[str, float]:
     pre-built messages over SESSIONS connections on uvloop, as the MTA runs it. Their sum is
     what a delivery costs before the worker's own part: the claim, shaping, the task, the
     outcome's write."""
+    page = html_of(size)
+    # Queued as enqueue() queues a draft: the pixel decided once, from the template.
+    settings = tracking_settings({"track_opens": True, "track_clicks": True}, page)
     rows = [
         dict(
             row,
             subject="Hello {{name}}",
-            html_body=html_of(size),
+            html_body=page,
             headers={},
             personalization={"name": f"User {i}"},
-            settings=tracking_settings({"track_opens": True, "track_clicks": True}, html_of(size)),
+            settings=settings,
         )
         for i, row in enumerate(compose_rows("", 200))
     ]
