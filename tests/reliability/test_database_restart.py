@@ -78,7 +78,15 @@ async def test_every_role_carries_on_across_a_database_restart(
             PENGUINMAILS_TRACKER__BASE_URL=f"http://127.0.0.1:{tracker_port}",
         )
         smtp_peer.fault("DATA", delay=0.005)
-        procs = [await spawn(role, env) for role in ("mta", "api", "tracker")]
+        # The API and the tracker up before the MTA starts, so that all three are running
+        # when the database restarts a quarter of the way through the queue: the MTA can get
+        # that far before the others have opened their pools, and a role that cannot start
+        # is systemd's to restart, not this test's subject.
+        procs = [await spawn(role, env) for role in ("api", "tracker")]
+        async with aiohttp.ClientSession() as http:
+            for port in (api_port, tracker_port):
+                await wait_for(lambda port=port: _answers(http, port), timeout=30)
+        procs.append(await spawn("mta", env))
 
         await wait_for(lambda: len(smtp_peer.received) > total // 4, timeout=60)
         await asyncio.to_thread(restart)
@@ -110,6 +118,14 @@ async def test_every_role_carries_on_across_a_database_restart(
         assert len({r.rcpt_tos[0] for r in smtp_peer.received}) == total + 1
     finally:
         await pool.close()
+
+
+async def _answers(http: aiohttp.ClientSession, port: int) -> bool:
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
 
 
 async def _until_ok(http, method: str, url: str, key: str, body: dict) -> int:
